@@ -1,0 +1,12 @@
+//! lesion: the library behind the `lesion-*` stage binaries.
+//!
+//! The binaries are thin clap front ends; everything they do lives here so that it can be
+//! tested without spawning processes. Conventions used throughout:
+//! - images in memory are `image::RgbImage` (u8, HWC); in shards and batches they are
+//!   CHW/NCHW (`u8` on disk, `f32` normalised in batches);
+//! - labels are class indices (`0` = benign, `1` = malignant);
+//! - every artifact is written atomically (see [`fsutil`]).
+
+pub mod error;
+
+pub use error::{Error, Result};

@@ -1,0 +1,63 @@
+# lesion — task runner. `just` lists the recipes; every stage is also a plain binary
+# (target/release/lesion-{prep,train,eval}) for use in shell scripts.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Cargo features for the binaries, e.g. `just features=cuda train` or `features=metal`.
+features := ""
+cargo_features := if features == "" { "" } else { "--features " + features }
+
+# Default locations of the artifacts of each stage.
+images := "data/synthetic"
+prepared := "data/prepared"
+run := "runs/default"
+
+# List the recipes.
+default:
+    @just --list --unsorted
+
+# Build the release binaries (optionally with `features=cuda|cudnn|metal|mkl|accelerate`).
+build:
+    cargo build --release --workspace {{cargo_features}}
+
+# Generate the synthetic default dataset (offline, deterministic) into data/synthetic.
+synth *args: build
+    target/release/lesion-prep synth --out {{images}} {{args}}
+
+# Split, augment and shard an image folder (default: data/synthetic) into data/prepared.
+prep *args: build
+    target/release/lesion-prep {{images}} --out {{prepared}} {{args}}
+
+# Check a prepared folder's shards against its manifest hashes.
+verify: build
+    target/release/lesion-prep verify {{prepared}}
+
+# Fine-tune ResNet-18 on data/prepared into runs/default (pass e.g. `--weights none`).
+train *args: build
+    target/release/lesion-train --data {{prepared}} --out {{run}} {{args}}
+
+# Evaluate runs/default on the test split of data/prepared.
+eval *args: build
+    target/release/lesion-eval --run {{run}} --data {{prepared}} {{args}}
+
+# Whole pipeline on the synthetic dataset, offline: synth -> prep -> train -> eval.
+demo: build
+    scripts/demo.sh
+
+# Run the tests (add `--include-ignored` for those that read ../shared, as CI does).
+test *args:
+    cargo test --workspace -- {{args}}
+
+# Formatting and clippy, as CI runs them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Prep throughput on ../shared/data/isic2017-256 against the notebook's Pillow/torch prep.
+bench-prep: build
+    scripts/bench-prep.sh
+
+# Remove generated data and runs (keeps data/README.md).
+clean-data:
+    find data -mindepth 1 ! -name README.md -exec rm -rf {} +
+    rm -rf runs
