@@ -49,9 +49,67 @@ pub enum Error {
     #[error("invalid option: {0}")]
     InvalidOption(String),
 
+    /// Pretrained weights could not be fetched from the Hugging Face Hub and are not cached.
+    #[error(
+        "cannot get the pretrained weights `{file}` of Hub repo `{repo}`: {reason}\n  \
+         Hub endpoint: {endpoint}\n  \
+         Hub cache:    {cache_dir} (nothing cached for this repo)\n\
+         Alternatives: `--weights PATH` loads a local safetensors file (for example \
+         `~/.cache/huggingface/hub/models--timm--resnet18.tv_in1k/snapshots/*/model.safetensors` \
+         copied from a machine that has downloaded it; copying that machine's whole \
+         `models--timm--resnet18.tv_in1k` folder into this Hub cache works too), and \
+         `--weights none` starts from random initialisation"
+    )]
+    WeightsUnavailable {
+        repo: String,
+        file: String,
+        endpoint: String,
+        cache_dir: PathBuf,
+        reason: String,
+    },
+
+    /// The requested compute device is not offered by this build or cannot be opened.
+    #[error("device `{requested}` is unavailable: {reason}")]
+    DeviceUnavailable { requested: String, reason: String },
+
+    /// Training produced a non-finite loss; the previous checkpoint is kept.
+    #[error(
+        "training diverged: the loss became {value} at epoch {epoch}, step {step}; \
+         the last good checkpoint is kept in {run}; try lower learning rates"
+    )]
+    Diverged {
+        run: PathBuf,
+        epoch: usize,
+        step: usize,
+        value: f32,
+    },
+
     /// A tensor computation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// Labels or probabilities handed to `metrics` are unusable (lengths differ, empty,
+    /// a label other than 0/1, a probability outside [0, 1] or NaN, a class missing where
+    /// the metric needs both).
+    #[error("cannot compute metrics: {0}")]
+    BadMetricInput(String),
+
+    /// A tensor the model or optimizer needs is absent from a state dict or checkpoint.
+    #[error("tensor `{name}` is missing")]
+    MissingTensor { name: String },
+
+    /// A named tensor has the wrong shape.
+    #[error("tensor `{name}` has shape {actual:?}, expected {expected:?}")]
+    TensorShape {
+        name: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+
+    /// Saved optimizer state does not fit the optimizer (unknown parameter or group,
+    /// incomplete or invalid entries).
+    #[error("optimizer state: {0}")]
+    OptimizerState(String),
 }
 
 impl Error {
@@ -70,7 +128,8 @@ impl Error {
             Error::BadDataset { .. }
             | Error::BadImage { .. }
             | Error::OutputExists { .. }
-            | Error::InvalidOption(_) => 2,
+            | Error::InvalidOption(_)
+            | Error::DeviceUnavailable { .. } => 2,
             _ => 1,
         }
     }

@@ -9,4 +9,22 @@
 
 pub mod error;
 
-pub use error::{Error, Result};
+pub use error::{Error, IoContext, Result};
+pub mod device;
+pub mod fsutil;
+pub mod image_io;
+pub mod infer;
+pub mod loader;
+pub mod manifest;
+pub mod metrics;
+pub mod model;
+pub mod ops;
+pub mod optim;
+pub mod plot;
+pub mod prep;
+pub mod shard;
+pub mod split;
+pub mod synth;
+pub mod train;
+pub mod transforms;
+pub mod weights;

@@ -1,1 +1,353 @@
-fn main() {}
+//! `lesion-prep`: turns a folder of class sub-folders of images into a prepared dataset of
+//! safetensors shards (`lesion::prep`), verifies one, or generates the synthetic demo
+//! dataset (`lesion::synth`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lesion::image_io::{ResizePolicy, DEFAULT_MAX_PIXELS};
+use lesion::prep::PrepOptions;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Prepare skin-lesion images for training: decode, resize, split 60/20/20, augment the
+/// training split and write verified safetensors shards.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lesion-prep",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Examples:\n  lesion-prep data/isic --out data/prepared\n  \
+                  lesion-prep verify data/prepared\n  \
+                  lesion-prep synth --out data/synthetic --per-class 200"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    prep: PrepArgs,
+}
+
+#[derive(Debug, Args)]
+struct PrepArgs {
+    /// Input folder with one sub-folder per class (Benign/, Malignant/; any case).
+    #[arg(value_name = "INPUT_DIR", required = true)]
+    input: Option<PathBuf>,
+    /// Prepared-dataset folder to create.
+    #[arg(long, value_name = "PREPARED_DIR", required = true)]
+    out: Option<PathBuf>,
+    /// Side of the square output images, in pixels.
+    #[arg(long, default_value_t = 224)]
+    size: u32,
+    /// How non-square images become square: stretch (scale each axis; keeps everything)
+    /// or crop (scale the short side, cut the centre square).
+    #[arg(long, value_enum, default_value_t = Resize::Stretch)]
+    resize: Resize,
+    /// Validation fraction of each class.
+    #[arg(long, default_value_t = 0.2)]
+    val: f64,
+    /// Test fraction of each class.
+    #[arg(long, default_value_t = 0.2)]
+    test: f64,
+    /// Seed of the split, the row order and the augmentations.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Most images per shard file.
+    #[arg(long, default_value_t = 1024)]
+    shard_size: usize,
+    /// Independently augmented copies of the training split (training uses view
+    /// epoch % K).
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    views: u32,
+    /// Write training images without augmentation.
+    #[arg(long)]
+    no_augment: bool,
+    /// Fail on the first unusable input file instead of reporting and skipping it.
+    #[arg(long)]
+    strict: bool,
+    /// Replace an existing output folder (only once the new one is complete).
+    #[arg(long)]
+    force: bool,
+    /// Refuse images declaring more pixels than this (decompression-bomb guard).
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+    /// Worker threads (default: one per core). Output is identical for any value.
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// No progress bars.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Resize {
+    Stretch,
+    Crop,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Re-hash every shard of a prepared dataset against its manifest.
+    Verify {
+        #[arg(value_name = "PREPARED_DIR")]
+        dir: PathBuf,
+    },
+    /// Generate the synthetic lesion dataset (JPEGs in Benign/ and Malignant/).
+    Synth {
+        /// Folder to create.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Images per class.
+        #[arg(long, default_value_t = 200, value_name = "N")]
+        per_class: usize,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Replace an existing folder.
+        #[arg(long)]
+        force: bool,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq)]
+enum Action {
+    Prep(PrepOptions),
+    Verify(PathBuf),
+    Synth {
+        out: PathBuf,
+        per_class: usize,
+        seed: u64,
+        force: bool,
+        progress: bool,
+    },
+}
+
+/// Parses arguments (the first is the program name) into an [`Action`].
+fn parse_args<I, T>(args: I) -> Result<Action, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args)?;
+    Ok(match cli.command {
+        Some(Command::Verify { dir }) => Action::Verify(dir),
+        Some(Command::Synth {
+            out,
+            per_class,
+            seed,
+            force,
+            quiet,
+        }) => Action::Synth {
+            out,
+            per_class,
+            seed,
+            force,
+            progress: !quiet,
+        },
+        None => {
+            let a = cli.prep;
+            let (Some(input), Some(out)) = (a.input, a.out) else {
+                unreachable!("clap requires INPUT_DIR and --out without a subcommand")
+            };
+            let mut o = PrepOptions::new(input, out);
+            o.size = a.size;
+            o.resize = match a.resize {
+                Resize::Stretch => ResizePolicy::Stretch,
+                Resize::Crop => ResizePolicy::Crop,
+            };
+            o.val = a.val;
+            o.test = a.test;
+            o.seed = a.seed;
+            o.shard_size = a.shard_size;
+            o.views = a.views;
+            o.augment = !a.no_augment;
+            o.strict = a.strict;
+            o.force = a.force;
+            o.max_pixels = a.max_pixels;
+            o.threads = a.threads;
+            o.progress = !a.quiet;
+            Action::Prep(o)
+        }
+    })
+}
+
+// The library's error type is large because of candle's; it is returned once per process.
+#[allow(clippy::result_large_err)]
+fn run(action: Action) -> lesion::Result<()> {
+    match action {
+        Action::Prep(opts) => {
+            let summary = lesion::prep::run(&opts)?;
+            println!("{summary}");
+        }
+        Action::Verify(dir) => {
+            let report = lesion::prep::verify(&dir)?;
+            if report.is_ok() {
+                println!("{report}");
+            }
+            report.into_result()?;
+        }
+        Action::Synth {
+            out,
+            per_class,
+            seed,
+            force,
+            progress,
+        } => {
+            let s = lesion::synth::generate(&out, per_class, seed, progress, force)?;
+            println!(
+                "wrote {} synthetic images ({} per class, {:.1} MB) into {}",
+                s.images,
+                s.per_class,
+                s.bytes as f64 / 1e6,
+                s.root.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let action = match parse_args(std::env::args_os()) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    match run(action) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                eprintln!("caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prep(args: &[&str]) -> PrepOptions {
+        match parse_args(args) {
+            Ok(Action::Prep(o)) => o,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_library() {
+        let o = prep(&["lesion-prep", "in", "--out", "out"]);
+        assert_eq!(o, PrepOptions::new("in", "out"));
+    }
+
+    #[test]
+    fn every_option_is_passed_through() {
+        let o = prep(&[
+            "lesion-prep",
+            "in",
+            "--out",
+            "o",
+            "--size",
+            "128",
+            "--resize",
+            "crop",
+            "--val",
+            "0.1",
+            "--test",
+            "0.3",
+            "--seed",
+            "7",
+            "--shard-size",
+            "64",
+            "--views",
+            "3",
+            "--strict",
+            "--force",
+            "--max-pixels",
+            "1000",
+            "--threads",
+            "2",
+            "--quiet",
+        ]);
+        assert_eq!(o.size, 128);
+        assert_eq!(o.resize, ResizePolicy::Crop);
+        assert_eq!((o.val, o.test, o.seed), (0.1, 0.3, 7));
+        assert_eq!((o.shard_size, o.views), (64, 3));
+        assert!(o.augment && o.strict && o.force && !o.progress);
+        assert_eq!((o.max_pixels, o.threads), (1000, Some(2)));
+        assert!(!prep(&["p", "in", "--out", "o", "--no-augment"]).augment);
+    }
+
+    #[test]
+    fn subcommands() {
+        assert_eq!(
+            parse_args(["lesion-prep", "verify", "d"]).unwrap(),
+            Action::Verify("d".into())
+        );
+        assert_eq!(
+            parse_args(["lesion-prep", "synth", "--out", "s"]).unwrap(),
+            Action::Synth {
+                out: "s".into(),
+                per_class: 200,
+                seed: 42,
+                force: false,
+                progress: true
+            }
+        );
+        let a = parse_args([
+            "lesion-prep",
+            "synth",
+            "--out",
+            "s",
+            "--per-class",
+            "5",
+            "--seed",
+            "1",
+            "--force",
+        ])
+        .unwrap();
+        assert!(matches!(
+            a,
+            Action::Synth {
+                per_class: 5,
+                seed: 1,
+                force: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn usage_errors() {
+        use clap::error::ErrorKind;
+        let kind = |args: &[&str]| parse_args(args).unwrap_err().kind();
+        assert_eq!(
+            kind(&["lesion-prep", "in"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["lesion-prep", "--out", "o"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(kind(&["lesion-prep"]), ErrorKind::MissingRequiredArgument);
+        assert_eq!(
+            kind(&["lesion-prep", "in", "--out", "o", "--resize", "squash"]),
+            ErrorKind::InvalidValue
+        );
+        assert_eq!(
+            kind(&["lesion-prep", "verify"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        // Exit code 2 for usage errors, as for bad input.
+        assert_eq!(parse_args(["lesion-prep"]).unwrap_err().exit_code(), 2);
+    }
+}

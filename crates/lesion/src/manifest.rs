@@ -1,0 +1,181 @@
+//! `manifest.json`: the description of a prepared dataset, written by `lesion-prep` and read
+//! by every later stage.
+//!
+//! It records everything needed to reproduce or audit the data: every option, the class
+//! names (their position is the label stored in shards), per-split and per-class counts,
+//! normalisation constants, every shard with its SHA-256, every accepted image (path
+//! relative to the input folder, class, split, content hash, and for train the augmentation
+//! drawn for each view), the rejected files with reasons and the duplicate groups.
+//!
+//! Shard rows point back into [`Manifest::images`] through their `source_index`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+use crate::image_io::ResizePolicy;
+use crate::split::Split;
+use crate::transforms::Augmentation;
+use crate::{Error, Result};
+
+/// File name of the manifest inside a prepared-dataset folder.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// Value of [`Manifest::format`].
+pub const MANIFEST_FORMAT: &str = "lesion-prepared-dataset";
+/// Version of the layout described here; bumped on incompatible changes.
+pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+
+/// The options that shaped the data (thread count and output path are left out: they do
+/// not change a single byte of the result).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrepRecord {
+    /// The input folder as given on the command line.
+    pub input: String,
+    pub image_size: u32,
+    pub resize: ResizePolicy,
+    pub val: f64,
+    pub test: f64,
+    pub seed: u64,
+    pub shard_size: usize,
+    pub views: u32,
+    pub augment: bool,
+    pub strict: bool,
+    pub max_pixels: u64,
+}
+
+/// Channel statistics applied when batches are loaded: `(x / 255 - mean[c]) / std[c]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// Image counts of one split, per class (indexed like [`Manifest::classes`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitCounts {
+    pub split: Split,
+    pub per_class: Vec<usize>,
+    pub total: usize,
+}
+
+/// One shard file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    /// Path relative to the prepared-dataset folder, `/`-separated.
+    pub file: String,
+    pub split: Split,
+    pub view: u32,
+    pub count: usize,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// One accepted input image. Its position in [`Manifest::images`] is its source index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageEntry {
+    /// Path relative to the input folder, `/`-separated.
+    pub path: String,
+    /// Class index.
+    pub class: u8,
+    pub split: Split,
+    /// SHA-256 of the file's bytes.
+    pub sha256: String,
+    /// Size of the decoded original, before resizing.
+    pub width: u32,
+    pub height: u32,
+    /// Train only, with augmentation on: the augmentation drawn for view `v` at position `v`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augmentations: Option<Vec<Augmentation>>,
+}
+
+/// A file of the input folder that was not used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedFile {
+    /// Path relative to the input folder, `/`-separated.
+    pub path: String,
+    pub reason: String,
+}
+
+/// Byte-identical input files (same class; copies across class folders are rejected).
+/// All members share one split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DuplicateGroup {
+    pub sha256: String,
+    /// Paths relative to the input folder.
+    pub paths: Vec<String>,
+    /// Source indices of the members.
+    pub indices: Vec<u32>,
+    pub split: Split,
+}
+
+/// The whole manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    /// Version of the `lesion` crate that wrote it.
+    pub crate_version: String,
+    /// Class names; a class's position is its label.
+    pub classes: Vec<String>,
+    pub image_size: u32,
+    pub resize: ResizePolicy,
+    /// Number of augmented views of each training image (1 when augmentation is off).
+    pub views: u32,
+    pub augment: bool,
+    pub seed: u64,
+    pub options: PrepRecord,
+    pub normalization: Normalization,
+    pub counts: Vec<SplitCounts>,
+    pub shards: Vec<ShardEntry>,
+    pub images: Vec<ImageEntry>,
+    pub rejected: Vec<RejectedFile>,
+    pub duplicates: Vec<DuplicateGroup>,
+}
+
+impl Manifest {
+    /// Reads `<dir>/manifest.json` and checks its format and version.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
+        let path = dir.as_ref().join(MANIFEST_FILE);
+        let m: Manifest = fsutil::read_json(&path)?;
+        if m.format != MANIFEST_FORMAT {
+            return Err(Error::BadArtifact {
+                path,
+                reason: format!("not a prepared-dataset manifest (format `{}`)", m.format),
+            });
+        }
+        if m.format_version != MANIFEST_FORMAT_VERSION {
+            return Err(Error::BadArtifact {
+                path,
+                reason: format!(
+                    "manifest format version {}, this build reads {MANIFEST_FORMAT_VERSION}",
+                    m.format_version
+                ),
+            });
+        }
+        Ok(m)
+    }
+
+    /// Writes `<dir>/manifest.json` atomically.
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        fsutil::write_json_atomic(dir.as_ref().join(MANIFEST_FILE), self)
+    }
+
+    /// Counts of one split.
+    pub fn counts(&self, split: Split) -> Option<&SplitCounts> {
+        self.counts.iter().find(|c| c.split == split)
+    }
+
+    /// Shards of `split` (and, for train, `view`), in row order.
+    pub fn shards_of(&self, split: Split, view: u32) -> impl Iterator<Item = &ShardEntry> {
+        self.shards
+            .iter()
+            .filter(move |s| s.split == split && s.view == view)
+    }
+}
+
+/// SHA-256 of `<dir>/manifest.json`: identifies a prepared dataset (the manifest lists
+/// every shard's hash), so later stages record it to tie their results to their data.
+pub fn manifest_sha256(dir: impl AsRef<Path>) -> Result<String> {
+    fsutil::sha256_file(dir.as_ref().join(MANIFEST_FILE))
+}

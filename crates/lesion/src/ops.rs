@@ -1,0 +1,606 @@
+//! Tensor operations candle lacks or gets wrong, with PyTorch semantics.
+//!
+//! - [`max_pool2d_3x3s2p1`]: ResNet's stem max-pool (kernel 3, stride 2, padding 1) on NCHW
+//!   tensors. Output `[n, c, (h - 1) / 2 + 1, (w - 1) / 2 + 1]`, same dtype. candle's
+//!   `max_pool2d` has neither padding nor a backward pass when kernel ≠ stride.
+//! - [`relu`]: ReLU whose gradient at exactly 0 is 0, as PyTorch's (candle's is 1).
+//! - [`bce_with_logits`]: mean binary cross-entropy on logits, stable for any logit
+//!   (candle's version takes the log of a sigmoid and overflows beyond |logit| ≈ 17).
+//!
+//! On CPU with f32 the max-pool is a custom op (threads over `n * c` planes) whose backward is
+//! a second custom op; on other devices or dtypes it is composed of candle ops, so candle's
+//! autograd differentiates it.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Output size of a 3x3, stride 2, padding 1 pooling window over `len` positions.
+fn pooled_len(len: usize) -> usize {
+    (len - 1) / 2 + 1
+}
+
+/// Max-pool with kernel 3, stride 2, padding 1 (PyTorch's `MaxPool2d(3, 2, 1)`): input
+/// `[n, c, h, w]`, output `[n, c, (h - 1) / 2 + 1, (w - 1) / 2 + 1]`.
+///
+/// Padding behaves as `-inf`, i.e. windows only see real elements. The gradient of each output
+/// goes to the *first* maximum of its window in row-major order, as in PyTorch, on CPU and in
+/// the fallback alike (the fallback relies on candle's `argmax` returning the first maximum,
+/// which its CPU kernel does; other backends' kernels are not documented to).
+pub fn max_pool2d_3x3s2p1(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if h == 0 || w == 0 {
+        candle_core::bail!("max_pool2d_3x3s2p1: empty spatial size {:?}", x.shape());
+    }
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        // The kernels index planes directly; a transposed view is rare enough to copy.
+        let x = if x.is_contiguous() {
+            x.clone()
+        } else {
+            x.contiguous()?
+        };
+        x.apply_op1(MaxPool3x3s2p1)
+    } else {
+        max_pool2d_3x3s2p1_composed(x)
+    }
+}
+
+/// Device-agnostic max-pool from candle ops.
+///
+/// Edge replication stands in for `-inf` padding: every window that overlaps the border also
+/// contains the element being replicated, so maxima are unchanged, and replicas come before
+/// (top/left) or after (bottom/right) their source in window order, so the first maximum
+/// still lands on the same input element. The nine shifted stride-2 views are stacked and the
+/// winner is picked with `argmax` + `gather`, whose backward (scatter-add) sends each gradient
+/// to exactly that element.
+pub fn max_pool2d_3x3s2p1_composed(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (ho, wo) = (pooled_len(h), pooled_len(w));
+    // Padded to 2 * (out + 1) so that a reshape to (out + 1, 2) splits positions into
+    // (window index, parity): offsets 0, 1, 2 are (o, 0), (o, 1), (o + 1, 0).
+    let xp = x
+        .pad_with_same(2, 1, 2 * (ho + 1) - h - 1)?
+        .pad_with_same(3, 1, 2 * (wo + 1) - w - 1)?
+        .reshape((n, c, ho + 1, 2, wo + 1, 2))?;
+    let pick = |t: &Tensor, dim: usize, offset: usize, len: usize| -> candle_core::Result<Tensor> {
+        let (start, parity) = (offset / 2, offset % 2);
+        t.narrow(dim, start, len)?
+            .narrow(dim + 1, parity, 1)?
+            .squeeze(dim + 1)
+    };
+    let mut views = Vec::with_capacity(9);
+    for dy in 0..3 {
+        let rows = pick(&xp, 2, dy, ho)?;
+        for dx in 0..3 {
+            views.push(pick(&rows, 3, dx, wo)?);
+        }
+    }
+    // Stacked along a new leading axis: candle's concatenation along any other axis yields
+    // a strided tensor, which `gather` rejects.
+    let stacked = Tensor::stack(&views, 0)?;
+    let idx = stacked.argmax_keepdim(0)?;
+    stacked.gather(&idx, 0)?.squeeze(0)
+}
+
+/// Window bounds `[start, end)` of output position `o` over an input of length `len`.
+#[inline]
+fn window(o: usize, len: usize) -> (usize, usize) {
+    let start = (2 * o).saturating_sub(1);
+    let end = (2 * o + 2).min(len);
+    (start, end)
+}
+
+/// Index (within the plane) of the first maximum of window (`oy`, `ox`), PyTorch's rule:
+/// a later element wins only if strictly greater, or if it is NaN.
+#[inline]
+fn window_argmax(plane: &[f32], h: usize, w: usize, oy: usize, ox: usize) -> (usize, f32) {
+    let (y0, y1) = window(oy, h);
+    let (x0, x1) = window(ox, w);
+    let mut best = y0 * w + x0;
+    let mut best_v = f32::NEG_INFINITY;
+    for y in y0..y1 {
+        let row = &plane[y * w..(y + 1) * w];
+        for x in x0..x1 {
+            let v = row[x];
+            if v > best_v || v.is_nan() {
+                best_v = v;
+                best = y * w + x;
+            }
+        }
+    }
+    (best, best_v)
+}
+
+fn contiguous_f32<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &'static str,
+) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("{op}: expected f32, got {:?}", s.dtype());
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+struct MaxPool3x3s2p1;
+
+impl CustomOp1 for MaxPool3x3s2p1 {
+    fn name(&self) -> &'static str {
+        "max_pool2d_3x3s2p1"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let src = contiguous_f32(s, l, self.name())?;
+        let (ho, wo) = (pooled_len(h), pooled_len(w));
+        let mut dst = vec![0f32; n * c * ho * wo];
+        dst.par_chunks_mut(ho * wo)
+            .zip(src.par_chunks(h * w))
+            .for_each(|(out, plane)| {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        out[oy * wo + ox] = window_argmax(plane, h, w, oy, ox).1;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dst), Shape::from((n, c, ho, wo))))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let grad = if grad_res.is_contiguous() {
+            grad_res.clone()
+        } else {
+            grad_res.contiguous()?
+        };
+        Ok(Some(arg.apply_op2_no_bwd(&grad, &MaxPool3x3s2p1Bwd)?))
+    }
+}
+
+/// Gradient of [`MaxPool3x3s2p1`]: arguments (forward input, output gradient), result shaped
+/// like the input. Recomputes the argmax rather than storing it, since the forward input is
+/// kept alive by the graph anyway.
+struct MaxPool3x3s2p1Bwd;
+
+impl CustomOp2 for MaxPool3x3s2p1Bwd {
+    fn name(&self) -> &'static str {
+        "max_pool2d_3x3s2p1_bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let (ho, wo) = (pooled_len(h), pooled_len(w));
+        if l2.shape().dims() != [n, c, ho, wo] {
+            candle_core::bail!(
+                "{}: gradient shape {:?} does not match input {:?}",
+                self.name(),
+                l2.shape(),
+                l1.shape()
+            );
+        }
+        let src = contiguous_f32(s1, l1, self.name())?;
+        let grad = contiguous_f32(s2, l2, self.name())?;
+        let mut dst = vec![0f32; n * c * h * w];
+        dst.par_chunks_mut(h * w)
+            .zip(src.par_chunks(h * w).zip(grad.par_chunks(ho * wo)))
+            .for_each(|(out, (plane, g))| {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let (i, _) = window_argmax(plane, h, w, oy, ox);
+                        out[i] += g[oy * wo + ox];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dst), l1.shape().clone()))
+    }
+}
+
+/// ReLU with PyTorch's gradient: `grad * (x > 0)`, so 0 at `x = 0`. candle's own `relu`
+/// passes the gradient at exactly 0 (`x >= 0`), which in f32 happens often enough in a
+/// ResNet-18 to shift gradients by percent. Same shape and dtype as `x`.
+///
+/// On CPU with f32 a custom op (threaded); elsewhere `where_cond` on `x > 0`.
+pub fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        if x.is_contiguous() {
+            x.apply_op1(Relu)
+        } else {
+            x.contiguous()?.apply_op1(Relu)
+        }
+    } else {
+        x.gt(0.0)?.where_cond(x, &x.zeros_like()?)
+    }
+}
+
+const RELU_CHUNK: usize = 1 << 15;
+
+struct Relu;
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let src = contiguous_f32(s, l, self.name())?;
+        let mut dst = vec![0f32; src.len()];
+        dst.par_chunks_mut(RELU_CHUNK)
+            .zip(src.par_chunks(RELU_CHUNK))
+            .for_each(|(d, s)| {
+                for (d, &v) in d.iter_mut().zip(s) {
+                    // `v <= 0` is false for NaN, which propagates as in PyTorch.
+                    *d = if v <= 0.0 { 0.0 } else { v };
+                }
+            });
+        Ok((CpuStorage::F32(dst), l.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let grad = if grad_res.is_contiguous() {
+            grad_res.clone()
+        } else {
+            grad_res.contiguous()?
+        };
+        // `res > 0` exactly where `x > 0`.
+        Ok(Some(res.apply_op2_no_bwd(&grad, &ReluBwd)?))
+    }
+}
+
+/// Arguments (relu output, output gradient) -> input gradient.
+struct ReluBwd;
+
+impl CustomOp2 for ReluBwd {
+    fn name(&self) -> &'static str {
+        "relu_bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let out = contiguous_f32(s1, l1, self.name())?;
+        let grad = contiguous_f32(s2, l2, self.name())?;
+        if out.len() != grad.len() {
+            candle_core::bail!("relu_bwd: {:?} vs {:?}", l1.shape(), l2.shape());
+        }
+        let mut dst = vec![0f32; out.len()];
+        dst.par_chunks_mut(RELU_CHUNK)
+            .zip(out.par_chunks(RELU_CHUNK).zip(grad.par_chunks(RELU_CHUNK)))
+            .for_each(|(d, (o, g))| {
+                for i in 0..d.len() {
+                    d[i] = if o[i] > 0.0 { g[i] } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(dst), l1.shape().clone()))
+    }
+}
+
+/// Mean binary cross-entropy with logits, as PyTorch's `BCEWithLogitsLoss()`.
+///
+/// `logits` is `[b, 1]` (any shape works); `targets` holds the same number of elements
+/// (`[b]` or `[b, 1]`, values in `[0, 1]`) and is reshaped to `logits`' shape. Returns a
+/// scalar tensor. Computed as `relu(x) - x*t + ln(1 + exp(-|x|))`, which never overflows:
+/// `exp(-|x|) <= 1`. The gradient is `(sigmoid(x) - t) / n`, also at `x = 0` (candle's
+/// `relu` and `abs` both take the `x >= 0` branch there, which adds up correctly).
+pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+    let targets = if targets.dims() == logits.dims() {
+        targets.clone()
+    } else if targets.elem_count() == logits.elem_count() {
+        targets.reshape(logits.shape())?
+    } else {
+        candle_core::bail!(
+            "bce_with_logits: targets {:?} do not match logits {:?}",
+            targets.shape(),
+            logits.shape()
+        )
+    };
+    let targets = targets.to_dtype(logits.dtype())?;
+    let softplus_tail = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    let per_item = ((logits.relu()? - (logits * &targets)?)? + softplus_tail)?;
+    per_item.mean_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Straightforward PyTorch-semantics reference: -inf padding, first argmax wins.
+    fn naive_pool(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> (Vec<f32>, Vec<usize>) {
+        let (ho, wo) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
+        let mut out = Vec::new();
+        let mut arg = Vec::new();
+        for p in 0..n * c {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut best = f32::NEG_INFINITY;
+                    let mut best_i = usize::MAX;
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let (y, xx) = ((oy * 2 + ky) as isize - 1, (ox * 2 + kx) as isize - 1);
+                            if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
+                                continue;
+                            }
+                            let i = p * h * w + y as usize * w + xx as usize;
+                            if best_i == usize::MAX || x[i] > best {
+                                best = x[i];
+                                best_i = i;
+                            }
+                        }
+                    }
+                    out.push(best);
+                    arg.push(best_i);
+                }
+            }
+        }
+        (out, arg)
+    }
+
+    fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 20000) as f32 / 10000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn check_forward(n: usize, c: usize, h: usize, w: usize) {
+        let data = pseudo_random(n * c * h * w, (h * 31 + w) as u32);
+        let x = Tensor::from_vec(data.clone(), (n, c, h, w), &Device::Cpu).unwrap();
+        let (want, _) = naive_pool(&data, n, c, h, w);
+        for got in [
+            max_pool2d_3x3s2p1(&x).unwrap(),
+            max_pool2d_3x3s2p1_composed(&x).unwrap(),
+        ] {
+            assert_eq!(got.dims(), [n, c, (h - 1) / 2 + 1, (w - 1) / 2 + 1]);
+            let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(got, want, "shape {n}x{c}x{h}x{w}");
+        }
+    }
+
+    #[test]
+    fn max_pool_forward_matches_naive_reference() {
+        for (n, c, h, w) in [
+            (1, 1, 1, 1),
+            (1, 1, 2, 3),
+            (1, 2, 7, 7),
+            (2, 3, 8, 5),
+            (1, 1, 9, 10),
+            (2, 4, 112, 112),
+            (1, 3, 15, 224),
+        ] {
+            check_forward(n, c, h, w);
+        }
+    }
+
+    #[test]
+    fn max_pool_handles_non_contiguous_input() {
+        let (n, c, h, w) = (2, 3, 7, 9);
+        let data = pseudo_random(n * c * h * w, 7);
+        // Build the transposed tensor's contents explicitly for the reference.
+        let base = Tensor::from_vec(data, (n, c, w, h), &Device::Cpu).unwrap();
+        let x = base.transpose(2, 3).unwrap();
+        assert!(!x.is_contiguous());
+        let dense = x.contiguous().unwrap();
+        let (want, _) = naive_pool(
+            &dense.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            n,
+            c,
+            h,
+            w,
+        );
+        let got = max_pool2d_3x3s2p1(&x).unwrap();
+        assert_eq!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+        let got = max_pool2d_3x3s2p1_composed(&x).unwrap();
+        assert_eq!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+    }
+
+    /// Gradient of `sum(pool(x) * g)` w.r.t. x, from the CPU op or the composed fallback.
+    fn pool_grad(
+        x: &[f32],
+        shape: (usize, usize, usize, usize),
+        g: &[f32],
+        composed: bool,
+    ) -> Vec<f32> {
+        let (n, c, h, w) = shape;
+        let var = Var::from_vec(x.to_vec(), (n, c, h, w), &Device::Cpu).unwrap();
+        let out = if composed {
+            max_pool2d_3x3s2p1_composed(var.as_tensor()).unwrap()
+        } else {
+            max_pool2d_3x3s2p1(var.as_tensor()).unwrap()
+        };
+        let gt = Tensor::from_vec(g.to_vec(), out.shape(), &Device::Cpu).unwrap();
+        let loss = (out * gt).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn max_pool_backward_routes_to_first_argmax_on_ties() {
+        // 3x3 input, output 2x2. All windows see the tied 5s; PyTorch gives each output's
+        // gradient to the first 5 in row-major order within its window.
+        #[rustfmt::skip]
+        let x = [
+            5.0, 1.0, 5.0,
+            1.0, 5.0, 1.0,
+            5.0, 1.0, 0.0,
+        ];
+        let g = [1.0, 10.0, 100.0, 1000.0];
+        // window (0,0): rows 0..2, cols 0..2 -> first max at (0,0)
+        // window (0,1): rows 0..2, cols 1..3 -> first max at (0,2)
+        // window (1,0): rows 1..3, cols 0..2 -> first max at (1,1)
+        // window (1,1): rows 1..3, cols 1..3 -> first max at (1,1)
+        #[rustfmt::skip]
+        let want = [
+            1.0, 0.0, 10.0,
+            0.0, 1100.0, 0.0,
+            0.0, 0.0, 0.0,
+        ];
+        assert_eq!(pool_grad(&x, (1, 1, 3, 3), &g, false), want);
+        assert_eq!(pool_grad(&x, (1, 1, 3, 3), &g, true), want);
+    }
+
+    #[test]
+    fn max_pool_backward_matches_reference_and_finite_differences() {
+        let shape @ (n, c, h, w) = (2, 3, 11, 8);
+        let x = pseudo_random(n * c * h * w, 3);
+        let (_, arg) = naive_pool(&x, n, c, h, w);
+        let g = pseudo_random(arg.len(), 5);
+        let mut want = vec![0f32; x.len()];
+        for (o, &i) in arg.iter().enumerate() {
+            want[i] += g[o];
+        }
+        let got = pool_grad(&x, shape, &g, false);
+        assert_eq!(got, want);
+        let composed = pool_grad(&x, shape, &g, true);
+        assert_eq!(composed, want);
+
+        // Central differences of f(x) = sum(pool(x) * g) at a few inputs, in f64 on the
+        // naive reference (values are distinct so f is locally linear).
+        let f = |x: &[f32]| -> f64 {
+            let (out, _) = naive_pool(x, n, c, h, w);
+            out.iter()
+                .zip(&g)
+                .map(|(&o, &gg)| o as f64 * gg as f64)
+                .sum()
+        };
+        for i in [0, 1, 17, 40, 87, 250, x.len() - 1] {
+            let eps = 1e-3;
+            let mut xp = x.clone();
+            xp[i] += eps;
+            let mut xm = x.clone();
+            xm[i] -= eps;
+            let fd = (f(&xp) - f(&xm)) / (2.0 * eps as f64);
+            assert!(
+                (fd - got[i] as f64).abs() < 1e-3,
+                "input {i}: fd {fd} vs {}",
+                got[i]
+            );
+        }
+    }
+
+    #[test]
+    fn max_pool_padding_is_minus_infinity() {
+        // All-negative input: zero padding would give 0 at the borders.
+        let x =
+            Tensor::from_vec(vec![-3f32, -2.0, -5.0, -1.0], (1, 1, 2, 2), &Device::Cpu).unwrap();
+        let y = max_pool2d_3x3s2p1(&x).unwrap();
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [-1.0]);
+    }
+
+    #[test]
+    fn relu_gradient_is_zero_at_zero_on_cpu_and_fallback() {
+        let x = [-1.0f32, 0.0, 2.0, -0.0, 3.5];
+        let v = Var::from_slice(&x, x.len(), &Device::Cpu).unwrap();
+        let g = Tensor::new(&[1f32, 2.0, 3.0, 4.0, 5.0], &Device::Cpu).unwrap();
+        let want_y = [0.0f32, 0.0, 2.0, 0.0, 3.5];
+        let want_g = [0.0f32, 0.0, 3.0, 0.0, 5.0];
+        let through_fallback = v.gt(0.0).unwrap().where_cond(v.as_tensor(), &v.zeros_like().unwrap()).unwrap();
+        for y in [relu(v.as_tensor()).unwrap(), through_fallback] {
+            assert_eq!(y.to_vec1::<f32>().unwrap(), want_y);
+            let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let got = grads.get(v.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(got, want_g);
+        }
+        // Strided input.
+        let m = Tensor::from_vec(vec![-1f32, 2.0, 3.0, -4.0], (2, 2), &Device::Cpu).unwrap();
+        let r = relu(&m.t().unwrap()).unwrap();
+        assert_eq!(r.to_vec2::<f32>().unwrap(), [[0.0, 3.0], [2.0, 0.0]]);
+    }
+
+    fn bce(x: &[f32], t: &[f32]) -> (f32, Vec<f32>) {
+        let v = Var::from_vec(x.to_vec(), (x.len(), 1), &Device::Cpu).unwrap();
+        let tt = Tensor::from_vec(t.to_vec(), t.len(), &Device::Cpu).unwrap();
+        let loss = bce_with_logits(v.as_tensor(), &tt).unwrap();
+        let grads = loss.backward().unwrap();
+        let g = grads.get(v.as_tensor()).unwrap().flatten_all().unwrap();
+        (
+            loss.to_scalar::<f32>().unwrap(),
+            g.to_vec1::<f32>().unwrap(),
+        )
+    }
+
+    #[test]
+    fn bce_with_extreme_logits_is_finite_and_exact() {
+        let cases: [(f32, f32, f32); 6] = [
+            (100.0, 0.0, 100.0),
+            (100.0, 1.0, 0.0),
+            (-100.0, 1.0, 100.0),
+            (-100.0, 0.0, 0.0),
+            (17.0, 1.0, 4.139_938_6e-8),
+            (20.0, 0.0, 20.0),
+        ];
+        for (x, t, want) in cases {
+            let (loss, _) = bce(&[x], &[t]);
+            assert!(loss.is_finite(), "logit {x} target {t}: {loss}");
+            assert!(
+                (loss - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "logit {x} target {t}: {loss} vs {want}"
+            );
+        }
+        // Mean over items, against the f64 formula.
+        let x = [0.3f32, -2.0, 5.0, 0.0];
+        let t = [1.0f32, 0.0, 0.0, 1.0];
+        let want: f64 = x
+            .iter()
+            .zip(&t)
+            .map(|(&x, &t)| {
+                let (x, t) = (x as f64, t as f64);
+                x.max(0.0) - x * t + (-x.abs()).exp().ln_1p()
+            })
+            .sum::<f64>()
+            / 4.0;
+        let (loss, _) = bce(&x, &t);
+        assert!((loss as f64 - want).abs() < 1e-6, "{loss} vs {want}");
+    }
+
+    #[test]
+    fn bce_gradient_is_sigmoid_minus_target_over_n() {
+        let x = [100.0f32, -100.0, 0.0, 0.7, -3.2, 17.0];
+        let t = [0.0f32, 1.0, 1.0, 0.0, 1.0, 1.0];
+        let (_, g) = bce(&x, &t);
+        let n = x.len() as f64;
+        for i in 0..x.len() {
+            let s = 1.0 / (1.0 + (-(x[i] as f64)).exp());
+            let want = (s - t[i] as f64) / n;
+            assert!(g[i].is_finite());
+            assert!(
+                (g[i] as f64 - want).abs() < 1e-7,
+                "x {}: {} vs {want}",
+                x[i],
+                g[i]
+            );
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! Stratified train/val/test split reproducing scikit-learn's per-class counts.
+//!
+//! The notebook calls `train_test_split(.., stratify=y)` twice: test fraction `test` on
+//! everything, then `val / (1 - test)` of the rest. [`split_counts`] reproduces the per-class
+//! sizes of those calls exactly (`StratifiedShuffleSplit` with `_approximate_mode`);
+//! [`stratified_split`] then assigns concrete items so that duplicates (items sharing a
+//! group id) never straddle two splits. Which items land where differs from scikit-learn
+//! (its permutation comes from NumPy's generator); the counts do not.
+//!
+//! All randomness comes from `rand_chacha::ChaCha8Rng` seeded with the caller's seed, so a
+//! split is identical on every platform and thread count.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The three splits of a prepared dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Val,
+    Test,
+}
+
+impl Split {
+    pub const ALL: [Split; 3] = [Split::Train, Split::Val, Split::Test];
+
+    /// The lowercase name used for folders and in the manifest.
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Test => "test",
+        }
+    }
+}
+
+/// RNG streams, so that the count plan and the item assignment draw independently.
+const STREAM_COUNTS: u64 = 0;
+const STREAM_ASSIGN: u64 = 1;
+
+/// A dataset-level error without a file to name; callers that know the dataset root
+/// should put it in `path`.
+fn bad_dataset(reason: String) -> Error {
+    Error::BadDataset {
+        path: PathBuf::new(),
+        reason,
+    }
+}
+
+fn check_fractions(val: f64, test: f64) -> Result<()> {
+    let open_unit = |f: f64| f > 0.0 && f < 1.0;
+    if !open_unit(test) {
+        return Err(Error::InvalidOption(format!(
+            "test fraction must be in (0, 1), got {test}"
+        )));
+    }
+    if !open_unit(val) {
+        return Err(Error::InvalidOption(format!(
+            "validation fraction must be in (0, 1), got {val}"
+        )));
+    }
+    if val + test >= 1.0 {
+        return Err(Error::InvalidOption(format!(
+            "validation ({val}) and test ({test}) fractions leave nothing to train on"
+        )));
+    }
+    Ok(())
+}
+
+/// scikit-learn's `_approximate_mode`: the floor of each class's proportional share of
+/// `n_draws`, then the remaining draws one each to the classes with the largest
+/// remainders, exact ties broken at random.
+fn approximate_mode<R: Rng + ?Sized>(
+    class_counts: &[usize],
+    n_draws: usize,
+    rng: &mut R,
+) -> Vec<usize> {
+    let total: usize = class_counts.iter().sum();
+    if total == 0 {
+        return vec![0; class_counts.len()];
+    }
+    // Same float operations as NumPy: counts / counts.sum() * n_draws.
+    let continuous: Vec<f64> = class_counts
+        .iter()
+        .map(|&c| c as f64 / total as f64 * n_draws as f64)
+        .collect();
+    let mut floored: Vec<usize> = continuous.iter().map(|c| c.floor() as usize).collect();
+    let mut need = n_draws.saturating_sub(floored.iter().sum());
+    if need > 0 {
+        let remainder: Vec<f64> = continuous
+            .iter()
+            .zip(&floored)
+            .map(|(c, &f)| c - f as f64)
+            .collect();
+        let mut values = remainder.clone();
+        values.sort_by(|a, b| b.total_cmp(a));
+        values.dedup();
+        for value in values {
+            let mut inds: Vec<usize> = (0..remainder.len())
+                .filter(|&i| remainder[i] == value)
+                .collect();
+            let add_now = inds.len().min(need);
+            inds.shuffle(rng);
+            for &i in &inds[..add_now] {
+                floored[i] += 1;
+            }
+            need -= add_now;
+            if need == 0 {
+                break;
+            }
+        }
+    }
+    floored
+}
+
+/// One stratified `train_test_split(test_size=fraction)`: per-class `(keep, held_out)`.
+fn split_once<R: Rng + ?Sized>(
+    class_counts: &[usize],
+    fraction: f64,
+    rng: &mut R,
+) -> (Vec<usize>, Vec<usize>) {
+    let n: usize = class_counts.iter().sum();
+    // sklearn's _validate_shuffle_split: n_test = ceil(test_size * n), n_train = n - n_test.
+    let n_test = ((fraction * n as f64).ceil() as usize).min(n);
+    let n_train = n - n_test;
+    let train = approximate_mode(class_counts, n_train, rng);
+    let rest: Vec<usize> = class_counts
+        .iter()
+        .zip(&train)
+        .map(|(c, t)| c - t)
+        .collect();
+    let test = approximate_mode(&rest, n_test, rng);
+    (train, test)
+}
+
+/// Per-class `[train, val, test]` sizes of the notebook's two stratified
+/// `train_test_split` calls, for classes of the given sizes (in the given order).
+///
+/// Errors if a fraction is out of range, or if some class would get no image in some split
+/// (the message names the class index, its size and the sizes it would get).
+pub fn split_counts(
+    class_counts: &[usize],
+    val: f64,
+    test: f64,
+    seed: u64,
+) -> Result<Vec<[usize; 3]>> {
+    check_fractions(val, test)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(STREAM_COUNTS);
+    let names: Vec<usize> = (0..class_counts.len()).collect();
+    plan_counts(class_counts, &names, val, test, &mut rng)
+}
+
+/// `names[c]` is the label that class `c` is reported as in errors.
+fn plan_counts(
+    class_counts: &[usize],
+    names: &[usize],
+    val: f64,
+    test: f64,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<[usize; 3]>> {
+    let (dev, test_counts) = split_once(class_counts, test, rng);
+    let (train, val_counts) = split_once(&dev, val / (1.0 - test), rng);
+    let plan: Vec<[usize; 3]> = (0..class_counts.len())
+        .map(|c| [train[c], val_counts[c], test_counts[c]])
+        .collect();
+    for ((&n, counts), name) in class_counts.iter().zip(&plan).zip(names) {
+        if counts.contains(&0) {
+            return Err(bad_dataset(format!(
+                "class {name} has only {n} image(s): a split with validation fraction {val} and \
+                 test fraction {test} would give it train {}, val {}, test {}; every split \
+                 needs at least one image of each class",
+                counts[0], counts[1], counts[2]
+            )));
+        }
+    }
+    Ok(plan)
+}
+
+/// Assigns every item to a split.
+///
+/// `labels[i]` is item i's class; `groups[i]` is its group id (items with equal ids, e.g.
+/// byte-identical duplicates, always land in the same split). Per-class counts equal
+/// scikit-learn's two `train_test_split` calls (test fraction `test`, then `val / (1 - test)`
+/// of the rest). Deterministic for a given `seed`.
+///
+/// Multi-item groups are placed first (in seeded random order, each into a split of its
+/// class chosen with probability proportional to the room left there); singletons then fill
+/// the remaining per-class counts exactly. Only if a group is larger than the room left in
+/// every split of its class do the counts deviate, by at most that group's size.
+///
+/// Errors: [`Error::InvalidOption`] for mismatched lengths or fractions out of range;
+/// [`Error::BadDataset`] (with an empty `path`, for the caller to fill in with the dataset
+/// root) for an empty input, a class too small to give every split an image, or a group
+/// whose items have different labels.
+pub fn stratified_split(
+    labels: &[usize],
+    groups: &[usize],
+    val: f64,
+    test: f64,
+    seed: u64,
+) -> Result<Vec<Split>> {
+    if labels.len() != groups.len() {
+        return Err(Error::InvalidOption(format!(
+            "{} labels but {} group ids",
+            labels.len(),
+            groups.len()
+        )));
+    }
+    check_fractions(val, test)?;
+    if labels.is_empty() {
+        return Err(bad_dataset("no images to split".into()));
+    }
+
+    // Classes in label order; only labels that occur are classes (as np.unique).
+    let mut class_items: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, &l) in labels.iter().enumerate() {
+        class_items.entry(l).or_default().push(i);
+    }
+    let classes: Vec<usize> = class_items.keys().copied().collect();
+    let counts: Vec<usize> = class_items.values().map(Vec::len).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(STREAM_COUNTS);
+    let plan = plan_counts(&counts, &classes, val, test, &mut rng)?;
+
+    // Groups in order of first appearance, with label consistency checked.
+    let mut group_items: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, &g) in groups.iter().enumerate() {
+        let items = group_items.entry(g).or_default();
+        if let Some(&first) = items.first() {
+            if labels[first] != labels[i] {
+                return Err(bad_dataset(format!(
+                    "items {first} and {i} are duplicates (group {g}) but have different \
+                     labels ({} and {})",
+                    labels[first], labels[i]
+                )));
+            }
+        }
+        items.push(i);
+    }
+    let mut by_first: Vec<&Vec<usize>> = group_items.values().collect();
+    by_first.sort_by_key(|items| items[0]);
+
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(STREAM_ASSIGN);
+    let mut out = vec![Split::Train; labels.len()];
+    for (ci, &class) in classes.iter().enumerate() {
+        let mut multi: Vec<&Vec<usize>> = Vec::new();
+        let mut single: Vec<usize> = Vec::new();
+        for items in by_first.iter().filter(|items| labels[items[0]] == class) {
+            if items.len() > 1 {
+                multi.push(items);
+            } else {
+                single.push(items[0]);
+            }
+        }
+        let mut room = plan[ci].map(|n| n as i64);
+        multi.shuffle(&mut rng);
+        for items in multi {
+            let size = items.len() as i64;
+            let fits: Vec<usize> = (0..3).filter(|&s| room[s] >= size).collect();
+            let s = if fits.is_empty() {
+                // No split has room for the whole group: the least harm is the fullest room.
+                (0..3)
+                    .max_by_key(|&s| (room[s], std::cmp::Reverse(s)))
+                    .unwrap_or(0)
+            } else {
+                let total: i64 = fits.iter().map(|&s| room[s]).sum();
+                let mut pick = rng.random_range(0..total);
+                let mut chosen = fits[fits.len() - 1];
+                for &s in &fits {
+                    if pick < room[s] {
+                        chosen = s;
+                        break;
+                    }
+                    pick -= room[s];
+                }
+                chosen
+            };
+            room[s] -= size;
+            for &i in items {
+                out[i] = Split::ALL[s];
+            }
+        }
+        single.shuffle(&mut rng);
+        let mut next = single.into_iter();
+        for s in 0..3 {
+            for i in next.by_ref().take(room[s].max(0) as usize) {
+                out[i] = Split::ALL[s];
+            }
+        }
+        debug_assert!(next.next().is_none(), "rooms always hold every singleton");
+
+        for split in Split::ALL {
+            if !class_items[&class].iter().any(|&i| out[i] == split) {
+                return Err(bad_dataset(format!(
+                    "class {class}: its duplicate groups are too large to give the {} split \
+                     an image (planned train {}, val {}, test {})",
+                    split.name(),
+                    plan[ci][0],
+                    plan[ci][1],
+                    plan[ci][2]
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels_for(counts: &[usize]) -> Vec<usize> {
+        counts
+            .iter()
+            .enumerate()
+            .flat_map(|(c, &n)| std::iter::repeat_n(c, n))
+            .collect()
+    }
+
+    fn tally(labels: &[usize], splits: &[Split], classes: usize) -> Vec<[usize; 3]> {
+        let mut t = vec![[0usize; 3]; classes];
+        for (&l, &s) in labels.iter().zip(splits) {
+            t[l][Split::ALL.iter().position(|&x| x == s).unwrap()] += 1;
+        }
+        t
+    }
+
+    /// Values from ../shared/fixtures/split_counts.json (scikit-learn), hard-coded so that
+    /// the plain `cargo test` checks them too.
+    const SKLEARN_CASES: [([usize; 2], [[usize; 3]; 2]); 4] = [
+        ([6289, 5590], [[3773, 1258, 1258], [3354, 1118, 1118]]),
+        ([160, 40], [[96, 32, 32], [24, 8, 8]]),
+        ([1800, 1497], [[1080, 360, 360], [897, 300, 300]]),
+        ([7, 5], [[3, 2, 2], [3, 1, 1]]),
+    ];
+
+    #[test]
+    fn counts_match_scikit_learn() {
+        for (input, expect) in SKLEARN_CASES {
+            for seed in [0, 42, 7] {
+                let got = split_counts(&input, 0.2, 0.2, seed).unwrap();
+                assert_eq!(got, expect.to_vec(), "input {input:?} seed {seed}");
+            }
+        }
+    }
+
+    #[test]
+    fn assignment_has_exact_counts() {
+        for (input, expect) in SKLEARN_CASES {
+            let labels = labels_for(&input);
+            let groups: Vec<usize> = (0..labels.len()).collect();
+            let splits = stratified_split(&labels, &groups, 0.2, 0.2, 42).unwrap();
+            assert_eq!(tally(&labels, &splits, 2), expect.to_vec(), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn approximate_mode_values() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        // 9 of [7, 5]: 5.25 and 3.75 -> floors 5, 3; the larger remainder gets the last.
+        assert_eq!(approximate_mode(&[7, 5], 9, &mut rng), vec![5, 4]);
+        // Exact shares need no rounding.
+        assert_eq!(approximate_mode(&[10, 30], 20, &mut rng), vec![5, 15]);
+        // Three equal remainders, one draw left: exactly one class gets it, seed-dependent.
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..32 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let got = approximate_mode(&[1, 1, 1], 1, &mut rng);
+            assert_eq!(got.iter().sum::<usize>(), 1);
+            seen.insert(got);
+        }
+        assert_eq!(seen.len(), 3, "ties are broken at random");
+    }
+
+    #[test]
+    fn deterministic_and_seed_dependent() {
+        let labels = labels_for(&[300, 120]);
+        let groups: Vec<usize> = (0..labels.len()).collect();
+        let a = stratified_split(&labels, &groups, 0.2, 0.2, 42).unwrap();
+        assert_eq!(a, stratified_split(&labels, &groups, 0.2, 0.2, 42).unwrap());
+        let b = stratified_split(&labels, &groups, 0.2, 0.2, 43).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(tally(&labels, &a, 2), tally(&labels, &b, 2));
+    }
+
+    #[test]
+    fn duplicate_groups_stay_together_and_counts_stay_exact() {
+        let labels = labels_for(&[160, 40]);
+        // Pairs and triples of duplicates in both classes, interleaved with singletons.
+        let mut groups: Vec<usize> = (0..labels.len()).collect();
+        for i in (0..150).step_by(5) {
+            groups[i + 1] = groups[i];
+            if i % 10 == 0 {
+                groups[i + 2] = groups[i];
+            }
+        }
+        for i in (160..196).step_by(6) {
+            groups[i + 1] = groups[i];
+        }
+        for seed in 0..20 {
+            let splits = stratified_split(&labels, &groups, 0.2, 0.2, seed).unwrap();
+            assert_eq!(
+                tally(&labels, &splits, 2),
+                vec![[96, 32, 32], [24, 8, 8]],
+                "seed {seed}"
+            );
+            for (i, &g) in groups.iter().enumerate() {
+                let first = groups.iter().position(|&x| x == g).unwrap();
+                assert_eq!(
+                    splits[i], splits[first],
+                    "group {g} split apart (seed {seed})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn group_ids_need_not_be_dense() {
+        let labels = labels_for(&[20, 10]);
+        let groups: Vec<usize> = (0..labels.len()).map(|i| 1_000_000 + (i / 2) * 7).collect();
+        let splits = stratified_split(&labels, &groups, 0.2, 0.2, 1).unwrap();
+        for i in (0..labels.len()).step_by(2) {
+            assert_eq!(splits[i], splits[i + 1]);
+        }
+        assert_eq!(tally(&labels, &splits, 2), vec![[12, 4, 4], [6, 2, 2]]);
+    }
+
+    #[test]
+    fn errors() {
+        let labels = labels_for(&[50, 50]);
+        let groups: Vec<usize> = (0..100).collect();
+        for (val, test) in [
+            (0.2, 0.0),
+            (0.2, 1.0),
+            (0.0, 0.2),
+            (0.5, 0.5),
+            (0.2, f64::NAN),
+        ] {
+            let e = stratified_split(&labels, &groups, val, test, 0).unwrap_err();
+            assert!(matches!(e, Error::InvalidOption(_)), "{val} {test}: {e}");
+        }
+        assert!(matches!(
+            stratified_split(&labels, &groups[..99], 0.2, 0.2, 0),
+            Err(Error::InvalidOption(_))
+        ));
+        assert!(matches!(
+            stratified_split(&[], &[], 0.2, 0.2, 0),
+            Err(Error::BadDataset { .. })
+        ));
+
+        // Label 3 has 2 images: 60/20/20 cannot give it one in every split.
+        let mut labels = labels_for(&[40]);
+        labels.extend([3, 3]);
+        let groups: Vec<usize> = (0..labels.len()).collect();
+        match stratified_split(&labels, &groups, 0.2, 0.2, 0) {
+            Err(Error::BadDataset { reason, .. }) => {
+                assert!(
+                    reason.starts_with("class 3 has only 2 image(s)"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // One group across two classes.
+        let labels = labels_for(&[10, 10]);
+        let mut groups: Vec<usize> = (0..20).collect();
+        groups[15] = 4;
+        match stratified_split(&labels, &groups, 0.2, 0.2, 0) {
+            Err(Error::BadDataset { reason, .. }) => {
+                assert!(reason.contains("items 4 and 15"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn oversized_group_is_an_error_only_when_a_split_would_be_empty() {
+        // 10 images of one class all duplicates of each other: cannot be split.
+        let labels = labels_for(&[30, 10]);
+        let mut groups: Vec<usize> = (0..40).collect();
+        for g in groups.iter_mut().skip(30) {
+            *g = 30;
+        }
+        let e = stratified_split(&labels, &groups, 0.2, 0.2, 0).unwrap_err();
+        assert!(e.to_string().contains("class 1"), "{e}");
+    }
+}

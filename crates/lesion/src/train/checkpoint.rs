@@ -1,0 +1,123 @@
+//! Checkpoints: one safetensors file holding the model's state dict (torchvision names,
+//! running statistics included), the optimizer's state (`optim.*`) and, in the file's
+//! metadata, the training state needed to resume (epoch, best figure, patience counter).
+//!
+//! Files are written atomically, so a kill during a write leaves the previous checkpoint
+//! intact.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::IoContext;
+use crate::fsutil::write_atomic;
+use crate::{Error, Result};
+
+/// Metadata key under which [`TrainState`] is stored as JSON.
+const META_KEY: &str = "lesion.train_state";
+/// Identifies the checkpoint layout.
+const FORMAT: &str = "lesion-checkpoint-v1";
+
+/// Where training stands after an epoch: everything besides tensors that resuming needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub format: String,
+    /// Number of completed epochs.
+    pub epoch: usize,
+    /// Best value of the monitored figure so far, and the (1-based) epoch that reached it.
+    pub best_metric: f64,
+    pub best_epoch: usize,
+    pub epochs_without_improvement: usize,
+    /// Shuffling and dropout are derived from (seed, epoch), so this is the RNG state.
+    pub seed: u64,
+    /// Early stopping ended the run; resuming it does nothing.
+    pub finished: bool,
+}
+
+impl TrainState {
+    pub fn new(seed: u64, best_metric: f64) -> Self {
+        TrainState {
+            format: FORMAT.into(),
+            epoch: 0,
+            best_metric,
+            best_epoch: 0,
+            epochs_without_improvement: 0,
+            seed,
+            finished: false,
+        }
+    }
+}
+
+/// Writes `tensors` (moved to the CPU as needed) and `state` to `path` atomically.
+pub fn save(path: &Path, tensors: &HashMap<String, Tensor>, state: &TrainState) -> Result<()> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let cpu: Vec<(String, Tensor)> = names
+        .into_iter()
+        .map(|n| Ok((n.clone(), tensors[n].to_device(&Device::Cpu)?)))
+        .collect::<Result<_>>()?;
+    let meta = HashMap::from([(
+        META_KEY.to_string(),
+        serde_json::to_string(state).expect("TrainState serialises"),
+    )]);
+    let bytes = safetensors::serialize(cpu, Some(meta)).map_err(|e| Error::Safetensors {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads a checkpoint written by [`save`]; tensors are placed on `device`.
+pub fn load(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, TrainState)> {
+    let bytes = std::fs::read(path).with_path(path)?;
+    let bad = |reason: String| Error::Safetensors {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let state_json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(META_KEY))
+        .ok_or_else(|| bad(format!("no `{META_KEY}` metadata: not a lesion checkpoint")))?;
+    let state: TrainState =
+        serde_json::from_str(state_json).map_err(|e| bad(format!("bad train state: {e}")))?;
+    if state.format != FORMAT {
+        return Err(bad(format!("unsupported checkpoint format `{}`", state.format)));
+    }
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
+    Ok((tensors, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_keeps_tensors_and_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("last.safetensors");
+        let t = Tensor::new(&[[1f32, 2.], [3., 4.]], &Device::Cpu).unwrap();
+        let tensors = HashMap::from([("fc.0.weight".to_string(), t)]);
+        let mut state = TrainState::new(7, f64::NEG_INFINITY);
+        state.epoch = 3;
+        state.best_metric = 0.875;
+        save(&path, &tensors, &state).unwrap();
+        let (back, st) = load(&path, &Device::Cpu).unwrap();
+        assert_eq!(st, state);
+        let v: Vec<Vec<f32>> = back["fc.0.weight"].to_vec2().unwrap();
+        assert_eq!(v, vec![vec![1., 2.], vec![3., 4.]]);
+    }
+
+    #[test]
+    fn plain_safetensors_is_rejected_with_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.safetensors");
+        let t = Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&HashMap::from([("a", t)]), &path).unwrap();
+        let err = load(&path, &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("not a lesion checkpoint"), "{err}");
+    }
+}

@@ -1,0 +1,145 @@
+//! Per-epoch training history: `history.csv` in the run folder and the data for
+//! `curves.png`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::write_atomic;
+use crate::error::IoContext;
+use crate::{Error, Result};
+
+/// One row of `history.csv`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub val_loss: f64,
+    pub val_acc: f64,
+    /// NaN when the validation split holds a single class.
+    pub val_auc: f64,
+    pub lr_head: f64,
+    pub lr_layer4: f64,
+    pub lr_layer3: f64,
+    /// 0 when the stem to layer2 are frozen.
+    pub lr_backbone: f64,
+    /// Wall time of the epoch, training and validation.
+    pub seconds: f64,
+    /// Training throughput.
+    pub images_per_s: f64,
+}
+
+const HEADER: &str = "epoch,train_loss,train_acc,val_loss,val_acc,val_auc,lr_head,lr_layer4,\
+lr_layer3,lr_backbone,seconds,images_per_s";
+
+/// Renders the records as CSV with a header line.
+pub fn to_csv(records: &[EpochRecord]) -> String {
+    let mut s = String::from(HEADER);
+    s.push('\n');
+    for r in records {
+        let _ = writeln!(
+            s,
+            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:e},{:e},{:e},{:e},{:.3},{:.2}",
+            r.epoch,
+            r.train_loss,
+            r.train_acc,
+            r.val_loss,
+            r.val_acc,
+            r.val_auc,
+            r.lr_head,
+            r.lr_layer4,
+            r.lr_layer3,
+            r.lr_backbone,
+            r.seconds,
+            r.images_per_s
+        );
+    }
+    s
+}
+
+/// Writes `history.csv` atomically.
+pub fn write(path: &Path, records: &[EpochRecord]) -> Result<()> {
+    write_atomic(path, to_csv(records).as_bytes())
+}
+
+/// Reads a `history.csv` written by [`write`] (used when resuming a run).
+pub fn read(path: &Path) -> Result<Vec<EpochRecord>> {
+    let text = std::fs::read_to_string(path).with_path(path)?;
+    let bad = |line: usize, why: String| Error::BadArtifact {
+        path: path.to_path_buf(),
+        reason: format!("line {line}: {why}"),
+    };
+    let mut lines = text.lines();
+    if lines.next() != Some(HEADER) {
+        return Err(bad(1, "unexpected header".into()));
+    }
+    let mut out = Vec::new();
+    for (i, line) in lines.enumerate() {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != 12 {
+            return Err(bad(i + 2, format!("expected 12 fields, found {}", f.len())));
+        }
+        let num = |k: usize| -> Result<f64> {
+            f[k].parse::<f64>().map_err(|e| bad(i + 2, format!("field {}: {e}", k + 1)))
+        };
+        out.push(EpochRecord {
+            epoch: f[0].parse().map_err(|e| bad(i + 2, format!("epoch: {e}")))?,
+            train_loss: num(1)?,
+            train_acc: num(2)?,
+            val_loss: num(3)?,
+            val_acc: num(4)?,
+            val_auc: num(5)?,
+            lr_head: num(6)?,
+            lr_layer4: num(7)?,
+            lr_layer3: num(8)?,
+            lr_backbone: num(9)?,
+            seconds: num(10)?,
+            images_per_s: num(11)?,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_round_trip() {
+        let rec = EpochRecord {
+            epoch: 3,
+            train_loss: 0.5,
+            train_acc: 0.75,
+            val_loss: 0.625,
+            val_acc: 0.8125,
+            val_auc: f64::NAN,
+            lr_head: 1e-2,
+            lr_layer4: 1e-3,
+            lr_layer3: 1e-3,
+            lr_backbone: 0.0,
+            seconds: 12.5,
+            images_per_s: 40.25,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.csv");
+        write(&path, std::slice::from_ref(&rec)).unwrap();
+        let back = read(&path).unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].epoch, 3);
+        assert_eq!(back[0].val_acc, 0.8125);
+        assert!(back[0].val_auc.is_nan());
+        assert_eq!(back[0].lr_head, 1e-2);
+    }
+
+    #[test]
+    fn rejects_wrong_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.csv");
+        std::fs::write(&path, "a,b\n").unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("unexpected header"), "{err}");
+    }
+}

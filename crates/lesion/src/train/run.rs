@@ -1,0 +1,497 @@
+//! The training loop: epochs of Adam steps in train mode, validation in eval mode, the
+//! best and last checkpoints, history, curves and early stopping; and resuming.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{ModuleT, VarBuilder, VarMap};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::checkpoint::{self, TrainState};
+use super::config::{Monitor, RunConfig, TrainConfig};
+use super::history::{self, EpochRecord};
+use crate::device::{describe, parse_device};
+use crate::fsutil::{read_json, write_json_atomic};
+use crate::infer::{predict_split, SplitPredictions};
+use crate::loader::{LoaderOptions, PreparedDataset};
+use crate::model::{self, ResNet18};
+use crate::optim::{Adam, ParamGroup};
+use crate::split::Split;
+use crate::weights::{self, WeightsSource};
+use crate::{metrics, ops, Error, Result};
+
+/// Smallest image side ResNet-18 can take: five stride-2 stages leave at least 1x1.
+const MIN_IMAGE_SIZE: u32 = 32;
+
+/// File names inside a run folder.
+pub const CONFIG_FILE: &str = "config.json";
+pub const BEST_FILE: &str = "best.safetensors";
+pub const LAST_FILE: &str = "last.safetensors";
+pub const HISTORY_FILE: &str = "history.csv";
+pub const CURVES_FILE: &str = "curves.png";
+
+/// What a finished (or early-stopped) run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub run_dir: PathBuf,
+    pub monitor: Monitor,
+    /// Epochs completed in total (resumed runs included).
+    pub epochs_completed: usize,
+    pub best_epoch: usize,
+    pub best_metric: f64,
+    pub stopped_early: bool,
+    pub history: Vec<EpochRecord>,
+}
+
+impl fmt::Display for TrainSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let how = if self.stopped_early {
+            "stopped early"
+        } else {
+            "finished"
+        };
+        writeln!(
+            f,
+            "training {how} after {} epochs; best {} = {:.4} at epoch {}",
+            self.epochs_completed, self.monitor, self.best_metric, self.best_epoch
+        )?;
+        if let Some(best) = self.history.iter().find(|r| r.epoch == self.best_epoch) {
+            writeln!(
+                f,
+                "best epoch: val_loss {:.4}, val_acc {:.4}, val_auc {:.4}",
+                best.val_loss, best.val_acc, best.val_auc
+            )?;
+        }
+        write!(f, "run folder: {}", self.run_dir.display())
+    }
+}
+
+/// Starts a new run as described by `cfg` and trains it to the end.
+pub fn train(cfg: &TrainConfig, progress: bool) -> Result<TrainSummary> {
+    cfg.validate()?;
+    // Everything that can fail on bad input is checked before the run folder exists.
+    let data = open_data(&cfg.data)?;
+    let device = parse_device(&cfg.device)?;
+    let source: WeightsSource = cfg.weights.parse()?;
+    let weights_path = weights::resolve(&source, progress)?;
+    let identity = weights::identify(&source, weights_path.as_deref())?;
+
+    let varmap = VarMap::new();
+    let mut model = ResNet18::new(
+        VarBuilder::from_varmap(&varmap, DType::F32, &device),
+        cfg.head_dropout as f32,
+    )?;
+    model::init_seeded(&varmap, cfg.seed)?;
+    if let Some(path) = &weights_path {
+        model::load_state_dict(&varmap, weights::load_safetensors(path)?, true)?;
+    }
+    model.set_trainable(cfg.trainable);
+    let opt = build_optimizer(&varmap, cfg)?;
+
+    let mut cfg = cfg.clone();
+    // Absolute, so that `--resume` works from any working directory.
+    cfg.data = std::fs::canonicalize(&cfg.data).unwrap_or(cfg.data);
+    let run_cfg = RunConfig {
+        manifest_sha256: crate::manifest::manifest_sha256(data.dir())?,
+        class_names: data.class_names().to_vec(),
+        image_size: data.image_size() as usize,
+        mean: data.manifest().normalization.mean,
+        std: data.manifest().normalization.std,
+        weights_source: match &identity.hub_repo {
+            Some(repo) => format!("{source} ({repo})"),
+            None => source.to_string(),
+        },
+        weights_sha256: identity.sha256.clone(),
+        device: describe(&device),
+        crate_version: env!("CARGO_PKG_VERSION").to_string(),
+        train: cfg.clone(),
+    };
+    create_run_dir(&cfg.out, cfg.force)?;
+    write_json_atomic(cfg.out.join(CONFIG_FILE), &run_cfg)?;
+
+    let state = TrainState::new(cfg.seed, cfg.monitor.worst());
+    Session {
+        cfg,
+        data,
+        device,
+        varmap,
+        model,
+        opt,
+        state,
+        history: Vec::new(),
+        progress,
+    }
+    .run()
+}
+
+/// Continues the run in `run_dir` from its `last.safetensors`; `epochs` optionally raises
+/// the epoch limit. On CPU the result is identical to an uninterrupted run.
+pub fn resume(run_dir: &Path, epochs: Option<usize>, progress: bool) -> Result<TrainSummary> {
+    let config_path = run_dir.join(CONFIG_FILE);
+    let mut run_cfg: RunConfig = read_json(&config_path)?;
+    let mut cfg = run_cfg.train.clone();
+    cfg.out = run_dir.to_path_buf();
+    if let Some(e) = epochs {
+        cfg.epochs = e;
+    }
+    cfg.validate()?;
+    let data = open_data(&cfg.data)?;
+    if crate::manifest::manifest_sha256(data.dir())? != run_cfg.manifest_sha256 {
+        return Err(Error::BadArtifact {
+            path: cfg.data.clone(),
+            reason: format!(
+                "the prepared dataset changed since the run in {} started (manifest hash differs)",
+                run_dir.display()
+            ),
+        });
+    }
+    let device = parse_device(&cfg.device)?;
+    let varmap = VarMap::new();
+    let mut model = ResNet18::new(
+        VarBuilder::from_varmap(&varmap, DType::F32, &device),
+        cfg.head_dropout as f32,
+    )?;
+    model.set_trainable(cfg.trainable);
+    let mut opt = build_optimizer(&varmap, &cfg)?;
+
+    let last = run_dir.join(LAST_FILE);
+    if !last.is_file() {
+        return Err(Error::BadArtifact {
+            path: last,
+            reason: "no checkpoint to resume from (the run did not finish an epoch)".into(),
+        });
+    }
+    let (tensors, state) = checkpoint::load(&last, &device)?;
+    set_vars(&varmap, &tensors, &last)?;
+    opt.load_state(&tensors)?;
+    let mut history = history::read(&run_dir.join(HISTORY_FILE))?;
+    // history.csv is written before last.safetensors; a kill in between leaves one row more.
+    history.truncate(state.epoch);
+
+    if epochs.is_some() {
+        run_cfg.train.epochs = cfg.epochs;
+        write_json_atomic(&config_path, &run_cfg)?;
+    }
+    Session {
+        cfg,
+        data,
+        device,
+        varmap,
+        model,
+        opt,
+        state,
+        history,
+        progress,
+    }
+    .run()
+}
+
+/// Opens and verifies a prepared dataset and checks that the model can take its images.
+fn open_data(dir: &Path) -> Result<PreparedDataset> {
+    let data = PreparedDataset::open(dir)?;
+    data.verify()?;
+    if data.image_size() < MIN_IMAGE_SIZE {
+        return Err(Error::BadArtifact {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "images are {0}x{0} px; ResNet-18 needs at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} \
+                 (prepare again with a larger --size)",
+                data.image_size()
+            ),
+        });
+    }
+    for split in [Split::Train, Split::Val] {
+        if data.len(split) == 0 {
+            return Err(Error::BadArtifact {
+                path: dir.to_path_buf(),
+                reason: format!("the {} split is empty", split.name()),
+            });
+        }
+    }
+    Ok(data)
+}
+
+/// Creates an empty run folder; an existing one is replaced only with `force`, and only if
+/// it is a run folder (so that `--force` cannot delete an unrelated directory).
+fn create_run_dir(dir: &Path, force: bool) -> Result<()> {
+    if dir.exists() {
+        if !force {
+            return Err(Error::OutputExists {
+                path: dir.to_path_buf(),
+            });
+        }
+        let is_run = dir.join(CONFIG_FILE).is_file()
+            || std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if !is_run {
+            return Err(Error::InvalidOption(format!(
+                "{} exists and is not a lesion run folder; refusing to replace it",
+                dir.display()
+            )));
+        }
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// One Adam group per trainable part, with that part's learning rate.
+fn build_optimizer(varmap: &VarMap, cfg: &TrainConfig) -> Result<Adam> {
+    let groups = model::trainable_vars(varmap, cfg.trainable)?
+        .into_iter()
+        .map(|(name, params)| ParamGroup {
+            name: name.to_string(),
+            lr: group_lr(cfg, name),
+            params,
+        })
+        .collect();
+    Adam::new(groups)
+}
+
+fn group_lr(cfg: &TrainConfig, group: &str) -> f64 {
+    match group {
+        "head" => cfg.lr_head,
+        "layer4" => cfg.lr_layer4,
+        "layer3" => cfg.lr_layer3,
+        _ => cfg.lr_backbone,
+    }
+}
+
+/// Copies checkpoint tensors into the model's variables (running statistics included).
+fn set_vars(varmap: &VarMap, tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let data = varmap.data().lock().expect("varmap lock");
+    for (name, var) in data.iter() {
+        let t = tensors.get(name).ok_or_else(|| Error::BadArtifact {
+            path: path.to_path_buf(),
+            reason: format!("checkpoint lacks tensor `{name}`"),
+        })?;
+        if t.dims() != var.dims() {
+            return Err(Error::BadArtifact {
+                path: path.to_path_buf(),
+                reason: format!("`{name}` has shape {:?}, the model {:?}", t.dims(), var.dims()),
+            });
+        }
+        var.set(t)?;
+    }
+    Ok(())
+}
+
+/// Dropout masks of epoch `e` come from a stream derived from (seed, e), so a resumed run
+/// draws the same masks as an uninterrupted one.
+fn dropout_seed(seed: u64, epoch: usize) -> u64 {
+    seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+struct Session {
+    cfg: TrainConfig,
+    data: PreparedDataset,
+    device: Device,
+    varmap: VarMap,
+    model: ResNet18,
+    opt: Adam,
+    state: TrainState,
+    history: Vec<EpochRecord>,
+    progress: bool,
+}
+
+impl Session {
+    fn run(mut self) -> Result<TrainSummary> {
+        let out = self.cfg.out.clone();
+        let mut stopped_early = self.state.finished;
+        if !stopped_early && self.state.epoch < self.cfg.epochs {
+            eprintln!(
+                "training on {} ({} train / {} val images, {}x{} px), trainable: {}, run: {}",
+                describe(&self.device),
+                self.data.len(Split::Train),
+                self.data.len(Split::Val),
+                self.data.image_size(),
+                self.data.image_size(),
+                self.cfg.trainable,
+                out.display()
+            );
+        }
+        while !stopped_early && self.state.epoch < self.cfg.epochs {
+            let record = self.epoch()?;
+            let value = match self.cfg.monitor {
+                Monitor::ValAcc => record.val_acc,
+                Monitor::ValLoss => record.val_loss,
+                Monitor::ValAuc => record.val_auc,
+            };
+            let improved = self.cfg.monitor.improves(value, self.state.best_metric);
+            self.state.epoch = record.epoch;
+            if improved {
+                self.state.best_metric = value;
+                self.state.best_epoch = record.epoch;
+                self.state.epochs_without_improvement = 0;
+            } else {
+                self.state.epochs_without_improvement += 1;
+            }
+            stopped_early = self.state.epochs_without_improvement >= self.cfg.patience
+                && self.state.epoch < self.cfg.epochs;
+            self.state.finished = stopped_early;
+            eprintln!(
+                "epoch {:>3}/{}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} auc {:.4} | \
+                 {:.1} img/s, {:.0} s{}",
+                record.epoch,
+                self.cfg.epochs,
+                record.train_loss,
+                record.train_acc,
+                record.val_loss,
+                record.val_acc,
+                record.val_auc,
+                record.images_per_s,
+                record.seconds,
+                if improved { " *best*" } else { "" }
+            );
+            self.history.push(record);
+            self.save(improved)?;
+            if stopped_early {
+                eprintln!(
+                    "early stopping: no {} improvement for {} epochs",
+                    self.cfg.monitor, self.cfg.patience
+                );
+            }
+        }
+        Ok(TrainSummary {
+            run_dir: out,
+            monitor: self.cfg.monitor,
+            epochs_completed: self.state.epoch,
+            best_epoch: self.state.best_epoch,
+            best_metric: self.state.best_metric,
+            stopped_early,
+            history: self.history,
+        })
+    }
+
+    /// One epoch of training followed by validation.
+    fn epoch(&mut self) -> Result<EpochRecord> {
+        let epoch = self.state.epoch; // 0-based index of the epoch being run
+        let start = Instant::now();
+        let n_train = self.data.len(Split::Train);
+        let pb = self.bar(n_train as u64, format!("epoch {}/{}", epoch + 1, self.cfg.epochs));
+        self.model.set_dropout_seed(dropout_seed(self.cfg.seed, epoch));
+        let opts = LoaderOptions::train(self.cfg.batch_size, self.cfg.seed, epoch as u64);
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        for (step, batch) in self.data.loader(Split::Train, opts, &self.device)?.enumerate() {
+            let batch = batch?;
+            let logits = self.model.forward_t(&batch.images, true)?.squeeze(D::Minus1)?;
+            let loss = ops::bce_with_logits(&logits, &batch.labels)?;
+            let loss_value = loss.to_scalar::<f32>()?;
+            if !loss_value.is_finite() {
+                pb.abandon();
+                return Err(Error::Diverged {
+                    run: self.cfg.out.join(LAST_FILE),
+                    epoch: epoch + 1,
+                    step: step + 1,
+                    value: loss_value,
+                });
+            }
+            let grads = loss.backward()?;
+            self.opt.step(&grads)?;
+            let b = batch.len();
+            let logits: Vec<f32> = logits.to_vec1()?;
+            correct += logits
+                .iter()
+                .zip(&batch.label_u8)
+                .filter(|(&x, &y)| u8::from(x >= 0.0) == y)
+                .count();
+            loss_sum += f64::from(loss_value) * b as f64;
+            seen += b;
+            pb.inc(b as u64);
+            let secs = start.elapsed().as_secs_f64();
+            pb.set_message(format!(
+                "loss {:.4} acc {:.3} {:.1} img/s",
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64,
+                seen as f64 / secs
+            ));
+        }
+        let train_secs = start.elapsed().as_secs_f64();
+        pb.finish_and_clear();
+
+        let val = self.validate()?;
+        let lrs: HashMap<String, f64> = self.opt.lrs().into_iter().collect();
+        let lr = |g: &str| lrs.get(g).copied().unwrap_or(0.0);
+        Ok(EpochRecord {
+            epoch: epoch + 1,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_acc: correct as f64 / seen.max(1) as f64,
+            val_loss: val.mean_bce(),
+            val_acc: val.accuracy(metrics::DEFAULT_THRESHOLD),
+            val_auc: metrics::roc_auc(&val.labels, &val.probs).unwrap_or(f64::NAN),
+            lr_head: lr("head"),
+            lr_layer4: lr("layer4"),
+            lr_layer3: lr("layer3"),
+            lr_backbone: lr("backbone"),
+            seconds: start.elapsed().as_secs_f64(),
+            images_per_s: seen as f64 / train_secs,
+        })
+    }
+
+    /// Eval-mode predictions on the validation split from a detached view of the weights.
+    fn validate(&self) -> Result<SplitPredictions> {
+        let eval_model = ResNet18::from_tensors(
+            self.model_tensors(),
+            &self.device,
+            self.cfg.head_dropout as f32,
+        )?;
+        let pb = self.bar(self.data.len(Split::Val) as u64, "validation".into());
+        let preds = predict_split(
+            &eval_model,
+            &self.data,
+            Split::Val,
+            self.cfg.batch_size,
+            false,
+            &self.device,
+            Some(&pb),
+        )?;
+        pb.finish_and_clear();
+        Ok(preds)
+    }
+
+    /// The model's state dict (running statistics included), sharing the variables' storage.
+    fn model_tensors(&self) -> HashMap<String, Tensor> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        data.iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect()
+    }
+
+    /// Writes history, curves and checkpoints for the epoch just finished. Order matters
+    /// for resuming: history first, `last.safetensors` (the resume point) last.
+    fn save(&self, improved: bool) -> Result<()> {
+        let out = &self.cfg.out;
+        history::write(&out.join(HISTORY_FILE), &self.history)?;
+        let col = |f: fn(&EpochRecord) -> f64| self.history.iter().map(f).collect::<Vec<_>>();
+        crate::plot::training_curves(
+            &col(|r| r.train_loss),
+            &col(|r| r.val_loss),
+            &col(|r| r.train_acc),
+            &col(|r| r.val_acc),
+            &out.join(CURVES_FILE),
+        )?;
+        let mut tensors = self.model_tensors();
+        tensors.extend(self.opt.state_tensors()?);
+        if improved {
+            checkpoint::save(&out.join(BEST_FILE), &tensors, &self.state)?;
+        }
+        checkpoint::save(&out.join(LAST_FILE), &tensors, &self.state)
+    }
+
+    fn bar(&self, len: u64, prefix: String) -> ProgressBar {
+        if !self.progress {
+            return ProgressBar::hidden();
+        }
+        let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>14} [{bar:30}] {pos}/{len} {msg} (eta {eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        pb.set_prefix(prefix);
+        pb
+    }
+}
