@@ -3,7 +3,8 @@
 # (Pillow + torchvision + torch.save, scripts/bench_prep_notebook.py) on the same folder,
 # both pinned to 2 threads. Usage: scripts/bench-prep.sh [IMAGE_DIR]
 # (default ../shared/data/isic2017-256). The Python side runs when `$BENCH_PYTHON` (default
-# python3) can import torch and torchvision; otherwise only our figure is printed.
+# .venv-bench/bin/python if present, else python3) can import torch and torchvision;
+# otherwise only our figure is printed.
 # Figures are each tool's own in-process images/s (listing to last file written); wall
 # time and peak RSS come from /usr/bin/time -v.
 set -euo pipefail
@@ -12,6 +13,11 @@ cd "$(dirname "$0")/.."
 data=${1:-../shared/data/isic2017-256}
 threads=${BENCH_THREADS:-2}
 py=${BENCH_PYTHON:-python3}
+# A local venv made with `python3 -m venv .venv-bench && .venv-bench/bin/pip install torch
+# torchvision scikit-learn` is used when BENCH_PYTHON is not set.
+if [ -z "${BENCH_PYTHON:-}" ] && [ -x .venv-bench/bin/python ]; then
+    py=.venv-bench/bin/python
+fi
 [ -d "$data" ] || { echo "error: $data is not a folder" >&2; exit 2; }
 
 cargo build --release -p lesion-prep >&2
@@ -44,7 +50,9 @@ printf '%-44s %10s %8s %13s\n' "pipeline ($threads threads, $(basename "$data"))
 printf '%-44s %10s %8s %13s\n' "lesion-prep (u8 shards)" "$ours" "$ours_wall" "$ours_rss"
 
 if "$py" -c 'import torch, torchvision' 2>/dev/null; then
-    OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads /usr/bin/time -v "${pin[@]}" \
+    # Passive waiting: spinning OpenMP workers collapse torch throughput on a busy machine.
+    OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads \
+        /usr/bin/time -v "${pin[@]}" \
         "$py" scripts/bench_prep_notebook.py "$data" --out "$tmp/notebook" --threads "$threads" \
         >"$tmp/nb.out" 2>"$tmp/nb.time" || { cat "$tmp/nb.out" "$tmp/nb.time" >&2; exit 1; }
     nb=$(awk '/^images\/s/ {print $2}' "$tmp/nb.out")

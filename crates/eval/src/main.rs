@@ -1,1 +1,181 @@
-fn main() {}
+//! `lesion-eval`: evaluates a trained run on a prepared split (see `lesion::eval`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use lesion::eval::{EvalOptions, ThresholdMethod};
+use lesion::split::Split;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Evaluate a trained run: clinical metrics with bootstrap intervals, a decision threshold
+/// chosen on the validation split (saved into the run for prediction), per-image
+/// predictions, figures and a self-contained HTML report in <RUN>/eval-<SPLIT>/.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lesion-eval",
+    version,
+    about,
+    long_about = None,
+    after_help = "Examples:\n  lesion-eval --run runs/default --data data/prepared\n  \
+                  lesion-eval --run runs/default --data data/prepared --tta --target-sensitivity 0.95 --force"
+)]
+pub struct Cli {
+    /// Run folder (its best.safetensors is evaluated) or a checkpoint file inside a run folder.
+    #[arg(long, value_name = "RUN_DIR|CHECKPOINT")]
+    run: PathBuf,
+    /// Prepared dataset folder (output of `lesion-prep`).
+    #[arg(long, value_name = "PREPARED_DIR")]
+    data: PathBuf,
+    /// Split to evaluate.
+    #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+    split: SplitArg,
+    /// How the decision threshold is chosen on the validation split [default: youden, or
+    /// sensitivity when --target-sensitivity is given].
+    #[arg(long, value_enum)]
+    threshold_method: Option<MethodArg>,
+    /// Sensitivity the threshold must reach on validation (implies --threshold-method
+    /// sensitivity) [default: 0.95].
+    #[arg(long, value_name = "FRACTION")]
+    target_sensitivity: Option<f64>,
+    /// Bootstrap resamples for the 95% confidence intervals (0: no intervals).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    bootstrap: usize,
+    /// Seed of the bootstrap.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Test-time augmentation: average the logits of each image and its horizontal and
+    /// vertical flips (also for the validation split that sets the threshold).
+    #[arg(long)]
+    tta: bool,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// auto, cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Replace an existing evaluation folder.
+    #[arg(long)]
+    force: bool,
+    /// No progress bars or stage messages (the result table is still printed).
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SplitArg {
+    Test,
+    Val,
+    Train,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MethodArg {
+    Youden,
+    Sensitivity,
+}
+
+impl Cli {
+    /// The library options these arguments describe.
+    pub fn options(&self) -> anyhow::Result<EvalOptions> {
+        let d = EvalOptions::default();
+        let method = match (self.threshold_method, self.target_sensitivity) {
+            (Some(MethodArg::Youden), Some(_)) => anyhow::bail!(lesion::Error::InvalidOption(
+                "--target-sensitivity needs --threshold-method sensitivity, not youden".into()
+            )),
+            (Some(MethodArg::Youden), None) | (None, None) => ThresholdMethod::Youden,
+            (Some(MethodArg::Sensitivity), _) | (None, Some(_)) => ThresholdMethod::Sensitivity,
+        };
+        Ok(EvalOptions {
+            run: self.run.clone(),
+            data: self.data.clone(),
+            split: match self.split {
+                SplitArg::Test => Split::Test,
+                SplitArg::Val => Split::Val,
+                SplitArg::Train => Split::Train,
+            },
+            threshold_method: method,
+            target_sensitivity: self.target_sensitivity.unwrap_or(d.target_sensitivity),
+            bootstrap: self.bootstrap,
+            seed: self.seed,
+            tta: self.tta,
+            batch_size: self.batch_size,
+            device: self.device.clone(),
+            force: self.force,
+            progress: !self.quiet,
+        })
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let opts = cli.options()?;
+    let summary = lesion::eval::run(&opts)
+        .with_context(|| format!("evaluating {} on {}", opts.run.display(), opts.data.display()))?;
+    println!("{summary}");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            let code = err
+                .chain()
+                .find_map(|e| e.downcast_ref::<lesion::Error>())
+                .map_or(1, lesion::Error::exit_code);
+            ExitCode::from(code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        let base = ["lesion-eval", "--run", "runs/r", "--data", "data/p"];
+        Cli::try_parse_from(base.into_iter().chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let o = parse(&[]).options().unwrap();
+        assert_eq!(o.run, PathBuf::from("runs/r"));
+        assert_eq!(o.data, PathBuf::from("data/p"));
+        assert_eq!(o.split, Split::Test);
+        assert_eq!(o.threshold_method, ThresholdMethod::Youden);
+        assert_eq!((o.bootstrap, o.seed, o.batch_size), (1000, 42, 64));
+        assert!(!o.tta && !o.force && o.progress);
+    }
+
+    #[test]
+    fn target_sensitivity_selects_the_method() {
+        let o = parse(&["--target-sensitivity", "0.9"]).options().unwrap();
+        assert_eq!(o.threshold_method, ThresholdMethod::Sensitivity);
+        assert_eq!(o.target_sensitivity, 0.9);
+        let o = parse(&["--threshold-method", "sensitivity"]).options().unwrap();
+        assert_eq!(o.target_sensitivity, 0.95);
+        let err = parse(&["--threshold-method", "youden", "--target-sensitivity", "0.9"])
+            .options()
+            .unwrap_err();
+        assert!(err.to_string().contains("--threshold-method sensitivity"), "{err}");
+    }
+
+    #[test]
+    fn split_and_flags() {
+        let o = parse(&["--split", "val", "--tta", "--quiet", "--force"]).options().unwrap();
+        assert_eq!(o.split, Split::Val);
+        assert!(o.tta && o.force && !o.progress);
+        let base = ["lesion-eval", "--run", "r", "--data", "d"];
+        assert!(Cli::try_parse_from(base.into_iter().chain(["--split", "holdout"])).is_err());
+        assert!(Cli::try_parse_from(["lesion-eval", "--run", "r"]).is_err(), "--data is required");
+    }
+}

@@ -110,6 +110,15 @@ pub enum Error {
     /// incomplete or invalid entries).
     #[error("optimizer state: {0}")]
     OptimizerState(String),
+
+    /// A run's checkpoint cannot be applied to a prepared dataset: the data was prepared
+    /// differently from the data the run was trained on (classes, image size, normalisation).
+    #[error("the run in {run} does not match the prepared dataset {data}: {reason}")]
+    RunDataMismatch {
+        run: PathBuf,
+        data: PathBuf,
+        reason: String,
+    },
 }
 
 impl Error {
@@ -129,7 +138,8 @@ impl Error {
             | Error::BadImage { .. }
             | Error::OutputExists { .. }
             | Error::InvalidOption(_)
-            | Error::DeviceUnavailable { .. } => 2,
+            | Error::DeviceUnavailable { .. }
+            | Error::RunDataMismatch { .. } => 2,
             _ => 1,
         }
     }

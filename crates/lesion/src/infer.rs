@@ -115,9 +115,11 @@ pub fn predict_split(
     for batch in data.loader(split, LoaderOptions::eval(batch_size), device)? {
         let batch = batch?;
         let logits: Vec<f32> = eval_logits(model, &batch.images, tta)?.to_vec1()?;
-        out.probs.extend(logits.iter().map(|&x| sigmoid(f64::from(x))));
+        out.probs
+            .extend(logits.iter().map(|&x| sigmoid(f64::from(x))));
         out.logits.extend(logits);
-        out.labels.extend(batch.label_u8.iter().map(|&y| usize::from(y)));
+        out.labels
+            .extend(batch.label_u8.iter().map(|&y| usize::from(y)));
         out.source_index.extend(&batch.source_index);
         if let Some(pb) = progress {
             pb.inc(batch.len() as u64);
@@ -152,7 +154,10 @@ mod tests {
             source_index: vec![0, 1, 2, 3],
             labels: vec![0, 1, 1, 0],
             logits: vec![-2.0, 3.0, -1.0, 0.5],
-            probs: [-2.0f64, 3.0, -1.0, 0.5].iter().map(|&x| sigmoid(x)).collect(),
+            probs: [-2.0f64, 3.0, -1.0, 0.5]
+                .iter()
+                .map(|&x| sigmoid(x))
+                .collect(),
         };
         assert_eq!(p.accuracy(0.5), 0.5);
         let expected = (bce_with_logit(-2.0, 0.0)
@@ -165,10 +170,23 @@ mod tests {
 
     #[test]
     fn flip_reverses_a_dimension() {
-        let t = Tensor::arange(0f32, 6., &Device::Cpu).unwrap().reshape((1, 1, 2, 3)).unwrap();
-        let h: Vec<f32> = flip(&t, 3).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let t = Tensor::arange(0f32, 6., &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 2, 3))
+            .unwrap();
+        let h: Vec<f32> = flip(&t, 3)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(h, vec![2., 1., 0., 5., 4., 3.]);
-        let v: Vec<f32> = flip(&t, 2).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let v: Vec<f32> = flip(&t, 2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(v, vec![3., 4., 5., 0., 1., 2.]);
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 
 pub use error::{Error, IoContext, Result};
 pub mod device;
+pub mod eval;
 pub mod fsutil;
 pub mod image_io;
 pub mod infer;

@@ -249,12 +249,9 @@ impl BatchNorm2d {
         }
         // [n, c, h*w]: reductions over the last (contiguous) axis, then the batch.
         let xr = x.reshape((n, c, h * w))?;
-        let x64 = xr.to_dtype(DType::F64)?;
-        let mean64 = (x64.sum_keepdim(2)?.sum_keepdim(0)? / count as f64)?;
-        let var64 = (x64.broadcast_sub(&mean64)?.sqr()?.sum_keepdim(2)?.sum_keepdim(0)? / count as f64)?;
-        let mean = mean64.to_dtype(x.dtype())?;
-        let var = var64.to_dtype(x.dtype())?;
+        let mean = (xr.sum_keepdim(2)?.sum_keepdim(0)? / count as f64)?;
         let centred = xr.broadcast_sub(&mean)?;
+        let var = (centred.sqr()?.sum_keepdim(2)?.sum_keepdim(0)? / count as f64)?;
         self.update_running_stats(&mean, &var, count)?;
         let scale = ((var + BN_EPS)?.sqrt()?.recip()? * gamma.reshape((1, c, 1))?)?;
         let y = centred
@@ -764,12 +761,12 @@ pub fn trainable_param_names(trainable: Trainable) -> Vec<(&'static str, Vec<Str
         .collect()
 }
 
+/// Named variables of one optimizer group: (group name, [(parameter name, variable)]).
+pub type VarGroup = (&'static str, Vec<(String, Var)>);
+
 /// [`trainable_param_names`] resolved to the `VarMap`'s variables, for building optimizer
 /// groups. Errors name any parameter missing from the map.
-pub fn trainable_vars(
-    varmap: &VarMap,
-    trainable: Trainable,
-) -> Result<Vec<(&'static str, Vec<(String, Var)>)>> {
+pub fn trainable_vars(varmap: &VarMap, trainable: Trainable) -> Result<Vec<VarGroup>> {
     let data = varmap.data().lock().unwrap();
     trainable_param_names(trainable)
         .into_iter()

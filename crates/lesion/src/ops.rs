@@ -7,9 +7,9 @@
 //! - [`bce_with_logits`]: mean binary cross-entropy on logits, stable for any logit
 //!   (candle's version takes the log of a sigmoid and overflows beyond |logit| ≈ 17).
 //!
-//! On CPU with f32 the max-pool is a custom op (threads over `n * c` planes) whose backward is
-//! a second custom op; on other devices or dtypes it is composed of candle ops, so candle's
-//! autograd differentiates it.
+//! On CPU with f32 the max-pool and the ReLU are threaded custom ops whose backward passes
+//! are second custom ops; on other devices or dtypes they are composed of candle ops, so
+//! candle's autograd differentiates them (same results, see each function for ties).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
@@ -526,7 +526,11 @@ mod tests {
         let g = Tensor::new(&[1f32, 2.0, 3.0, 4.0, 5.0], &Device::Cpu).unwrap();
         let want_y = [0.0f32, 0.0, 2.0, 0.0, 3.5];
         let want_g = [0.0f32, 0.0, 3.0, 0.0, 5.0];
-        let through_fallback = v.gt(0.0).unwrap().where_cond(v.as_tensor(), &v.zeros_like().unwrap()).unwrap();
+        let through_fallback = v
+            .gt(0.0)
+            .unwrap()
+            .where_cond(v.as_tensor(), &v.zeros_like().unwrap())
+            .unwrap();
         for y in [relu(v.as_tensor()).unwrap(), through_fallback] {
             assert_eq!(y.to_vec1::<f32>().unwrap(), want_y);
             let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();

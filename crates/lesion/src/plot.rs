@@ -266,6 +266,40 @@ pub fn training_curves(
     )
 }
 
+/// The drawing area [`render_png`] hands to its callback: plotters over an RGB8 canvas.
+pub type Canvas<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// The font family every figure uses (the embedded DejaVu Sans), registered on first use;
+/// pass it to plotters' text styles, e.g. `(font_family(), 16)`.
+pub fn font_family() -> &'static str {
+    ensure_font();
+    FONT
+}
+
+/// Lets another module compose a figure from plotters primitives: `draw` paints on `buf`
+/// (RGB8 `[height, width, 3]`, row-major; white, or with images already pasted in), which
+/// is then written as a PNG atomically.
+pub fn render_png(
+    mut buf: Vec<u8>,
+    (width, height): (u32, u32),
+    path: &Path,
+    draw: impl FnOnce(&Canvas<'_>) -> std::result::Result<(), Box<dyn std::error::Error>>,
+) -> Result<()> {
+    ensure_font();
+    if buf.len() != (width as usize) * (height as usize) * 3 {
+        return Err(plot_error(
+            path,
+            format!("canvas holds {} bytes, not {width}x{height}x3", buf.len()),
+        ));
+    }
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
+        draw(&root).map_err(|e| plot_error(path, e))?;
+        root.present().map_err(|e| plot_error(path, e))?;
+    }
+    save_png(buf, (width, height), path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

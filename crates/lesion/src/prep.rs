@@ -296,8 +296,17 @@ fn list_files(
             *hidden += 1;
             continue;
         }
-        let meta = fs::metadata(&path).with_path(&path)?;
         let child_rel = format!("{rel}/{name}");
+        // An entry that cannot be examined (e.g. a dangling link) is passed on as a file,
+        // so that reading it fails and it is reported rather than silently skipped.
+        let Ok(meta) = fs::metadata(&path) else {
+            out.push(InputFile {
+                abs: path,
+                rel: child_rel,
+                class,
+            });
+            continue;
+        };
         if meta.is_dir() {
             // A symlink loop would otherwise recurse forever.
             if depth >= 16 {
@@ -328,7 +337,7 @@ fn discover(input: &Path) -> Result<Discovery> {
     for e in sorted_entries(input)? {
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
-        let is_dir = fs::metadata(&path).with_path(&path)?.is_dir();
+        let is_dir = fs::metadata(&path).is_ok_and(|m| m.is_dir());
         if !is_dir {
             if !name.starts_with('.') {
                 loose_files += 1;
@@ -459,9 +468,15 @@ fn progress_bar(show: bool, len: usize, prefix: &'static str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let style = ProgressStyle::with_template(
-        "{prefix:>7} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta}",
+        "{prefix:>7} [{elapsed_precise}] {wide_bar} {pos}/{len} {rate} ETA {eta}",
     )
     .expect("valid template")
+    .with_key(
+        "rate",
+        |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0} images/s", state.per_sec());
+        },
+    )
     .progress_chars("=> ");
     ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr())
         .with_style(style)
@@ -538,160 +553,10 @@ fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
     let start = Instant::now();
     let discovery = discover(&opts.input)?;
     let stage = StagingDir::new(&opts.out, opts.force)?;
-
-    // Pass 1: read, hash, decode and resize every file once; stage the pixels on disk.
     let staged_path = stage.path().join(STAGED_IMAGES);
-    let mut staged =
-        BufWriter::with_capacity(1 << 20, File::create(&staged_path).with_path(&staged_path)?);
-    let mut images: Vec<ImageEntry> = Vec::new();
-    let mut rejected: Vec<RejectedFile> = Vec::new();
-    let bar = progress_bar(opts.progress, discovery.files.len(), "decode");
-    for chunk in discovery.files.chunks(chunk_len()) {
-        let results: Vec<Result<Decoded>> = chunk
-            .par_iter()
-            .map(|f| decode_one(f, opts.size, opts.resize, opts.max_pixels))
-            .collect();
-        for (file, result) in chunk.iter().zip(results) {
-            match result {
-                Ok(d) => {
-                    staged.write_all(&d.pixels).with_path(&staged_path)?;
-                    images.push(ImageEntry {
-                        path: file.rel.clone(),
-                        class: file.class,
-                        split: Split::Train,
-                        sha256: d.sha256,
-                        width: d.width,
-                        height: d.height,
-                        augmentations: None,
-                    });
-                }
-                Err(e) => {
-                    if opts.strict {
-                        bar.abandon();
-                        return Err(match e {
-                            Error::BadImage { .. } => e,
-                            other => Error::BadImage {
-                                path: file.abs.clone(),
-                                reason: reason_of(&other),
-                            },
-                        });
-                    }
-                    let reason = reason_of(&e);
-                    bar.println(format!("warning: skipped {}: {reason}", file.rel));
-                    rejected.push(RejectedFile {
-                        path: file.rel.clone(),
-                        reason,
-                    });
-                }
-            }
-        }
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
-    let staged = staged
-        .into_inner()
-        .map_err(|e| Error::io(&staged_path, e.into_error()))?;
-    drop(staged);
-
-    // Byte-identical files in different class folders contradict each other: reject them
-    // all (the split keeps copies together, so no single label could be right for both).
-    let mut staged_row: Vec<u32> = (0..images.len() as u32).collect();
-    {
-        let mut class_of: HashMap<&str, (u8, bool)> = HashMap::new();
-        for im in &images {
-            let e = class_of
-                .entry(im.sha256.as_str())
-                .or_insert((im.class, false));
-            if e.0 != im.class {
-                e.1 = true;
-            }
-        }
-        let conflicting: Vec<bool> = images
-            .iter()
-            .map(|im| class_of[im.sha256.as_str()].1)
-            .collect();
-        if conflicting.iter().any(|&c| c) {
-            let mut kept = Vec::with_capacity(images.len());
-            let mut rows = Vec::with_capacity(images.len());
-            for (k, im) in std::mem::take(&mut images).into_iter().enumerate() {
-                if !conflicting[k] {
-                    kept.push(im);
-                    rows.push(k as u32);
-                    continue;
-                }
-                let reason = "byte-identical copies exist in more than one class folder (conflicting labels)".to_string();
-                if opts.strict {
-                    return Err(Error::BadImage {
-                        path: opts.input.join(&im.path),
-                        reason,
-                    });
-                }
-                rejected.push(RejectedFile {
-                    path: im.path,
-                    reason,
-                });
-            }
-            images = kept;
-            staged_row = rows;
-        }
-    }
-
-    // Per-class sanity before splitting.
-    let n_classes = CLASS_NAMES.len();
-    let mut per_class = vec![0usize; n_classes];
-    for im in &images {
-        per_class[im.class as usize] += 1;
-    }
-    for (k, &n) in per_class.iter().enumerate() {
-        if n == 0 {
-            return Err(bad_dataset(
-                &discovery.class_dirs[k],
-                format!(
-                    "no usable images in class {} (all files rejected)",
-                    CLASS_NAMES[k]
-                ),
-            ));
-        }
-    }
-    split::split_counts(&per_class, opts.val, opts.test, opts.seed)
-        .map_err(|e| too_few(opts, e))?;
-
-    // Pass 2a: split, keeping byte-identical files together.
-    let labels: Vec<usize> = images.iter().map(|i| i.class as usize).collect();
-    let mut first_of: HashMap<&str, usize> = HashMap::new();
-    let groups: Vec<usize> = images
-        .iter()
-        .enumerate()
-        .map(|(i, im)| *first_of.entry(im.sha256.as_str()).or_insert(i))
-        .collect();
-    drop(first_of);
-    let assignment = split::stratified_split(&labels, &groups, opts.val, opts.test, opts.seed)
-        .map_err(|e| with_dataset_path(e, &opts.input))?;
-    if assignment.len() != images.len() {
-        return Err(Error::InvalidOption(format!(
-            "split returned {} assignments for {} images",
-            assignment.len(),
-            images.len()
-        )));
-    }
-    for (im, &sp) in images.iter_mut().zip(&assignment) {
-        im.split = sp;
-    }
-    let counts: Vec<SplitCounts> = Split::ALL
-        .into_iter()
-        .map(|sp| {
-            let mut pc = vec![0usize; n_classes];
-            for im in images.iter().filter(|im| im.split == sp) {
-                pc[im.class as usize] += 1;
-            }
-            SplitCounts {
-                split: sp,
-                total: pc.iter().sum(),
-                per_class: pc,
-            }
-        })
-        .collect();
-    let duplicates = duplicate_groups(&images, &groups)?;
+    let (images, mut rejected) = stage_images(opts, &discovery.files, &staged_path)?;
+    let (mut images, staged_row) = reject_conflicting_copies(opts, images, &mut rejected)?;
+    let (counts, duplicates) = assign_splits(opts, &discovery, &mut images)?;
 
     // Augmentation draws are cheap and recorded in the manifest, so make them all up front.
     let views = if opts.augment { opts.views } else { 1 };
@@ -706,50 +571,11 @@ fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
         }
     }
 
-    // Pass 2b: stream every split into shards.
-    let staged = File::open(&staged_path).with_path(&staged_path)?;
-    let total_rows: usize = counts
-        .iter()
-        .map(|c| {
-            c.total
-                * if c.split == Split::Train {
-                    views as usize
-                } else {
-                    1
-                }
-        })
-        .sum();
-    let bar = progress_bar(opts.progress, total_rows, "write");
-    let ctx = WriteContext {
-        opts,
-        stage: stage.path(),
-        images: &images,
-        staged: &staged,
-        staged_path: &staged_path,
-        staged_row: &staged_row,
-        views,
-        bar: &bar,
+    let staged_rows = StagedRows {
+        path: &staged_path,
+        rows: &staged_row,
     };
-    // Hashing and writing a shard is sequential; a dedicated thread does it while the pool
-    // prepares the next rows.
-    let (shards, samples) = std::thread::scope(|scope| -> Result<_> {
-        let (tx, rx) = sync_channel(2);
-        let writer = scope.spawn(move || write_jobs(rx));
-        let produced = produce_shards(&ctx, &tx);
-        drop(tx);
-        let written = match writer.join() {
-            Ok(r) => r,
-            Err(panic) => std::panic::resume_unwind(panic),
-        };
-        match produced? {
-            Some(samples) => Ok((written?, samples)),
-            None => Err(written
-                .err()
-                .unwrap_or_else(|| Error::InvalidOption("shard writer stopped early".into()))),
-        }
-    })?;
-    bar.finish_and_clear();
-    drop(staged);
+    let (shards, samples) = write_shards(opts, stage.path(), &images, staged_rows, views)?;
     fs::remove_file(&staged_path).with_path(&staged_path)?;
 
     let grid: Vec<(RgbImage, String)> = samples
@@ -807,14 +633,239 @@ fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
     })
 }
 
+/// Pass 1: reads, hashes, decodes and resizes every file exactly once, in parallel chunks,
+/// appending each accepted image (`S x S` RGB, HWC u8) to the staging file in file order.
+/// Returns the accepted images (row k of the staging file is entry k) and the rejected files.
+fn stage_images(
+    opts: &PrepOptions,
+    files: &[InputFile],
+    staged_path: &Path,
+) -> Result<(Vec<ImageEntry>, Vec<RejectedFile>)> {
+    let mut staged =
+        BufWriter::with_capacity(1 << 20, File::create(staged_path).with_path(staged_path)?);
+    let mut images = Vec::with_capacity(files.len());
+    let mut rejected = Vec::new();
+    let bar = progress_bar(opts.progress, files.len(), "decode");
+    for chunk in files.chunks(chunk_len()) {
+        let results: Vec<Result<Decoded>> = chunk
+            .par_iter()
+            .map(|f| decode_one(f, opts.size, opts.resize, opts.max_pixels))
+            .collect();
+        for (file, result) in chunk.iter().zip(results) {
+            match result {
+                Ok(d) => {
+                    staged.write_all(&d.pixels).with_path(staged_path)?;
+                    images.push(ImageEntry {
+                        path: file.rel.clone(),
+                        class: file.class,
+                        split: Split::Train,
+                        sha256: d.sha256,
+                        width: d.width,
+                        height: d.height,
+                        augmentations: None,
+                    });
+                }
+                Err(e) if opts.strict => {
+                    bar.abandon();
+                    return Err(match e {
+                        Error::BadImage { .. } => e,
+                        other => Error::BadImage {
+                            path: file.abs.clone(),
+                            reason: reason_of(&other),
+                        },
+                    });
+                }
+                Err(e) => {
+                    let reason = reason_of(&e);
+                    bar.println(format!("warning: skipped {}: {reason}", file.rel));
+                    rejected.push(RejectedFile {
+                        path: file.rel.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    staged
+        .into_inner()
+        .map_err(|e| Error::io(staged_path, e.into_error()))?;
+    Ok((images, rejected))
+}
+
+/// Byte-identical files in different class folders contradict each other: all their copies
+/// are rejected (the split keeps copies together, so no single label could be right).
+/// Returns the kept images and, for each, its row in the staging file.
+fn reject_conflicting_copies(
+    opts: &PrepOptions,
+    images: Vec<ImageEntry>,
+    rejected: &mut Vec<RejectedFile>,
+) -> Result<(Vec<ImageEntry>, Vec<u32>)> {
+    let mut class_of: HashMap<&str, (u8, bool)> = HashMap::new();
+    for im in &images {
+        let e = class_of
+            .entry(im.sha256.as_str())
+            .or_insert((im.class, false));
+        e.1 |= e.0 != im.class;
+    }
+    let conflicting: Vec<bool> = images
+        .iter()
+        .map(|im| class_of[im.sha256.as_str()].1)
+        .collect();
+    drop(class_of);
+    let mut kept = Vec::with_capacity(images.len());
+    let mut rows = Vec::with_capacity(images.len());
+    for (k, im) in images.into_iter().enumerate() {
+        if !conflicting[k] {
+            kept.push(im);
+            rows.push(k as u32);
+            continue;
+        }
+        let reason =
+            "byte-identical copies exist in more than one class folder (conflicting labels)";
+        if opts.strict {
+            return Err(Error::BadImage {
+                path: opts.input.join(&im.path),
+                reason: reason.into(),
+            });
+        }
+        rejected.push(RejectedFile {
+            path: im.path,
+            reason: reason.into(),
+        });
+    }
+    Ok((kept, rows))
+}
+
+/// Pass 2a: checks every class can fill every split, assigns splits (byte-identical files
+/// together) and returns the per-split counts and the duplicate groups.
+fn assign_splits(
+    opts: &PrepOptions,
+    discovery: &Discovery,
+    images: &mut [ImageEntry],
+) -> Result<(Vec<SplitCounts>, Vec<DuplicateGroup>)> {
+    let n_classes = CLASS_NAMES.len();
+    let mut per_class = vec![0usize; n_classes];
+    for im in images.iter() {
+        per_class[im.class as usize] += 1;
+    }
+    if let Some(k) = per_class.iter().position(|&n| n == 0) {
+        return Err(bad_dataset(
+            &discovery.class_dirs[k],
+            format!(
+                "no usable images in class {} (all files rejected)",
+                CLASS_NAMES[k]
+            ),
+        ));
+    }
+    split::split_counts(&per_class, opts.val, opts.test, opts.seed)
+        .map_err(|e| too_few(opts, e))?;
+
+    let labels: Vec<usize> = images.iter().map(|i| i.class as usize).collect();
+    let mut first_of: HashMap<&str, usize> = HashMap::new();
+    let groups: Vec<usize> = images
+        .iter()
+        .enumerate()
+        .map(|(i, im)| *first_of.entry(im.sha256.as_str()).or_insert(i))
+        .collect();
+    drop(first_of);
+    let assignment = split::stratified_split(&labels, &groups, opts.val, opts.test, opts.seed)
+        .map_err(|e| with_dataset_path(e, &opts.input))?;
+    if assignment.len() != images.len() {
+        return Err(Error::InvalidOption(format!(
+            "split returned {} assignments for {} images",
+            assignment.len(),
+            images.len()
+        )));
+    }
+    for (im, &sp) in images.iter_mut().zip(&assignment) {
+        im.split = sp;
+    }
+    let counts = Split::ALL
+        .into_iter()
+        .map(|sp| {
+            let mut pc = vec![0usize; n_classes];
+            for im in images.iter().filter(|im| im.split == sp) {
+                pc[im.class as usize] += 1;
+            }
+            SplitCounts {
+                split: sp,
+                total: pc.iter().sum(),
+                per_class: pc,
+            }
+        })
+        .collect();
+    Ok((counts, duplicate_groups(images, &groups)?))
+}
+
+/// Where pass 1 left each image's pixels.
+#[derive(Clone, Copy)]
+struct StagedRows<'a> {
+    path: &'a Path,
+    /// Row in the staging file of each image (by source index).
+    rows: &'a [u32],
+}
+
+/// Pass 2b: streams every split into shards (train: `views` times) and returns the shard
+/// entries and the sample previews.
+fn write_shards(
+    opts: &PrepOptions,
+    stage: &Path,
+    images: &[ImageEntry],
+    staged_rows: StagedRows<'_>,
+    views: u32,
+) -> Result<(Vec<ShardEntry>, Samples)> {
+    let staged = File::open(staged_rows.path).with_path(staged_rows.path)?;
+    let total_rows: usize = images
+        .iter()
+        .map(|im| {
+            if im.split == Split::Train {
+                views as usize
+            } else {
+                1
+            }
+        })
+        .sum();
+    let bar = progress_bar(opts.progress, total_rows, "write");
+    let ctx = WriteContext {
+        opts,
+        stage,
+        images,
+        staged: &staged,
+        staged_rows,
+        views,
+        bar: &bar,
+    };
+    // Hashing and writing a shard is sequential; a dedicated thread does it while the pool
+    // prepares the next rows.
+    let result = std::thread::scope(|scope| -> Result<_> {
+        let (tx, rx) = sync_channel(2);
+        let writer = scope.spawn(move || write_jobs(rx));
+        let produced = produce_shards(&ctx, &tx);
+        drop(tx);
+        let written = match writer.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        match produced? {
+            Some(samples) => Ok((written?, samples)),
+            None => Err(written
+                .err()
+                .unwrap_or_else(|| Error::InvalidOption("shard writer stopped early".into()))),
+        }
+    });
+    bar.finish_and_clear();
+    result
+}
+
 /// What pass 2 needs to turn staged rows into shards.
 struct WriteContext<'a> {
     opts: &'a PrepOptions,
     stage: &'a Path,
     images: &'a [ImageEntry],
     staged: &'a File,
-    staged_path: &'a Path,
-    staged_row: &'a [u32],
+    staged_rows: StagedRows<'a>,
     views: u32,
     bar: &'a ProgressBar,
 }
@@ -915,8 +966,9 @@ fn produce_shards(ctx: &WriteContext<'_>, tx: &SyncSender<WriteJob>) -> Result<O
                         .par_iter()
                         .map(|&i| {
                             let mut hwc = vec![0u8; row];
-                            let staged_row = ctx.staged_row[i as usize] as usize;
-                            read_row(ctx.staged, ctx.staged_path, staged_row, &mut hwc)?;
+                            let staged = ctx.staged_rows;
+                            let r = staged.rows[i as usize] as usize;
+                            read_row(ctx.staged, staged.path, r, &mut hwc)?;
                             let img = RgbImage::from_raw(opts.size, opts.size, hwc)
                                 .expect("row holds S*S*3 bytes");
                             let aug = ctx.images[i as usize]

@@ -291,6 +291,7 @@ fn add_bad_files(dir: &Path) -> Vec<(&'static str, String)> {
     fs::write(dir.join("empty.jpg"), b"").unwrap();
     fs::write(dir.join("notes.jpg"), b"benign, seen 2017-03-02\n").unwrap();
     fs::write(dir.join("bomb.png"), png_bomb(100_000, 100_000)).unwrap();
+    std::os::unix::fs::symlink(dir.join("gone.jpg"), dir.join("dangling.jpg")).unwrap();
     vec![
         (
             "bomb.png",
@@ -301,6 +302,10 @@ fn add_bad_files(dir: &Path) -> Vec<(&'static str, String)> {
             "truncated or corrupt PNG: Format error decoding Png: Corrupt deflate stream. \
             BadCodeLengthHuffmanTree"
                 .into(),
+        ),
+        (
+            "dangling.jpg",
+            "cannot read: No such file or directory (os error 2)".into(),
         ),
         ("empty.jpg", "empty file".into()),
         ("notes.jpg", "not an image (unrecognised format)".into()),
@@ -318,7 +323,7 @@ fn bad_files_are_reported_and_skipped() {
     let bad = add_bad_files(&input.join("Benign"));
     let out = tmp.path().join("prepared");
     let summary = prep::run(&options(&input, &out)).unwrap();
-    assert_eq!((summary.files, summary.images), (25, 20));
+    assert_eq!((summary.files, summary.images), (26, 20));
     let got: Vec<(String, String)> = summary
         .rejected
         .iter()
@@ -330,7 +335,7 @@ fn bad_files_are_reported_and_skipped() {
         .collect();
     assert_eq!(got, want);
     let text = summary.to_string();
-    assert!(text.contains("rejected files: 5"), "{text}");
+    assert!(text.contains("rejected files: 6"), "{text}");
     assert!(text.contains("Benign/empty.jpg: empty file"), "{text}");
     let m = Manifest::load(&out).unwrap();
     assert_eq!(m.rejected, summary.rejected);

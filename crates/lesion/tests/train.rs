@@ -45,7 +45,12 @@ fn max_abs_diff(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> f32
     a.iter()
         .map(|(k, t)| {
             let f32 = |t: &Tensor| t.to_dtype(candle_core::DType::F32).unwrap();
-            let d = (f32(t) - f32(&b[k])).unwrap().abs().unwrap().flatten_all().unwrap();
+            let d = (f32(t) - f32(&b[k]))
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap();
             d.max(0).unwrap().to_scalar::<f32>().unwrap()
         })
         .fold(0.0, f32::max)
@@ -61,13 +66,22 @@ fn run_folder_resume_and_overwrite_protection() {
     let summary = train::train(&config(&data, &full, 3), false).unwrap();
     assert_eq!(summary.epochs_completed, 3);
     assert_eq!(summary.history.len(), 3);
-    for f in ["config.json", "best.safetensors", "last.safetensors", "history.csv", "curves.png"] {
+    for f in [
+        "config.json",
+        "best.safetensors",
+        "last.safetensors",
+        "history.csv",
+        "curves.png",
+    ] {
         assert!(full.join(f).is_file(), "{f} missing");
     }
     for r in &summary.history {
         assert!(r.train_loss.is_finite() && r.val_loss.is_finite(), "{r:?}");
         assert!((0.0..=1.0).contains(&r.val_acc));
-        assert_eq!((r.lr_head, r.lr_layer4, r.lr_layer3, r.lr_backbone), (1e-2, 1e-3, 1e-3, 0.0));
+        assert_eq!(
+            (r.lr_head, r.lr_layer4, r.lr_layer3, r.lr_backbone),
+            (1e-2, 1e-3, 1e-3, 0.0)
+        );
     }
     let cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(full.join("config.json")).unwrap()).unwrap();
@@ -85,7 +99,10 @@ fn run_folder_resume_and_overwrite_protection() {
     let a = load(&full.join("last.safetensors"));
     let b = load(&split.join("last.safetensors"));
     let diff = max_abs_diff(&a, &b);
-    assert_eq!(diff, 0.0, "resumed run differs from the uninterrupted one by {diff}");
+    assert_eq!(
+        diff, 0.0,
+        "resumed run differs from the uninterrupted one by {diff}"
+    );
     assert_eq!(
         std::fs::read_to_string(split.join("history.csv"))
             .unwrap()
@@ -102,10 +119,12 @@ fn run_folder_resume_and_overwrite_protection() {
     let init = dir.path().join("init");
     train::train(&config(&data, &init, 1), false).unwrap();
     let c = load(&init.join("last.safetensors"));
-    let moved = |k: &str| max_abs_diff(
-        &HashMap::from([(k.to_string(), a[k].clone())]),
-        &HashMap::from([(k.to_string(), c[k].clone())]),
-    );
+    let moved = |k: &str| {
+        max_abs_diff(
+            &HashMap::from([(k.to_string(), a[k].clone())]),
+            &HashMap::from([(k.to_string(), c[k].clone())]),
+        )
+    };
     assert_eq!(moved("conv1.weight"), 0.0);
     assert_eq!(moved("layer2.0.conv1.weight"), 0.0);
     assert!(moved("layer3.0.conv1.weight") > 0.0);
@@ -116,7 +135,13 @@ fn run_folder_resume_and_overwrite_protection() {
     let mut forced = config(&data, &full, 1);
     forced.force = true;
     train::train(&forced, false).unwrap();
-    assert_eq!(std::fs::read_to_string(full.join("history.csv")).unwrap().lines().count(), 2);
+    assert_eq!(
+        std::fs::read_to_string(full.join("history.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
 }
 
 #[test]
@@ -125,20 +150,31 @@ fn bad_inputs_are_clear_errors() {
     let missing = dir.path().join("nope");
     let err = train::train(&config(&missing, &dir.path().join("r"), 1), false).unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");
-    assert!(!dir.path().join("r").exists(), "a failed start must not leave a run folder");
+    assert!(
+        !dir.path().join("r").exists(),
+        "a failed start must not leave a run folder"
+    );
 
     let data = prepared(dir.path(), 6);
     let mut cfg = config(&data, &dir.path().join("r"), 1);
     cfg.device = "cuda".into();
     let err = train::train(&cfg, false).unwrap_err().to_string();
-    assert!(err.contains("CUDA") && err.contains("--features cuda"), "{err}");
+    assert!(
+        err.contains("CUDA") && err.contains("--features cuda"),
+        "{err}"
+    );
 
     let mut cfg = config(&data, &dir.path().join("r"), 0);
     cfg.epochs = 0;
     assert!(train::train(&cfg, false).is_err());
 
     // A corrupted shard fails verification before anything is written.
-    let shard = std::fs::read_dir(data.join("train")).unwrap().next().unwrap().unwrap().path();
+    let shard = std::fs::read_dir(data.join("train"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let mut bytes = std::fs::read(&shard).unwrap();
     let n = bytes.len();
     bytes[n - 1] ^= 0xff;
@@ -147,6 +183,8 @@ fn bad_inputs_are_clear_errors() {
     assert!(err.to_string().contains("train"), "{err}");
     assert!(!dir.path().join("r").exists());
 
-    let err = train::resume(&dir.path().join("absent"), None, false).unwrap_err().to_string();
+    let err = train::resume(&dir.path().join("absent"), None, false)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("config.json"), "{err}");
 }

@@ -76,7 +76,8 @@ pub fn load(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, Tr
         path: path.to_path_buf(),
         reason,
     };
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
     let state_json = header
         .metadata()
         .as_ref()
@@ -85,7 +86,10 @@ pub fn load(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, Tr
     let state: TrainState =
         serde_json::from_str(state_json).map_err(|e| bad(format!("bad train state: {e}")))?;
     if state.format != FORMAT {
-        return Err(bad(format!("unsupported checkpoint format `{}`", state.format)));
+        return Err(bad(format!(
+            "unsupported checkpoint format `{}`",
+            state.format
+        )));
     }
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
     Ok((tensors, state))

@@ -132,7 +132,10 @@ impl TrainConfig {
             return bad("--batch-size must be at least 1".into());
         }
         if !(0.0..1.0).contains(&self.head_dropout) {
-            return bad(format!("--head-dropout must be in [0, 1), got {}", self.head_dropout));
+            return bad(format!(
+                "--head-dropout must be in [0, 1), got {}",
+                self.head_dropout
+            ));
         }
         for (name, lr) in [
             ("--lr-head", self.lr_head),
@@ -141,7 +144,9 @@ impl TrainConfig {
             ("--lr-backbone", self.lr_backbone),
         ] {
             if !(lr.is_finite() && lr >= 0.0) {
-                return bad(format!("{name} must be a finite, non-negative number, got {lr}"));
+                return bad(format!(
+                    "{name} must be a finite, non-negative number, got {lr}"
+                ));
             }
         }
         Ok(())

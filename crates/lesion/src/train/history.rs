@@ -6,8 +6,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::write_atomic;
 use crate::error::IoContext;
+use crate::fsutil::write_atomic;
 use crate::{Error, Result};
 
 /// One row of `history.csv`.
@@ -83,10 +83,13 @@ pub fn read(path: &Path) -> Result<Vec<EpochRecord>> {
             return Err(bad(i + 2, format!("expected 12 fields, found {}", f.len())));
         }
         let num = |k: usize| -> Result<f64> {
-            f[k].parse::<f64>().map_err(|e| bad(i + 2, format!("field {}: {e}", k + 1)))
+            f[k].parse::<f64>()
+                .map_err(|e| bad(i + 2, format!("field {}: {e}", k + 1)))
         };
         out.push(EpochRecord {
-            epoch: f[0].parse().map_err(|e| bad(i + 2, format!("epoch: {e}")))?,
+            epoch: f[0]
+                .parse()
+                .map_err(|e| bad(i + 2, format!("epoch: {e}")))?,
             train_loss: num(1)?,
             train_acc: num(2)?,
             val_loss: num(3)?,

@@ -17,3 +17,4 @@ mod run;
 pub use config::{Monitor, RunConfig, TrainConfig};
 pub use history::EpochRecord;
 pub use run::{resume, train, TrainSummary};
+pub use run::{BEST_FILE, CONFIG_FILE, CURVES_FILE, HISTORY_FILE, LAST_FILE};

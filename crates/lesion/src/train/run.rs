@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, D};
-use candle_nn::{ModuleT, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::checkpoint::{self, TrainState};
@@ -224,7 +224,9 @@ fn create_run_dir(dir: &Path, force: bool) -> Result<()> {
             });
         }
         let is_run = dir.join(CONFIG_FILE).is_file()
-            || std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+            || std::fs::read_dir(dir)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false);
         if !is_run {
             return Err(Error::InvalidOption(format!(
                 "{} exists and is not a lesion run folder; refusing to replace it",
@@ -269,7 +271,11 @@ fn set_vars(varmap: &VarMap, tensors: &HashMap<String, Tensor>, path: &Path) -> 
         if t.dims() != var.dims() {
             return Err(Error::BadArtifact {
                 path: path.to_path_buf(),
-                reason: format!("`{name}` has shape {:?}, the model {:?}", t.dims(), var.dims()),
+                reason: format!(
+                    "`{name}` has shape {:?}, the model {:?}",
+                    t.dims(),
+                    var.dims()
+                ),
             });
         }
         var.set(t)?;
@@ -369,13 +375,30 @@ impl Session {
         let epoch = self.state.epoch; // 0-based index of the epoch being run
         let start = Instant::now();
         let n_train = self.data.len(Split::Train);
-        let pb = self.bar(n_train as u64, format!("epoch {}/{}", epoch + 1, self.cfg.epochs));
-        self.model.set_dropout_seed(dropout_seed(self.cfg.seed, epoch));
+        let pb = self.bar(
+            n_train as u64,
+            format!("epoch {}/{}", epoch + 1, self.cfg.epochs),
+        );
+        self.model
+            .set_dropout_seed(dropout_seed(self.cfg.seed, epoch));
         let opts = LoaderOptions::train(self.cfg.batch_size, self.cfg.seed, epoch as u64);
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
-        for (step, batch) in self.data.loader(Split::Train, opts, &self.device)?.enumerate() {
+        for (step, batch) in self
+            .data
+            .loader(Split::Train, opts, &self.device)?
+            .enumerate()
+        {
             let batch = batch?;
-            let logits = self.model.forward_t(&batch.images, true)?.squeeze(D::Minus1)?;
+            // Train-mode BatchNorm needs two values per channel; at small image sizes a
+            // trailing batch of one image has a single value in layer4. Shuffling puts a
+            // different image there each epoch.
+            if batch.len() < 2 && step > 0 {
+                continue;
+            }
+            let logits = self
+                .model
+                .forward_with(&batch.images, true, Some(self.cfg.trainable))?
+                .squeeze(D::Minus1)?;
             let loss = ops::bce_with_logits(&logits, &batch.labels)?;
             let loss_value = loss.to_scalar::<f32>()?;
             if !loss_value.is_finite() {
@@ -485,11 +508,9 @@ impl Session {
         }
         let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
         pb.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>14} [{bar:30}] {pos}/{len} {msg} (eta {eta})",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
+                .expect("valid template")
+                .progress_chars("=> "),
         );
         pb.set_prefix(prefix);
         pb

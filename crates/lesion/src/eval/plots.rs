@@ -1,0 +1,549 @@
+//! The evaluation figures (PNG, RGB8), drawn with plotters through
+//! [`crate::plot::render_png`] and its embedded font: ROC and precision-recall curves with
+//! the operating points, confusion-matrix heatmaps, the reliability diagram, and the grid
+//! of the most confident errors.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::path::Path;
+
+use image::imageops::FilterType;
+use image::RgbImage;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use super::ErrorCase;
+use crate::metrics::{BinaryMetrics, Calibration, ConfusionMatrix, PrCurve, RocCurve};
+use crate::plot::{font_family, render_png, Canvas};
+use crate::Result;
+
+type DrawResult = std::result::Result<(), Box<dyn StdError>>;
+
+const CURVE: RGBColor = RGBColor(31, 119, 180);
+const CHANCE: RGBColor = RGBColor(150, 150, 150);
+/// Colours of the operating points, in the order they are given.
+const MARKS: [RGBColor; 3] = [
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+];
+const FN_COLOR: RGBColor = RGBColor(214, 39, 40);
+const FP_COLOR: RGBColor = RGBColor(255, 127, 14);
+
+fn white(w: u32, h: u32) -> Vec<u8> {
+    vec![255u8; (w * h * 3) as usize]
+}
+
+fn text_style(size: u32, color: RGBColor, h: HPos, v: VPos) -> TextStyle<'static> {
+    TextStyle {
+        font: (font_family(), size).into_font(),
+        color: color.to_backend_color(),
+        pos: Pos::new(h, v),
+    }
+}
+
+/// An operating point on the evaluated split.
+#[derive(Debug, Clone)]
+pub struct Mark {
+    pub label: String,
+    pub threshold: f64,
+    pub sensitivity: f64,
+    pub specificity: f64,
+    pub precision: f64,
+    /// Index into the mark colours.
+    pub color: usize,
+}
+
+impl Mark {
+    pub fn from_metrics(label: &str, m: &BinaryMetrics, color: usize) -> Self {
+        Self {
+            label: label.to_string(),
+            threshold: m.threshold,
+            sensitivity: m.sensitivity,
+            specificity: m.specificity,
+            precision: m.precision,
+            color,
+        }
+    }
+
+    fn rgb(&self) -> RGBColor {
+        MARKS[self.color % MARKS.len()]
+    }
+}
+
+/// The ROC curve (800x700) with the chance diagonal and the operating points.
+pub fn roc(curve: &RocCurve, auc: f64, marks: &[Mark], path: &Path) -> Result<()> {
+    let (w, h) = (800, 700);
+    render_png(
+        white(w, h),
+        (w, h),
+        path,
+        |root: &Canvas<'_>| -> DrawResult {
+            let font = font_family();
+            let mut chart = ChartBuilder::on(root)
+                .caption("ROC curve", (font, 24))
+                .margin(16)
+                .x_label_area_size(50)
+                .y_label_area_size(60)
+                .build_cartesian_2d(0f64..1f64, 0f64..1.0f64)?;
+            chart
+                .configure_mesh()
+                .x_desc("false positive rate (1 - specificity)")
+                .y_desc("true positive rate (sensitivity)")
+                .label_style((font, 14))
+                .axis_desc_style((font, 16))
+                .draw()?;
+            chart
+                .draw_series(LineSeries::new(
+                    [(0.0, 0.0), (1.0, 1.0)],
+                    CHANCE.stroke_width(1),
+                ))?
+                .label("chance")
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], CHANCE.stroke_width(1))
+                });
+            let pts: Vec<(f64, f64)> = curve
+                .fpr
+                .iter()
+                .copied()
+                .zip(curve.tpr.iter().copied())
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts, CURVE.stroke_width(3)))?
+                .label(format!("model (AUC {auc:.3})"))
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], CURVE.stroke_width(3))
+                });
+            for m in marks {
+                let c = m.rgb();
+                let p = (1.0 - m.specificity, m.sensitivity);
+                chart
+                    .draw_series([
+                        Circle::new(p, 7, c.filled()),
+                        Circle::new(p, 7, BLACK.stroke_width(1)),
+                    ])?
+                    .label(format!(
+                        "{}: sens {:.2}, spec {:.2}",
+                        m.label, m.sensitivity, m.specificity
+                    ))
+                    .legend(move |(x, y)| Circle::new((x + 10, y), 6, c.filled()));
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.9))
+                .border_style(BLACK)
+                .label_font((font, 14))
+                .draw()?;
+            Ok(())
+        },
+    )
+}
+
+/// The precision-recall curve (800x700, steps as scikit-learn draws it) with the
+/// prevalence baseline and the operating points.
+pub fn pr(curve: &PrCurve, ap: f64, prevalence: f64, marks: &[Mark], path: &Path) -> Result<()> {
+    let (w, h) = (800, 700);
+    render_png(
+        white(w, h),
+        (w, h),
+        path,
+        |root: &Canvas<'_>| -> DrawResult {
+            let font = font_family();
+            let mut chart = ChartBuilder::on(root)
+                .caption("Precision-recall curve", (font, 24))
+                .margin(16)
+                .x_label_area_size(50)
+                .y_label_area_size(60)
+                .build_cartesian_2d(0f64..1f64, 0f64..1.02f64)?;
+            chart
+                .configure_mesh()
+                .x_desc("recall (sensitivity)")
+                .y_desc("precision (PPV)")
+                .label_style((font, 14))
+                .axis_desc_style((font, 16))
+                .draw()?;
+            chart
+                .draw_series(LineSeries::new(
+                    [(0.0, prevalence), (1.0, prevalence)],
+                    CHANCE.stroke_width(1),
+                ))?
+                .label(format!("chance (prevalence {prevalence:.3})"))
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], CHANCE.stroke_width(1))
+                });
+            // matplotlib's drawstyle="steps-post" over scikit-learn's arrays.
+            let mut pts = Vec::with_capacity(2 * curve.recall.len());
+            for i in 0..curve.recall.len() {
+                if i > 0 {
+                    pts.push((curve.recall[i], curve.precision[i - 1]));
+                }
+                pts.push((curve.recall[i], curve.precision[i]));
+            }
+            chart
+                .draw_series(LineSeries::new(pts, CURVE.stroke_width(3)))?
+                .label(format!("model (AP {ap:.3})"))
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], CURVE.stroke_width(3))
+                });
+            for m in marks {
+                let c = m.rgb();
+                let p = (m.sensitivity, m.precision);
+                chart
+                    .draw_series([
+                        Circle::new(p, 7, c.filled()),
+                        Circle::new(p, 7, BLACK.stroke_width(1)),
+                    ])?
+                    .label(format!(
+                        "{}: recall {:.2}, precision {:.2}",
+                        m.label, m.sensitivity, m.precision
+                    ))
+                    .legend(move |(x, y)| Circle::new((x + 10, y), 6, c.filled()));
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerLeft)
+                .background_style(WHITE.mix(0.9))
+                .border_style(BLACK)
+                .label_font((font, 14))
+                .draw()?;
+            Ok(())
+        },
+    )
+}
+
+/// White to blue by `f` in [0, 1].
+fn heat(f: f64) -> RGBColor {
+    let f = f.clamp(0.0, 1.0);
+    let mix = |a: f64, b: f64| (a + (b - a) * f).round() as u8;
+    RGBColor(mix(247.0, 8.0), mix(251.0, 69.0), mix(255.0, 148.0))
+}
+
+/// Confusion matrices side by side (560x520 each): rows are the true class, columns the
+/// prediction; each cell shows its count and its share of the row, shaded by that share.
+pub fn confusion(
+    mats: &[(String, ConfusionMatrix)],
+    class_names: &[String],
+    path: &Path,
+) -> Result<()> {
+    let (pw, h) = (560u32, 520u32);
+    let w = pw * mats.len().max(1) as u32;
+    let name = |k: usize| class_names.get(k).cloned().unwrap_or_else(|| k.to_string());
+    render_png(
+        white(w, h),
+        (w, h),
+        path,
+        |root: &Canvas<'_>| -> DrawResult {
+            let areas = root.split_evenly((1, mats.len().max(1)));
+            for (area, (title, cm)) in areas.iter().zip(mats) {
+                area.draw_text(
+                    title,
+                    &text_style(22, BLACK, HPos::Center, VPos::Top),
+                    (pw as i32 / 2, 14),
+                )?;
+                let cell = 170i32;
+                let (x0, y0) = (170i32, 120i32);
+                area.draw_text(
+                    "predicted",
+                    &text_style(17, BLACK, HPos::Center, VPos::Bottom),
+                    (x0 + cell, y0 - 34),
+                )?;
+                area.draw_text(
+                    "true",
+                    &text_style(17, BLACK, HPos::Right, VPos::Bottom),
+                    (x0 - 14, y0 - 6),
+                )?;
+                // [true][predicted]
+                let counts = [[cm.tn, cm.fp], [cm.fn_, cm.tp]];
+                let tags = [["TN", "FP"], ["FN", "TP"]];
+                for t in 0..2 {
+                    let row_total: u64 = counts[t].iter().sum();
+                    area.draw_text(
+                        &name(t),
+                        &text_style(17, BLACK, HPos::Right, VPos::Center),
+                        (x0 - 14, y0 + t as i32 * cell + cell / 2),
+                    )?;
+                    for p in 0..2 {
+                        if t == 0 {
+                            area.draw_text(
+                                &name(p),
+                                &text_style(17, BLACK, HPos::Center, VPos::Bottom),
+                                (x0 + p as i32 * cell + cell / 2, y0 - 6),
+                            )?;
+                        }
+                        let n = counts[t][p];
+                        let share = if row_total > 0 {
+                            n as f64 / row_total as f64
+                        } else {
+                            0.0
+                        };
+                        let (cx, cy) = (x0 + p as i32 * cell, y0 + t as i32 * cell);
+                        area.draw(&Rectangle::new(
+                            [(cx, cy), (cx + cell, cy + cell)],
+                            heat(share).filled(),
+                        ))?;
+                        area.draw(&Rectangle::new(
+                            [(cx, cy), (cx + cell, cy + cell)],
+                            BLACK.stroke_width(1),
+                        ))?;
+                        let ink = if share > 0.55 { WHITE } else { BLACK };
+                        area.draw_text(
+                            tags[t][p],
+                            &text_style(14, ink, HPos::Left, VPos::Top),
+                            (cx + 8, cy + 6),
+                        )?;
+                        area.draw_text(
+                            &n.to_string(),
+                            &text_style(34, ink, HPos::Center, VPos::Center),
+                            (cx + cell / 2, cy + cell / 2 - 10),
+                        )?;
+                        area.draw_text(
+                            &format!("{:.1}% of {}", share * 100.0, name(t)),
+                            &text_style(14, ink, HPos::Center, VPos::Center),
+                            (cx + cell / 2, cy + cell / 2 + 26),
+                        )?;
+                    }
+                }
+                let sens = cm.sensitivity();
+                let spec = cm.specificity();
+                area.draw_text(
+                    &format!("sensitivity {sens:.3}   specificity {spec:.3}"),
+                    &text_style(16, BLACK, HPos::Center, VPos::Top),
+                    (x0 + cell, y0 + 2 * cell + 18),
+                )?;
+            }
+            Ok(())
+        },
+    )
+}
+
+/// The reliability diagram (800x800): observed malignant frequency against mean predicted
+/// probability per bin, with the diagonal of perfect calibration, each bin's count, and a
+/// histogram of the counts underneath.
+pub fn calibration(cal: &Calibration, path: &Path) -> Result<()> {
+    let (w, h) = (800, 800);
+    render_png(
+        white(w, h),
+        (w, h),
+        path,
+        |root: &Canvas<'_>| -> DrawResult {
+            let font = font_family();
+            let (top, bottom) = root.split_vertically(590);
+            let mut chart = ChartBuilder::on(&top)
+                .caption(
+                    format!(
+                        "Reliability diagram (ECE {:.3}, {} bins)",
+                        cal.ece,
+                        cal.bins.len()
+                    ),
+                    (font, 24),
+                )
+                .margin(16)
+                .x_label_area_size(40)
+                .y_label_area_size(60)
+                .build_cartesian_2d(0f64..1f64, 0f64..1.05f64)?;
+            chart
+                .configure_mesh()
+                .y_desc("observed fraction malignant")
+                .label_style((font, 14))
+                .axis_desc_style((font, 16))
+                .draw()?;
+            chart
+                .draw_series(LineSeries::new(
+                    [(0.0, 0.0), (1.0, 1.0)],
+                    CHANCE.stroke_width(1),
+                ))?
+                .label("perfect calibration")
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], CHANCE.stroke_width(1))
+                });
+            let used: Vec<_> = cal.bins.iter().filter(|b| b.count > 0).collect();
+            let pts: Vec<(f64, f64)> = used
+                .iter()
+                .map(|b| (b.mean_predicted, b.observed_frequency))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), CURVE.stroke_width(2)))?
+                .label("model (non-empty bins)")
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], CURVE.stroke_width(2))
+                });
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 5, CURVE.filled())))?;
+            let label =
+                TextStyle::from((font, 13).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
+            chart.draw_series(used.iter().map(|b| {
+                Text::new(
+                    format!("n={}", b.count),
+                    (b.mean_predicted, (b.observed_frequency + 0.02).min(1.04)),
+                    label.clone(),
+                )
+            }))?;
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.9))
+                .border_style(BLACK)
+                .label_font((font, 14))
+                .draw()?;
+
+            let max = cal.bins.iter().map(|b| b.count).max().unwrap_or(1).max(1) as f64;
+            let mut hist = ChartBuilder::on(&bottom)
+                .margin_left(16)
+                .margin_right(16)
+                .margin_bottom(10)
+                .x_label_area_size(45)
+                .y_label_area_size(60)
+                .build_cartesian_2d(0f64..1f64, 0f64..max * 1.15)?;
+            hist.configure_mesh()
+                .x_desc("predicted probability of malignancy")
+                .y_desc("images")
+                .y_labels(4)
+                .label_style((font, 14))
+                .axis_desc_style((font, 16))
+                .draw()?;
+            hist.draw_series(cal.bins.iter().map(|b| {
+                Rectangle::new(
+                    [(b.lower + 0.005, 0.0), (b.upper - 0.005, b.count as f64)],
+                    CURVE.mix(0.6).filled(),
+                )
+            }))?;
+            Ok(())
+        },
+    )
+}
+
+/// Shortens `s` to at most `max` characters, keeping both ends.
+fn ellipsize(s: &str, max: usize) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() <= max || max < 5 {
+        return s.to_string();
+    }
+    let tail = (max - 1) / 2;
+    let head = max - 1 - tail;
+    let mut out: String = chars[..head].iter().collect();
+    out.push('…');
+    out.extend(&chars[chars.len() - tail..]);
+    out
+}
+
+const TILE: u32 = 176;
+const COLS: u32 = 4;
+const GAP: u32 = 14;
+const CAPTION: u32 = 40;
+const HEADING: u32 = 40;
+
+/// The error grid: the most confident false negatives, then the most confident false
+/// positives, each image with its malignant probability and file name. `images` maps source
+/// indices to the stored images; a missing one is drawn as a grey tile.
+pub fn error_grid(
+    false_negatives: &[ErrorCase],
+    false_positives: &[ErrorCase],
+    images: &HashMap<u32, RgbImage>,
+    threshold: f64,
+    path: &Path,
+) -> Result<()> {
+    let rows = |n: usize| (n as u32).div_ceil(COLS).max(1);
+    let section_h = |n: usize| HEADING + rows(n) * (TILE + CAPTION + GAP);
+    let w = GAP + COLS * (TILE + GAP);
+    let h = GAP + section_h(false_negatives.len()) + section_h(false_positives.len());
+    let mut buf = white(w, h);
+    let sections = [
+        (
+            format!(
+                "False negatives: malignant lesions scored below {threshold:.3} (most confident first)"
+            ),
+            false_negatives,
+            FN_COLOR,
+        ),
+        (
+            format!(
+                "False positives: benign lesions scored at or above {threshold:.3} (most confident first)"
+            ),
+            false_positives,
+            FP_COLOR,
+        ),
+    ];
+    // Tile origins, and the images pasted in before plotters draws the text.
+    let mut tiles = Vec::new();
+    let mut y = GAP;
+    for (s, (_, cases, _)) in sections.iter().enumerate() {
+        for (k, case) in cases.iter().enumerate() {
+            let (cx, cy) = (k as u32 % COLS, k as u32 / COLS);
+            let x0 = GAP + cx * (TILE + GAP);
+            let y0 = y + HEADING + cy * (TILE + CAPTION + GAP);
+            let tile = match images.get(&case.source_index) {
+                Some(img) => image::imageops::resize(img, TILE, TILE, FilterType::Triangle),
+                None => RgbImage::from_pixel(TILE, TILE, image::Rgb([200, 200, 200])),
+            };
+            for (px, py, p) in tile.enumerate_pixels() {
+                let o = (((y0 + py) * w + x0 + px) * 3) as usize;
+                buf[o..o + 3].copy_from_slice(&p.0);
+            }
+            tiles.push((s, k, x0 as i32, y0 as i32));
+        }
+        tiles.push((s, usize::MAX, 0, y as i32));
+        y += section_h(cases.len());
+    }
+    render_png(buf, (w, h), path, |root: &Canvas<'_>| -> DrawResult {
+        let max_chars = (TILE / 7) as usize;
+        for &(s, k, x0, y0) in &tiles {
+            let (heading, cases, color) = &sections[s];
+            if k == usize::MAX {
+                root.draw_text(
+                    heading,
+                    &text_style(17, *color, HPos::Left, VPos::Top),
+                    (GAP as i32, y0 + 8),
+                )?;
+                if cases.is_empty() {
+                    root.draw_text(
+                        "none at this threshold",
+                        &text_style(15, BLACK, HPos::Left, VPos::Top),
+                        (GAP as i32, y0 + HEADING as i32 + 8),
+                    )?;
+                }
+                continue;
+            }
+            let case = &cases[k];
+            let t = TILE as i32;
+            for d in 0..3 {
+                root.draw(&Rectangle::new(
+                    [(x0 - 1 - d, y0 - 1 - d), (x0 + t + d, y0 + t + d)],
+                    color.stroke_width(1),
+                ))?;
+            }
+            root.draw_text(
+                &format!("p(malignant) = {:.3}", case.probability),
+                &text_style(14, BLACK, HPos::Center, VPos::Top),
+                (x0 + t / 2, y0 + t + 5),
+            )?;
+            let name = Path::new(&case.path)
+                .file_name()
+                .map_or_else(|| case.path.clone(), |n| n.to_string_lossy().into_owned());
+            root.draw_text(
+                &ellipsize(&name, max_chars),
+                &text_style(13, RGBColor(60, 60, 60), HPos::Center, VPos::Top),
+                (x0 + t / 2, y0 + t + 22),
+            )?;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ellipsize_keeps_both_ends() {
+        assert_eq!(ellipsize("short.jpg", 20), "short.jpg");
+        let s = ellipsize("ISIC_0012345_downsampled.jpg", 15);
+        assert_eq!(s.chars().count(), 15);
+        assert!(s.starts_with("ISIC_00") && s.ends_with("ed.jpg"), "{s}");
+    }
+
+    #[test]
+    fn heat_runs_from_white_to_blue() {
+        assert_eq!(heat(0.0), RGBColor(247, 251, 255));
+        assert_eq!(heat(1.0), RGBColor(8, 69, 148));
+    }
+}

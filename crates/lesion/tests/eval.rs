@@ -1,0 +1,842 @@
+//! The eval stage end to end: on tiny self-made data (every output, figures that agree with
+//! `lesion::metrics` recomputed from predictions.csv, the run's threshold, deterministic
+//! bootstrap intervals, refusals), and — ignored by default, run by CI — the whole chain on
+//! `shared/data/isic2017-256` at 112 px with its report opened in headless Chromium.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use lesion::eval::{self, EvalMetrics, EvalOptions, ThresholdMethod, OUTPUT_FILES};
+use lesion::metrics;
+use lesion::prep::{self, PrepOptions};
+use lesion::split::Split;
+use lesion::train::{self, Monitor, TrainConfig};
+use lesion::Error;
+
+// ---------------------------------------------------------------------------------------
+// Tiny data, shared by the fast tests
+
+/// Synthetic images (12 per class), prepared at 32 px, and a 2-epoch run trained on them.
+struct Tiny {
+    _dir: tempfile::TempDir,
+    images: PathBuf,
+    data: PathBuf,
+    run: PathBuf,
+}
+
+fn tiny() -> &'static Tiny {
+    static TINY: OnceLock<Tiny> = OnceLock::new();
+    TINY.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("images");
+        lesion::synth::generate(&images, 12, 7, false, false).unwrap();
+        let data = dir.path().join("prepared");
+        let mut opts = PrepOptions::new(&images, &data);
+        opts.size = 32;
+        opts.progress = false;
+        prep::run(&opts).unwrap();
+        let run = dir.path().join("run");
+        let cfg = TrainConfig {
+            data: data.clone(),
+            out: run.clone(),
+            epochs: 2,
+            batch_size: 8,
+            patience: 10,
+            monitor: Monitor::ValAuc,
+            weights: "none".into(),
+            device: "cpu".into(),
+            ..TrainConfig::default()
+        };
+        train::train(&cfg, false).unwrap();
+        Tiny {
+            _dir: dir,
+            images,
+            data,
+            run,
+        }
+    })
+}
+
+/// A private copy of the tiny run (tests write into their run folders).
+fn run_copy(dest: &Path, with_best: bool) -> PathBuf {
+    let run = dest.join("run");
+    fs::create_dir_all(&run).unwrap();
+    for f in [
+        "config.json",
+        "best.safetensors",
+        "history.csv",
+        "curves.png",
+    ] {
+        if f == "best.safetensors" && !with_best {
+            continue;
+        }
+        fs::copy(tiny().run.join(f), run.join(f)).unwrap();
+    }
+    run
+}
+
+fn options(run: &Path, data: &Path) -> EvalOptions {
+    EvalOptions {
+        run: run.to_path_buf(),
+        data: data.to_path_buf(),
+        bootstrap: 200,
+        device: "cpu".into(),
+        batch_size: 16,
+        progress: false,
+        ..EvalOptions::default()
+    }
+}
+
+/// `predictions.csv` as (header -> column) maps, one per row.
+fn read_predictions(path: &Path) -> Vec<HashMap<String, String>> {
+    let text = fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+    lines
+        .map(|l| {
+            let fields: Vec<&str> = l.split(',').collect();
+            assert_eq!(fields.len(), header.len(), "{l}");
+            header
+                .iter()
+                .cloned()
+                .zip(fields.into_iter().map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-12 * a.abs().max(1.0)
+}
+
+fn assert_metrics_match(json: &metrics::BinaryMetrics, csv: &metrics::BinaryMetrics) {
+    assert_eq!(json.confusion_matrix, csv.confusion_matrix);
+    assert_eq!((json.n, json.n_positive), (csv.n, csv.n_positive));
+    for (name, a, b) in [
+        ("threshold", json.threshold, csv.threshold),
+        ("accuracy", json.accuracy, csv.accuracy),
+        (
+            "balanced_accuracy",
+            json.balanced_accuracy,
+            csv.balanced_accuracy,
+        ),
+        ("sensitivity", json.sensitivity, csv.sensitivity),
+        ("specificity", json.specificity, csv.specificity),
+        ("precision", json.precision, csv.precision),
+        ("f1", json.f1, csv.f1),
+        ("mcc", json.mcc, csv.mcc),
+        ("roc_auc", json.roc_auc, csv.roc_auc),
+        (
+            "average_precision",
+            json.average_precision,
+            csv.average_precision,
+        ),
+        ("brier", json.brier, csv.brier),
+        ("log_loss", json.log_loss, csv.log_loss),
+        ("ece", json.ece, csv.ece),
+    ] {
+        assert!(close(a, b), "{name}: metrics.json {a} vs recomputed {b}");
+    }
+    for (a, b) in json
+        .specificity_at_sensitivity
+        .iter()
+        .zip(&csv.specificity_at_sensitivity)
+    {
+        assert!(close(a.specificity, b.specificity) && close(a.threshold, b.threshold));
+    }
+}
+
+fn png_dims(path: &Path) -> (u32, u32, usize) {
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8();
+    let ink = img.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+    (img.width(), img.height(), ink)
+}
+
+/// Every output exists and is what it claims to be; returns the parsed metrics.
+fn check_outputs(out: &Path, n_images: usize) -> EvalMetrics {
+    for f in OUTPUT_FILES {
+        let p = out.join(f);
+        let len = fs::metadata(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .len();
+        let min = if f == "predictions.csv" {
+            60 * n_images as u64
+        } else {
+            1000
+        };
+        assert!(len > min, "{} is only {len} bytes", p.display());
+    }
+    for (f, w, h) in [
+        ("roc.png", 800, 700),
+        ("pr.png", 800, 700),
+        ("confusion.png", 1120, 520),
+        ("calibration.png", 800, 800),
+    ] {
+        let (gw, gh, ink) = png_dims(&out.join(f));
+        assert_eq!((gw, gh), (w, h), "{f}");
+        assert!(ink > 5_000, "{f}: only {ink} drawn pixels");
+    }
+    let (ew, _, ink) = png_dims(&out.join("errors.png"));
+    assert!(ew > 700 && ink > 2_000, "errors.png");
+
+    let m: EvalMetrics = lesion::fsutil::read_json(out.join("metrics.json")).unwrap();
+    assert_eq!(m.format, eval::METRICS_FORMAT);
+    assert_eq!(m.at_default_threshold.n as usize, n_images);
+    assert_eq!(m.checkpoint_sha256.len(), 64);
+    assert_eq!(m.manifest_sha256.len(), 64);
+    assert_eq!(
+        m.checkpoint_sha256,
+        lesion::fsutil::sha256_file(&m.checkpoint).unwrap()
+    );
+    assert_eq!(m.at_default_threshold.threshold, 0.5);
+    assert_eq!(m.at_chosen_threshold.threshold, m.threshold.threshold);
+    assert_eq!(m.at_default_threshold.specificity_at_sensitivity.len(), 3);
+    assert_eq!(m.calibration.bins.len(), 10);
+
+    let html = fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("id=\"disclaimer\""));
+    assert!(html.contains("not a medical device"));
+    for key in eval::report::METRIC_ROWS {
+        assert!(
+            html.contains(&format!("data-metric=\"{key}\"")),
+            "row {key} missing"
+        );
+    }
+    // Six inlined figures (five plots and the training curves), nothing fetched.
+    assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 6);
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http"));
+    m
+}
+
+#[test]
+fn writes_every_output_and_the_runs_threshold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_copy(tmp.path(), true);
+    let data = &tiny().data;
+    let summary = eval::run(&options(&run, data)).unwrap();
+    let out = run.join("eval-test");
+    assert_eq!(summary.out_dir, out);
+    assert_eq!(summary.report, out.join("report.html"));
+    let ds = lesion::loader::PreparedDataset::open(data).unwrap();
+    let n_test = ds.len(Split::Test);
+    let m = check_outputs(&out, n_test);
+    assert!(!m.tta);
+    assert_eq!(m.split, Split::Test);
+    let table = summary.to_string();
+    for needle in ["ROC AUC", "sensitivity", "specificity", "report:"] {
+        assert!(table.contains(needle), "{needle} not in\n{table}");
+    }
+
+    // metrics.json agrees with lesion::metrics on predictions.csv.
+    let rows = read_predictions(&out.join("predictions.csv"));
+    assert_eq!(rows.len(), n_test);
+    let labels: Vec<usize> = rows.iter().map(|r| r["label"].parse().unwrap()).collect();
+    let probs: Vec<f64> = rows
+        .iter()
+        .map(|r| r["probability"].parse().unwrap())
+        .collect();
+    let thr = m.threshold.threshold;
+    for (r, &p) in rows.iter().zip(&probs) {
+        assert_eq!(r["prediction"], if p >= thr { "1" } else { "0" });
+        assert!(r["path"].starts_with("Benign/") || r["path"].starts_with("Malignant/"));
+        assert_eq!(
+            r["class"],
+            ["Benign", "Malignant"][r["label"].parse::<usize>().unwrap()]
+        );
+        assert!(tiny().images.join(&r["path"]).is_file(), "{}", r["path"]);
+    }
+    assert_metrics_match(
+        &m.at_default_threshold,
+        &metrics::evaluate(&labels, &probs, 0.5).unwrap(),
+    );
+    assert_metrics_match(
+        &m.at_chosen_threshold,
+        &metrics::evaluate(&labels, &probs, thr).unwrap(),
+    );
+    let cal = metrics::calibration(&labels, &probs, 10).unwrap();
+    assert!(close(cal.ece, m.calibration.ece));
+
+    // Bootstrap: the intervals are lesion::metrics' for this seed, and bracket the estimate.
+    let b = m.bootstrap.as_ref().unwrap();
+    let direct = metrics::bootstrap_ci(&labels, &probs, 200, 42, thr).unwrap();
+    assert_eq!(b.at_chosen_threshold.roc_auc.lower, direct.roc_auc.lower);
+    assert_eq!(
+        b.at_chosen_threshold.sensitivity.upper,
+        direct.sensitivity.upper
+    );
+    for cis in [&b.at_default_threshold, &b.at_chosen_threshold] {
+        assert_eq!((cis.n_resamples, cis.seed), (200, 42));
+        for ci in [cis.roc_auc, cis.sensitivity, cis.specificity, cis.accuracy] {
+            assert!(ci.lower <= ci.estimate && ci.estimate <= ci.upper, "{ci:?}");
+        }
+    }
+    assert!(close(
+        b.at_default_threshold.roc_auc.estimate,
+        m.at_default_threshold.roc_auc
+    ));
+
+    // The threshold is the run's, readable by prediction, tied to the checkpoint and data.
+    let t = eval::read_threshold(&run).unwrap();
+    assert_eq!(t, m.threshold);
+    assert_eq!(t.split, Split::Val);
+    assert_eq!(t.method, ThresholdMethod::Youden);
+    assert_eq!(t.target_sensitivity, None);
+    assert_eq!(t.checkpoint, "best.safetensors");
+    assert_eq!(t.manifest_sha256, m.manifest_sha256);
+    t.verify_checkpoint(&run.join("best.safetensors")).unwrap();
+    assert!((0.0..=1.0).contains(&t.threshold));
+    let raw: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(run.join("threshold.json")).unwrap()).unwrap();
+    for key in [
+        "threshold",
+        "method",
+        "target_sensitivity",
+        "split",
+        "val_sensitivity",
+        "val_specificity",
+        "checkpoint_sha256",
+        "manifest_sha256",
+    ] {
+        assert!(raw.get(key).is_some(), "threshold.json lacks {key}: {raw}");
+    }
+    assert_eq!(raw["method"], "youden");
+    assert_eq!(raw["split"], "val");
+
+    // Same seed, same everything: a forced re-run reproduces metrics.json (timing aside).
+    let again = eval::run(&EvalOptions {
+        force: true,
+        ..options(&run, data)
+    })
+    .unwrap();
+    // (In memory: serde_json's default float parser may be one ulp off on reading.)
+    let mut a = summary.metrics.clone();
+    let mut b2 = again.metrics.clone();
+    a.seconds = 0.0;
+    b2.seconds = 0.0;
+    assert_eq!(
+        a.bootstrap, b2.bootstrap,
+        "bootstrap not deterministic for a seed"
+    );
+    assert_eq!(a, b2);
+    let other_seed = eval::run(&EvalOptions {
+        force: true,
+        seed: 43,
+        ..options(&run, data)
+    })
+    .unwrap();
+    assert_ne!(
+        other_seed
+            .metrics
+            .bootstrap
+            .as_ref()
+            .unwrap()
+            .at_default_threshold
+            .roc_auc,
+        m.bootstrap.as_ref().unwrap().at_default_threshold.roc_auc
+    );
+}
+
+#[test]
+fn sensitivity_target_tta_and_other_splits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_copy(tmp.path(), true);
+    let data = &tiny().data;
+    let summary = eval::run(&EvalOptions {
+        split: Split::Val,
+        threshold_method: ThresholdMethod::Sensitivity,
+        target_sensitivity: 0.9,
+        tta: true,
+        ..options(&run, data)
+    })
+    .unwrap();
+    let out = run.join("eval-val");
+    let n_val = lesion::loader::PreparedDataset::open(data)
+        .unwrap()
+        .len(Split::Val);
+    let m = check_outputs(&out, n_val);
+    assert!(m.tta);
+    assert!(
+        m.warnings.iter().any(|w| w.contains("validation split")),
+        "{:?}",
+        m.warnings
+    );
+    let t = eval::read_threshold(&run).unwrap();
+    assert_eq!(t.method, ThresholdMethod::Sensitivity);
+    assert_eq!(t.target_sensitivity, Some(0.9));
+    assert!(t.tta);
+    assert!(t.val_sensitivity >= 0.9, "{t:?}");
+    // Evaluated on val itself, the chosen point is the validation point.
+    assert!(close(m.at_chosen_threshold.sensitivity, t.val_sensitivity));
+    assert!(close(m.at_chosen_threshold.specificity, t.val_specificity));
+    assert!(summary.to_string().contains("TTA on"));
+
+    // Without TTA the probabilities differ (the flips change the logits), row for row.
+    let p_tta = read_predictions(&out.join("predictions.csv"));
+    assert_eq!(p_tta.len(), n_val);
+    let plain = eval::run(&EvalOptions {
+        split: Split::Val,
+        bootstrap: 0,
+        force: true,
+        ..options(&run, data)
+    })
+    .unwrap();
+    assert!(plain.metrics.bootstrap.is_none());
+    assert!(!plain.metrics.tta);
+    let p_plain = read_predictions(&out.join("predictions.csv"));
+    assert!(p_tta
+        .iter()
+        .zip(&p_plain)
+        .all(|(a, b)| a["path"] == b["path"]));
+    assert!(p_tta
+        .iter()
+        .zip(&p_plain)
+        .any(|(a, b)| a["probability"] != b["probability"]));
+
+    // A checkpoint file other than best.safetensors gets its own folder and threshold file.
+    fs::copy(run.join("best.safetensors"), run.join("epoch2.safetensors")).unwrap();
+    let s = eval::run(&EvalOptions {
+        run: run.join("epoch2.safetensors"),
+        bootstrap: 0,
+        ..options(&run, data)
+    })
+    .unwrap();
+    assert_eq!(s.out_dir, run.join("eval-test-epoch2"));
+    assert_eq!(s.threshold_file, run.join("threshold-epoch2.json"));
+    assert!(eval::read_threshold_file(&s.threshold_file).is_ok());
+    // ...and the best checkpoint's threshold is untouched.
+    assert_eq!(
+        eval::read_threshold(&run).unwrap().method,
+        ThresholdMethod::Youden
+    );
+}
+
+#[test]
+fn refuses_mismatched_unverified_or_incomplete_inputs() {
+    let tmp = tempfile::tempdir().unwrap();
+
+    // The same images prepared at 40 px do not fit a run trained at 32 px.
+    let data40 = tmp.path().join("prepared40");
+    let mut opts = PrepOptions::new(&tiny().images, &data40);
+    opts.size = 40;
+    opts.progress = false;
+    prep::run(&opts).unwrap();
+    let run = run_copy(tmp.path(), true);
+    let err = eval::run(&options(&run, &data40)).unwrap_err();
+    assert!(matches!(err, Error::RunDataMismatch { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("image size") && msg.contains("--size 32"),
+        "{msg}"
+    );
+    assert_eq!(err.exit_code(), 2);
+    assert!(!run.join("eval-test").exists());
+    assert!(!run.join("threshold.json").exists());
+    assert!(
+        fs::read_dir(&run).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("partial")),
+        "staging folder left behind"
+    );
+
+    // A run without best.safetensors.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let no_best = run_copy(tmp2.path(), false);
+    let err = eval::run(&options(&no_best, &tiny().data)).unwrap_err();
+    match &err {
+        Error::BadArtifact { path, .. } => assert!(path.ends_with("best.safetensors"), "{err}"),
+        other => panic!("expected BadArtifact, got {other}"),
+    }
+    assert!(err.to_string().contains("no best checkpoint"), "{err}");
+
+    // A path that is neither.
+    let err = eval::run(&options(&tmp.path().join("nope"), &tiny().data)).unwrap_err();
+    assert!(matches!(err, Error::InvalidOption(_)), "{err}");
+
+    // An existing evaluation is kept unless --force.
+    eval::run(&EvalOptions {
+        bootstrap: 0,
+        ..options(&run, &tiny().data)
+    })
+    .unwrap();
+    let before = fs::read(run.join("eval-test/metrics.json")).unwrap();
+    let err = eval::run(&options(&run, &tiny().data)).unwrap_err();
+    assert!(matches!(err, Error::OutputExists { .. }), "{err}");
+    assert!(err.to_string().contains("--force"));
+    assert_eq!(
+        fs::read(run.join("eval-test/metrics.json")).unwrap(),
+        before
+    );
+
+    // A prepared folder whose shards no longer match their hashes.
+    let bad = tmp.path().join("tampered");
+    copy_dir(&tiny().data, &bad);
+    let shard = fs::read_dir(bad.join("test"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .unwrap();
+    let mut bytes = fs::read(&shard).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    fs::write(&shard, bytes).unwrap();
+    let err = eval::run(&EvalOptions {
+        force: true,
+        ..options(&run, &bad)
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("SHA-256 mismatch"), "{err}");
+    // The previous evaluation survives a failed forced one.
+    assert_eq!(
+        fs::read(run.join("eval-test/metrics.json")).unwrap(),
+        before
+    );
+
+    // No threshold yet: a clear message for prediction.
+    let err = eval::read_threshold(&no_best).unwrap_err();
+    assert!(err.to_string().contains("run lesion-eval"), "{err}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The real chain on ISIC 2017, and the report in a real browser (ignored: run by CI)
+
+struct IsicRun {
+    run: PathBuf,
+    report: PathBuf,
+}
+
+/// prep (112 px) -> train (random init, 2 epochs) -> eval with and without TTA, once per
+/// test process, in `target/tmp/eval-isic` (kept for inspection).
+fn isic_run() -> &'static IsicRun {
+    static RUN: OnceLock<IsicRun> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let input = common::shared_dir().join("data/isic2017-256");
+        assert!(
+            input.is_dir(),
+            "{} not found; set LESION_SHARED_DIR to the shared folder",
+            input.display()
+        );
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("eval-isic");
+        if root.exists() {
+            fs::remove_dir_all(&root).unwrap();
+        }
+        fs::create_dir_all(&root).unwrap();
+        let data = root.join("prepared");
+        let mut p = PrepOptions::new(&input, &data);
+        p.size = 112;
+        p.progress = false;
+        let t = Instant::now();
+        prep::run(&p).unwrap();
+        println!("prep: {:.1} s", t.elapsed().as_secs_f64());
+
+        let run = root.join("run");
+        let cfg = TrainConfig {
+            data: data.clone(),
+            out: run.clone(),
+            epochs: 2,
+            batch_size: 64,
+            monitor: Monitor::ValAuc,
+            weights: "none".into(),
+            device: "cpu".into(),
+            ..TrainConfig::default()
+        };
+        let t = Instant::now();
+        let summary = train::train(&cfg, false).unwrap();
+        println!("train: {:.1} s\n{summary}", t.elapsed().as_secs_f64());
+
+        let opts = EvalOptions {
+            run: run.clone(),
+            data: data.clone(),
+            device: "cpu".into(),
+            progress: false,
+            ..EvalOptions::default()
+        };
+        let t = Instant::now();
+        let with_tta = eval::run(&EvalOptions {
+            tta: true,
+            ..opts.clone()
+        })
+        .unwrap();
+        println!(
+            "eval with TTA: {:.1} s\n{with_tta}\n",
+            t.elapsed().as_secs_f64()
+        );
+        fs::rename(run.join("eval-test"), run.join("eval-test-tta")).unwrap();
+        let t = Instant::now();
+        let plain = eval::run(&opts).unwrap();
+        println!(
+            "eval without TTA: {:.1} s\n{plain}\n",
+            t.elapsed().as_secs_f64()
+        );
+        IsicRun {
+            report: plain.report.clone(),
+            run,
+        }
+    })
+}
+
+#[test]
+#[ignore = "needs ../shared/data and chromium"]
+fn isic_chain_at_112_px_produces_every_file() {
+    let r = isic_run();
+    for dir in ["eval-test", "eval-test-tta"] {
+        let m = check_outputs(&r.run.join(dir), 550);
+        assert_eq!(m.at_default_threshold.n_positive, 104);
+        assert_eq!(m.tta, dir.ends_with("tta"));
+        // Two epochs from random weights learn something, even if not much.
+        assert!(
+            m.at_default_threshold.roc_auc > 0.55,
+            "{dir}: AUC {}",
+            m.at_default_threshold.roc_auc
+        );
+        let b = m.bootstrap.as_ref().unwrap();
+        assert_eq!(b.at_chosen_threshold.n_resamples, 1000);
+    }
+    let t = eval::read_threshold(&r.run).unwrap();
+    assert!(
+        !t.tta,
+        "the last evaluation (without TTA) sets the threshold"
+    );
+}
+
+/// A chromedriver process, killed on drop.
+struct Driver {
+    child: Child,
+    base: String,
+    session: Option<String>,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(s) = &self.session {
+            let _ = ureq::delete(&format!("{}/session/{s}", self.base)).call();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_program(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|d| names.iter().map(move |n| d.join(n)))
+        .find(|p| p.is_file())
+}
+
+fn webdriver(method: &str, url: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+    let req = ureq::request(method, url).timeout(Duration::from_secs(120));
+    let res = match body {
+        Some(b) => req
+            .set("Content-Type", "application/json")
+            .send_string(&b.to_string()),
+        None => req.call(),
+    };
+    let text = match res {
+        Ok(r) => r.into_string().unwrap(),
+        Err(ureq::Error::Status(code, r)) => {
+            panic!(
+                "WebDriver {method} {url}: HTTP {code}: {}",
+                r.into_string().unwrap_or_default()
+            )
+        }
+        Err(e) => panic!("WebDriver {method} {url}: {e}"),
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["value"].clone()
+}
+
+/// Standard base64 (as WebDriver's screenshot) to bytes.
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a' + 26) as u32,
+            b'0'..=b'9' => (c - b'0' + 52) as u32,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let clean: Vec<u8> = s.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
+    let mut out = Vec::with_capacity(clean.len() / 4 * 3);
+    for chunk in clean.chunks(4) {
+        let pad = chunk.iter().filter(|&&c| c == b'=').count();
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= if c == b'=' { 0 } else { val(c) } << (18 - 6 * i);
+        }
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..3 - pad]);
+    }
+    out
+}
+
+#[test]
+#[ignore = "needs ../shared/data and chromium"]
+fn report_renders_in_headless_chromium() {
+    let chromium = find_program(&["chromium", "chromium-browser", "google-chrome"]).expect(
+        "chromium is not installed (on Debian: apt-get install chromium chromium-driver); \
+         this test opens report.html in a real browser",
+    );
+    let chromedriver = find_program(&["chromedriver"])
+        .expect("chromedriver is not installed (on Debian: apt-get install chromium-driver)");
+    let report = fs::canonicalize(&isic_run().report).unwrap();
+
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(&chromedriver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Drain chromedriver's stdout so that it never blocks on a full pipe.
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || for _ in BufReader::new(stdout).lines() {});
+    let mut driver = Driver {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        session: None,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = ureq::get(&format!("{}/status", driver.base))
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok())
+            .is_some_and(|s| s.contains("\"ready\":true"));
+        if ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chromedriver did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let profile = tempfile::tempdir().unwrap();
+    let caps = serde_json::json!({
+        "capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium.to_string_lossy(),
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    format!("--user-data-dir={}", profile.path().display()),
+                    "--window-size=1366,900", "--hide-scrollbars"
+                ]
+            }
+        }}
+    });
+    let session = webdriver("POST", &format!("{}/session", driver.base), Some(caps));
+    let id = session["sessionId"].as_str().unwrap().to_string();
+    driver.session = Some(id.clone());
+    let s = format!("{}/session/{id}", driver.base);
+    webdriver(
+        "POST",
+        &format!("{s}/window/rect"),
+        Some(serde_json::json!({"width": 1366, "height": 900})),
+    );
+    webdriver(
+        "POST",
+        &format!("{s}/url"),
+        Some(serde_json::json!({"url": format!("file://{}", report.display())})),
+    );
+    let script = r#"
+        const imgs = Array.from(document.images);
+        return {
+          title: document.title,
+          images: imgs.map(i => ({alt: i.alt, complete: i.complete, w: i.naturalWidth, h: i.naturalHeight})),
+          rows: Array.from(document.querySelectorAll('table#metrics tr[data-metric]')).map(r => r.dataset.metric),
+          disclaimer: (document.getElementById('disclaimer') || {}).innerText || '',
+          disclaimerTop: document.getElementById('disclaimer') ? document.getElementById('disclaimer').getBoundingClientRect().top : -1,
+          external: Array.from(document.querySelectorAll('[src],[href]')).map(e => e.getAttribute('src') || e.getAttribute('href')).filter(u => /^(https?:)?\/\//.test(u)),
+        };"#;
+    let mut page = serde_json::Value::Null;
+    for _ in 0..50 {
+        page = webdriver(
+            "POST",
+            &format!("{s}/execute/sync"),
+            Some(serde_json::json!({"script": script, "args": []})),
+        );
+        let all_done = page["images"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|i| i["complete"] == true));
+        if all_done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let images = page["images"].as_array().unwrap();
+    assert_eq!(images.len(), 6, "{page}");
+    for img in images {
+        assert!(img["w"].as_u64().unwrap() > 0, "image not rendered: {img}");
+        assert!(img["h"].as_u64().unwrap() > 0, "image not rendered: {img}");
+    }
+    let rows: Vec<&str> = page["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(rows, eval::report::METRIC_ROWS, "metrics table rows");
+    assert!(page["disclaimer"]
+        .as_str()
+        .unwrap()
+        .contains("not a medical device"));
+    let top = page["disclaimerTop"].as_f64().unwrap();
+    assert!(
+        (0.0..900.0).contains(&top),
+        "disclaimer not on the first screen ({top})"
+    );
+    assert_eq!(page["external"].as_array().unwrap().len(), 0, "{page}");
+
+    let shot = webdriver("GET", &format!("{s}/screenshot"), None);
+    let png = base64_decode(shot.as_str().unwrap());
+    let img = image::load_from_memory(&png).unwrap().to_rgb8();
+    assert!(
+        img.width() >= 1000 && img.height() >= 600,
+        "{}x{}",
+        img.width(),
+        img.height()
+    );
+    let distinct: std::collections::HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+    assert!(distinct.len() > 50, "the screenshot looks blank");
+    let dest = report.with_file_name("report-screenshot.png");
+    fs::write(&dest, &png).unwrap();
+    let _ = fs::copy(&dest, "/tmp/lesion-report-screenshot.png");
+    println!(
+        "screenshot: {} (and /tmp/lesion-report-screenshot.png)",
+        dest.display()
+    );
+}
