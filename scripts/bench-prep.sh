@@ -3,8 +3,8 @@
 # (Pillow + torchvision + torch.save, scripts/bench_prep_notebook.py) on the same folder,
 # both pinned to 2 threads. Usage: scripts/bench-prep.sh [IMAGE_DIR]
 # (default ../shared/data/isic2017-256). The Python side runs when `$BENCH_PYTHON` (default
-# .venv-bench/bin/python if present, else python3) can import torch and torchvision;
-# otherwise only our figure is printed.
+# python3 if it imports torch, else .venv-bench/bin/python if present) can import torch and
+# torchvision; otherwise only our figure is printed.
 # Figures are each tool's own in-process images/s (listing to last file written); wall
 # time and peak RSS come from /usr/bin/time -v.
 set -euo pipefail
@@ -13,9 +13,10 @@ cd "$(dirname "$0")/.."
 data=${1:-../shared/data/isic2017-256}
 threads=${BENCH_THREADS:-2}
 py=${BENCH_PYTHON:-python3}
-# A local venv made with `python3 -m venv .venv-bench && .venv-bench/bin/pip install torch
-# torchvision scikit-learn` is used when BENCH_PYTHON is not set.
-if [ -z "${BENCH_PYTHON:-}" ] && [ -x .venv-bench/bin/python ]; then
+# Without BENCH_PYTHON, and when python3 cannot import torch, the venv of `just bench`
+# (.venv-bench, which scripts/bench.sh creates and fills) is used if present.
+if [ -z "${BENCH_PYTHON:-}" ] && ! python3 -c 'import torch, torchvision' 2>/dev/null \
+    && [ -x .venv-bench/bin/python ]; then
     py=.venv-bench/bin/python
 fi
 [ -d "$data" ] || { echo "error: $data is not a folder" >&2; exit 2; }

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use candle_core::{DType, Device, Module as _, ModuleT, Tensor, D};
+use candle_core::{DType, Device, ModuleT, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 use clap::{Parser, ValueEnum};
 use lesion::model::{self, ResNet18, Trainable};
@@ -89,7 +89,8 @@ impl Workload {
 /// The JSON line, shared with `scripts/bench_torch.py`.
 #[derive(Debug, Serialize)]
 struct Report {
-    impl_: &'static str,
+    #[serde(rename = "impl")]
+    implementation: &'static str,
     workload: Workload,
     images_per_s_median: f64,
     per_iter_s: Vec<f64>,
@@ -218,7 +219,7 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
         per_iter_s.push(start.elapsed().as_secs_f64());
     }
     Ok(Report {
-        impl_: "lesion",
+        implementation: "lesion",
         workload: cli.workload,
         images_per_s_median: cli.batch_size as f64 / median(&per_iter_s),
         per_iter_s,
@@ -236,21 +237,14 @@ fn main() -> ExitCode {
     // so they are set before anything touches a tensor (still single-threaded here).
     std::env::set_var("RAYON_NUM_THREADS", cli.threads.to_string());
     std::env::set_var("CANDLE_NUM_THREADS", cli.threads.to_string());
-    match run(&cli) {
-        Ok(report) => {
-            let line = serde_json::to_string(&report).expect("report serialises");
-            // `impl` is a Rust keyword; the JSON key is the Python side's.
-            println!("{}", line.replacen("\"impl_\"", "\"impl\"", 1));
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("error: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+    // The allocator settings of the stage binaries, so that the figures are theirs.
+    lesion::alloc::tune();
+    lesion::cli::finish(run(&cli).map(|report| {
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("report serialises")
+        );
+    }))
 }
 
 #[cfg(test)]
@@ -275,7 +269,9 @@ mod tests {
         assert_eq!(ya.to_vec1::<f32>().unwrap(), yb.to_vec1::<f32>().unwrap());
         // Pixel 0 of channel 0 maps to -mean/std, pixel 255 to (1-mean)/std.
         let (lo, hi) = (-MEAN[0] / STD[0], (1.0 - MEAN[0]) / STD[0]);
-        assert!(a[..64].iter().all(|&v| (lo - 1e-5..=hi + 1e-5).contains(&v)));
+        assert!(a[..64]
+            .iter()
+            .all(|&v| (lo - 1e-5..=hi + 1e-5).contains(&v)));
     }
 
     #[test]
@@ -296,9 +292,11 @@ mod tests {
         // The global rayon pool may already exist in this test process; run the steps of
         // `run` that follow it.
         let varmap = VarMap::new();
-        let mut net =
-            ResNet18::new(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu), 0.25)
-                .unwrap();
+        let mut net = ResNet18::new(
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+            0.25,
+        )
+        .unwrap();
         model::init_seeded(&varmap, cli.seed).unwrap();
         net.set_trainable(Trainable::Layer3);
         let mut opt = optimizer(&varmap, Trainable::Layer3).unwrap();

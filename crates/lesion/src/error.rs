@@ -119,6 +119,10 @@ pub enum Error {
         data: PathBuf,
         reason: String,
     },
+
+    /// An output image (e.g. a Grad-CAM heatmap) could not be encoded.
+    #[error("cannot encode {what}: {reason}")]
+    Encode { what: String, reason: String },
 }
 
 impl Error {

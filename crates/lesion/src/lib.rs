@@ -7,14 +7,18 @@
 //! - labels are class indices (`0` = benign, `1` = malignant);
 //! - every artifact is written atomically (see [`fsutil`]).
 
+pub mod alloc;
 pub mod error;
 
 pub use error::{Error, IoContext, Result};
+pub mod cli;
 pub mod device;
 pub mod eval;
 pub mod fsutil;
+pub mod gradcam;
 pub mod image_io;
 pub mod infer;
+pub mod kernels;
 pub mod loader;
 pub mod manifest;
 pub mod metrics;
@@ -22,6 +26,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod plot;
+pub mod predict;
 pub mod prep;
 pub mod shard;
 pub mod split;

@@ -254,14 +254,25 @@ impl CustomOp1 for Relu {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let grad = if grad_res.is_contiguous() {
-            grad_res.clone()
-        } else {
-            grad_res.contiguous()?
-        };
         // `res > 0` exactly where `x > 0`.
-        Ok(Some(res.apply_op2_no_bwd(&grad, &ReluBwd)?))
+        Ok(Some(relu_backward(res, grad_res)?))
     }
+}
+
+/// `grad * (out > 0)` for the output `out` of a ReLU (CPU f32, same shapes): the input
+/// gradient of any op that ends in PyTorch's ReLU.
+pub(crate) fn relu_backward(out: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
+    let grad = if grad.is_contiguous() {
+        grad.clone()
+    } else {
+        grad.contiguous()?
+    };
+    let out = if out.is_contiguous() {
+        out.clone()
+    } else {
+        out.contiguous()?
+    };
+    out.apply_op2_no_bwd(&grad, &ReluBwd)
 }
 
 /// Arguments (relu output, output gradient) -> input gradient.

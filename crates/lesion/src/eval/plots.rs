@@ -27,6 +27,7 @@ const MARKS: [RGBColor; 3] = [
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
 ];
+const LIGHT_GRID: RGBColor = RGBColor(238, 238, 238);
 const FN_COLOR: RGBColor = RGBColor(214, 39, 40);
 const FP_COLOR: RGBColor = RGBColor(255, 127, 14);
 
@@ -92,6 +93,7 @@ pub fn roc(curve: &RocCurve, auc: f64, marks: &[Mark], path: &Path) -> Result<()
                 .y_desc("true positive rate (sensitivity)")
                 .label_style((font, 14))
                 .axis_desc_style((font, 16))
+                .light_line_style(LIGHT_GRID)
                 .draw()?;
             chart
                 .draw_series(LineSeries::new(
@@ -162,6 +164,7 @@ pub fn pr(curve: &PrCurve, ap: f64, prevalence: f64, marks: &[Mark], path: &Path
                 .y_desc("precision (PPV)")
                 .label_style((font, 14))
                 .axis_desc_style((font, 16))
+                .light_line_style(LIGHT_GRID)
                 .draw()?;
             chart
                 .draw_series(LineSeries::new(
@@ -347,6 +350,7 @@ pub fn calibration(cal: &Calibration, path: &Path) -> Result<()> {
                 .y_desc("observed fraction malignant")
                 .label_style((font, 14))
                 .axis_desc_style((font, 16))
+                .light_line_style(LIGHT_GRID)
                 .draw()?;
             chart
                 .draw_series(LineSeries::new(
@@ -398,8 +402,10 @@ pub fn calibration(cal: &Calibration, path: &Path) -> Result<()> {
                 .x_desc("predicted probability of malignancy")
                 .y_desc("images")
                 .y_labels(4)
+                .y_label_formatter(&|v| format!("{v:.0}"))
                 .label_style((font, 14))
                 .axis_desc_style((font, 16))
+                .light_line_style(LIGHT_GRID)
                 .draw()?;
             hist.draw_series(cal.bins.iter().map(|b| {
                 Rectangle::new(
@@ -410,6 +416,15 @@ pub fn calibration(cal: &Calibration, path: &Path) -> Result<()> {
             Ok(())
         },
     )
+}
+
+/// Enough digits that a confident error does not read as exactly 0 or 1.
+fn probability(p: f64) -> String {
+    if p < 0.01 || p > 0.99 {
+        format!("{p:.4}")
+    } else {
+        format!("{p:.3}")
+    }
 }
 
 /// Shortens `s` to at most `max` characters, keeping both ends.
@@ -512,7 +527,7 @@ pub fn error_grid(
                 ))?;
             }
             root.draw_text(
-                &format!("p(malignant) = {:.3}", case.probability),
+                &format!("p(malignant) = {}", probability(case.probability)),
                 &text_style(14, BLACK, HPos::Center, VPos::Top),
                 (x0 + t / 2, y0 + t + 5),
             )?;

@@ -182,6 +182,8 @@ th, td { border:1px solid var(--line); padding:4px 10px; text-align:left; }
 th { background:var(--bg); font-weight:600; }
 td.num { text-align:right; font-variant-numeric: tabular-nums; }
 tr.group th { background:#e8eef4; text-align:left; }
+td.free .v { font-variant-numeric: tabular-nums; }
+td.free .ci { color:var(--muted); }
 .grid { display:grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap:16px; }
 figure { margin:0; border:1px solid var(--line); border-radius:8px; padding:8px; background:#fff; }
 figure.wide { grid-column: 1 / -1; }
@@ -266,9 +268,12 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
     let card = |label: &str, v: f64, ci: Option<&ConfidenceInterval>| {
         format!(
             "<div class=\"card\"><div class=\"label\">{label}</div><div class=\"value\">{}</div>\
-             <div class=\"ci\">95% CI {}</div></div>",
+             <div class=\"ci\">{}</div></div>",
             f4(v),
-            ci_text(ci)
+            match ci {
+                Some(_) => format!("95% CI {}", ci_text(ci)),
+                None => "&nbsp;".into(),
+            }
         )
     };
     h.push_str("<div class=\"cards\">");
@@ -304,8 +309,8 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
         h,
         "<div class=\"threshold\">Decision threshold <strong>{thr:.4}</strong>, chosen by {how} \
          (validation sensitivity {vs:.3}, specificity {vp:.3}){tta}. A lesion is called {c1} when \
-         its probability is ≥ the threshold. Saved to <code>{file}</code>, which \
-         <code>lesion-predict</code> uses.{note}</div>\n",
+         its probability is ≥ the threshold. Saved with the run in <code>{file}</code> for \
+         prediction to use.{note}</div>\n",
         thr = t.threshold,
         vs = t.val_sensitivity,
         vp = t.val_specificity,
@@ -339,14 +344,17 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
          <th>at {:.4} (chosen)</th><th>95% CI</th></tr></thead><tbody>\n",
         c.threshold
     );
-    h.push_str("<tr class=\"group\"><th colspan=\"5\">Threshold-free</th></tr>\n");
+    h.push_str(
+        "<tr class=\"group\"><th colspan=\"5\">Threshold-free (ranking and calibration; the same \
+         at every threshold)</th></tr>\n",
+    );
     let free = |key: &str, name: &str, v: f64, ci: Option<&ConfidenceInterval>| {
         format!(
-            "<tr data-metric=\"{key}\"><td>{name}</td><td class=\"num\" colspan=\"2\">{}</td>\
-             <td class=\"num\" colspan=\"2\">{}</td></tr>\n",
+            "<tr data-metric=\"{key}\"><td>{name}</td><td class=\"free\" colspan=\"4\">\
+             <span class=\"v\">{}</span>{}</td></tr>\n",
             f4(v),
             if ci.is_some() {
-                format!("95% CI {}", ci_text(ci))
+                format!(" <span class=\"ci\">(95% CI {})</span>", ci_text(ci))
             } else {
                 String::new()
             }
@@ -382,7 +390,10 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
         d.ece,
         None,
     ));
-    h.push_str("<tr class=\"group\"><th colspan=\"5\">At a threshold</th></tr>\n");
+    h.push_str(
+        "<tr class=\"group\"><th colspan=\"5\">At a decision threshold (malignant when \
+         probability ≥ threshold)</th></tr>\n",
+    );
     let dep = |key: &str,
                name: &str,
                f: fn(&BinaryMetrics) -> f64,

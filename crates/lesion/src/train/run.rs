@@ -79,21 +79,16 @@ pub fn train(cfg: &TrainConfig, progress: bool) -> Result<TrainSummary> {
     let weights_path = weights::resolve(&source, progress)?;
     let identity = weights::identify(&source, weights_path.as_deref())?;
 
-    let varmap = VarMap::new();
-    let mut model = ResNet18::new(
-        VarBuilder::from_varmap(&varmap, DType::F32, &device),
-        cfg.head_dropout as f32,
-    )?;
-    model::init_seeded(&varmap, cfg.seed)?;
+    let mut session = Session::new(cfg.clone(), data, device, progress)?;
+    model::init_seeded(&session.varmap, cfg.seed)?;
     if let Some(path) = &weights_path {
-        model::load_state_dict(&varmap, weights::load_safetensors(path)?, true)?;
+        model::load_state_dict(&session.varmap, weights::load_safetensors(path)?, true)?;
     }
-    model.set_trainable(cfg.trainable);
-    let opt = build_optimizer(&varmap, cfg)?;
 
-    let mut cfg = cfg.clone();
     // Absolute, so that `--resume` works from any working directory.
-    cfg.data = std::fs::canonicalize(&cfg.data).unwrap_or(cfg.data);
+    let cfg = &mut session.cfg;
+    cfg.data = std::fs::canonicalize(&cfg.data).unwrap_or_else(|_| cfg.data.clone());
+    let data = &session.data;
     let run_cfg = RunConfig {
         manifest_sha256: crate::manifest::manifest_sha256(data.dir())?,
         class_names: data.class_names().to_vec(),
@@ -105,26 +100,13 @@ pub fn train(cfg: &TrainConfig, progress: bool) -> Result<TrainSummary> {
             None => source.to_string(),
         },
         weights_sha256: identity.sha256.clone(),
-        device: describe(&device),
+        device: describe(&session.device),
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
         train: cfg.clone(),
     };
     create_run_dir(&cfg.out, cfg.force)?;
     write_json_atomic(cfg.out.join(CONFIG_FILE), &run_cfg)?;
-
-    let state = TrainState::new(cfg.seed, cfg.monitor.worst());
-    Session {
-        cfg,
-        data,
-        device,
-        varmap,
-        model,
-        opt,
-        state,
-        history: Vec::new(),
-        progress,
-    }
-    .run()
+    session.run()
 }
 
 /// Continues the run in `run_dir` from its `last.safetensors`; `epochs` optionally raises
@@ -149,13 +131,7 @@ pub fn resume(run_dir: &Path, epochs: Option<usize>, progress: bool) -> Result<T
         });
     }
     let device = parse_device(&cfg.device)?;
-    let varmap = VarMap::new();
-    let mut model = ResNet18::new(
-        VarBuilder::from_varmap(&varmap, DType::F32, &device),
-        cfg.head_dropout as f32,
-    )?;
-    model.set_trainable(cfg.trainable);
-    let mut opt = build_optimizer(&varmap, &cfg)?;
+    let mut session = Session::new(cfg.clone(), data, device, progress)?;
 
     let last = run_dir.join(LAST_FILE);
     if !last.is_file() {
@@ -164,29 +140,19 @@ pub fn resume(run_dir: &Path, epochs: Option<usize>, progress: bool) -> Result<T
             reason: "no checkpoint to resume from (the run did not finish an epoch)".into(),
         });
     }
-    let (tensors, state) = checkpoint::load(&last, &device)?;
-    set_vars(&varmap, &tensors, &last)?;
-    opt.load_state(&tensors)?;
-    let mut history = history::read(&run_dir.join(HISTORY_FILE))?;
+    let (tensors, state) = checkpoint::load(&last, &session.device)?;
+    set_vars(&session.varmap, &tensors, &last)?;
+    session.opt.load_state(&tensors)?;
+    session.history = history::read(&run_dir.join(HISTORY_FILE))?;
     // history.csv is written before last.safetensors; a kill in between leaves one row more.
-    history.truncate(state.epoch);
+    session.history.truncate(state.epoch);
+    session.state = state;
 
     if epochs.is_some() {
         run_cfg.train.epochs = cfg.epochs;
         write_json_atomic(&config_path, &run_cfg)?;
     }
-    Session {
-        cfg,
-        data,
-        device,
-        varmap,
-        model,
-        opt,
-        state,
-        history,
-        progress,
-    }
-    .run()
+    session.run()
 }
 
 /// Opens and verifies a prepared dataset and checks that the model can take its images.
@@ -302,6 +268,34 @@ struct Session {
 }
 
 impl Session {
+    /// A model (parameters as candle initialises them), its optimizer and a fresh state.
+    fn new(
+        cfg: TrainConfig,
+        data: PreparedDataset,
+        device: Device,
+        progress: bool,
+    ) -> Result<Self> {
+        let varmap = VarMap::new();
+        let mut model = ResNet18::new(
+            VarBuilder::from_varmap(&varmap, DType::F32, &device),
+            cfg.head_dropout as f32,
+        )?;
+        model.set_trainable(cfg.trainable);
+        let opt = build_optimizer(&varmap, &cfg)?;
+        let state = TrainState::new(cfg.seed, cfg.monitor.worst());
+        Ok(Session {
+            cfg,
+            data,
+            device,
+            varmap,
+            model,
+            opt,
+            state,
+            history: Vec::new(),
+            progress,
+        })
+    }
+
     fn run(mut self) -> Result<TrainSummary> {
         let out = self.cfg.out.clone();
         let mut stopped_early = self.state.finished;

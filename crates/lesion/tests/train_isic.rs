@@ -1,0 +1,47 @@
+//! The train stage on real images: ISIC 2017 (../shared/data/isic2017-256) prepared at
+//! 112 px, two epochs from random initialisation.
+
+mod common;
+
+use lesion::prep::{self, PrepOptions};
+use lesion::train::{self, Monitor, TrainConfig};
+
+#[test]
+#[ignore = "needs ../shared/data (run by CI with --include-ignored)"]
+fn trains_two_epochs_on_isic2017_at_112px() {
+    let images = common::shared_dir().join("data/isic2017-256");
+    assert!(images.is_dir(), "{} not found", images.display());
+    let dir = tempfile::tempdir().unwrap();
+    let prepared = dir.path().join("prepared");
+    let mut opts = PrepOptions::new(&images, &prepared);
+    opts.size = 112;
+    opts.progress = false;
+    prep::run(&opts).unwrap();
+
+    let run = dir.path().join("run");
+    let cfg = TrainConfig {
+        data: prepared.clone(),
+        out: run.clone(),
+        epochs: 2,
+        batch_size: 32,
+        monitor: Monitor::ValAuc,
+        weights: "none".into(),
+        device: "cpu".into(),
+        ..TrainConfig::default()
+    };
+    let summary = train::train(&cfg, false).unwrap();
+    println!("{summary}");
+    assert_eq!(summary.epochs_completed, 2);
+    for f in ["config.json", "best.safetensors", "last.safetensors", "history.csv", "curves.png"] {
+        let meta = std::fs::metadata(run.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(meta.len() > 100, "{f} is suspiciously small");
+    }
+    let history = train::history::read(&run.join("history.csv")).unwrap();
+    assert_eq!(history.len(), 2);
+    for r in &history {
+        println!("{r:?}");
+        assert!(r.val_loss.is_finite() && r.train_loss.is_finite(), "{r:?}");
+        // 1,650 training images per epoch; the val split is 550 images (104 malignant).
+        assert!(r.val_auc.is_finite() && (0.0..=1.0).contains(&r.val_auc));
+    }
+}

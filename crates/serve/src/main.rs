@@ -1,0 +1,186 @@
+//! `lesion-serve`: a local HTTP service and web page for a trained run (see `lesion_serve`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use lesion_serve::{Batching, Limits, ServeOptions, Server};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Serve a trained run over HTTP: POST /v1/predict and /v1/explain, GET /v1/model and
+/// /healthz, and a page at / to drop a photo on. Requests from concurrent callers are
+/// batched. Uploaded images are never written to disk or logged. A research tool, not a
+/// diagnosis.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lesion-serve",
+    version,
+    about,
+    after_help = "Examples:\n  lesion-serve --run runs/demo            # then open http://127.0.0.1:8080/\n  \
+                  curl -F image=@photo.jpg http://127.0.0.1:8080/v1/predict\n  \
+                  curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' \
+                  http://127.0.0.1:8080/v1/explain -o heatmap.png"
+)]
+pub struct Cli {
+    /// Run folder written by lesion-train and evaluated by lesion-eval.
+    #[arg(long, value_name = "RUN_DIR")]
+    run: PathBuf,
+    /// Address to listen on (the default accepts connections from this machine only).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// auto, cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Decision threshold on the malignant probability, instead of the run's threshold.json.
+    #[arg(long, value_name = "PROBABILITY")]
+    threshold: Option<f64>,
+    /// Test-time augmentation [default: as the run's threshold was chosen].
+    #[arg(long, conflicts_with = "no_tta")]
+    tta: bool,
+    /// No test-time augmentation.
+    #[arg(long)]
+    no_tta: bool,
+    /// Largest request body, in MiB.
+    #[arg(long, default_value_t = 10.0, value_name = "MIB")]
+    max_body_mib: f64,
+    /// Largest image, in pixels (width x height).
+    #[arg(long, default_value_t = 25_000_000)]
+    max_pixels: u64,
+    /// Image requests handled at once; more are answered 503 busy.
+    #[arg(long, default_value_t = 32)]
+    max_concurrency: usize,
+    /// Longest time one request may take, in seconds.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    timeout: f64,
+    /// How long a request may wait for others to share its batch, in milliseconds.
+    #[arg(long, default_value_t = 5.0, value_name = "MS")]
+    batch_window_ms: f64,
+    /// Largest batch.
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
+}
+
+impl Cli {
+    pub fn options(&self) -> anyhow::Result<ServeOptions> {
+        let secs = |v: f64, what: &str| {
+            anyhow::ensure!(v.is_finite() && v > 0.0, "{what} must be positive, got {v}");
+            Ok(Duration::from_secs_f64(v))
+        };
+        anyhow::ensure!(
+            self.max_body_mib.is_finite() && self.max_body_mib > 0.0,
+            "--max-body-mib must be positive"
+        );
+        Ok(ServeOptions {
+            addr: self.addr,
+            device: self.device.clone(),
+            threshold: self.threshold,
+            tta: match (self.tta, self.no_tta) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+            limits: Limits {
+                max_body_bytes: (self.max_body_mib * 1048576.0) as usize,
+                max_pixels: self.max_pixels,
+                max_concurrency: self.max_concurrency,
+                request_timeout: secs(self.timeout, "--timeout")?,
+            },
+            batching: Batching {
+                window: Duration::from_secs_f64(self.batch_window_ms.max(0.0) / 1e3),
+                max_batch: self.max_batch,
+            },
+            ..ServeOptions::new(&self.run)
+        })
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let opts = cli.options()?;
+    let server = Server::load(&opts).with_context(|| format!("loading {}", cli.run.display()))?;
+    let p = server.predictor();
+    for w in p.warnings() {
+        eprintln!("warning: {w}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(opts.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", opts.addr))?;
+        let addr = listener.local_addr()?;
+        eprintln!(
+            "lesion-serve: model {} ({} px, threshold {}, TTA {}, {})",
+            p.model_id(),
+            p.image_size(),
+            p.describe_threshold(),
+            if opts.tta.unwrap_or_else(|| p.default_tta()) {
+                "on"
+            } else {
+                "off"
+            },
+            lesion::device::describe(p.device()),
+        );
+        eprintln!("lesion-serve: listening on http://{addr}/ (Ctrl-C stops)");
+        if !addr.ip().is_loopback() {
+            eprintln!(
+                "warning: {addr} is reachable from other machines; this service has no \
+                 authentication"
+            );
+        }
+        let router = server.router();
+        lesion_serve::serve(listener, router, async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("lesion-serve: shutting down");
+        })
+        .await
+        .context("serving")
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            let code = err
+                .chain()
+                .find_map(|e| e.downcast_ref::<lesion::Error>())
+                .map_or(1, lesion::Error::exit_code);
+            ExitCode::from(code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_bind_loopback_with_documented_limits() {
+        let cli = Cli::try_parse_from(["lesion-serve", "--run", "r"]).unwrap();
+        let o = cli.options().unwrap();
+        assert_eq!(o.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(o.limits.max_body_bytes, 10 << 20);
+        assert_eq!(o.batching.max_batch, 32);
+        assert_eq!(o.batching.window, Duration::from_millis(5));
+        assert_eq!(o.tta, None);
+    }
+
+    #[test]
+    fn rejects_nonsense_limits() {
+        let cli = Cli::try_parse_from(["lesion-serve", "--run", "r", "--timeout", "0"]).unwrap();
+        assert!(cli.options().is_err());
+        assert!(Cli::try_parse_from(["lesion-serve", "--run", "r", "--tta", "--no-tta"]).is_err());
+    }
+}

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Table and RATIO lines of `scripts/bench.sh` (standard library only).
+
+    bench_summary.py RESULTS_JSONL [E2E_JSON]
+
+RESULTS_JSONL: one JSON line per benchmark process (`lesion-bench`, `bench_torch.py`), with
+at least impl (lesion | pytorch | pytorch-cl), workload, images_per_s_median, peak_rss_mib.
+Each figure in the table is the median over the repeats of that process's own median.
+E2E_JSON (optional): {"ours": {"wall_s", "peak_rss_mib", ...}, "pytorch": {...} or null}.
+
+Ends with `RATIO <workload> <ours / PyTorch NCHW>` per workload (`RATIO end-to-end` is
+PyTorch's wall time / ours), `RATIO_CL <workload> <ours / PyTorch channels-last>` and
+`RSS_RATIO end-to-end <ours / PyTorch>`; ratios whose PyTorch side did not run are left out.
+"""
+import json
+import statistics
+import sys
+
+WORKLOADS = ["train-frozen", "train-all", "infer"]
+IMPLS = ["lesion", "pytorch", "pytorch-cl"]
+
+
+def load(path):
+    runs = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            r = json.loads(line)
+            runs.setdefault((r["impl"], r["workload"]), []).append(r)
+    return runs
+
+
+def med(runs, key, field):
+    vals = [r[field] for r in runs.get(key, []) if r.get(field) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def fmt(x, spec=".1f"):
+    return "-" if x is None else format(x, spec)
+
+
+def main():
+    runs = load(sys.argv[1]) if len(sys.argv) > 1 else {}
+    e2e = None
+    if len(sys.argv) > 2:
+        with open(sys.argv[2]) as f:
+            e2e = json.load(f)
+
+    ratios, ratios_cl, rss_ratio = [], [], None
+    head = (f"{'workload':<14} {'ours img/s':>10} {'PyTorch':>9} {'PyT CL':>9} "
+            f"{'ours/PyT':>9} {'ours/CL':>8} {'RSS ours':>9} {'RSS PyT':>8} {'RSS CL':>8} {'n':>3}")
+    print(head)
+    print("-" * len(head))
+    for w in WORKLOADS:
+        if not any((i, w) in runs for i in IMPLS):
+            continue
+        ips = {i: med(runs, (i, w), "images_per_s_median") for i in IMPLS}
+        rss = {i: med(runs, (i, w), "peak_rss_mib") for i in IMPLS}
+        n = len(runs.get(("lesion", w), []))
+        r = ips["lesion"] / ips["pytorch"] if ips["lesion"] and ips["pytorch"] else None
+        rc = ips["lesion"] / ips["pytorch-cl"] if ips["lesion"] and ips["pytorch-cl"] else None
+        if r is not None:
+            ratios.append((w, r))
+        if rc is not None:
+            ratios_cl.append((w, rc))
+        print(f"{w:<14} {fmt(ips['lesion']):>10} {fmt(ips['pytorch']):>9} "
+              f"{fmt(ips['pytorch-cl']):>9} {fmt(r, '.2f'):>9} {fmt(rc, '.2f'):>8} "
+              f"{fmt(rss['lesion'], '.0f'):>9} {fmt(rss['pytorch'], '.0f'):>8} "
+              f"{fmt(rss['pytorch-cl'], '.0f'):>8} {n:>3}")
+
+    if e2e:
+        ours, pt = e2e.get("ours"), e2e.get("pytorch")
+        print()
+        print(f"{'end to end':<14} {'wall s':>8} {'peak RSS MiB':>13}  detail")
+        if ours:
+            print(f"{'ours':<14} {ours['wall_s']:>8.1f} {ours['peak_rss_mib']:>13.0f}  "
+                  f"{ours.get('detail', '')}")
+        if pt:
+            print(f"{'PyTorch':<14} {pt['wall_s']:>8.1f} {pt['peak_rss_mib']:>13.0f}  "
+                  f"{pt.get('detail', '')}")
+        if ours and pt:
+            ratios.append(("end-to-end", pt["wall_s"] / ours["wall_s"]))
+            rss_ratio = ours["peak_rss_mib"] / pt["peak_rss_mib"]
+
+    print()
+    for w, r in ratios:
+        print(f"RATIO {w} {r:.2f}")
+    for w, r in ratios_cl:
+        print(f"RATIO_CL {w} {r:.2f}")
+    if rss_ratio is not None:
+        print(f"RSS_RATIO end-to-end {rss_ratio:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
