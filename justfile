@@ -24,9 +24,10 @@ build:
 synth *args: build
     target/release/lesion-prep synth --out {{images}} {{args}}
 
-# Split, augment and shard an image folder (default: data/synthetic) into data/prepared.
+# Split, augment and shard an image folder (default: data/synthetic, generated if absent) into data/prepared.
 prep *args: build
-    target/release/lesion-prep {{images}} --out {{prepared}} {{args}}
+    if [[ ! -d "{{images}}" && "{{images}}" == data/synthetic ]]; then target/release/lesion-prep synth --out "{{images}}"; fi
+    target/release/lesion-prep "{{images}}" --out "{{prepared}}" {{args}}
 
 # Check a prepared folder's shards against its manifest hashes.
 verify: build

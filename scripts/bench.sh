@@ -38,7 +38,7 @@ end_to_end=1
 for arg in "$@"; do
     case $arg in
         --no-end-to-end) end_to_end=0 ;;
-        -h | --help) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "error: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -172,10 +172,10 @@ run_side() { # run_side SIDE WORKLOAD: one process, its JSON line appended to $r
         pytorch) cmd=("${torch_env[@]}" "$py" scripts/bench_torch.py "$w" "${common[@]}") ;;
         pytorch-cl) cmd=("${torch_env[@]}" "$py" scripts/bench_torch.py "$w" "${common[@]}" --channels-last) ;;
     esac
-    if "${pin[@]}" "${cmd[@]}" >"$out/last.json" 2>>"$log"; then
-        grep '^{' "$out/last.json" >>"$results"
-        printf '  %-11s %-13s %s img/s\n' "$side" "$w" \
-            "$(grep -o '"images_per_s_median": *[0-9.]*' "$out/last.json" | grep -o '[0-9.]*$' | xargs printf '%.1f')" >&2
+    local ips
+    if "${pin[@]}" "${cmd[@]}" >"$out/last.json" 2>>"$log" && grep '^{' "$out/last.json" >>"$results"; then
+        ips=$(grep -o '"images_per_s_median": *[0-9.]*' "$out/last.json" | grep -o '[0-9.]*$')
+        printf '  %-11s %-13s %6.1f img/s\n' "$side" "$w" "$ips" >&2
     else
         note "$side $w failed (see $log)"
     fi

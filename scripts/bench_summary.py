@@ -85,6 +85,8 @@ def main():
             rss_ratio = ours["peak_rss_mib"] / pt["peak_rss_mib"]
 
     print()
+    if not any(i != "lesion" for i, _ in runs) and not (e2e and e2e.get("pytorch")):
+        print("PyTorch did not run (not installed, or it failed): our figures alone, no RATIO lines")
     for w, r in ratios:
         print(f"RATIO {w} {r:.2f}")
     for w, r in ratios_cl:

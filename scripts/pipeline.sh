@@ -31,6 +31,11 @@ if [[ ! -d $data_dir ]]; then
   exit 2
 fi
 run_name=${2:-$(basename "$(cd "$data_dir" && pwd)")}
+# A bare folder name could be taken for a lesion-prep subcommand (`synth`, `verify`).
+case $data_dir in
+  /* | ./* | ../*) ;;
+  *) data_dir=./$data_dir ;;
+esac
 if [[ -z $run_name || $run_name == */* ]]; then
   echo "error: invalid run name '$run_name'" >&2
   exit 2

@@ -112,28 +112,20 @@ impl Cli {
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let opts = cli.options()?;
-    let summary = lesion::eval::run(&opts)
-        .with_context(|| format!("evaluating {} on {}", opts.run.display(), opts.data.display()))?;
+    let summary = lesion::eval::run(&opts).with_context(|| {
+        format!(
+            "evaluating {} on {}",
+            opts.run.display(),
+            opts.data.display()
+        )
+    })?;
     println!("{summary}");
     Ok(())
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            let code = err
-                .chain()
-                .find_map(|e| e.downcast_ref::<lesion::Error>())
-                .map_or(1, lesion::Error::exit_code);
-            ExitCode::from(code)
-        }
-    }
+    lesion::alloc::tune();
+    lesion::cli::finish(run(&Cli::parse()))
 }
 
 #[cfg(test)]
@@ -161,21 +153,36 @@ mod tests {
         let o = parse(&["--target-sensitivity", "0.9"]).options().unwrap();
         assert_eq!(o.threshold_method, ThresholdMethod::Sensitivity);
         assert_eq!(o.target_sensitivity, 0.9);
-        let o = parse(&["--threshold-method", "sensitivity"]).options().unwrap();
-        assert_eq!(o.target_sensitivity, 0.95);
-        let err = parse(&["--threshold-method", "youden", "--target-sensitivity", "0.9"])
+        let o = parse(&["--threshold-method", "sensitivity"])
             .options()
-            .unwrap_err();
-        assert!(err.to_string().contains("--threshold-method sensitivity"), "{err}");
+            .unwrap();
+        assert_eq!(o.target_sensitivity, 0.95);
+        let err = parse(&[
+            "--threshold-method",
+            "youden",
+            "--target-sensitivity",
+            "0.9",
+        ])
+        .options()
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("--threshold-method sensitivity"),
+            "{err}"
+        );
     }
 
     #[test]
     fn split_and_flags() {
-        let o = parse(&["--split", "val", "--tta", "--quiet", "--force"]).options().unwrap();
+        let o = parse(&["--split", "val", "--tta", "--quiet", "--force"])
+            .options()
+            .unwrap();
         assert_eq!(o.split, Split::Val);
         assert!(o.tta && o.force && !o.progress);
         let base = ["lesion-eval", "--run", "r", "--data", "d"];
         assert!(Cli::try_parse_from(base.into_iter().chain(["--split", "holdout"])).is_err());
-        assert!(Cli::try_parse_from(["lesion-eval", "--run", "r"]).is_err(), "--data is required");
+        assert!(
+            Cli::try_parse_from(["lesion-eval", "--run", "r"]).is_err(),
+            "--data is required"
+        );
     }
 }

@@ -34,7 +34,9 @@ pub fn describe(err: &(dyn StdError + 'static)) -> (String, u8) {
         }
         first = false;
         if code.is_none() {
-            code = e.downcast_ref::<crate::Error>().map(crate::Error::exit_code);
+            code = e
+                .downcast_ref::<crate::Error>()
+                .map(crate::Error::exit_code);
         }
         current = e.source();
     }
@@ -57,7 +59,10 @@ mod tests {
             reason: "no class folders".into(),
         };
         let (text, code) = describe(&Outer(inner));
-        assert_eq!(text, "error: preparing data failed\n  caused by: images: no class folders\n");
+        assert_eq!(
+            text,
+            "error: preparing data failed\n  caused by: images: no class folders\n"
+        );
         assert_eq!(code, 2);
     }
 

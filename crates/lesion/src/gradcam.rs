@@ -9,8 +9,10 @@
 //! - CAM = `ReLU(sum_c alpha_c A_c)` with `alpha_c` the spatial mean of the gradient of
 //!   channel `c`: a `[h, w]` f32 map per image, in the logit's units (not normalised).
 //! - [`overlay`] upsamples it bilinearly (PyTorch's `align_corners=False`) to the photo,
-//!   normalises by its maximum, maps it through the jet colour map and alpha-blends it over
-//!   the photo (transparent where there is no heat), as an `RgbImage` (u8, HWC).
+//!   min-max normalises it to [0, 1] (as the `pytorch-grad-cam` package does: colours show
+//!   where the evidence is strongest relative to the rest of the image; [`Cam::max`] keeps
+//!   its absolute size), maps it through the jet colour map and alpha-blends it over the
+//!   photo (transparent where the heat is lowest), as an `RgbImage` (u8, HWC).
 //!
 //! Only the model's own forward pieces are used, so the CAM explains exactly the network
 //! that [`crate::infer::eval_logits`] runs (without test-time augmentation).
@@ -49,12 +51,18 @@ impl Cam {
         self.values.iter().copied().fold(0.0, f32::max)
     }
 
-    /// The map upsampled bilinearly to `width x height` (row-major) and divided by its
-    /// maximum, so values lie in [0, 1]; all zeros when the map is.
+    /// Smallest value of the map.
+    pub fn min(&self) -> f32 {
+        self.values.iter().copied().fold(f32::INFINITY, f32::min)
+    }
+
+    /// The map upsampled bilinearly to `width x height` (row-major) and min-max normalised
+    /// to [0, 1]; all zeros when the map is flat.
     pub fn upsample(&self, width: u32, height: u32) -> Vec<f32> {
-        let max = self.max();
+        let (min, max) = (self.min(), self.max());
+        let range = max - min;
         let (w, h) = (width as usize, height as usize);
-        if max <= 0.0 || !max.is_finite() || w == 0 || h == 0 {
+        if range <= 0.0 || !range.is_finite() || w == 0 || h == 0 {
             return vec![0.0; w * h];
         }
         let xs = axis_taps(self.width, w);
@@ -65,7 +73,7 @@ impl Cam {
             for &(x0, x1, tx) in &xs {
                 let top = g(x0, y0) * (1.0 - tx) + g(x1, y0) * tx;
                 let bottom = g(x0, y1) * (1.0 - tx) + g(x1, y1) * tx;
-                out.push((top * (1.0 - ty) + bottom * ty) / max);
+                out.push((top * (1.0 - ty) + bottom * ty - min) / range);
             }
         }
         out
@@ -211,12 +219,12 @@ mod tests {
 
     #[test]
     fn upsample_matches_pytorch_bilinear() {
-        // F.interpolate(torch.tensor([[[[0., 1.], [2., 3.]]]]), size=(4, 4),
-        //               mode="bilinear", align_corners=False) / 3
+        // (F.interpolate(torch.tensor([[[[1., 2.], [3., 4.]]]]), size=(4, 4),
+        //                mode="bilinear", align_corners=False) - 1) / 3
         let cam = Cam {
             width: 2,
             height: 2,
-            values: vec![0.0, 1.0, 2.0, 3.0],
+            values: vec![1.0, 2.0, 3.0, 4.0],
             logit: 0.0,
         };
         let up = cam.upsample(4, 4);
@@ -227,7 +235,7 @@ mod tests {
             assert!((a - e / 3.0).abs() < 1e-6, "{up:?}");
         }
         let zero = Cam {
-            values: vec![0.0; 4],
+            values: vec![2.0; 4],
             ..cam
         };
         assert!(zero.upsample(3, 5).iter().all(|&v| v == 0.0));

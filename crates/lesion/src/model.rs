@@ -23,7 +23,10 @@
 //! recorded for it.
 //!
 //! Every layer is a small struct with a `forward_mode` method so that an implementation
-//! (e.g. a fused BatchNorm or an im2col convolution) can be swapped in one place.
+//! can be swapped in one place. On CPU with f32 the layers run [`crate::kernels`]:
+//! im2col + gemm convolutions, a fused BatchNorm(+ReLU) with a closed-form backward in train
+//! mode, BatchNorm folded into the convolution (+ReLU) in eval mode, and a fused residual
+//! add + ReLU. Elsewhere (f64, CUDA, Metal) the same functions compose candle's ops.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -38,7 +41,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::ops;
+use crate::{kernels, ops};
 use crate::{Error, Result};
 
 const BN_EPS: f64 = 1e-5;
@@ -185,7 +188,33 @@ impl Conv2d {
     }
 
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        Ok(x.conv2d(&weight(&self.weight, mode), self.padding, self.stride, 1, 1)?)
+        Ok(kernels::conv2d(
+            x,
+            &weight(&self.weight, mode),
+            self.stride,
+            self.padding,
+        )?)
+    }
+
+    /// `forward_mode` followed by a per-channel `* scale + shift` (and ReLU when `relu`),
+    /// without a graph where nothing tracks gradients: an eval-mode BatchNorm folded in.
+    fn forward_affine(
+        &self,
+        x: &Tensor,
+        mode: Mode,
+        (scale, shift): (&Tensor, &Tensor),
+        relu: bool,
+    ) -> Result<Tensor> {
+        let w = weight(&self.weight, mode);
+        Ok(kernels::conv2d_affine(
+            x,
+            &w,
+            self.stride,
+            self.padding,
+            scale,
+            shift,
+            relu,
+        )?)
     }
 }
 
@@ -193,7 +222,8 @@ impl Conv2d {
 ///
 /// Written out rather than using `candle_nn::BatchNorm` so that frozen layers can run with
 /// detached weights (no graph) while still updating their running statistics, and to avoid
-/// its transpose-and-copy of the whole activation.
+/// its transpose-and-copy of the whole activation. The arithmetic is
+/// [`kernels::batch_norm_train`] (train) and [`kernels::scale_shift`] (eval).
 #[derive(Debug, Clone)]
 pub struct BatchNorm2d {
     weight: Tensor,
@@ -227,17 +257,15 @@ impl BatchNorm2d {
     }
 
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
-        let (gamma, beta) = (weight(&self.weight, mode), weight(&self.bias, mode));
+        self.forward_act(x, mode, false)
+    }
+
+    /// BatchNorm, then ReLU when `relu` (fused on CPU).
+    pub fn forward_act(&self, x: &Tensor, mode: Mode, relu: bool) -> Result<Tensor> {
+        let (n, _, h, w) = x.dims4()?;
         if !mode.train {
-            let inv_std = (self.running_var.as_detached_tensor() + BN_EPS)?
-                .sqrt()?
-                .recip()?;
-            let scale = (gamma * inv_std)?;
-            let shift = (beta - (self.running_mean.as_detached_tensor() * &scale)?)?;
-            return Ok(x
-                .broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
-                .broadcast_add(&shift.reshape((1, c, 1, 1))?)?);
+            let (scale, shift) = self.folded(mode)?;
+            return Ok(kernels::scale_shift(x, &scale, &shift, relu)?);
         }
         let count = n * h * w;
         if count < 2 {
@@ -247,17 +275,22 @@ impl BatchNorm2d {
                 x.dims()
             )));
         }
-        // [n, c, h*w]: reductions over the last (contiguous) axis, then the batch.
-        let xr = x.reshape((n, c, h * w))?;
-        let mean = (xr.sum_keepdim(2)?.sum_keepdim(0)? / count as f64)?;
-        let centred = xr.broadcast_sub(&mean)?;
-        let var = (centred.sqr()?.sum_keepdim(2)?.sum_keepdim(0)? / count as f64)?;
-        self.update_running_stats(&mean, &var, count)?;
-        let scale = ((var + BN_EPS)?.sqrt()?.recip()? * gamma.reshape((1, c, 1))?)?;
-        let y = centred
-            .broadcast_mul(&scale)?
-            .broadcast_add(&beta.reshape((1, c, 1))?)?;
-        Ok(y.reshape((n, c, h, w))?)
+        let (gamma, beta) = (weight(&self.weight, mode), weight(&self.bias, mode));
+        let (y, stats) = kernels::batch_norm_train(x, &gamma, &beta, BN_EPS, relu)?;
+        self.update_running_stats(&stats.mean, &stats.var, count)?;
+        Ok(y)
+    }
+
+    /// Eval mode's per-channel `(scale, shift)`, `[c]` each: `gamma / sqrt(running_var +
+    /// eps)` and `beta - running_mean * scale`.
+    fn folded(&self, mode: Mode) -> Result<(Tensor, Tensor)> {
+        let (gamma, beta) = (weight(&self.weight, mode), weight(&self.bias, mode));
+        let inv_std = (self.running_var.as_detached_tensor() + BN_EPS)?
+            .sqrt()?
+            .recip()?;
+        let scale = (gamma * inv_std)?;
+        let shift = (beta - (self.running_mean.as_detached_tensor() * &scale)?)?;
+        Ok((scale, shift))
     }
 
     fn update_running_stats(&self, mean: &Tensor, var: &Tensor, count: usize) -> Result<()> {
@@ -306,8 +339,18 @@ impl ConvBn {
     }
 
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.forward_act(x, mode, false)
+    }
+
+    /// Convolution, BatchNorm, then ReLU when `relu`. Eval mode folds the BatchNorm (and the
+    /// ReLU) into the convolution's output pass.
+    pub fn forward_act(&self, x: &Tensor, mode: Mode, relu: bool) -> Result<Tensor> {
+        if !mode.train {
+            let (scale, shift) = self.bn.folded(mode)?;
+            return self.conv.forward_affine(x, mode, (&scale, &shift), relu);
+        }
         self.bn
-            .forward_mode(&self.conv.forward_mode(x, mode)?, mode)
+            .forward_act(&self.conv.forward_mode(x, mode)?, mode, relu)
     }
 
     pub fn bn(&self) -> &BatchNorm2d {
@@ -356,13 +399,13 @@ impl BasicBlock {
     }
 
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = ops::relu(&self.first.forward_mode(x, mode)?)?;
+        let y = self.first.forward_act(x, mode, true)?;
         let y = self.second.forward_mode(&y, mode)?;
         let shortcut = match &self.downsample {
             Some(d) => d.forward_mode(x, mode)?,
             None => x.clone(),
         };
-        Ok(ops::relu(&(y + shortcut)?)?)
+        Ok(kernels::add_relu(&y, &shortcut)?)
     }
 
     pub fn bn1(&self) -> &BatchNorm2d {
@@ -423,7 +466,7 @@ impl Stem {
     }
 
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = ops::relu(&self.conv_bn.forward_mode(x, mode)?)?;
+        let y = self.conv_bn.forward_act(x, mode, true)?;
         Ok(ops::max_pool2d_3x3s2p1(&y)?)
     }
 

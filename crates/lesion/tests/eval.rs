@@ -224,12 +224,18 @@ fn check_against_predictions(out: &Path, m: &EvalMetrics, input: &Path) -> (Vec<
     let rows = read_predictions(&out.join("predictions.csv"));
     assert_eq!(rows.len() as u64, m.at_default_threshold.n);
     let labels: Vec<usize> = rows.iter().map(|r| r["label"].parse().unwrap()).collect();
-    let probs: Vec<f64> = rows.iter().map(|r| r["probability"].parse().unwrap()).collect();
+    let probs: Vec<f64> = rows
+        .iter()
+        .map(|r| r["probability"].parse().unwrap())
+        .collect();
     let thr = m.threshold.threshold;
     for (r, &p) in rows.iter().zip(&probs) {
         assert_eq!(r["prediction"], if p >= thr { "1" } else { "0" });
         assert!(r["path"].starts_with("Benign/") || r["path"].starts_with("Malignant/"));
-        assert_eq!(r["class"], ["Benign", "Malignant"][r["label"].parse::<usize>().unwrap()]);
+        assert_eq!(
+            r["class"],
+            ["Benign", "Malignant"][r["label"].parse::<usize>().unwrap()]
+        );
         assert!(input.join(&r["path"]).is_file(), "{}", r["path"]);
     }
     assert_metrics_match(
@@ -627,9 +633,15 @@ fn isic_chain_at_112_px_produces_every_file() {
         assert_eq!(m.tta, dir.ends_with("tta"));
         let b = m.bootstrap.as_ref().unwrap();
         assert_eq!(b.at_chosen_threshold.n_resamples, 1000);
-        for ci in [b.at_chosen_threshold.roc_auc, b.at_chosen_threshold.sensitivity] {
+        for ci in [
+            b.at_chosen_threshold.roc_auc,
+            b.at_chosen_threshold.sensitivity,
+        ] {
             assert!(ci.lower <= ci.estimate && ci.estimate <= ci.upper, "{ci:?}");
-            assert!(ci.upper - ci.lower < 0.3, "550 images give a usable interval: {ci:?}");
+            assert!(
+                ci.upper - ci.lower < 0.3,
+                "550 images give a usable interval: {ci:?}"
+            );
         }
     }
     let t = eval::read_threshold(&r.run).unwrap();

@@ -32,7 +32,13 @@ fn trains_two_epochs_on_isic2017_at_112px() {
     let summary = train::train(&cfg, false).unwrap();
     println!("{summary}");
     assert_eq!(summary.epochs_completed, 2);
-    for f in ["config.json", "best.safetensors", "last.safetensors", "history.csv", "curves.png"] {
+    for f in [
+        "config.json",
+        "best.safetensors",
+        "last.safetensors",
+        "history.csv",
+        "curves.png",
+    ] {
         let meta = std::fs::metadata(run.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert!(meta.len() > 100, "{f} is suspiciously small");
     }

@@ -35,12 +35,13 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use http_body_util::BodyExt as _;
 use image::RgbImage;
 use lesion::gradcam::{self, Cam};
 use lesion::predict::{Prediction, Predictor};
@@ -189,6 +190,8 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     /// Loads the run of `opts` (see [`Predictor::load`]) and starts the inference thread.
+    // The library's one error type, as every stage returns it; loading happens once.
+    #[allow(clippy::result_large_err)]
     pub fn load(opts: &ServeOptions) -> lesion::Result<Self> {
         let device = lesion::device::parse_device(&opts.device)?;
         let predictor = Predictor::load(&opts.run, &device, opts.threshold)?;
@@ -196,6 +199,7 @@ impl Server {
     }
 
     /// Serves an already loaded predictor.
+    #[allow(clippy::result_large_err)]
     pub fn new(mut predictor: Predictor, opts: &ServeOptions) -> lesion::Result<Self> {
         if opts.batching.max_batch == 0 || opts.limits.max_concurrency == 0 {
             return Err(lesion::Error::InvalidOption(
@@ -396,16 +400,18 @@ fn inference_loop(
             predictor
                 .predict_preprocessed(x, tta)
                 .map(|v| v.into_iter().map(Output::Prediction).collect())
+                .map_err(|e| e.to_string())
         });
         run_jobs(explain, |x| {
             predictor
                 .cams_preprocessed(x)
                 .map(|v| v.into_iter().map(Output::Cam).collect())
+                .map_err(|e| e.to_string())
         });
     }
 }
 
-fn run_jobs(jobs: Vec<Job>, f: impl FnOnce(&[Vec<f32>]) -> lesion::Result<Vec<Output>>) {
+fn run_jobs(jobs: Vec<Job>, f: impl FnOnce(&[Vec<f32>]) -> Result<Vec<Output>, String>) {
     if jobs.is_empty() {
         return;
     }
@@ -417,8 +423,7 @@ fn run_jobs(jobs: Vec<Job>, f: impl FnOnce(&[Vec<f32>]) -> lesion::Result<Vec<Ou
                 let _ = reply.send(Ok(out));
             }
         }
-        Err(e) => {
-            let msg = e.to_string();
+        Err(msg) => {
             for reply in replies {
                 let _ = reply.send(Err(msg.clone()));
             }
@@ -674,11 +679,13 @@ async fn explain(State(s): State<AppState>, req: Request) -> Response {
         let p = state.0.predictor.clone();
         let (png, pred) = tokio::task::spawn_blocking(move || {
             let e = p.explanation(&image, cam);
-            gradcam::encode_png(&e.overlay).map(|png| (png, e.prediction))
+            gradcam::encode_png(&e.overlay)
+                .map(|png| (png, e.prediction))
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| internal(format!("rendering failed: {e}")))?
-        .map_err(|e| internal(e.to_string()))?;
+        .map_err(internal)?;
         let mut headers = HeaderMap::new();
         let mut put = |k: &'static str, v: String| {
             if let Ok(v) = HeaderValue::from_str(&v) {
@@ -742,6 +749,60 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// Most bytes read and thrown away after a body has passed the limit, and for how long:
+/// a client that is still sending when the answer comes gets a broken pipe instead of the
+/// 413, so a moderately oversized upload is drained first (a huge one is cut off).
+const DRAIN_MAX_BYTES: usize = 64 << 20;
+const DRAIN_MAX_TIME: Duration = Duration::from_secs(5);
+
+/// Reads a body of at most `limit` bytes; past it, drains what follows (bounded) and
+/// answers 413.
+async fn read_body(body: Body, limit: usize, declared: Option<u64>) -> Result<Bytes, ApiError> {
+    let mut body = body;
+    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n.min(limit as u64) as usize));
+    let mut over = declared.is_some_and(|n| n > limit as u64);
+    let mut seen = 0usize;
+    let started = Instant::now();
+    loop {
+        let frame = if over {
+            match tokio::time::timeout_at((started + DRAIN_MAX_TIME).into(), body.frame()).await {
+                Ok(f) => f,
+                Err(_) => break,
+            }
+        } else {
+            body.frame().await
+        };
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if over {
+            if seen > DRAIN_MAX_BYTES {
+                break;
+            }
+            continue;
+        }
+        if seen > limit {
+            over = true;
+            buf = Vec::new();
+            continue;
+        }
+        buf.extend_from_slice(&data);
+    }
+    if over {
+        return Err(ApiError::body_limit(limit));
+    }
+    Ok(Bytes::from(buf))
+}
+
 /// The image bytes of a request: a multipart form's file field or the raw body.
 async fn read_image(s: &AppState, req: Request) -> Result<Bytes, ApiError> {
     let limit = s.0.limits.max_body_bytes;
@@ -750,9 +811,6 @@ async fn read_image(s: &AppState, req: Request) -> Result<Bytes, ApiError> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::body_limit(limit));
-    }
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -760,58 +818,45 @@ async fn read_image(s: &AppState, req: Request) -> Result<Bytes, ApiError> {
         .unwrap_or("")
         .to_ascii_lowercase();
     let mime = content_type.split(';').next().unwrap_or("").trim();
-    let too_large = |status: StatusCode| status == StatusCode::PAYLOAD_TOO_LARGE;
-    if mime == "multipart/form-data" {
-        let mut form = Multipart::from_request(req, &())
-            .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_multipart", e.body_text()))?;
-        loop {
-            let field = form.next_field().await.map_err(|e| {
-                if too_large(e.status()) {
-                    ApiError::body_limit(limit)
-                } else {
-                    ApiError::new(StatusCode::BAD_REQUEST, "bad_multipart", e.body_text())
-                }
-            })?;
-            let Some(field) = field else {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "missing_image",
-                    "the form has no file: send the image in a field named `image`",
-                ));
-            };
-            let is_image_field =
-                matches!(field.name(), Some("image" | "file")) || field.file_name().is_some();
-            if !is_image_field {
-                continue;
-            }
-            return field.bytes().await.map_err(|e| {
-                if too_large(e.status()) {
-                    ApiError::body_limit(limit)
-                } else {
-                    ApiError::new(StatusCode::BAD_REQUEST, "bad_multipart", e.body_text())
-                }
-            });
+    let multipart = mime == "multipart/form-data";
+    if !multipart && !mime.starts_with("image/") && mime != "application/octet-stream" {
+        // Answered without reading the body; drained (bounded) so the client sees it.
+        let _ = read_body(req.into_body(), 0, None).await;
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "Content-Type `{}` is not accepted: send the image as multipart/form-data \
+                 (field `image`) or as the raw body with Content-Type image/* or \
+                 application/octet-stream",
+                if mime.is_empty() { "(none)" } else { mime }
+            ),
+        ));
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = read_body(body, limit, declared).await?;
+    if !multipart {
+        return Ok(bytes);
+    }
+    let bad = |e: &dyn std::fmt::Display| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_multipart", e.to_string())
+    };
+    let req = Request::from_parts(parts, Body::from(bytes));
+    let mut form = Multipart::from_request(req, &())
+        .await
+        .map_err(|e| bad(&e.body_text()))?;
+    loop {
+        let Some(field) = form.next_field().await.map_err(|e| bad(&e.body_text()))? else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "missing_image",
+                "the form has no file: send the image in a field named `image`",
+            ));
+        };
+        if matches!(field.name(), Some("image" | "file")) || field.file_name().is_some() {
+            return field.bytes().await.map_err(|e| bad(&e.body_text()));
         }
     }
-    if mime.starts_with("image/") || mime == "application/octet-stream" {
-        return Bytes::from_request(req, &()).await.map_err(|e| {
-            if too_large(e.status()) {
-                ApiError::body_limit(limit)
-            } else {
-                ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text())
-            }
-        });
-    }
-    Err(ApiError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-        format!(
-            "Content-Type `{}` is not accepted: send the image as multipart/form-data (field \
-             `image`) or as the raw body with Content-Type image/* or application/octet-stream",
-            if mime.is_empty() { "(none)" } else { mime }
-        ),
-    ))
 }
 
 impl AppState {

@@ -741,6 +741,13 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
         ));
     }
     if let Some(b) = &bootstrap {
+        if b.at_default_threshold.roc_auc.lower <= 0.5 {
+            warnings.push(format!(
+                "the ROC AUC interval ({:.3} to {:.3}) includes 0.5: on this split the model's \
+                 ranking cannot be told apart from chance",
+                b.at_default_threshold.roc_auc.lower, b.at_default_threshold.roc_auc.upper
+            ));
+        }
         let skipped = b.at_chosen_threshold.skipped_one_class;
         if skipped > 0 {
             warnings.push(format!(

@@ -344,7 +344,7 @@ pub fn calibration(cal: &Calibration, path: &Path) -> Result<()> {
                 .margin(16)
                 .x_label_area_size(40)
                 .y_label_area_size(60)
-                .build_cartesian_2d(0f64..1f64, 0f64..1.05f64)?;
+                .build_cartesian_2d(0f64..1f64, 0f64..1.1f64)?;
             chart
                 .configure_mesh()
                 .y_desc("observed fraction malignant")
@@ -372,19 +372,29 @@ pub fn calibration(cal: &Calibration, path: &Path) -> Result<()> {
                 .legend(|(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], CURVE.stroke_width(2))
                 });
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 5, CURVE.filled())))?;
+            // Marker area grows with the bin's count, so a bin of one image does not look
+            // as trustworthy as a bin of hundreds.
+            let most = used.iter().map(|b| b.count).max().unwrap_or(1).max(1) as f64;
+            chart.draw_series(used.iter().map(|b| {
+                let r = 3.0 + 7.0 * (b.count as f64 / most).sqrt();
+                Circle::new(
+                    (b.mean_predicted, b.observed_frequency),
+                    r.round() as i32,
+                    CURVE.filled(),
+                )
+            }))?;
             let label =
                 TextStyle::from((font, 13).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
             chart.draw_series(used.iter().map(|b| {
                 Text::new(
                     format!("n={}", b.count),
-                    (b.mean_predicted, (b.observed_frequency + 0.02).min(1.04)),
+                    (b.mean_predicted, b.observed_frequency + 0.025),
                     label.clone(),
                 )
             }))?;
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
+                .position(SeriesLabelPosition::LowerRight)
                 .background_style(WHITE.mix(0.9))
                 .border_style(BLACK)
                 .label_font((font, 14))
@@ -420,7 +430,7 @@ pub fn calibration(cal: &Calibration, path: &Path) -> Result<()> {
 
 /// Enough digits that a confident error does not read as exactly 0 or 1.
 fn probability(p: f64) -> String {
-    if p < 0.01 || p > 0.99 {
+    if !(0.01..=0.99).contains(&p) {
         format!("{p:.4}")
     } else {
         format!("{p:.3}")

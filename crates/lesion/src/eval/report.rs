@@ -187,7 +187,7 @@ td.free .ci { color:var(--muted); }
 .grid { display:grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap:16px; }
 figure { margin:0; border:1px solid var(--line); border-radius:8px; padding:8px; background:#fff; }
 figure.wide { grid-column: 1 / -1; }
-figure img.plot { width:100%; height:auto; display:block; }
+figure img.plot { max-width:100%; height:auto; display:block; margin:0 auto; }
 figcaption { font-size:13px; color:var(--muted); margin-top:4px; }
 .threshold { background:var(--bg); border-left:4px solid var(--accent); padding:8px 12px; margin:12px 0; }
 pre { background:var(--bg); border:1px solid var(--line); padding:10px; overflow:auto; font-size:12px; }
@@ -210,20 +210,20 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut h = String::with_capacity(1 << 20);
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>lesion eval — {run} — {split}</title>\n<style>{CSS}</style>\n</head>\n<body>\n",
+         <title>lesion eval — {run} — {split}</title>\n<style>{CSS}</style>\n</head>\n<body>",
         run = escape(&run_name),
         split = m.split.name()
     );
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<header><h1>Evaluation report: run <code>{run}</code>, {split} split</h1>\
          <div class=\"sub\">{n} images ({neg} {c0}, {pos} {c1}) · checkpoint <code>{ckpt}</code> \
          (epoch {epoch}) · test-time augmentation {tta} · {size}×{size} px · generated {when} \
-         by lesion {ver}</div></header>\n<main>\n",
+         by lesion {ver}</div></header>\n<main>",
         run = escape(&run_name),
         split = m.split.name(),
         n = d.n,
@@ -305,12 +305,12 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
             "maximising Youden's J (sensitivity + specificity − 1) on the validation split".into()
         }
     };
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<div class=\"threshold\">Decision threshold <strong>{thr:.4}</strong>, chosen by {how} \
          (validation sensitivity {vs:.3}, specificity {vp:.3}){tta}. A lesion is called {c1} when \
          its probability is ≥ the threshold. Saved with the run in <code>{file}</code> for \
-         prediction to use.{note}</div>\n",
+         prediction to use.{note}</div>",
         thr = t.threshold,
         vs = t.val_sensitivity,
         vp = t.val_specificity,
@@ -338,10 +338,10 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
     } else {
         h.push_str("<p class=\"muted\">No intervals: bootstrap disabled (--bootstrap 0).</p>");
     }
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<table id=\"metrics\"><thead><tr><th>Metric</th><th>at 0.5</th><th>95% CI</th>\
-         <th>at {:.4} (chosen)</th><th>95% CI</th></tr></thead><tbody>\n",
+         <th>at {:.4} (chosen)</th><th>95% CI</th></tr></thead><tbody>",
         c.threshold
     );
     h.push_str(
@@ -462,10 +462,10 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
         cc.fn_,
     ));
     h.push_str(&count("tn", "True negatives", cd.tn, cc.tn));
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<tr data-metric=\"threshold\"><td>Threshold</td><td class=\"num\">0.5</td><td></td>\
-         <td class=\"num\">{:.4}</td><td></td></tr>\n</tbody></table>\n",
+         <td class=\"num\">{:.4}</td><td></td></tr>\n</tbody></table>",
         c.threshold
     );
 
@@ -492,10 +492,10 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
     }
     h.push_str("</tbody></table>\n");
     if let Some(y) = &d.youden {
-        let _ = write!(
+        let _ = writeln!(
             h,
             "<p class=\"muted\">Youden-optimal threshold on this split itself: {:.4} (sensitivity \
-             {:.3}, specificity {:.3}) — for comparison with the validation choice.</p>\n",
+             {:.3}, specificity {:.3}) — for comparison with the validation choice.</p>",
             y.threshold, y.sensitivity, y.specificity
         );
     }
@@ -503,6 +503,13 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
     // Figures.
     let dir = input.figures_dir;
     h.push_str("<h2>Curves and calibration</h2>\n<div class=\"grid\">\n");
+    h.push_str(&figure(
+        dir,
+        CONFUSION_FILE,
+        "Confusion matrices",
+        "Confusion matrices at 0.5 and at the chosen threshold; shading is the share of the true class.",
+        "wide",
+    )?);
     h.push_str(&figure(
         dir,
         ROC_FILE,
@@ -519,13 +526,6 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
     )?);
     h.push_str(&figure(
         dir,
-        CONFUSION_FILE,
-        "Confusion matrices",
-        "Confusion matrices at 0.5 and at the chosen threshold; shading is the share of the true class.",
-        "wide",
-    )?);
-    h.push_str(&figure(
-        dir,
         CALIBRATION_FILE,
         "Reliability diagram",
         "Reliability diagram: points on the diagonal are calibrated; n is the bin's image count.",
@@ -533,12 +533,12 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
     )?);
     h.push_str("</div>\n");
 
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<h2>The lesions a clinician must see</h2><p class=\"muted\">The {nf} most confident \
          false negatives and {np} most confident false positives at the chosen threshold, as the \
          model saw them ({size}×{size} px). Every image's probability is in \
-         <code>{csv}</code>.</p>\n",
+         <code>{csv}</code>.</p>",
         nf = input.false_negatives.len(),
         np = input.false_positives.len(),
         size = m.image_size,
@@ -564,10 +564,10 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
         s
     };
     if !(input.false_negatives.is_empty() && input.false_positives.is_empty()) {
-        let _ = write!(
+        let _ = writeln!(
             h,
             "<table id=\"errors\"><thead><tr><th>Error</th><th>File (relative to <code>{}</code>)</th>\
-             <th>p(malignant)</th></tr></thead><tbody>{}{}</tbody></table>\n",
+             <th>p(malignant)</th></tr></thead><tbody>{}{}</tbody></table>",
             escape(&input.manifest.options.input),
             errors_table(input.false_negatives, "false negative"),
             errors_table(input.false_positives, "false positive"),
@@ -578,10 +578,10 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
     h.push_str("<h2>Training</h2>\n");
     match input.curves_png {
         Some(png) => {
-            let _ = write!(
+            let _ = writeln!(
                 h,
                 "<figure class=\"wide\">{}<figcaption>Loss and accuracy per epoch (train vs \
-                 validation, from the run's curves.png).</figcaption></figure>\n",
+                 validation, from the run's curves.png).</figcaption></figure>",
                 png_img(png, "Training curves", "plot")
             );
         }
@@ -699,16 +699,16 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
     }
     h.push_str("</tbody></table>\n");
     let cfg_json = serde_json::to_string_pretty(cfg).unwrap_or_default();
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<details><summary>config.json of the run</summary><pre>{}</pre></details>\n",
+        "<details><summary>config.json of the run</summary><pre>{}</pre></details>",
         escape(&cfg_json)
     );
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<footer>Files beside this report: metrics.json (every figure above), predictions.csv, \
          and the figures as PNG, in <code>{}</code>. Generated by lesion-eval {}. \
-         Research use only; not a medical device.</footer>\n</main>\n</body>\n</html>\n",
+         Research use only; not a medical device.</footer>\n</main>\n</body>\n</html>",
         escape(&input.out_dir.display().to_string()),
         escape(&m.crate_version)
     );

@@ -59,7 +59,13 @@ fn dims(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
 }
 
 /// The planes of channel `ch`.
-fn planes<'a>(x: &'a [f32], n: usize, c: usize, hw: usize, ch: usize) -> impl Iterator<Item = &'a [f32]> {
+fn planes<'a>(
+    x: &'a [f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    ch: usize,
+) -> impl Iterator<Item = &'a [f32]> {
     (0..n).map(move |b| &x[(b * c + ch) * hw..(b * c + ch + 1) * hw])
 }
 
@@ -69,7 +75,10 @@ fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let mean = planes(x, n, c, hw, ch).map(|p| lane_sum(p, |v| v)).sum::<f64>() / m;
+            let mean = planes(x, n, c, hw, ch)
+                .map(|p| lane_sum(p, |v| v))
+                .sum::<f64>()
+                / m;
             let mf = mean as f32;
             let sq = planes(x, n, c, hw, ch)
                 .map(|p| lane_sum(p, |v| (v - mf) * (v - mf)))
@@ -494,7 +503,10 @@ mod tests {
             Var::from_tensor(beta).unwrap(),
         );
         let y = bn(xv.as_tensor(), gv.as_tensor(), bv.as_tensor());
-        let loss = (&y * g.to_dtype(y.dtype()).unwrap()).unwrap().sum_all().unwrap();
+        let loss = (&y * g.to_dtype(y.dtype()).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
         let grads = loss.backward().unwrap();
         let get = |v: &Var| grads.get(v.as_tensor()).unwrap().clone();
         [y.clone(), get(&xv), get(&gv), get(&bv)]

@@ -19,7 +19,7 @@ use std::ops::Range;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{applies, contiguous, f32_slice, split_even, sgemm, with_scratch, Mat};
+use super::{applies, contiguous, f32_slice, sgemm, split_even, with_scratch, Mat};
 
 /// Number of sample groups the weight gradient is split into (at most one per sample): enough
 /// to keep a few threads busy, few enough that the per-group partial gradients stay small.
@@ -101,11 +101,6 @@ impl Geom {
     fn out_shape(&self) -> Shape {
         Shape::from((self.n, self.o, self.ho, self.wo))
     }
-
-    /// Whether gemm should parallelise itself: too few samples to keep the pool busy.
-    fn inner_parallel(&self, tasks: usize) -> bool {
-        tasks < rayon::current_num_threads()
-    }
 }
 
 /// Output positions `0..out` whose input index `pos * stride + k_off - pad` lies in `0..len`.
@@ -115,75 +110,128 @@ fn valid(out: usize, stride: usize, k_off: usize, pad: usize, len: usize) -> Ran
     lo..hi.max(lo)
 }
 
-/// Calls `f(row, ci, ky, kx, oys, oxs)` for every im2col row, where `oys` and `oxs` are the
-/// output rows and columns whose input position is inside the image (the rest read padding).
-fn for_each_row(g: &Geom, mut f: impl FnMut(usize, usize, usize, usize, Range<usize>, Range<usize>)) {
-    for ci in 0..g.c {
-        for ky in 0..g.kh {
-            let oys = valid(g.ho, g.stride, ky, g.pad, g.h);
-            for kx in 0..g.kw {
-                let oxs = valid(g.wo, g.stride, kx, g.pad, g.w);
-                f((ci * g.kh + ky) * g.kw + kx, ci, ky, kx, oys.clone(), oxs);
+/// Fills one im2col row (`cols` long, zeros where the window reads padding) of one sample
+/// `x` (`[c, h, w]`).
+fn fill_row(g: &Geom, row: usize, x: &[f32], out: &mut [f32]) {
+    let (ci, ky, kx) = (row / (g.kh * g.kw), row / g.kw % g.kh, row % g.kw);
+    let (wo, w, hw, s) = (g.wo, g.w, g.h * g.w, g.stride);
+    let oys = valid(g.ho, s, ky, g.pad, g.h);
+    let oxs = valid(g.wo, s, kx, g.pad, g.w);
+    out[..oys.start * wo].fill(0.0);
+    out[oys.end * wo..].fill(0.0);
+    let plane = &x[ci * hw..(ci + 1) * hw];
+    for oy in oys {
+        let o = &mut out[oy * wo..(oy + 1) * wo];
+        o[..oxs.start].fill(0.0);
+        o[oxs.end..].fill(0.0);
+        if oxs.is_empty() {
+            continue;
+        }
+        let iy = oy * s + ky - g.pad;
+        let src = &plane[iy * w..(iy + 1) * w];
+        let ix0 = oxs.start * s + kx - g.pad;
+        if s == 1 {
+            o[oxs.clone()].copy_from_slice(&src[ix0..ix0 + oxs.len()]);
+        } else {
+            for (v, ix) in o[oxs.clone()].iter_mut().zip((ix0..).step_by(s)) {
+                *v = src[ix];
             }
         }
     }
 }
 
-/// Fills `col` (`[k, cols]`) with the im2col matrix of one sample `x` (`[c, h, w]`).
-fn im2col(x: &[f32], g: &Geom, col: &mut [f32]) {
-    let (cols, wo, w, hw, s) = (g.cols(), g.wo, g.w, g.h * g.w, g.stride);
-    for_each_row(g, |row, ci, ky, kx, oys, oxs| {
-        let r = &mut col[row * cols..(row + 1) * cols];
-        r[..oys.start * wo].fill(0.0);
-        r[oys.end * wo..].fill(0.0);
-        let plane = &x[ci * hw..(ci + 1) * hw];
-        for oy in oys {
-            let out = &mut r[oy * wo..(oy + 1) * wo];
-            out[..oxs.start].fill(0.0);
-            out[oxs.end..].fill(0.0);
-            if oxs.is_empty() {
-                continue;
+/// Adds one im2col row of gradients (`cols` long) into one sample's input gradient `dx`
+/// (`[c, h, w]`): the adjoint of [`fill_row`].
+fn add_row(g: &Geom, row: usize, src: &[f32], dx: &mut [f32]) {
+    let (ci, ky, kx) = (row / (g.kh * g.kw), row / g.kw % g.kh, row % g.kw);
+    let (wo, w, hw, s) = (g.wo, g.w, g.h * g.w, g.stride);
+    let oys = valid(g.ho, s, ky, g.pad, g.h);
+    let oxs = valid(g.wo, s, kx, g.pad, g.w);
+    if oxs.is_empty() {
+        return;
+    }
+    let plane = &mut dx[ci * hw..(ci + 1) * hw];
+    for oy in oys {
+        let v = &src[oy * wo + oxs.start..oy * wo + oxs.end];
+        let iy = oy * s + ky - g.pad;
+        let d = &mut plane[iy * w..(iy + 1) * w];
+        let ix0 = oxs.start * s + kx - g.pad;
+        if s == 1 {
+            for (d, v) in d[ix0..ix0 + v.len()].iter_mut().zip(v) {
+                *d += v;
             }
-            let iy = oy * s + ky - g.pad;
-            let src = &plane[iy * w..(iy + 1) * w];
-            let ix0 = oxs.start * s + kx - g.pad;
-            if s == 1 {
-                out[oxs.clone()].copy_from_slice(&src[ix0..ix0 + oxs.len()]);
-            } else {
-                for (o, ix) in out[oxs.clone()].iter_mut().zip((ix0..).step_by(s)) {
-                    *o = src[ix];
-                }
+        } else {
+            for (v, ix) in v.iter().zip((ix0..).step_by(s)) {
+                d[ix] += v;
             }
         }
-    });
+    }
 }
 
-/// Adds the im2col-shaped gradient `dcol` (`[k, cols]`) into one sample's input gradient
-/// `dx` (`[c, h, w]`).
-fn col2im(dcol: &[f32], g: &Geom, dx: &mut [f32]) {
-    let (cols, wo, w, hw, s) = (g.cols(), g.wo, g.w, g.h * g.w, g.stride);
-    for_each_row(g, |row, ci, ky, kx, oys, oxs| {
-        if oxs.is_empty() {
-            return;
+/// The im2col matrices of consecutive samples `xs` side by side: `col` `[k, ld]` with
+/// `ld = samples * cols`, sample `i` in columns `i * cols..(i + 1) * cols`.
+fn im2col(xs: &[f32], g: &Geom, col: &mut [f32], parallel: bool) {
+    let ld = xs.len() / g.x_len() * g.cols();
+    let fill = |(row, out): (usize, &mut [f32])| {
+        for (xb, o) in xs.chunks(g.x_len()).zip(out.chunks_mut(g.cols())) {
+            fill_row(g, row, xb, o);
         }
-        let r = &dcol[row * cols..(row + 1) * cols];
-        let plane = &mut dx[ci * hw..(ci + 1) * hw];
-        for oy in oys {
-            let src = &r[oy * wo + oxs.start..oy * wo + oxs.end];
-            let iy = oy * s + ky - g.pad;
-            let dst = &mut plane[iy * w..(iy + 1) * w];
-            let ix0 = oxs.start * s + kx - g.pad;
-            if s == 1 {
-                for (d, v) in dst[ix0..ix0 + src.len()].iter_mut().zip(src) {
-                    *d += v;
-                }
-            } else {
-                for (v, ix) in src.iter().zip((ix0..).step_by(s)) {
-                    dst[ix] += v;
-                }
-            }
+    };
+    let col = &mut col[..g.k() * ld];
+    if parallel {
+        col.par_chunks_mut(ld).enumerate().for_each(fill);
+    } else {
+        col.chunks_mut(ld).enumerate().for_each(fill);
+    }
+}
+
+/// Adds `dcol` (`[k, ld]`, laid out as [`im2col`]'s) into the input gradients `dxs` of the
+/// same samples. Each input element sums its contributions in a fixed (row, position) order.
+fn col2im(dcol: &[f32], g: &Geom, dxs: &mut [f32], parallel: bool) {
+    let (cols, ld) = (g.cols(), dxs.len() / g.x_len() * g.cols());
+    let add = |(i, dx): (usize, &mut [f32])| {
+        for row in 0..g.k() {
+            add_row(g, row, &dcol[row * ld + i * cols..row * ld + (i + 1) * cols], dx);
         }
-    });
+    };
+    if parallel {
+        dxs.par_chunks_mut(g.x_len()).enumerate().for_each(add);
+    } else {
+        dxs.chunks_mut(g.x_len()).enumerate().for_each(add);
+    }
+}
+
+/// Copies per-sample `[rows, cols]` matrices `src` (consecutive) into `dst` `[rows, ld]`
+/// side by side (sample `i` in columns `i * cols..`).
+fn interleave(src: &[f32], dst: &mut [f32], rows: usize, cols: usize, parallel: bool) {
+    let ld = src.len() / rows;
+    let copy = |(r, out): (usize, &mut [f32])| {
+        for (i, o) in out.chunks_mut(cols).enumerate() {
+            let per = rows * cols;
+            o.copy_from_slice(&src[i * per + r * cols..i * per + (r + 1) * cols]);
+        }
+    };
+    let dst = &mut dst[..rows * ld];
+    if parallel {
+        dst.par_chunks_mut(ld).enumerate().for_each(copy);
+    } else {
+        dst.chunks_mut(ld).enumerate().for_each(copy);
+    }
+}
+
+/// The inverse of [`interleave`]: `src` `[rows, ld]` back into per-sample `[rows, cols]`.
+fn deinterleave(src: &[f32], dst: &mut [f32], rows: usize, cols: usize, parallel: bool) {
+    let (per, ld) = (rows * cols, dst.len() / rows);
+    let copy = |(i, out): (usize, &mut [f32])| {
+        for (r, o) in out.chunks_mut(cols).enumerate() {
+            o.copy_from_slice(&src[r * ld + i * cols..r * ld + (i + 1) * cols]);
+        }
+    };
+    if parallel {
+        dst.par_chunks_mut(per).enumerate().for_each(copy);
+    } else {
+        dst.chunks_mut(per).enumerate().for_each(copy);
+    }
 }
 
 /// Per-output-channel `y * scale + shift`, then ReLU when `relu`: a BatchNorm folded into the
@@ -213,62 +261,134 @@ impl Affine {
     }
 }
 
-/// Runs `f(b, out_b)` for every sample, in parallel unless gemm parallelises instead.
-fn per_sample(
-    out: &mut [f32],
-    per: usize,
-    sequential: bool,
-    f: impl Fn(usize, &mut [f32]) + Sync + Send,
-) {
-    if per == 0 {
-        return;
+/// How a pass over the batch is split: chunks of consecutive samples, each handled by one
+/// gemm over their im2col matrices side by side (so that small feature maps still give gemm
+/// wide matrices), and whether chunks run in parallel (gemm single-threaded inside) or one
+/// after another (gemm, im2col and copies parallel inside). Depends on the shapes and the
+/// thread count; results depend on the shapes only.
+struct Plan {
+    chunks: Vec<Range<usize>>,
+    outer: bool,
+}
+
+/// Tuning knobs, read once (development only).
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn target_cols() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| knob("LESION_CONV_TARGET_COLS", 1024))
+}
+
+fn min_tasks_per_thread() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| knob("LESION_CONV_MIN_TASKS", 2))
+}
+
+/// Whether `tasks` independent tasks keep the pool busy enough to run them in parallel
+/// rather than parallelising inside each.
+fn outer_parallel(tasks: usize) -> bool {
+    tasks >= min_tasks_per_thread() * rayon::current_num_threads()
+}
+
+impl Geom {
+    fn plan(&self) -> Plan {
+        let per = target_cols().div_ceil(self.cols()).clamp(1, self.n.max(1));
+        let chunks = split_even(self.n, self.n.div_ceil(per));
+        let outer = outer_parallel(chunks.len());
+        Plan { chunks, outer }
     }
-    if sequential {
-        out.chunks_mut(per).enumerate().for_each(|(b, o)| f(b, o));
+}
+
+/// `buf` cut into the pieces of `chunks` (sample ranges), `per` elements a sample.
+fn pieces<'a>(
+    mut buf: &'a mut [f32],
+    chunks: &[Range<usize>],
+    per: usize,
+) -> Vec<(Range<usize>, &'a mut [f32])> {
+    let mut out = Vec::with_capacity(chunks.len());
+    for r in chunks {
+        let (head, tail) = std::mem::take(&mut buf).split_at_mut(r.len() * per);
+        out.push((r.clone(), head));
+        buf = tail;
+    }
+    out
+}
+
+fn run_pieces<'a>(
+    pieces: Vec<(Range<usize>, &'a mut [f32])>,
+    outer: bool,
+    f: impl Fn(Range<usize>, &mut [f32]) + Sync + Send,
+) {
+    if outer {
+        pieces.into_par_iter().for_each(|(r, o)| f(r, o));
     } else {
-        out.par_chunks_mut(per)
-            .enumerate()
-            .for_each(|(b, o)| f(b, o));
+        pieces.into_iter().for_each(|(r, o)| f(r, o));
     }
 }
 
 fn forward(x: &[f32], wt: &[f32], g: &Geom, epilogue: Option<&Affine>) -> Vec<f32> {
-    let (k, cols, x_len) = (g.k(), g.cols(), g.x_len());
-    let inner = g.inner_parallel(g.n);
-    let mut y = vec![0f32; g.n * g.y_len()];
-    per_sample(&mut y, g.y_len(), inner, |b, yb| {
-        let xb = &x[b * x_len..(b + 1) * x_len];
-        let w = Mat::rows(wt, k);
-        if g.pointwise() {
-            sgemm((g.o, cols, k), yb, false, w, Mat::rows(xb, cols), inner);
-        } else {
+    let (k, cols, x_len, y_len) = (g.k(), g.cols(), g.x_len(), g.y_len());
+    let plan = g.plan();
+    let par = !plan.outer;
+    let w = Mat::rows(wt, k);
+    let mut y = vec![0f32; g.n * y_len];
+    run_pieces(pieces(&mut y, &plan.chunks, y_len), plan.outer, |r, ys| {
+        let xs = &x[r.start * x_len..r.end * x_len];
+        let ld = r.len() * cols;
+        if r.len() == 1 && g.pointwise() {
+            sgemm((g.o, cols, k), ys, false, w, Mat::rows(xs, cols), par);
+        } else if r.len() == 1 {
             with_scratch(k * cols, |col| {
-                im2col(xb, g, col);
-                sgemm((g.o, cols, k), yb, false, w, Mat::rows(col, cols), inner);
+                im2col(xs, g, col, par);
+                sgemm((g.o, cols, k), ys, false, w, Mat::rows(col, cols), par);
+            });
+        } else {
+            with_scratch(k * ld + g.o * ld, |buf| {
+                let (col, tmp) = buf.split_at_mut(k * ld);
+                im2col(xs, g, col, par);
+                sgemm((g.o, ld, k), tmp, false, w, Mat::rows(col, ld), par);
+                deinterleave(tmp, ys, g.o, cols, par);
             });
         }
         if let Some(e) = epilogue {
-            e.apply(yb, cols);
+            for yb in ys.chunks_mut(y_len) {
+                e.apply(yb, cols);
+            }
         }
     });
     y
 }
 
 fn backward_input(dy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
-    let (k, cols, y_len) = (g.k(), g.cols(), g.y_len());
-    let inner = g.inner_parallel(g.n);
-    let mut dx = vec![0f32; g.n * g.x_len()];
-    per_sample(&mut dx, g.x_len(), inner, |b, dxb| {
-        let dyb = Mat::rows(&dy[b * y_len..(b + 1) * y_len], cols);
-        let wt_t = Mat::rows_t(wt, k);
-        if g.pointwise() {
-            sgemm((k, cols, g.o), dxb, false, wt_t, dyb, inner);
-        } else {
-            with_scratch(k * cols, |dcol| {
-                sgemm((k, cols, g.o), dcol, false, wt_t, dyb, inner);
-                col2im(dcol, g, dxb);
-            });
+    let (k, cols, x_len, y_len) = (g.k(), g.cols(), g.x_len(), g.y_len());
+    let plan = g.plan();
+    let par = !plan.outer;
+    let wt_t = Mat::rows_t(wt, k);
+    let mut dx = vec![0f32; g.n * x_len];
+    run_pieces(pieces(&mut dx, &plan.chunks, x_len), plan.outer, |r, dxs| {
+        let dys = &dy[r.start * y_len..r.end * y_len];
+        let ld = r.len() * cols;
+        if r.len() == 1 && g.pointwise() {
+            sgemm((k, cols, g.o), dxs, false, wt_t, Mat::rows(dys, cols), par);
+            return;
         }
+        let grouped = r.len() > 1;
+        with_scratch(k * ld + if grouped { g.o * ld } else { 0 }, |buf| {
+            let (dcol, dyg) = buf.split_at_mut(k * ld);
+            let dyg: &[f32] = if grouped {
+                interleave(dys, dyg, g.o, cols, par);
+                dyg
+            } else {
+                dys
+            };
+            sgemm((k, ld, g.o), dcol, false, wt_t, Mat::rows(dyg, ld), par);
+            col2im(dcol, g, dxs, par);
+        });
     });
     dx
 }
@@ -276,29 +396,45 @@ fn backward_input(dy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
 fn backward_weight(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
     let (k, cols, x_len, y_len) = (g.k(), g.cols(), g.x_len(), g.y_len());
     let w_len = g.o * k;
-    let groups = split_even(g.n, WGRAD_GROUPS);
-    let inner = g.inner_parallel(groups.len());
-    let partial = |samples: Range<usize>| -> Vec<f32> {
+    let plan = g.plan();
+    // Partial sums over fixed groups of chunks, added in a fixed order below.
+    let groups = split_even(plan.chunks.len(), WGRAD_GROUPS);
+    let outer = outer_parallel(groups.len());
+    let par = !outer;
+    let partial = |group: Range<usize>| -> Vec<f32> {
         let mut dw = vec![0f32; w_len];
-        for (i, b) in samples.enumerate() {
-            let dyb = Mat::rows(&dy[b * y_len..(b + 1) * y_len], cols);
-            let xb = &x[b * x_len..(b + 1) * x_len];
-            if g.pointwise() {
-                sgemm((g.o, k, cols), &mut dw, i > 0, dyb, Mat::rows_t(xb, cols), inner);
-            } else {
-                with_scratch(k * cols, |col| {
-                    im2col(xb, g, col);
-                    let col_t = Mat::rows_t(col, cols);
-                    sgemm((g.o, k, cols), &mut dw, i > 0, dyb, col_t, inner);
-                });
-            }
+        for (j, r) in plan.chunks[group].iter().enumerate() {
+            let xs = &x[r.start * x_len..r.end * x_len];
+            let dys = &dy[r.start * y_len..r.end * y_len];
+            let ld = r.len() * cols;
+            let grouped = r.len() > 1;
+            let direct = !grouped && g.pointwise();
+            let len = if direct { 0 } else { k * ld } + if grouped { g.o * ld } else { 0 };
+            with_scratch(len, |buf| {
+                let (col, dyg) = buf.split_at_mut(if direct { 0 } else { k * ld });
+                let col: &[f32] = if direct {
+                    xs
+                } else {
+                    im2col(xs, g, col, par);
+                    col
+                };
+                let dyg: &[f32] = if grouped {
+                    interleave(dys, dyg, g.o, cols, par);
+                    dyg
+                } else {
+                    dys
+                };
+                // dW (o x k) += dy (o x ld) * col^T (ld x k)
+                let (lhs, rhs) = (Mat::rows(dyg, ld), Mat::rows_t(col, ld));
+                sgemm((g.o, k, ld), &mut dw, j > 0, lhs, rhs, par);
+            });
         }
         dw
     };
-    let mut parts: Vec<Vec<f32>> = if inner {
-        groups.into_iter().map(partial).collect()
-    } else {
+    let mut parts: Vec<Vec<f32>> = if outer {
         groups.into_par_iter().map(partial).collect()
+    } else {
+        groups.into_iter().map(partial).collect()
     };
     let mut dw = parts.remove(0);
     if !parts.is_empty() {
@@ -332,7 +468,12 @@ impl CustomOp2 for Conv {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = Geom::new(l1.shape().dims4()?, l2.shape().dims4()?, self.stride, self.pad)?;
+        let g = Geom::new(
+            l1.shape().dims4()?,
+            l2.shape().dims4()?,
+            self.stride,
+            self.pad,
+        )?;
         let x = f32_slice(s1, l1, self.name())?;
         let w = f32_slice(s2, l2, self.name())?;
         Ok((CpuStorage::F32(forward(x, w, &g, None)), g.out_shape()))
@@ -348,28 +489,14 @@ impl CustomOp2 for Conv {
         let dy = contiguous(grad)?;
         let (_, _, h, wd) = x.dims4()?;
         let (_, _, kh, kw) = w.dims4()?;
-        let dx = if x.track_op() {
-            let op = ConvGradInput {
-                stride: self.stride,
-                pad: self.pad,
-                h,
-                w: wd,
-            };
-            Some(dy.apply_op2_no_bwd(w, &op)?)
-        } else {
-            None
-        };
-        let dw = if w.track_op() {
-            let op = ConvGradWeight {
-                stride: self.stride,
-                pad: self.pad,
-                kh,
-                kw,
-            };
-            Some(x.apply_op2_no_bwd(&dy, &op)?)
-        } else {
-            None
-        };
+        let dx = x
+            .track_op()
+            .then(|| conv2d_grad_input(&dy, w, self.stride, self.pad, (h, wd)))
+            .transpose()?;
+        let dw = w
+            .track_op()
+            .then(|| conv2d_grad_weight(x, &dy, self.stride, self.pad, (kh, kw)))
+            .transpose()?;
         Ok((dx, dw))
     }
 }
@@ -472,7 +599,12 @@ impl CustomOp2 for ConvAffine {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = Geom::new(l1.shape().dims4()?, l2.shape().dims4()?, self.stride, self.pad)?;
+        let g = Geom::new(
+            l1.shape().dims4()?,
+            l2.shape().dims4()?,
+            self.stride,
+            self.pad,
+        )?;
         if self.affine.scale.len() != g.o || self.affine.shift.len() != g.o {
             candle_core::bail!("{}: scale/shift must have {} entries", self.name(), g.o);
         }
@@ -487,7 +619,12 @@ impl CustomOp2 for ConvAffine {
 /// on every side, output `[n, o, ho, wo]`. Differentiable in both arguments (only arguments
 /// that track gradients get one). CPU f32: the im2col + gemm op; otherwise candle's
 /// `conv2d`.
-pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
     if applies(x) && w.dtype() == DType::F32 {
         contiguous(x)?.apply_op2(
             &contiguous(w)?,
@@ -499,6 +636,42 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> candle_c
     } else {
         x.conv2d(w, padding, stride, 1, 1)
     }
+}
+
+/// The input gradient of [`conv2d`] on CPU f32 (no graph): `dy` `[n, o, ho, wo]`, `w`
+/// `[o, c, kh, kw]`, input size `(h, w)`; returns `[n, c, h, w]`.
+pub fn conv2d_grad_input(
+    dy: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    (h, wd): (usize, usize),
+) -> candle_core::Result<Tensor> {
+    let op = ConvGradInput {
+        stride,
+        pad: padding,
+        h,
+        w: wd,
+    };
+    contiguous(dy)?.apply_op2_no_bwd(&contiguous(w)?, &op)
+}
+
+/// The weight gradient of [`conv2d`] on CPU f32 (no graph): `x` `[n, c, h, w]`, `dy`
+/// `[n, o, ho, wo]`, kernel size `(kh, kw)`; returns `[o, c, kh, kw]`.
+pub fn conv2d_grad_weight(
+    x: &Tensor,
+    dy: &Tensor,
+    stride: usize,
+    padding: usize,
+    (kh, kw): (usize, usize),
+) -> candle_core::Result<Tensor> {
+    let op = ConvGradWeight {
+        stride,
+        pad: padding,
+        kh,
+        kw,
+    };
+    contiguous(x)?.apply_op2_no_bwd(&contiguous(dy)?, &op)
 }
 
 /// `conv2d(x, w) * scale[o] + shift[o]`, then ReLU (PyTorch's: NaN propagates) when `relu`:
@@ -548,8 +721,14 @@ mod tests {
     use crate::kernels::testutil::{rel_err, tensor};
     use candle_core::{Device, Var};
 
-    /// (n, c, h, w, o, k, stride, pad)
-    const CASES: [(usize, usize, usize, usize, usize, usize, usize, usize); 10] = [
+    /// (n, c, h, w, o, k, stride, pad). Small maps take the grouped path (several samples
+    /// per gemm); 40x40 and 33x33 outputs exceed the grouping target (one sample per gemm),
+    /// 20x20 splits 5 samples into chunks of 3 and 2.
+    const CASES: [(usize, usize, usize, usize, usize, usize, usize, usize); 14] = [
+        (2, 2, 40, 40, 3, 3, 1, 1),
+        (2, 3, 33, 33, 4, 1, 1, 0),
+        (5, 2, 20, 20, 3, 3, 1, 1),
+        (4, 2, 41, 39, 3, 3, 2, 1),
         (2, 3, 9, 9, 4, 3, 1, 1),
         (2, 3, 11, 10, 5, 7, 2, 3),
         (1, 4, 8, 8, 6, 1, 1, 0),
@@ -577,21 +756,73 @@ mod tests {
         (y, dx, dw)
     }
 
+    /// Direct-loop convolution in f64: (y, dx, dw) of `sum(conv(x, w) * g)`.
+    fn naive(x: &Tensor, wt: &Tensor, g: &Tensor, s: usize, p: usize) -> [Vec<f64>; 3] {
+        let (n, c, h, w) = x.dims4().unwrap();
+        let (o, _, kh, kw) = wt.dims4().unwrap();
+        let (_, _, ho, wo) = g.dims4().unwrap();
+        let v = |t: &Tensor| -> Vec<f64> {
+            let t = t.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+            t.to_vec1().unwrap()
+        };
+        let (xv, wv, gv) = (v(x), v(wt), v(g));
+        let mut y = vec![0.0; n * o * ho * wo];
+        let mut dx = vec![0.0; xv.len()];
+        let mut dw = vec![0.0; wv.len()];
+        for b in 0..n {
+            for oc in 0..o {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let yi = ((b * o + oc) * ho + oy) * wo + ox;
+                        for ci in 0..c {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (oy * s + ky) as isize - p as isize;
+                                    let ix = (ox * s + kx) as isize - p as isize;
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        continue;
+                                    }
+                                    let xi = ((b * c + ci) * h + iy as usize) * w + ix as usize;
+                                    let wi = ((oc * c + ci) * kh + ky) * kw + kx;
+                                    y[yi] += xv[xi] * wv[wi];
+                                    dx[xi] += gv[yi] * wv[wi];
+                                    dw[wi] += gv[yi] * xv[xi];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        [y, dx, dw]
+    }
+
+    fn max_rel(got: &Tensor, want: &[f64]) -> f64 {
+        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(got.len(), want.len());
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
+        got.iter()
+            .zip(want)
+            .map(|(&a, b)| (a as f64 - b).abs() / scale)
+            .fold(0.0, f64::max)
+    }
+
     #[test]
-    fn forward_and_gradients_match_candle() {
-        for (i, &(n, c, h, w, o, k, s, p)) in CASES.iter().enumerate() {
+    fn forward_and_gradients_match_direct_loops_and_candle() {
+        for (i, &case) in CASES.iter().enumerate() {
+            let (n, c, h, w, o, k, s, p) = case;
             let i = i as u32;
             let x = tensor(&[n, c, h, w], 10 + i);
             let wt = tensor(&[o, c, k, k], 20 + i);
             let want_y = x.conv2d(&wt, p, s, 1, 1).unwrap();
             let g = tensor(want_y.dims(), 30 + i);
             let (y, dx, dw) = grads_of(|x, w| conv2d(x, w, s, p).unwrap(), &x, &wt, &g);
-            let (_, want_dx, want_dw) =
-                grads_of(|x, w| x.conv2d(w, p, s, 1, 1).unwrap(), &x, &wt, &g);
-            let case = CASES[i as usize];
-            assert!(rel_err(&y, &want_y) < 1e-5, "forward {case:?}");
-            assert!(rel_err(&dx, &want_dx) < 1e-5, "dx {case:?}");
-            assert!(rel_err(&dw, &want_dw) < 1e-5, "dw {case:?}");
+            assert!(rel_err(&y, &want_y) < 1e-5, "forward vs candle {case:?}");
+            let [ny, ndx, ndw] = naive(&x, &wt, &g, s, p);
+            for (name, got, want) in [("y", &y, &ny), ("dx", &dx, &ndx), ("dw", &dw, &ndw)] {
+                let err = max_rel(got, want);
+                assert!(err < 1e-5, "{name} {case:?}: {err:e}");
+            }
         }
     }
 
@@ -625,12 +856,20 @@ mod tests {
         let dxv = dx.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         for i in [0, 7, 31, x.elem_count() - 1] {
             let fd = (f(&bump(&x, i, eps), &wt) - f(&bump(&x, i, -eps), &wt)) / (2.0 * eps as f64);
-            assert!((fd - dxv[i] as f64).abs() < 1e-3, "dx[{i}]: {fd} vs {}", dxv[i]);
+            assert!(
+                (fd - dxv[i] as f64).abs() < 1e-3,
+                "dx[{i}]: {fd} vs {}",
+                dxv[i]
+            );
         }
         let dwv = dw.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         for i in [0, 5, 17, wt.elem_count() - 1] {
             let fd = (f(&x, &bump(&wt, i, eps)) - f(&x, &bump(&wt, i, -eps))) / (2.0 * eps as f64);
-            assert!((fd - dwv[i] as f64).abs() < 1e-3, "dw[{i}]: {fd} vs {}", dwv[i]);
+            assert!(
+                (fd - dwv[i] as f64).abs() < 1e-3,
+                "dw[{i}]: {fd} vs {}",
+                dwv[i]
+            );
         }
     }
 
@@ -676,26 +915,28 @@ mod tests {
     }
 
     #[test]
-    fn weight_gradient_is_deterministic_across_thread_counts() {
-        let x = tensor(&[13, 3, 10, 10], 12);
-        let wt = tensor(&[4, 3, 3, 3], 13);
-        let g = tensor(&[13, 4, 10, 10], 14);
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
-                let (_, dx, dw) = grads_of(|x, w| conv2d(x, w, 1, 1).unwrap(), &x, &wt, &g);
-                (
-                    dx.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                    dw.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                )
-            })
-        };
-        let one = run(1);
-        assert_eq!(one, run(3));
-        assert_eq!(one, run(16));
+    fn results_do_not_depend_on_the_thread_count() {
+        // 13 samples of 10x10 run as two chunks of 7 and 6 samples; 20 of 32x32 as 20
+        // one-sample chunks summed in 8 groups. 1 thread runs chunks in parallel, 16
+        // parallelise inside gemm instead.
+        for (x_dims, seed) in [([13, 3, 10, 10], 12), ([20, 2, 32, 32], 15)] {
+            let x = tensor(&x_dims, seed);
+            let wt = tensor(&[4, x_dims[1], 3, 3], seed + 1);
+            let g = tensor(&[x_dims[0], 4, x_dims[2], x_dims[3]], seed + 2);
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    let (y, dx, dw) = grads_of(|x, w| conv2d(x, w, 1, 1).unwrap(), &x, &wt, &g);
+                    [y, dx, dw].map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                })
+            };
+            let one = run(1);
+            assert_eq!(one, run(3));
+            assert_eq!(one, run(16));
+        }
     }
 
     #[test]
@@ -705,9 +946,9 @@ mod tests {
         let x = crate::kernels::testutil::pseudo_random(g.x_len(), 1);
         let c = crate::kernels::testutil::pseudo_random(g.k() * g.cols(), 2);
         let mut col = vec![f32::NAN; g.k() * g.cols()];
-        im2col(&x, &g, &mut col);
+        im2col(&x, &g, &mut col, false);
         let mut back = vec![0f32; g.x_len()];
-        col2im(&c, &g, &mut back);
+        col2im(&c, &g, &mut back, true);
         let lhs: f64 = col.iter().zip(&c).map(|(a, b)| (a * b) as f64).sum();
         let rhs: f64 = x.iter().zip(&back).map(|(a, b)| (a * b) as f64).sum();
         assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs}");

@@ -24,34 +24,49 @@
 //! fixed order), so training on CPU is bit-for-bit repeatable.
 //!
 //! The kernels support f32 only; f64 (used by the strict parity tests) and non-CPU devices
-//! take candle's ops, as does everything while [`set_enabled`]`(false)`.
+//! take candle's ops, as does everything while [`set_enabled`]`(false)` or with
+//! `LESION_CPU_KERNELS=0` in the environment.
 
 mod batchnorm;
 mod conv;
 mod elementwise;
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, Layout, Tensor};
 
 pub use batchnorm::{batch_norm_train, scale_shift, BatchStats};
-pub use conv::{conv2d, conv2d_affine};
+pub use conv::{conv2d, conv2d_affine, conv2d_grad_input, conv2d_grad_weight};
 pub use elementwise::add_relu;
 
-static ENABLED: AtomicBool = AtomicBool::new(true);
+/// 0: not decided yet (read `LESION_CPU_KERNELS`), 1: on, 2: off.
+static ENABLED: AtomicU8 = AtomicU8::new(0);
 
-/// Turns the CPU kernels on (the default) or off process-wide; off, every function here
-/// composes candle's ops, as on other devices. For benchmarks and tests that compare the two
-/// in one process.
+/// Turns the CPU kernels on or off process-wide; off, every function here composes candle's
+/// ops, as on other devices. For benchmarks and tests that compare the two in one process.
 pub fn set_enabled(enabled: bool) {
-    ENABLED.store(enabled, Ordering::Relaxed);
+    ENABLED.store(if enabled { 1 } else { 2 }, Ordering::Relaxed);
 }
 
-/// Whether [`set_enabled`] last turned the kernels on.
+/// Whether the CPU kernels are on: as [`set_enabled`] last set, else on unless the
+/// environment variable `LESION_CPU_KERNELS` is `0` or `off` (an escape hatch and a way to
+/// compare whole runs against candle's own ops).
 pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
+    match ENABLED.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let on = !matches!(
+                std::env::var("LESION_CPU_KERNELS").as_deref(),
+                Ok("0" | "off")
+            );
+            // A concurrent `set_enabled` wins over the environment.
+            let _ = ENABLED.compare_exchange(0, if on { 1 } else { 2 }, Ordering::Relaxed, Ordering::Relaxed);
+            ENABLED.load(Ordering::Relaxed) == 1
+        }
+    }
 }
 
 /// True where the CPU kernels apply to `t`: enabled, on the CPU, f32.

@@ -1,0 +1,468 @@
+//! Every endpoint of lesion-serve over real HTTP on loopback, including each bad-input case.
+
+mod common;
+
+use std::io::Write as _;
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use image::{ImageFormat, RgbImage};
+use lesion::predict::Predictor;
+
+fn cpu() -> candle_core::Device {
+    lesion::device::parse_device("cpu").unwrap()
+}
+
+/// Small limits so that every cap can be hit with small inputs.
+fn small_limits(run: &Path) -> lesion_serve::ServeOptions {
+    let mut o = options(run);
+    o.limits.max_body_bytes = 256 << 10;
+    o.limits.max_pixels = 1_000_000;
+    o
+}
+
+fn files_of(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = walk(dir)
+        .into_iter()
+        .map(|p| p.strip_prefix(dir).unwrap().display().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flat_map(|e| {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p)
+            } else {
+                vec![p]
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn health_model_and_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_dir(dir.path(), 32);
+    let server = start(&options(&run));
+    let base = server.url();
+
+    let h = get(&format!("{base}/healthz"));
+    assert_eq!(h.status, 200);
+    let hj = h.json();
+    assert_eq!(hj["status"], "ok");
+    assert!(hj["model_id"].as_str().unwrap().starts_with("run@"));
+
+    let m = get(&format!("{base}/v1/model"));
+    assert_eq!(m.status, 200);
+    let mj = m.json();
+    assert_eq!(mj["model_id"], hj["model_id"]);
+    assert_eq!(mj["threshold"]["value"], 0.5);
+    assert_eq!(mj["threshold"]["overridden"], false);
+    assert_eq!(mj["image_size"], 32);
+    assert_eq!(mj["resize"], "stretch");
+    assert_eq!(
+        mj["class_names"],
+        serde_json::json!(["Benign", "Malignant"])
+    );
+    assert_eq!(mj["config"]["image_size"], 32);
+    assert_eq!(mj["limits"]["max_body_bytes"], 10 << 20);
+    assert_eq!(mj["limits"]["max_batch"], 32);
+    assert!(mj["eval"].is_null(), "no evaluation yet: {}", mj["eval"]);
+    assert!(mj["warnings"][0].as_str().unwrap().contains("stretch"));
+
+    let page = get(&format!("{base}/"));
+    assert_eq!(page.status, 200);
+    assert!(
+        page.content_type.starts_with("text/html"),
+        "{}",
+        page.content_type
+    );
+    assert!(page.header("content-security-policy").is_some());
+    let html = String::from_utf8(page.body).unwrap();
+    assert!(html.contains("Research tool, not a diagnosis"));
+    for id in [
+        "id=\"file\"",
+        "id=\"probability\"",
+        "id=\"label\"",
+        "id=\"heatmap\"",
+    ] {
+        assert!(html.contains(id), "page lacks {id}");
+    }
+    // Self-contained: nothing is loaded from elsewhere.
+    for external in [
+        "src=\"http",
+        "href=\"http",
+        "src=\"//",
+        "href=\"//",
+        "@import",
+        "url(",
+    ] {
+        assert!(
+            !html.contains(external),
+            "page loads an external resource: {external}"
+        );
+    }
+
+    let missing = get(&format!("{base}/nope"));
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.error_code(), "not_found");
+    let wrong_method = get(&format!("{base}/v1/predict"));
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(wrong_method.error_code(), "method_not_allowed");
+}
+
+#[test]
+fn model_endpoint_includes_the_evaluation_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_dir(dir.path(), 32);
+    let eval = run.join("eval-test");
+    std::fs::create_dir_all(&eval).unwrap();
+    let sha = lesion::fsutil::sha256_file(run.join("best.safetensors")).unwrap();
+    std::fs::write(
+        eval.join("metrics.json"),
+        serde_json::json!({
+            "split": "test", "tta": false, "checkpoint_sha256": sha,
+            "at_default_threshold": {"roc_auc": 0.91, "n": 100},
+            "at_chosen_threshold": {"roc_auc": 0.91, "sensitivity": 0.8, "specificity": 0.85, "n": 100},
+            "calibration": {"bins": []}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut opts = options(&run);
+    opts.threshold = Some(0.25);
+    let server = start(&opts);
+    let m = get(&format!("{}/v1/model", server.url())).json();
+    assert_eq!(m["eval"]["split"], "test");
+    assert_eq!(m["eval"]["matches_checkpoint"], true);
+    assert_eq!(m["eval"]["at_chosen_threshold"]["roc_auc"], 0.91);
+    assert!(m["eval"].get("calibration").is_none(), "summary only");
+    assert_eq!(m["threshold"]["value"], 0.25);
+    assert_eq!(m["threshold"]["overridden"], true);
+    assert_eq!(m["threshold"]["run"]["threshold"], 0.5);
+}
+
+#[test]
+fn predict_and_explain_accept_raw_and_multipart_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_dir(dir.path(), 32);
+    let before = files_of(dir.path());
+    let server = start(&options(&run));
+    let url = |p: &str| format!("{}{p}", server.url());
+    let jpeg = photo(1, 3);
+
+    let raw = post(&url("/v1/predict"), Some("image/jpeg"), &jpeg);
+    assert_eq!(raw.status, 200, "{:?}", String::from_utf8_lossy(&raw.body));
+    let r = raw.json();
+    let prob = r["probability"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&prob));
+    assert_eq!(r["threshold"], 0.5);
+    assert_eq!(r["malignant"], prob >= 0.5);
+    assert_eq!(r["label"], if prob >= 0.5 { "Malignant" } else { "Benign" });
+    assert_eq!(r["tta"], false);
+    assert!(r["model_id"].as_str().unwrap().starts_with("run@"));
+    assert!(r["timing_ms"]["total"].as_f64().unwrap() > 0.0);
+    assert!(r["disclaimer"]
+        .as_str()
+        .unwrap()
+        .contains("not a diagnosis"));
+
+    // The same number as the library gives for the same bytes.
+    let p = Predictor::load(&run, &cpu(), None).unwrap();
+    let direct = p.predict_bytes(&[(Path::new("x"), &jpeg)], false);
+    let direct = direct[0].as_ref().unwrap();
+    assert!(
+        (direct.probability - prob).abs() < 1e-6,
+        "{} vs {prob}",
+        direct.probability
+    );
+
+    let (ct, body) = multipart("image", Some("lesion.jpg"), &jpeg);
+    let mp = post(&url("/v1/predict"), Some(&ct), &body);
+    assert_eq!(mp.status, 200, "{:?}", String::from_utf8_lossy(&mp.body));
+    assert!((mp.json()["probability"].as_f64().unwrap() - prob).abs() < 1e-9);
+    let octet = post(&url("/v1/predict"), Some("application/octet-stream"), &jpeg);
+    assert_eq!(octet.status, 200);
+    // Any other form fields before the file are ignored.
+    let mut body2 =
+        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n")
+            .into_bytes();
+    body2.extend_from_slice(&body);
+    assert_eq!(post(&url("/v1/predict"), Some(&ct), &body2).status, 200);
+
+    let ex = post(&url("/v1/explain"), Some("image/jpeg"), &jpeg);
+    assert_eq!(ex.status, 200, "{:?}", String::from_utf8_lossy(&ex.body));
+    assert_eq!(ex.content_type, "image/png");
+    let png = image::load_from_memory_with_format(&ex.body, ImageFormat::Png)
+        .unwrap()
+        .to_rgb8();
+    let src = image::load_from_memory(&jpeg).unwrap();
+    assert_eq!(
+        png.dimensions(),
+        lesion::gradcam::overlay_size(src.width(), src.height())
+    );
+    let hp: f64 = ex.header("x-lesion-probability").unwrap().parse().unwrap();
+    assert!((hp - prob).abs() < 1e-5, "{hp} vs {prob}");
+    assert_eq!(ex.header("x-lesion-label").unwrap(), r["label"]);
+    let ex_mp = post(&url("/v1/explain"), Some(&ct), &body);
+    assert_eq!(ex_mp.status, 200);
+    assert_eq!(
+        ex_mp.body, ex.body,
+        "multipart and raw uploads give the same heatmap"
+    );
+
+    // Nothing about the uploads is written anywhere near the run.
+    drop(server);
+    assert_eq!(files_of(dir.path()), before);
+}
+
+#[test]
+fn bad_inputs_get_4xx_json_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_dir(dir.path(), 32);
+    let server = start(&small_limits(&run));
+    let jpeg = photo(0, 1);
+    let truncated = &jpeg[..jpeg.len() / 2];
+    // 1100 x 1000 = 1.1 Mpx > the 1 Mpx cap, yet a tiny PNG.
+    let huge_pixels = encode(&RgbImage::new(1100, 1000), ImageFormat::Png);
+    assert!(huge_pixels.len() < 256 << 10);
+    // Incompressible noise over the 256 KiB body cap.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let big: Vec<u8> = (0..300 << 10)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+
+    for endpoint in ["/v1/predict", "/v1/explain"] {
+        let url = format!("{}{endpoint}", server.url());
+        let check = |what: &str, r: Reply, status: u16, code: &str| {
+            assert_eq!(
+                (r.status, r.error_code().as_str()),
+                (status, code),
+                "{endpoint} {what}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            assert!(r.content_type.starts_with("application/json"), "{what}");
+        };
+        check(
+            "text/plain",
+            post(&url, Some("text/plain"), b"hello"),
+            415,
+            "unsupported_media_type",
+        );
+        check(
+            "json body",
+            post(&url, Some("application/json"), b"{}"),
+            415,
+            "unsupported_media_type",
+        );
+        check(
+            "no content type",
+            post(&url, None, &jpeg),
+            415,
+            "unsupported_media_type",
+        );
+        check(
+            "text as image",
+            post(&url, Some("image/jpeg"), b"definitely not a JPEG"),
+            415,
+            "not_an_image",
+        );
+        check(
+            "truncated JPEG",
+            post(&url, Some("image/jpeg"), truncated),
+            422,
+            "corrupt_image",
+        );
+        check(
+            "too many pixels",
+            post(&url, Some("image/png"), &huge_pixels),
+            413,
+            "too_many_pixels",
+        );
+        check(
+            "body over the limit",
+            post(&url, Some("image/png"), &big),
+            413,
+            "payload_too_large",
+        );
+        check(
+            "chunked body over the limit",
+            post_chunked(&url, "image/png", big.clone()),
+            413,
+            "payload_too_large",
+        );
+        check(
+            "empty body",
+            post(&url, Some("image/jpeg"), b""),
+            400,
+            "empty_body",
+        );
+        let (ct, body) = multipart("image", Some("x.jpg"), &big);
+        check(
+            "multipart over the limit",
+            post(&url, Some(&ct), &body),
+            413,
+            "payload_too_large",
+        );
+        let (ct, body) = multipart("image", Some("cut.jpg"), truncated);
+        check(
+            "multipart truncated",
+            post(&url, Some(&ct), &body),
+            422,
+            "corrupt_image",
+        );
+        let (ct, body) = multipart("comment", None, b"no file here");
+        check(
+            "multipart without a file",
+            post(&url, Some(&ct), &body),
+            400,
+            "missing_image",
+        );
+        check(
+            "multipart without boundary",
+            post(&url, Some("multipart/form-data"), b"x"),
+            400,
+            "bad_multipart",
+        );
+        let (ct, _) = multipart("image", Some("x.jpg"), &jpeg);
+        check(
+            "malformed multipart",
+            post(&url, Some(&ct), b"garbage that is not multipart at all"),
+            400,
+            "bad_multipart",
+        );
+    }
+    // After all that, the service still answers.
+    let ok = post(
+        &format!("{}/v1/predict", server.url()),
+        Some("image/jpeg"),
+        &jpeg,
+    );
+    assert_eq!(ok.status, 200);
+}
+
+/// Starts a request whose body never finishes, holding a concurrency slot.
+fn stalled_request(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n\
+         Content-Length: 100000\r\n\r\nabc"
+    )
+    .unwrap();
+    s.flush().unwrap();
+    s
+}
+
+#[test]
+fn concurrency_cap_and_request_timeout_answer_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_dir(dir.path(), 32);
+    let mut opts = options(&run);
+    opts.limits.max_concurrency = 1;
+    opts.limits.request_timeout = Duration::from_millis(800);
+    let server = start(&opts);
+    let url = format!("{}/v1/predict", server.url());
+
+    let stalled = stalled_request(server.addr());
+    // Wait until the stalled request holds the only slot.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let busy = loop {
+        let r = post(&url, Some("image/jpeg"), &photo(0, 0));
+        if r.status == 503 {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "never busy: HTTP {}", r.status);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(busy.error_code(), "busy");
+    assert_eq!(busy.header("retry-after"), Some("1"));
+
+    // The stalled request itself ends with a timeout answer.
+    let mut s = stalled;
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut answer = String::new();
+    let mut buf = [0u8; 4096];
+    while !answer.contains("\"timeout\"") {
+        let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+        assert!(n > 0, "closed without an answer: {answer}");
+        answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    drop(s);
+
+    // The slot is free again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = post(&url, Some("image/jpeg"), &photo(0, 0));
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slot never freed: HTTP {}",
+            r.status
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn concurrent_requests_are_batched_and_answered_correctly() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_dir(dir.path(), 32);
+    let mut opts = options(&run);
+    opts.batching.window = Duration::from_millis(20);
+    let server = start(&opts);
+    let url = format!("{}/v1/predict", server.url());
+    let p = Predictor::load(&run, &cpu(), None).unwrap();
+    let images: Vec<Vec<u8>> = (0..8).map(|i| photo(i % 2, i)).collect();
+    let expected: Vec<f64> = images
+        .iter()
+        .map(|b| {
+            p.predict_bytes(&[(Path::new("x"), b)], false)[0]
+                .as_ref()
+                .unwrap()
+                .probability
+        })
+        .collect();
+
+    std::thread::scope(|s| {
+        for t in 0..12 {
+            let (url, images, expected) = (&url, &images, &expected);
+            s.spawn(move || {
+                for k in 0..4 {
+                    let i = (t + k) % images.len();
+                    let r = post(url, Some("image/jpeg"), &images[i]);
+                    assert_eq!(r.status, 200);
+                    let got = r.json()["probability"].as_f64().unwrap();
+                    // Each caller gets its own image's answer, whatever it was batched with.
+                    assert!(
+                        (got - expected[i]).abs() < 1e-5,
+                        "image {i}: {got} vs {}",
+                        expected[i]
+                    );
+                }
+            });
+        }
+    });
+    let h = get(&format!("{}/healthz", server.url())).json();
+    assert_eq!(h["images"], 48);
+    assert!(
+        h["largest_batch"].as_u64().unwrap() > 1,
+        "no request was batched with another: {h}"
+    );
+    println!("batching: {h}");
+}
