@@ -164,17 +164,25 @@ pub fn overlay_size(w: u32, h: u32) -> (u32, u32) {
     (scale(w), scale(h))
 }
 
-/// Draws `cam` over `photo` (the decoded image before resizing), at [`overlay_size`].
+/// `photo` at [`overlay_size`]: all of it that an overlay needs, so a caller can keep this
+/// instead of a large decoded photo (an overlay of the result equals one of the photo).
+pub fn display_image(photo: &RgbImage) -> RgbImage {
+    let (w, h) = overlay_size(photo.width(), photo.height());
+    if (w, h) == photo.dimensions() {
+        photo.clone()
+    } else {
+        imageops::resize(photo, w, h, imageops::FilterType::Triangle)
+    }
+}
+
+/// Draws `cam` over `photo` (the decoded image before resizing, or its
+/// [`display_image`]), at [`overlay_size`].
 ///
 /// The CAM covers what the model saw: the whole photo under [`ResizePolicy::Stretch`], the
 /// centred square under [`ResizePolicy::Crop`] (the cut-off margins get no colour).
 pub fn overlay(photo: &RgbImage, cam: &Cam, policy: ResizePolicy) -> RgbImage {
-    let (w, h) = overlay_size(photo.width(), photo.height());
-    let mut out = if (w, h) == photo.dimensions() {
-        photo.clone()
-    } else {
-        imageops::resize(photo, w, h, imageops::FilterType::Triangle)
-    };
+    let mut out = display_image(photo);
+    let (w, h) = out.dimensions();
     let (x0, y0, side_w, side_h) = match policy {
         ResizePolicy::Stretch => (0, 0, w, h),
         ResizePolicy::Crop => {
@@ -275,6 +283,14 @@ mod tests {
         let out = overlay(&wide, &cam, ResizePolicy::Crop);
         assert_eq!(*out.get_pixel(399, 199), Rgb([10, 10, 10]));
         assert_ne!(*out.get_pixel(295, 195), Rgb([10, 10, 10]));
+        // Keeping only the display-sized copy of a large photo changes nothing.
+        let big = RgbImage::from_fn(1200, 900, |x, y| Rgb([(x % 251) as u8, (y % 241) as u8, 7]));
+        for policy in [ResizePolicy::Stretch, ResizePolicy::Crop] {
+            assert_eq!(
+                overlay(&display_image(&big), &cam, policy),
+                overlay(&big, &cam, policy)
+            );
+        }
     }
 
     #[test]

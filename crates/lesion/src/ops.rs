@@ -11,9 +11,12 @@
 //! are second custom ops; on other devices or dtypes they are composed of candle ops, so
 //! candle's autograd differentiates them (same results, see each function for ties).
 
-use candle_core::backend::BackendStorage;
+use std::sync::{Arc, OnceLock};
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
+
+use crate::kernels;
 
 /// Output size of a 3x3, stride 2, padding 1 pooling window over `len` positions.
 fn pooled_len(len: usize) -> usize {
@@ -39,7 +42,14 @@ pub fn max_pool2d_3x3s2p1(x: &Tensor) -> candle_core::Result<Tensor> {
         } else {
             x.contiguous()?
         };
-        x.apply_op1(MaxPool3x3s2p1)
+        if x.track_op() {
+            let op = MaxPool3x3s2p1 {
+                saved: Some(Arc::new(OnceLock::new())),
+            };
+            x.apply_op1(op)
+        } else {
+            x.apply_op1_no_bwd(&MaxPool3x3s2p1 { saved: None })
+        }
     } else {
         max_pool2d_3x3s2p1_composed(x)
     }
@@ -82,50 +92,72 @@ pub fn max_pool2d_3x3s2p1_composed(x: &Tensor) -> candle_core::Result<Tensor> {
     stacked.gather(&idx, 0)?.squeeze(0)
 }
 
-/// Window bounds `[start, end)` of output position `o` over an input of length `len`.
-#[inline]
-fn window(o: usize, len: usize) -> (usize, usize) {
-    let start = (2 * o).saturating_sub(1);
-    let end = (2 * o + 2).min(len);
-    (start, end)
+/// PyTorch's max-pool rule: a later element wins if strictly greater, or if it is NaN (so
+/// the first maximum wins ties and NaN propagates).
+#[inline(always)]
+fn beats(v: f32, best: f32) -> bool {
+    v > best || v.is_nan()
 }
 
-/// Index (within the plane) of the first maximum of window (`oy`, `ox`), PyTorch's rule:
-/// a later element wins only if strictly greater, or if it is NaN.
-#[inline]
-fn window_argmax(plane: &[f32], h: usize, w: usize, oy: usize, ox: usize) -> (usize, f32) {
-    let (y0, y1) = window(oy, h);
-    let (x0, x1) = window(ox, w);
-    let mut best = y0 * w + x0;
-    let mut best_v = f32::NEG_INFINITY;
-    for y in y0..y1 {
-        let row = &plane[y * w..(y + 1) * w];
-        for x in x0..x1 {
-            let v = row[x];
-            if v > best_v || v.is_nan() {
-                best_v = v;
-                best = y * w + x;
+/// Pools one `h x w` plane into `out` (`ho x wo`); with `idx`, also records the plane index
+/// of each window's winner.
+fn pool_plane(plane: &[f32], h: usize, w: usize, out: &mut [f32], mut idx: Option<&mut [u32]>) {
+    let (ho, wo) = (pooled_len(h), pooled_len(w));
+    // Output columns 1..ox_end see three in-image columns 2ox-1..=2ox+1.
+    let ox_end = if w >= 3 { (w - 3) / 2 + 1 } else { 1 }.clamp(1, wo);
+    for oy in 0..ho {
+        let y0 = (2 * oy).saturating_sub(1);
+        let y1 = (2 * oy + 2).min(h);
+        let orow = &mut out[oy * wo..(oy + 1) * wo];
+        // Border columns (and any column of a short plane): the general window.
+        let general = |ox: usize| {
+            let x0 = (2 * ox).saturating_sub(1);
+            let x1 = (2 * ox + 2).min(w);
+            let (mut best, mut at) = (f32::NEG_INFINITY, y0 * w + x0);
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    let v = plane[y * w + x];
+                    if beats(v, best) {
+                        best = v;
+                        at = y * w + x;
+                    }
+                }
             }
+            (best, at)
+        };
+        let mut put = |ox: usize, (v, at): (f32, usize)| {
+            orow[ox] = v;
+            if let Some(idx) = idx.as_deref_mut() {
+                idx[oy * wo + ox] = at as u32;
+            }
+        };
+        put(0, general(0));
+        let rows: Vec<&[f32]> = (y0..y1).map(|y| &plane[y * w..(y + 1) * w]).collect();
+        for ox in 1..ox_end {
+            let x0 = 2 * ox - 1;
+            let (mut best, mut at) = (f32::NEG_INFINITY, 0);
+            for (r, row) in rows.iter().enumerate() {
+                let t = &row[x0..x0 + 3];
+                for (j, &v) in t.iter().enumerate() {
+                    if beats(v, best) {
+                        best = v;
+                        at = (y0 + r) * w + x0 + j;
+                    }
+                }
+            }
+            put(ox, (best, at));
+        }
+        for ox in ox_end.max(1)..wo {
+            put(ox, general(ox));
         }
     }
-    (best, best_v)
 }
 
-fn contiguous_f32<'a>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    op: &'static str,
-) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        candle_core::bail!("{op}: expected f32, got {:?}", s.dtype());
-    };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: input must be contiguous"),
-    }
+/// Forward max-pool; `saved` receives the winners' plane indices when set (the input
+/// tracks gradients), for [`MaxPool3x3s2p1Bwd`].
+struct MaxPool3x3s2p1 {
+    saved: Option<Arc<OnceLock<Vec<u32>>>>,
 }
-
-struct MaxPool3x3s2p1;
 
 impl CustomOp1 for MaxPool3x3s2p1 {
     fn name(&self) -> &'static str {
@@ -134,18 +166,29 @@ impl CustomOp1 for MaxPool3x3s2p1 {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l.shape().dims4()?;
-        let src = contiguous_f32(s, l, self.name())?;
+        let src = kernels::f32_slice(s, l, self.name())?;
         let (ho, wo) = (pooled_len(h), pooled_len(w));
         let mut dst = vec![0f32; n * c * ho * wo];
-        dst.par_chunks_mut(ho * wo)
-            .zip(src.par_chunks(h * w))
-            .for_each(|(out, plane)| {
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        out[oy * wo + ox] = window_argmax(plane, h, w, oy, ox).1;
-                    }
+        // Several planes per task where planes are small.
+        let min_len = (1usize << 14).div_ceil(h * w);
+        match &self.saved {
+            Some(saved) => {
+                let mut idx = vec![0u32; dst.len()];
+                dst.par_chunks_mut(ho * wo)
+                    .zip(idx.par_chunks_mut(ho * wo))
+                    .zip(src.par_chunks(h * w))
+                    .with_min_len(min_len)
+                    .for_each(|((out, idx), plane)| pool_plane(plane, h, w, out, Some(idx)));
+                if saved.set(idx).is_err() {
+                    candle_core::bail!("{}: op applied twice", self.name());
                 }
-            });
+            }
+            None => dst
+                .par_chunks_mut(ho * wo)
+                .zip(src.par_chunks(h * w))
+                .with_min_len(min_len)
+                .for_each(|(out, plane)| pool_plane(plane, h, w, out, None)),
+        }
         Ok((CpuStorage::F32(dst), Shape::from((n, c, ho, wo))))
     }
 
@@ -155,56 +198,46 @@ impl CustomOp1 for MaxPool3x3s2p1 {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let grad = if grad_res.is_contiguous() {
-            grad_res.clone()
-        } else {
-            grad_res.contiguous()?
+        let Some(idx) = self.saved.as_ref().and_then(|s| s.get()) else {
+            candle_core::bail!("{}: backward without saved indices", self.name());
         };
-        Ok(Some(arg.apply_op2_no_bwd(&grad, &MaxPool3x3s2p1Bwd)?))
+        let grad = kernels::contiguous(grad_res)?;
+        let (_, _, h, w) = arg.dims4()?;
+        let op = MaxPool3x3s2p1Bwd { idx, hw: h * w };
+        Ok(Some(grad.apply_op1_no_bwd(&op)?.reshape(arg.shape())?))
     }
 }
 
-/// Gradient of [`MaxPool3x3s2p1`]: arguments (forward input, output gradient), result shaped
-/// like the input. Recomputes the argmax rather than storing it, since the forward input is
-/// kept alive by the graph anyway.
-struct MaxPool3x3s2p1Bwd;
+/// Gradient of [`MaxPool3x3s2p1`]: output gradient `[n, c, ho, wo]` -> input gradient
+/// `[n, c, h, w]` (returned flat per plane), each output's gradient added to its window's
+/// winner. Within a plane, outputs are visited in order, so sums are deterministic.
+struct MaxPool3x3s2p1Bwd<'a> {
+    idx: &'a [u32],
+    hw: usize,
+}
 
-impl CustomOp2 for MaxPool3x3s2p1Bwd {
+impl CustomOp1 for MaxPool3x3s2p1Bwd<'_> {
     fn name(&self) -> &'static str {
         "max_pool2d_3x3s2p1_bwd"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = l1.shape().dims4()?;
-        let (ho, wo) = (pooled_len(h), pooled_len(w));
-        if l2.shape().dims() != [n, c, ho, wo] {
-            candle_core::bail!(
-                "{}: gradient shape {:?} does not match input {:?}",
-                self.name(),
-                l2.shape(),
-                l1.shape()
-            );
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, ho, wo) = l.shape().dims4()?;
+        let grad = kernels::f32_slice(s, l, self.name())?;
+        if self.idx.len() != grad.len() {
+            candle_core::bail!("{}: gradient {:?} does not match", self.name(), l.shape());
         }
-        let src = contiguous_f32(s1, l1, self.name())?;
-        let grad = contiguous_f32(s2, l2, self.name())?;
-        let mut dst = vec![0f32; n * c * h * w];
-        dst.par_chunks_mut(h * w)
-            .zip(src.par_chunks(h * w).zip(grad.par_chunks(ho * wo)))
-            .for_each(|(out, (plane, g))| {
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        let (i, _) = window_argmax(plane, h, w, oy, ox);
-                        out[i] += g[oy * wo + ox];
-                    }
+        let (hw, per) = (self.hw, ho * wo);
+        let mut dst = vec![0f32; n * c * hw];
+        dst.par_chunks_mut(hw)
+            .zip(grad.par_chunks(per).zip(self.idx.par_chunks(per)))
+            .with_min_len((1usize << 14).div_ceil(hw))
+            .for_each(|(out, (g, idx))| {
+                for (&g, &i) in g.iter().zip(idx) {
+                    out[i as usize] += g;
                 }
             });
-        Ok((CpuStorage::F32(dst), l1.shape().clone()))
+        Ok((CpuStorage::F32(dst), Shape::from((n, c, hw))))
     }
 }
 
@@ -235,7 +268,7 @@ impl CustomOp1 for Relu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let src = contiguous_f32(s, l, self.name())?;
+        let src = kernels::f32_slice(s, l, self.name())?;
         let mut dst = vec![0f32; src.len()];
         dst.par_chunks_mut(RELU_CHUNK)
             .zip(src.par_chunks(RELU_CHUNK))
@@ -290,8 +323,8 @@ impl CustomOp2 for ReluBwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = contiguous_f32(s1, l1, self.name())?;
-        let grad = contiguous_f32(s2, l2, self.name())?;
+        let out = kernels::f32_slice(s1, l1, self.name())?;
+        let grad = kernels::f32_slice(s2, l2, self.name())?;
         if out.len() != grad.len() {
             candle_core::bail!("relu_bwd: {:?} vs {:?}", l1.shape(), l2.shape());
         }
@@ -519,6 +552,23 @@ mod tests {
                 got[i]
             );
         }
+    }
+
+    #[test]
+    fn max_pool_ties_go_to_the_first_maximum_everywhere() {
+        // Three levels only, so most windows (interior and border) hold ties.
+        let shape @ (n, c, h, w) = (2, 2, 9, 12);
+        let x: Vec<f32> = pseudo_random(n * c * h * w, 9)
+            .iter()
+            .map(|v| (v * 1.5).round())
+            .collect();
+        let (_, arg) = naive_pool(&x, n, c, h, w);
+        let g = pseudo_random(arg.len(), 10);
+        let mut want = vec![0f32; x.len()];
+        for (o, &i) in arg.iter().enumerate() {
+            want[i] += g[o];
+        }
+        assert_eq!(pool_grad(&x, shape, &g, false), want);
     }
 
     #[test]

@@ -550,6 +550,8 @@ pub struct InputFile {
     pub path: PathBuf,
     /// Where its heatmap goes, relative to the `--explain` folder.
     pub heatmap_name: PathBuf,
+    /// Why it cannot be read at all (it is reported as failed, in its place).
+    pub problem: Option<String>,
 }
 
 /// A file of a searched folder that is not an image, or a path that could not be used.
@@ -562,12 +564,11 @@ pub struct Skipped {
 /// What the command line's paths hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inputs {
-    /// Files to predict, in argument order (folders sorted by path).
+    /// Files to predict, in argument order (folders sorted by path), including those that
+    /// cannot be read (with their [`InputFile::problem`]).
     pub files: Vec<InputFile>,
     /// Files inside folders whose content is not an image (reported, not failures).
     pub skipped: Vec<Skipped>,
-    /// Paths that cannot be read at all (failures).
-    pub missing: Vec<Skipped>,
 }
 
 /// Expands files and folders: a named file is always tried (and fails if it is not an
@@ -577,11 +578,13 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Result<Inputs> {
     let mut inputs = Inputs::default();
     let mut names = HashSet::new();
     for arg in paths {
+        let unreadable = |path: &Path, e: std::io::Error| InputFile {
+            path: path.to_path_buf(),
+            heatmap_name: PathBuf::new(),
+            problem: Some(format!("cannot read: {e}")),
+        };
         match fs::metadata(arg) {
-            Err(e) => inputs.missing.push(Skipped {
-                path: arg.clone(),
-                reason: format!("cannot read: {e}"),
-            }),
+            Err(e) => inputs.files.push(unreadable(arg, e)),
             Ok(m) if m.is_dir() => {
                 let mut files = Vec::new();
                 walk(arg, 0, &mut files)?;
@@ -590,16 +593,17 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Result<Inputs> {
                         Ok(true) => {
                             let rel = path.strip_prefix(arg).unwrap_or(&path).to_path_buf();
                             let heatmap_name = unique_name(&rel, &mut names);
-                            inputs.files.push(InputFile { path, heatmap_name });
+                            inputs.files.push(InputFile {
+                                path,
+                                heatmap_name,
+                                problem: None,
+                            });
                         }
                         Ok(false) => inputs.skipped.push(Skipped {
                             path,
                             reason: "not an image (unrecognised content)".into(),
                         }),
-                        Err(e) => inputs.missing.push(Skipped {
-                            path,
-                            reason: format!("cannot read: {e}"),
-                        }),
+                        Err(e) => inputs.files.push(unreadable(&path, e)),
                     }
                 }
             }
@@ -609,6 +613,7 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Result<Inputs> {
                 inputs.files.push(InputFile {
                     path: arg.clone(),
                     heatmap_name,
+                    problem: None,
                 });
             }
         }
@@ -829,6 +834,7 @@ pub fn run(opts: &PredictOptions) -> Result<PredictReport> {
             if let Some(f) = inputs
                 .files
                 .iter()
+                .filter(|f| f.problem.is_none())
                 .map(|f| dir.join(&f.heatmap_name))
                 .find(|p| p.exists())
             {
@@ -843,41 +849,57 @@ pub fn run(opts: &PredictOptions) -> Result<PredictReport> {
     );
     let chunk = opts.batch_size;
     for (c, files) in inputs.files.chunks(chunk).enumerate() {
-        let decoded: Vec<Result<RgbImage>> = files
+        // Only the model input and, for heatmaps, a display-sized copy outlive decoding,
+        // so memory stays small whatever the photos' resolution.
+        let explain = opts.explain.is_some();
+        let decoded: Vec<Result<(Vec<f32>, Option<RgbImage>)>> = files
             .par_iter()
             .map(|f| {
+                if let Some(problem) = &f.problem {
+                    return Err(Error::BadImage {
+                        path: f.path.clone(),
+                        reason: problem.clone(),
+                    });
+                }
                 let bytes = fs::read(&f.path).map_err(|e| Error::io(&f.path, e))?;
-                predictor.decode(&bytes, &f.path)
+                let img = predictor.decode(&bytes, &f.path)?;
+                Ok((
+                    predictor.preprocess(&img),
+                    explain.then(|| gradcam::display_image(&img)),
+                ))
             })
             .collect();
-        let ok: Vec<usize> = (0..files.len()).filter(|&i| decoded[i].is_ok()).collect();
-        let images: Vec<&RgbImage> = ok
-            .iter()
-            .map(|&i| decoded[i].as_ref().expect("filtered"))
-            .collect();
-        let inputs_f32: Vec<Vec<f32>> =
-            images.par_iter().map(|i| predictor.preprocess(i)).collect();
+        let mut ok = Vec::new();
+        let mut inputs_f32 = Vec::new();
+        let mut shown = Vec::new();
+        for (i, d) in decoded.into_iter().enumerate() {
+            match d {
+                Ok((x, img)) => {
+                    ok.push(i);
+                    inputs_f32.push(x);
+                    shown.push(img);
+                }
+                Err(e) => {
+                    results.insert(
+                        c * chunk + i,
+                        FileResult::failed(files[i].path.clone(), reason_of(&e)),
+                    );
+                }
+            }
+        }
         let preds = predictor.predict_preprocessed(&inputs_f32, tta)?;
         let cams = match &opts.explain {
             Some(_) => Some(predictor.cams_preprocessed(&inputs_f32)?),
             None => None,
         };
-        for (i, d) in decoded.iter().enumerate() {
-            if let Err(e) = d {
-                results.insert(
-                    c * chunk + i,
-                    FileResult::failed(files[i].path.clone(), reason_of(e)),
-                );
-            }
-        }
         let written: Vec<Option<Result<PathBuf>>> = ok
             .par_iter()
             .enumerate()
             .map(|(k, &i)| {
-                let (dir, cams) = (opts.explain.as_ref()?, cams.as_ref()?);
+                let (dir, cams, img) = (opts.explain.as_ref()?, cams.as_ref()?, shown[k].as_ref()?);
                 Some(write_heatmap(
                     &predictor,
-                    images[k],
+                    img,
                     cams[k].clone(),
                     &dir.join(&files[i].heatmap_name),
                 ))
@@ -903,14 +925,9 @@ pub fn run(opts: &PredictOptions) -> Result<PredictReport> {
         bar.inc(files.len() as u64);
     }
     bar.finish_and_clear();
-    let mut ordered: Vec<FileResult> = inputs
-        .missing
-        .iter()
-        .map(|m| FileResult::failed(m.path.clone(), m.reason.clone()))
+    let ordered: Vec<FileResult> = (0..inputs.files.len())
+        .map(|i| results.remove(&i).expect("every file has a result"))
         .collect();
-    ordered.extend(
-        (0..inputs.files.len()).map(|i| results.remove(&i).expect("every file has a result")),
-    );
     Ok(PredictReport {
         model_id: predictor.model_id().to_string(),
         threshold: predictor.threshold(),

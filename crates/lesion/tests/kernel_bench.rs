@@ -44,21 +44,43 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// CPU time (ns) of every thread of this process so far, from the scheduler's per-thread
+/// statistics: under load from other processes it moves far less than wall time.
+fn cpu_ns() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Times each closure `reps` times, interleaved, after one untimed warm-up round; returns
-/// the median seconds of each.
+/// the median wall seconds of each (and prints nothing). See [`interleaved_cpu`] for CPU time.
 fn interleaved(reps: usize, fs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
+    interleaved_cpu(reps, fs).0
+}
+
+/// As [`interleaved`], also returning the median CPU seconds (all threads) of each.
+fn interleaved_cpu(reps: usize, fs: &mut [&mut dyn FnMut()]) -> (Vec<f64>, Vec<f64>) {
     for f in fs.iter_mut() {
         f();
     }
-    let mut times = vec![Vec::new(); fs.len()];
+    let mut wall = vec![Vec::new(); fs.len()];
+    let mut cpu = vec![Vec::new(); fs.len()];
     for _ in 0..reps {
-        for (f, t) in fs.iter_mut().zip(&mut times) {
-            let start = Instant::now();
+        for ((f, w), c) in fs.iter_mut().zip(&mut wall).zip(&mut cpu) {
+            let (start, c0) = (Instant::now(), cpu_ns());
             f();
-            t.push(start.elapsed().as_secs_f64());
+            w.push(start.elapsed().as_secs_f64());
+            c.push((cpu_ns() - c0) as f64 * 1e-9);
         }
     }
-    times.into_iter().map(median).collect()
+    (
+        wall.into_iter().map(median).collect(),
+        cpu.into_iter().map(median).collect(),
+    )
 }
 
 fn randn(dims: &[usize], std: f64) -> Tensor {
@@ -113,7 +135,10 @@ fn candle_dw(x: &Tensor, w: &Tensor, dy: &Tensor, stride: usize, pad: usize) -> 
 fn bench_conv_ops() {
     lesion::alloc::tune();
     let reps = reps(5);
-    println!("conv ops, batch {BATCH}, median of {reps} interleaved runs (ms): candle | ours | ratio");
+    println!(
+        "conv ops, batch {BATCH}, median of {reps} interleaved runs (wall ms): candle | ours | \
+         ratio | ratio of CPU times"
+    );
     let mut totals = [[0.0f64; 2]; 3];
     for (name, dims, o, k, s, p, count) in CONVS {
         let x = randn(&dims, 1.0);
@@ -121,7 +146,7 @@ fn bench_conv_ops() {
         let y = x.conv2d(&w, p, s, 1, 1).unwrap();
         let dy = randn(y.dims(), 1e-3);
         let (h, wd) = (dims[2], dims[3]);
-        let fwd = interleaved(
+        let fwd = interleaved_cpu(
             reps,
             &mut [
                 &mut || sink(&x.conv2d(&w, p, s, 1, 1).unwrap()),
@@ -130,9 +155,9 @@ fn bench_conv_ops() {
         );
         // The stem's input gradient is never needed (its input is the image).
         let dx = if name.starts_with("stem") {
-            vec![0.0, 0.0]
+            (vec![0.0, 0.0], vec![0.0, 0.0])
         } else {
-            interleaved(
+            interleaved_cpu(
                 reps,
                 &mut [
                     &mut || sink(&candle_dx(&x, &w, &dy, s, p)),
@@ -140,20 +165,24 @@ fn bench_conv_ops() {
                 ],
             )
         };
-        let dw = interleaved(
+        let dw = interleaved_cpu(
             reps,
             &mut [
                 &mut || sink(&candle_dw(&x, &w, &dy, s, p)),
                 &mut || sink(&kernels::conv2d_grad_weight(&x, &dy, s, p, (k, k)).unwrap()),
             ],
         );
-        for (i, (what, t)) in [("fwd", &fwd), ("dx", &dx), ("dw", &dw)].into_iter().enumerate() {
+        for (i, (what, (t, c))) in [("fwd", &fwd), ("dx", &dx), ("dw", &dw)]
+            .into_iter()
+            .enumerate()
+        {
             if t[1] > 0.0 {
                 println!(
-                    "{name:30} {what:3} {:9.1} | {:8.1} | {:5.1}x",
+                    "{name:30} {what:3} {:9.1} | {:8.1} | {:5.1}x | CPU {:5.1}x",
                     1e3 * t[0],
                     1e3 * t[1],
-                    t[0] / t[1]
+                    t[0] / t[1],
+                    c[0] / c[1]
                 );
             }
             totals[i][0] += count as f64 * t[0];
@@ -185,14 +214,16 @@ fn bench_elementwise_ops() {
     lesion::alloc::tune();
     let reps = reps(5);
     println!(
-        "element-wise ops, batch {BATCH}, median of {reps} interleaved runs (ms): candle | ours | ratio"
+        "element-wise ops, batch {BATCH}, median of {reps} interleaved runs (wall ms): candle | \
+         ours | ratio | ratio of CPU times"
     );
-    let row = |name: &str, t: &[f64]| {
+    let row = |name: &str, (t, c): (Vec<f64>, Vec<f64>)| {
         println!(
-            "{name:34} {:9.2} | {:8.2} | {:5.1}x",
+            "{name:44} {:9.2} | {:8.2} | {:5.1}x | CPU {:5.1}x",
             1e3 * t[0],
             1e3 * t[1],
-            t[0] / t[1]
+            t[0] / t[1],
+            c[0] / c[1]
         )
     };
     for (name, dims, _) in BNS {
@@ -210,16 +241,16 @@ fn bench_elementwise_ops() {
             let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
             sink(grads.get(xv.as_tensor()).unwrap());
         };
-        let t = interleaved(reps, &mut [&mut || train(false), &mut || train(true)]);
-        row(&format!("{name} train fwd+bwd (+relu)"), &t);
+        let t = interleaved_cpu(reps, &mut [&mut || train(false), &mut || train(true)]);
+        row(&format!("{name} train fwd+bwd (+relu)"), t);
         let scale = randn(&[c], 1.0);
         let shift = randn(&[c], 1.0);
         let eval = |on: bool| {
             kernels::set_enabled(on);
             sink(&kernels::scale_shift(&x, &scale, &shift, true).unwrap());
         };
-        let t = interleaved(reps, &mut [&mut || eval(false), &mut || eval(true)]);
-        row(&format!("{name} eval scale+shift+relu"), &t);
+        let t = interleaved_cpu(reps, &mut [&mut || eval(false), &mut || eval(true)]);
+        row(&format!("{name} eval scale+shift+relu"), t);
         let b = randn(&dims, 1.0);
         let bv = Var::from_tensor(&b).unwrap();
         let add = |on: bool| {
@@ -228,8 +259,8 @@ fn bench_elementwise_ops() {
             let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
             sink(grads.get(bv.as_tensor()).unwrap());
         };
-        let t = interleaved(reps, &mut [&mut || add(false), &mut || add(true)]);
-        row(&format!("{name} add+relu fwd+bwd"), &t);
+        let t = interleaved_cpu(reps, &mut [&mut || add(false), &mut || add(true)]);
+        row(&format!("{name} add+relu fwd+bwd"), t);
     }
     kernels::set_enabled(true);
     let x = Var::from_tensor(&randn(&[BATCH, 64, 112, 112], 1.0)).unwrap();
@@ -243,8 +274,8 @@ fn bench_elementwise_ops() {
         let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
         sink(grads.get(x.as_tensor()).unwrap());
     };
-    let t = interleaved(reps, &mut [&mut || pool(true), &mut || pool(false)]);
-    row("max-pool 3x3/2 @112 fwd+bwd (composed | op)", &t);
+    let t = interleaved_cpu(reps, &mut [&mut || pool(true), &mut || pool(false)]);
+    row("max-pool 3x3/2 @112 fwd+bwd (composed | op)", t);
 }
 
 /// A ResNet-18 (random torchvision-like init) and Adam over `trainable`'s groups.
@@ -301,13 +332,15 @@ fn whole_network(what: &str, reps: usize, step: impl FnMut()) {
         })
         .collect();
     let mut refs: Vec<&mut dyn FnMut()> = fs.iter_mut().map(|f| &mut **f as _).collect();
-    let t = interleaved(reps, &mut refs);
+    let (t, cpu) = interleaved_cpu(reps, &mut refs);
     println!("{what}, batch {BATCH}, median of {reps} interleaved runs:");
-    for ((name, _, _), &ti) in CONFIGS.iter().zip(&t) {
+    for (((name, _, _), &ti), &ci) in CONFIGS.iter().zip(&t).zip(&cpu) {
         println!(
-            "  {name:26} {ti:7.3} s/step {:6.1} images/s  ({:.2}x the first)",
+            "  {name:26} {ti:7.3} s/step {:6.1} images/s  ({:.2}x the first); CPU {ci:6.2} s \
+             ({:.2}x)",
             BATCH as f64 / ti,
-            t[0] / ti
+            t[0] / ti,
+            cpu[0] / ci
         );
     }
     kernels::set_enabled(true);
@@ -337,5 +370,34 @@ fn bench_network() {
             reps,
             || train_step(&model, &mut adam, &x, &y),
         );
+    }
+}
+
+/// A few train steps with the kernels on, for a profiler (`perf record`):
+/// `PROFILE_TRAINABLE` (default layer3), `PROFILE_STEPS` (default 3), `PROFILE_EVAL=1` for
+/// eval forwards instead.
+#[test]
+#[ignore = "profiling target"]
+fn profile_steps() {
+    lesion::alloc::tune();
+    let trainable: Trainable = std::env::var("PROFILE_TRAINABLE")
+        .unwrap_or_else(|_| "layer3".into())
+        .parse()
+        .unwrap();
+    let steps = std::env::var("PROFILE_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let eval = std::env::var_os("PROFILE_EVAL").is_some();
+    let (x, y) = batch();
+    let (_vm, model, mut adam) = network(trainable);
+    for _ in 0..steps {
+        let start = Instant::now();
+        if eval {
+            sink(&model.forward_with(&x, false, None).unwrap());
+        } else {
+            train_step(&model, &mut adam, &x, &y);
+        }
+        println!("step {:.3} s", start.elapsed().as_secs_f64());
     }
 }

@@ -336,6 +336,17 @@ fn predict_command_handles_folders_bad_files_formats_and_heatmaps() {
             .unwrap_or_else(|| panic!("{n} missing from {:?}", report.results))
     };
     assert_eq!(report.results.len(), 5, "{:#?}", report.results);
+    // Argument order, folders sorted, unreadable paths in their place.
+    let order: Vec<String> = report
+        .results
+        .iter()
+        .map(|r| r.path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        order,
+        ["one.jpg", "cut.jpg", "two.data", "named.txt", "missing.jpg"],
+        "{order:?}"
+    );
     assert_eq!(report.failures(), 3);
     for ok in ["one.jpg", "two.data"] {
         let r = by_name(ok);

@@ -214,6 +214,7 @@ fn run(action: Action) -> lesion::Result<()> {
 }
 
 fn main() -> ExitCode {
+    lesion::alloc::tune();
     let action = match parse_args(std::env::args_os()) {
         Ok(a) => a,
         Err(e) => e.exit(),

@@ -878,7 +878,8 @@ impl AppState {
                 .decode(&bytes, Path::new("upload"))
                 .map_err(|e| ApiError::from_image(&e))?;
             let input = p.preprocess(&img);
-            Ok((input, keep.then_some(img)))
+            // A heatmap needs only a display-sized copy of a possibly huge photo.
+            Ok((input, keep.then(|| gradcam::display_image(&img))))
         })
         .await
         .map_err(|e| internal(format!("decoding failed: {e}")))?

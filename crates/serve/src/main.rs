@@ -136,12 +136,28 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         let router = server.router();
         lesion_serve::serve(listener, router, async {
-            let _ = tokio::signal::ctrl_c().await;
+            shutdown_signal().await;
             eprintln!("lesion-serve: shutting down");
         })
         .await
         .context("serving")
     })
+}
+
+/// Ctrl-C, or SIGTERM (what service managers and `kill` send) on Unix.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn main() -> ExitCode {

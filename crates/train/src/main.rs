@@ -111,6 +111,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    lesion::alloc::tune();
     lesion::cli::finish(run(&Cli::parse()))
 }
 

@@ -110,60 +110,138 @@ fn valid(out: usize, stride: usize, k_off: usize, pad: usize, len: usize) -> Ran
     lo..hi.max(lo)
 }
 
-/// Fills one im2col row (`cols` long, zeros where the window reads padding) of one sample
-/// `x` (`[c, h, w]`).
-fn fill_row(g: &Geom, row: usize, x: &[f32], out: &mut [f32]) {
-    let (ci, ky, kx) = (row / (g.kh * g.kw), row / g.kw % g.kh, row % g.kw);
-    let (wo, w, hw, s) = (g.wo, g.w, g.h * g.w, g.stride);
-    let oys = valid(g.ho, s, ky, g.pad, g.h);
-    let oxs = valid(g.wo, s, kx, g.pad, g.w);
-    out[..oys.start * wo].fill(0.0);
-    out[oys.end * wo..].fill(0.0);
-    let plane = &x[ci * hw..(ci + 1) * hw];
-    for oy in oys {
-        let o = &mut out[oy * wo..(oy + 1) * wo];
-        o[..oxs.start].fill(0.0);
-        o[oxs.end..].fill(0.0);
-        if oxs.is_empty() {
-            continue;
+/// Where input column `ix` of a row lives once the row is split by phase (see
+/// [`PhaseSplit`]); the identity for stride 1.
+#[derive(Debug, Clone)]
+struct PhaseSplit {
+    stride: usize,
+    /// Start of each phase's segment within a row.
+    offsets: Vec<usize>,
+}
+
+impl PhaseSplit {
+    /// Strided convolutions read every `stride`-th input column, so each input row is
+    /// rearranged as `[columns = 0 mod s | columns = 1 mod s | ...]`: then the columns one
+    /// im2col row reads from an input row are contiguous.
+    fn new(g: &Geom) -> Self {
+        let s = g.stride;
+        let mut offsets = Vec::with_capacity(s);
+        let mut at = 0;
+        for p in 0..s {
+            offsets.push(at);
+            at += (g.w + s - 1 - p) / s;
         }
-        let iy = oy * s + ky - g.pad;
-        let src = &plane[iy * w..(iy + 1) * w];
-        let ix0 = oxs.start * s + kx - g.pad;
-        if s == 1 {
-            o[oxs.clone()].copy_from_slice(&src[ix0..ix0 + oxs.len()]);
+        Self { stride: s, offsets }
+    }
+
+    #[inline]
+    fn pos(&self, ix: usize) -> usize {
+        self.offsets[ix % self.stride] + ix / self.stride
+    }
+
+    /// Rearranges every row of `x` (planes of width `w`) into `out`.
+    fn split(&self, x: &[f32], w: usize, out: &mut [f32], parallel: bool) {
+        let f = |(src, dst): (&[f32], &mut [f32])| {
+            for p in 0..self.stride {
+                let seg = &mut dst[self.offsets[p]..];
+                for (d, &v) in seg.iter_mut().zip(src.iter().skip(p).step_by(self.stride)) {
+                    *d = v;
+                }
+            }
+        };
+        let out = &mut out[..x.len()];
+        if parallel {
+            x.par_chunks(w)
+                .zip(out.par_chunks_mut(w))
+                .with_min_len(256)
+                .for_each(f);
         } else {
-            for (v, ix) in o[oxs.clone()].iter_mut().zip((ix0..).step_by(s)) {
-                *v = src[ix];
+            x.chunks(w).zip(out.chunks_mut(w)).for_each(f);
+        }
+    }
+
+    /// Adds rows in the split layout back into `out` in the natural layout.
+    fn merge_add(&self, x: &[f32], w: usize, out: &mut [f32]) {
+        for (src, dst) in x.chunks(w).zip(out.chunks_mut(w)) {
+            for p in 0..self.stride {
+                let seg = &src[self.offsets[p]..];
+                for (&v, d) in seg.iter().zip(dst.iter_mut().skip(p).step_by(self.stride)) {
+                    *d += v;
+                }
             }
         }
     }
 }
 
-/// Adds one im2col row of gradients (`cols` long) into one sample's input gradient `dx`
-/// (`[c, h, w]`): the adjoint of [`fill_row`].
-fn add_row(g: &Geom, row: usize, src: &[f32], dx: &mut [f32]) {
+/// Decomposes im2col row `row` into (input channel, ky, kx) and its in-image output rows
+/// and columns.
+#[inline]
+fn row_geometry(g: &Geom, row: usize) -> (usize, usize, usize, Range<usize>, Range<usize>) {
     let (ci, ky, kx) = (row / (g.kh * g.kw), row / g.kw % g.kh, row % g.kw);
-    let (wo, w, hw, s) = (g.wo, g.w, g.h * g.w, g.stride);
-    let oys = valid(g.ho, s, ky, g.pad, g.h);
-    let oxs = valid(g.wo, s, kx, g.pad, g.w);
+    let oys = valid(g.ho, g.stride, ky, g.pad, g.h);
+    let oxs = valid(g.wo, g.stride, kx, g.pad, g.w);
+    (ci, ky, kx, oys, oxs)
+}
+
+/// Fills one im2col row (`cols` long, zeros where the window reads padding) of one sample
+/// `x` (`[c, h, w]`; for strides above 1, rows split by [`PhaseSplit`]).
+fn fill_row(g: &Geom, split: &PhaseSplit, row: usize, x: &[f32], out: &mut [f32]) {
+    let (ci, ky, kx, oys, oxs) = row_geometry(g, row);
+    let (wo, w, hw, s, pad) = (g.wo, g.w, g.h * g.w, g.stride, g.pad);
+    if oys.len() < g.ho || oxs.len() < wo {
+        // One call rather than one per output row.
+        out.fill(0.0);
+    }
+    if oys.is_empty() || oxs.is_empty() {
+        return;
+    }
+    let plane = &x[ci * hw..(ci + 1) * hw];
+    if s == 1 && wo == w {
+        // "Same" width: output row oy is input row oy + ky - pad shifted by kx - pad, so
+        // the whole row is one copy; the columns that wrapped in from a neighbouring input
+        // row are cleared after.
+        let src0 = ((oys.start + ky - pad) * w) as isize + kx as isize - pad as isize;
+        let (mut a, mut b) = (oys.start * wo, oys.end * wo);
+        let src_a = if src0 < 0 {
+            a += src0.unsigned_abs();
+            0
+        } else {
+            src0 as usize
+        };
+        b = b.min(a + (hw - src_a));
+        out[a..b].copy_from_slice(&plane[src_a..src_a + (b - a)]);
+        for oy in oys {
+            out[oy * wo..oy * wo + oxs.start].fill(0.0);
+            out[oy * wo + oxs.end..(oy + 1) * wo].fill(0.0);
+        }
+        return;
+    }
+    let ix0 = oxs.start * s + kx - pad;
+    let p0 = split.pos(ix0);
+    for oy in oys {
+        let iy = oy * s + ky - pad;
+        let src = &plane[iy * w + p0..iy * w + p0 + oxs.len()];
+        out[oy * wo + oxs.start..oy * wo + oxs.end].copy_from_slice(src);
+    }
+}
+
+/// Adds one im2col row of gradients (`cols` long) into one sample's input gradient `dx`
+/// (`[c, h, w]`, rows split by [`PhaseSplit`] for strides above 1): the adjoint of
+/// [`fill_row`].
+fn add_row(g: &Geom, split: &PhaseSplit, row: usize, src: &[f32], dx: &mut [f32]) {
+    let (ci, ky, kx, oys, oxs) = row_geometry(g, row);
     if oxs.is_empty() {
         return;
     }
+    let (wo, w, hw, s, pad) = (g.wo, g.w, g.h * g.w, g.stride, g.pad);
     let plane = &mut dx[ci * hw..(ci + 1) * hw];
+    let p0 = split.pos(oxs.start * s + kx - pad);
     for oy in oys {
         let v = &src[oy * wo + oxs.start..oy * wo + oxs.end];
-        let iy = oy * s + ky - g.pad;
-        let d = &mut plane[iy * w..(iy + 1) * w];
-        let ix0 = oxs.start * s + kx - g.pad;
-        if s == 1 {
-            for (d, v) in d[ix0..ix0 + v.len()].iter_mut().zip(v) {
-                *d += v;
-            }
-        } else {
-            for (v, ix) in v.iter().zip((ix0..).step_by(s)) {
-                d[ix] += v;
-            }
+        let iy = oy * s + ky - pad;
+        let d = &mut plane[iy * w + p0..iy * w + p0 + v.len()];
+        for (d, v) in d.iter_mut().zip(v) {
+            *d += v;
         }
     }
 }
@@ -172,9 +250,18 @@ fn add_row(g: &Geom, row: usize, src: &[f32], dx: &mut [f32]) {
 /// `ld = samples * cols`, sample `i` in columns `i * cols..(i + 1) * cols`.
 fn im2col(xs: &[f32], g: &Geom, col: &mut [f32], parallel: bool) {
     let ld = xs.len() / g.x_len() * g.cols();
+    let split = PhaseSplit::new(g);
+    let mut buf = Vec::new();
+    let xs = if g.stride > 1 {
+        buf.resize(xs.len(), 0.0);
+        split.split(xs, g.w, &mut buf, parallel);
+        &buf[..]
+    } else {
+        xs
+    };
     let fill = |(row, out): (usize, &mut [f32])| {
         for (xb, o) in xs.chunks(g.x_len()).zip(out.chunks_mut(g.cols())) {
-            fill_row(g, row, xb, o);
+            fill_row(g, &split, row, xb, o);
         }
     };
     let col = &mut col[..g.k() * ld];
@@ -189,9 +276,21 @@ fn im2col(xs: &[f32], g: &Geom, col: &mut [f32], parallel: bool) {
 /// same samples. Each input element sums its contributions in a fixed (row, position) order.
 fn col2im(dcol: &[f32], g: &Geom, dxs: &mut [f32], parallel: bool) {
     let (cols, ld) = (g.cols(), dxs.len() / g.x_len() * g.cols());
+    let split = PhaseSplit::new(g);
     let add = |(i, dx): (usize, &mut [f32])| {
-        for row in 0..g.k() {
-            add_row(g, row, &dcol[row * ld + i * cols..row * ld + (i + 1) * cols], dx);
+        let rows = |dx: &mut [f32]| {
+            for row in 0..g.k() {
+                let src = &dcol[row * ld + i * cols..row * ld + (i + 1) * cols];
+                add_row(g, &split, row, src, dx);
+            }
+        };
+        if g.stride > 1 {
+            // Accumulate in the split layout, then put each column back in place.
+            let mut acc = vec![0f32; g.x_len()];
+            rows(&mut acc);
+            split.merge_add(&acc, g.w, dx);
+        } else {
+            rows(dx);
         }
     };
     if parallel {
