@@ -127,7 +127,10 @@ mod tests {
         assert_eq!(cfg.epochs, 50);
         assert_eq!(cfg.patience, 5);
         assert_eq!(cfg.monitor, Monitor::ValAcc);
-        assert_eq!((cfg.lr_head, cfg.lr_layer4, cfg.lr_layer3), (1e-2, 1e-3, 1e-3));
+        assert_eq!(
+            (cfg.lr_head, cfg.lr_layer4, cfg.lr_layer3),
+            (1e-2, 1e-3, 1e-3)
+        );
         assert_eq!(cfg.trainable, Trainable::Layer3);
         assert_eq!(cfg.weights, "imagenet");
     }

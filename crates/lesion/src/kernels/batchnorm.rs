@@ -59,13 +59,7 @@ fn dims(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
 }
 
 /// The planes of channel `ch`.
-fn planes<'a>(
-    x: &'a [f32],
-    n: usize,
-    c: usize,
-    hw: usize,
-    ch: usize,
-) -> impl Iterator<Item = &'a [f32]> {
+fn planes(x: &[f32], n: usize, c: usize, hw: usize, ch: usize) -> impl Iterator<Item = &[f32]> {
     (0..n).map(move |b| &x[(b * c + ch) * hw..(b * c + ch + 1) * hw])
 }
 

@@ -418,8 +418,8 @@ fn pieces<'a>(
     out
 }
 
-fn run_pieces<'a>(
-    pieces: Vec<(Range<usize>, &'a mut [f32])>,
+fn run_pieces(
+    pieces: Vec<(Range<usize>, &mut [f32])>,
     outer: bool,
     f: impl Fn(Range<usize>, &mut [f32]) + Sync + Send,
 ) {
@@ -469,26 +469,30 @@ fn backward_input(dy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
     let par = !plan.outer;
     let wt_t = Mat::rows_t(wt, k);
     let mut dx = vec![0f32; g.n * x_len];
-    run_pieces(pieces(&mut dx, &plan.chunks, x_len), plan.outer, |r, dxs| {
-        let dys = &dy[r.start * y_len..r.end * y_len];
-        let ld = r.len() * cols;
-        if r.len() == 1 && g.pointwise() {
-            sgemm((k, cols, g.o), dxs, false, wt_t, Mat::rows(dys, cols), par);
-            return;
-        }
-        let grouped = r.len() > 1;
-        with_scratch(k * ld + if grouped { g.o * ld } else { 0 }, |buf| {
-            let (dcol, dyg) = buf.split_at_mut(k * ld);
-            let dyg: &[f32] = if grouped {
-                interleave(dys, dyg, g.o, cols, par);
-                dyg
-            } else {
-                dys
-            };
-            sgemm((k, ld, g.o), dcol, false, wt_t, Mat::rows(dyg, ld), par);
-            col2im(dcol, g, dxs, par);
-        });
-    });
+    run_pieces(
+        pieces(&mut dx, &plan.chunks, x_len),
+        plan.outer,
+        |r, dxs| {
+            let dys = &dy[r.start * y_len..r.end * y_len];
+            let ld = r.len() * cols;
+            if r.len() == 1 && g.pointwise() {
+                sgemm((k, cols, g.o), dxs, false, wt_t, Mat::rows(dys, cols), par);
+                return;
+            }
+            let grouped = r.len() > 1;
+            with_scratch(k * ld + if grouped { g.o * ld } else { 0 }, |buf| {
+                let (dcol, dyg) = buf.split_at_mut(k * ld);
+                let dyg: &[f32] = if grouped {
+                    interleave(dys, dyg, g.o, cols, par);
+                    dyg
+                } else {
+                    dys
+                };
+                sgemm((k, ld, g.o), dcol, false, wt_t, Mat::rows(dyg, ld), par);
+                col2im(dcol, g, dxs, par);
+            });
+        },
+    );
     dx
 }
 
@@ -823,7 +827,8 @@ mod tests {
     /// (n, c, h, w, o, k, stride, pad). Small maps take the grouped path (several samples
     /// per gemm); 40x40 and 33x33 outputs exceed the grouping target (one sample per gemm),
     /// 20x20 splits 5 samples into chunks of 3 and 2.
-    const CASES: [(usize, usize, usize, usize, usize, usize, usize, usize); 14] = [
+    type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
+    const CASES: [Case; 14] = [
         (2, 2, 40, 40, 3, 3, 1, 1),
         (2, 3, 33, 33, 4, 1, 1, 0),
         (5, 2, 20, 20, 3, 3, 1, 1),

@@ -63,7 +63,12 @@ pub fn enabled() -> bool {
                 Ok("0" | "off")
             );
             // A concurrent `set_enabled` wins over the environment.
-            let _ = ENABLED.compare_exchange(0, if on { 1 } else { 2 }, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = ENABLED.compare_exchange(
+                0,
+                if on { 1 } else { 2 },
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             ENABLED.load(Ordering::Relaxed) == 1
         }
     }
@@ -275,7 +280,7 @@ mod tests {
     fn split_even_covers_in_order() {
         assert_eq!(split_even(10, 4), [0..3, 3..6, 6..8, 8..10]);
         assert_eq!(split_even(2, 8), [0..1, 1..2]);
-        assert_eq!(split_even(0, 3), [0..0]);
+        assert_eq!(split_even(0, 3), vec![0..0]);
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //! time:
 //!
 //! ```text
-//! cargo test --release -p lesion --test kernel_bench -- --ignored --nocapture --test-threads=1
+//! cargo bench -p lesion --bench kernels [conv|elementwise|network|profile]...
 //! ```
+//!
+//! (`just bench-kernels`); with no argument it runs `conv`, `elementwise` and `network`.
 //!
 //! `BENCH_REPS` sets the repeats (default 5 for ops, 3 for whole-network runs).
 //! Like the binaries, this runs on mimalloc; [`lesion::alloc`] switches its purge delay
@@ -57,12 +59,7 @@ fn cpu_ns() -> u64 {
 }
 
 /// Times each closure `reps` times, interleaved, after one untimed warm-up round; returns
-/// the median wall seconds of each (and prints nothing). See [`interleaved_cpu`] for CPU time.
-fn interleaved(reps: usize, fs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
-    interleaved_cpu(reps, fs).0
-}
-
-/// As [`interleaved`], also returning the median CPU seconds (all threads) of each.
+/// the median wall seconds and the median CPU seconds (all threads) of each.
 fn interleaved_cpu(reps: usize, fs: &mut [&mut dyn FnMut()]) -> (Vec<f64>, Vec<f64>) {
     for f in fs.iter_mut() {
         f();
@@ -96,17 +93,73 @@ fn sink(t: &Tensor) {
 type ConvShape = (&'static str, [usize; 4], usize, usize, usize, usize, usize);
 
 const CONVS: [ConvShape; 11] = [
-    ("stem 7x7/2 3->64 @224", [BATCH, 3, 224, 224], 64, 7, 2, 3, 1),
+    (
+        "stem 7x7/2 3->64 @224",
+        [BATCH, 3, 224, 224],
+        64,
+        7,
+        2,
+        3,
+        1,
+    ),
     ("l1 3x3 64->64 @56", [BATCH, 64, 56, 56], 64, 3, 1, 1, 4),
-    ("l2.0.c1 3x3/2 64->128 @56", [BATCH, 64, 56, 56], 128, 3, 2, 1, 1),
+    (
+        "l2.0.c1 3x3/2 64->128 @56",
+        [BATCH, 64, 56, 56],
+        128,
+        3,
+        2,
+        1,
+        1,
+    ),
     ("l2 3x3 128->128 @28", [BATCH, 128, 28, 28], 128, 3, 1, 1, 3),
-    ("l2.0.ds 1x1/2 64->128 @56", [BATCH, 64, 56, 56], 128, 1, 2, 0, 1),
-    ("l3.0.c1 3x3/2 128->256 @28", [BATCH, 128, 28, 28], 256, 3, 2, 1, 1),
+    (
+        "l2.0.ds 1x1/2 64->128 @56",
+        [BATCH, 64, 56, 56],
+        128,
+        1,
+        2,
+        0,
+        1,
+    ),
+    (
+        "l3.0.c1 3x3/2 128->256 @28",
+        [BATCH, 128, 28, 28],
+        256,
+        3,
+        2,
+        1,
+        1,
+    ),
     ("l3 3x3 256->256 @14", [BATCH, 256, 14, 14], 256, 3, 1, 1, 3),
-    ("l3.0.ds 1x1/2 128->256 @28", [BATCH, 128, 28, 28], 256, 1, 2, 0, 1),
-    ("l4.0.c1 3x3/2 256->512 @14", [BATCH, 256, 14, 14], 512, 3, 2, 1, 1),
+    (
+        "l3.0.ds 1x1/2 128->256 @28",
+        [BATCH, 128, 28, 28],
+        256,
+        1,
+        2,
+        0,
+        1,
+    ),
+    (
+        "l4.0.c1 3x3/2 256->512 @14",
+        [BATCH, 256, 14, 14],
+        512,
+        3,
+        2,
+        1,
+        1,
+    ),
     ("l4 3x3 512->512 @7", [BATCH, 512, 7, 7], 512, 3, 1, 1, 3),
-    ("l4.0.ds 1x1/2 256->512 @14", [BATCH, 256, 14, 14], 512, 1, 2, 0, 1),
+    (
+        "l4.0.ds 1x1/2 256->512 @14",
+        [BATCH, 256, 14, 14],
+        512,
+        1,
+        2,
+        0,
+        1,
+    ),
 ];
 
 /// candle's conv input gradient, as its `backprop.rs` computes it.
@@ -130,8 +183,6 @@ fn candle_dw(x: &Tensor, w: &Tensor, dy: &Tensor, stride: usize, pad: usize) -> 
     dw.narrow(2, 0, kh).unwrap().narrow(3, 0, kw).unwrap()
 }
 
-#[test]
-#[ignore = "benchmark: run in release with --nocapture"]
 fn bench_conv_ops() {
     lesion::alloc::tune();
     let reps = reps(5);
@@ -159,18 +210,16 @@ fn bench_conv_ops() {
         } else {
             interleaved_cpu(
                 reps,
-                &mut [
-                    &mut || sink(&candle_dx(&x, &w, &dy, s, p)),
-                    &mut || sink(&kernels::conv2d_grad_input(&dy, &w, s, p, (h, wd)).unwrap()),
-                ],
+                &mut [&mut || sink(&candle_dx(&x, &w, &dy, s, p)), &mut || {
+                    sink(&kernels::conv2d_grad_input(&dy, &w, s, p, (h, wd)).unwrap())
+                }],
             )
         };
         let dw = interleaved_cpu(
             reps,
-            &mut [
-                &mut || sink(&candle_dw(&x, &w, &dy, s, p)),
-                &mut || sink(&kernels::conv2d_grad_weight(&x, &dy, s, p, (k, k)).unwrap()),
-            ],
+            &mut [&mut || sink(&candle_dw(&x, &w, &dy, s, p)), &mut || {
+                sink(&kernels::conv2d_grad_weight(&x, &dy, s, p, (k, k)).unwrap())
+            }],
         );
         for (i, (what, (t, c))) in [("fwd", &fwd), ("dx", &dx), ("dw", &dw)]
             .into_iter()
@@ -208,8 +257,6 @@ const BNS: [(&str, [usize; 4], usize); 5] = [
     ("bn @7 x512", [BATCH, 512, 7, 7], 5),
 ];
 
-#[test]
-#[ignore = "benchmark: run in release with --nocapture"]
 fn bench_elementwise_ops() {
     lesion::alloc::tune();
     let reps = reps(5);
@@ -348,14 +395,14 @@ fn whole_network(what: &str, reps: usize, step: impl FnMut()) {
 }
 
 fn train_step(model: &ResNet18, adam: &mut Adam, x: &Tensor, y: &Tensor) {
-    let logits = model.forward_with(x, true, Some(model.trainable())).unwrap();
+    let logits = model
+        .forward_with(x, true, Some(model.trainable()))
+        .unwrap();
     let loss = lesion::ops::bce_with_logits(&logits, y).unwrap();
     let grads = loss.backward().unwrap();
     adam.step(&grads).unwrap();
 }
 
-#[test]
-#[ignore = "benchmark: run in release with --nocapture"]
 fn bench_network() {
     let reps = reps(3);
     let (x, y) = batch();
@@ -365,19 +412,15 @@ fn bench_network() {
     });
     for trainable in [Trainable::Layer3, Trainable::All] {
         let (_vm, model, mut adam) = network(trainable);
-        whole_network(
-            &format!("train step, trainable {trainable}"),
-            reps,
-            || train_step(&model, &mut adam, &x, &y),
-        );
+        whole_network(&format!("train step, trainable {trainable}"), reps, || {
+            train_step(&model, &mut adam, &x, &y)
+        });
     }
 }
 
 /// A few train steps with the kernels on, for a profiler (`perf record`):
 /// `PROFILE_TRAINABLE` (default layer3), `PROFILE_STEPS` (default 3), `PROFILE_EVAL=1` for
 /// eval forwards instead.
-#[test]
-#[ignore = "profiling target"]
 fn profile_steps() {
     lesion::alloc::tune();
     let trainable: Trainable = std::env::var("PROFILE_TRAINABLE")
@@ -399,5 +442,31 @@ fn profile_steps() {
             train_step(&model, &mut adam, &x, &y);
         }
         println!("step {:.3} s", start.elapsed().as_secs_f64());
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |name: &str| {
+        if args.is_empty() {
+            name != "profile"
+        } else {
+            args.iter().any(|a| a == name)
+        }
+    };
+    if wanted("conv") {
+        bench_conv_ops();
+    }
+    if wanted("elementwise") {
+        bench_elementwise_ops();
+    }
+    if wanted("network") {
+        bench_network();
+    }
+    if wanted("profile") {
+        profile_steps();
     }
 }
