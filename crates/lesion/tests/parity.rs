@@ -37,6 +37,11 @@ const GRAD_MIN: f64 = 1e-6;
 /// The notebook's learning rates: head, and layer4/layer3.
 const HEAD_LR: f64 = 1e-2;
 const BACKBONE_LR: f64 = 1e-3;
+/// How far apart, in units of lr, two Adam runs (betas 0.9/0.999) can put a weight after two
+/// steps whatever their gradients: the bias-corrected update is exactly lr * sign(g) at step
+/// 1 and at most 1.0014 * lr at step 2 (the maximum of |m_hat| / sqrt(v_hat) over g1/g2), so
+/// 2 * (1 + 1.0014). Reaching it takes opposite gradients at both steps.
+const ADAM_TWO_STEP_SPREAD: f64 = 4.003;
 
 /// For f32 gradients: bounds that isolated kink/tie flips stay within (measured worst:
 /// L2 3.2e-3 on `conv1.weight`, elementwise 1.7e-2 on `layer2.1.conv2.weight`), while a
@@ -329,6 +334,9 @@ fn adam_steps_match_pytorch() {
         &run.step1,
         chaotic(0.999, 1e-6),
     );
+    // f32 step 2: the 538 first-step sign flips of `layer4.0.conv1.weight` (see above) put
+    // those weights 2 * lr away and change the second gradient around them (measured: 54%
+    // within 1e-5, median 8.2e-6, max 3.6e-3); a wrong update would move the median to lr.
     check_adam(
         &f,
         &run,
@@ -336,7 +344,7 @@ fn adam_steps_match_pytorch() {
         &masks,
         "step2",
         &run.step2,
-        chaotic(0.0, f64::INFINITY),
+        chaotic(0.4, 5e-5),
     );
 }
 
@@ -346,7 +354,7 @@ enum Bound {
     /// Every element within 1e-5.
     Strict,
     /// At least `min_within` of the elements within 1e-5, median error at most `max_median`,
-    /// and no element further than 3 * lr (Adam moves a weight by about lr a step at most).
+    /// and no element further than [`ADAM_TWO_STEP_SPREAD`] * lr.
     Loose { min_within: f64, max_median: f64 },
 }
 
@@ -492,7 +500,7 @@ fn check_adam(
                     median <= max_median,
                     "{tag} {step} {name}: median {median:.3e}"
                 );
-                assert!(err <= 3.0 * BACKBONE_LR, "{tag} {step} {name}: {err:.3e}");
+                assert!(err <= ADAM_TWO_STEP_SPREAD * BACKBONE_LR, "{tag} {step} {name}: {err:.3e}");
             }
         }
     }
