@@ -41,6 +41,14 @@ train *args: build
 eval *args: build
     target/release/lesion-eval --run {{run}} --data {{prepared}} {{args}}
 
+# Classify images with runs/default (e.g. `just predict photos/ --explain heatmaps/`).
+predict *args: build
+    target/release/lesion-predict --run {{run}} {{args}}
+
+# Serve runs/default over HTTP with a web page at http://127.0.0.1:8080/.
+serve *args: build
+    target/release/lesion-serve --run {{run}} {{args}}
+
 # Whole pipeline on the synthetic dataset, offline: synth -> prep -> train -> eval.
 demo: build
     scripts/demo.sh
@@ -53,6 +61,18 @@ test *args:
 lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
+
+# Ours against PyTorch on this machine: train (2 recipes), inference, end to end; prints RATIO lines.
+bench *args:
+    scripts/bench.sh {{args}}
+
+# As `bench` without the end-to-end workload (training and inference throughput only).
+bench-train:
+    scripts/bench.sh --no-end-to-end
+
+# Micro-benchmarks of the CPU kernels against candle's ops (conv|elementwise|network|profile).
+bench-kernels *args:
+    cargo bench -p lesion --bench kernels -- {{args}}
 
 # Prep throughput on ../shared/data/isic2017-256 against the notebook's Pillow/torch prep.
 bench-prep: build

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bin=target/release
-for b in lesion-prep lesion-train lesion-eval; do
+for b in lesion-prep lesion-train lesion-eval lesion-predict lesion-serve; do
   [[ -x $bin/$b ]] || { cargo build --release --workspace; break; }
 done
 
@@ -30,15 +30,13 @@ echo "==> train: $prepared -> $run"
 "$bin/lesion-train" --data "$prepared" --out "$run" --weights none --trainable all \
   --lr-backbone 1e-3 --batch-size 32 --epochs 12 --patience 4 --monitor val_auc --force
 
-if [[ -x $bin/lesion-eval ]]; then
-  echo "==> eval: $run on the test split"
-  "$bin/lesion-eval" --run "$run" --data "$prepared" --force
-fi
+echo "==> eval: $run on the test split"
+"$bin/lesion-eval" --run "$run" --data "$prepared" --force
 
 echo
 echo "demo finished:"
 echo "  images:   $images"
 echo "  prepared: $prepared (manifest.json, samples.png)"
 echo "  run:      $run (config.json, history.csv, curves.png, best/last.safetensors)"
-[[ -f $run/eval-test/report.html ]] && echo "  report:   $run/eval-test/report.html"
-exit 0
+echo "  report:   $run/eval-test/report.html"
+echo "next: lesion-predict --run $run IMAGE...  or  lesion-serve --run $run (web page)"
