@@ -153,6 +153,39 @@ fn pool_plane(plane: &[f32], h: usize, w: usize, out: &mut [f32], mut idx: Optio
     }
 }
 
+/// [`pool_plane`] without the winners' indices (inference and frozen layers): a vertical
+/// max of the window's rows over the whole row, then a horizontal max of three, which the
+/// compiler vectorises, instead of a branch per element. Same values: the maximum (NaN if
+/// any element is NaN) does not depend on the order of comparison.
+fn pool_plane_values(plane: &[f32], h: usize, w: usize, out: &mut [f32], colmax: &mut [f32]) {
+    #[inline(always)]
+    fn max(a: f32, b: f32) -> f32 {
+        if beats(b, a) {
+            b
+        } else {
+            a
+        }
+    }
+    let (ho, wo) = (pooled_len(h), pooled_len(w));
+    for (oy, orow) in out.chunks_exact_mut(wo).enumerate().take(ho) {
+        let y0 = (2 * oy).saturating_sub(1);
+        let y1 = (2 * oy + 2).min(h);
+        colmax.copy_from_slice(&plane[y0 * w..(y0 + 1) * w]);
+        for y in y0 + 1..y1 {
+            for (m, &v) in colmax.iter_mut().zip(&plane[y * w..(y + 1) * w]) {
+                *m = max(*m, v);
+            }
+        }
+        for (ox, o) in orow.iter_mut().enumerate() {
+            let x0 = (2 * ox).saturating_sub(1);
+            let x1 = (2 * ox + 2).min(w);
+            *o = colmax[x0 + 1..x1]
+                .iter()
+                .fold(colmax[x0], |m, &v| max(m, v));
+        }
+    }
+}
+
 /// Forward max-pool; `saved` receives the winners' plane indices when set (the input
 /// tracks gradients), for [`MaxPool3x3s2p1Bwd`].
 struct MaxPool3x3s2p1 {
@@ -187,7 +220,10 @@ impl CustomOp1 for MaxPool3x3s2p1 {
                 .par_chunks_mut(ho * wo)
                 .zip(src.par_chunks(h * w))
                 .with_min_len(min_len)
-                .for_each(|(out, plane)| pool_plane(plane, h, w, out, None)),
+                .for_each_init(
+                    || vec![0f32; w],
+                    |colmax, (out, plane)| pool_plane_values(plane, h, w, out, colmax),
+                ),
         }
         Ok((CpuStorage::F32(dst), Shape::from((n, c, ho, wo))))
     }
@@ -439,6 +475,25 @@ mod tests {
             (1, 3, 15, 224),
         ] {
             check_forward(n, c, h, w);
+        }
+    }
+
+    #[test]
+    fn max_pool_propagates_nan_with_and_without_indices() {
+        let mut data = pseudo_random(2 * 5 * 6, 11);
+        data[8] = f32::NAN; // row 1, column 2 of the first plane
+        let x = Tensor::from_vec(data.clone(), (1, 2, 5, 6), &Device::Cpu).unwrap();
+        let var = Var::from_tensor(&x).unwrap();
+        for got in [
+            max_pool2d_3x3s2p1(&x).unwrap(),
+            max_pool2d_3x3s2p1(var.as_tensor()).unwrap(),
+        ] {
+            let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            // Windows (0,1) and (1,1) of the first 3x3 output plane contain (1,2).
+            let nan: Vec<usize> = (0..got.len()).filter(|&i| got[i].is_nan()).collect();
+            assert_eq!(nan, [1, 4]);
+            let (want, _) = naive_pool(&data, 1, 2, 5, 6);
+            assert_eq!(got[9..], want[9..], "second plane untouched");
         }
     }
 

@@ -500,7 +500,10 @@ fn check_adam(
                     median <= max_median,
                     "{tag} {step} {name}: median {median:.3e}"
                 );
-                assert!(err <= ADAM_TWO_STEP_SPREAD * BACKBONE_LR, "{tag} {step} {name}: {err:.3e}");
+                assert!(
+                    err <= ADAM_TWO_STEP_SPREAD * BACKBONE_LR,
+                    "{tag} {step} {name}: {err:.3e}"
+                );
             }
         }
     }
