@@ -15,7 +15,8 @@
 #
 # Environment:
 #   BENCH_REPEATS=3         runs of each side per workload (workloads 1-3)
-#   BENCH_ITERS=5           timed iterations per run (after BENCH_WARMUP=1 untimed)
+#   BENCH_ITERS=5           timed iterations per run, after BENCH_WARMUP=2 untimed ones (the
+#                           first steps of both sides grow their heaps and caches)
 #   BENCH_QUICK=1           smoke run: 1 repeat, 2 iterations, no end-to-end
 #   BENCH_THREADS=2         threads on both sides (RAYON/OMP/MKL_NUM_THREADS, torch, taskset)
 #   BENCH_BATCH=32 BENCH_SIZE=224
@@ -44,7 +45,7 @@ for arg in "$@"; do
 done
 
 repeats=${BENCH_REPEATS:-3}
-warmup=${BENCH_WARMUP:-1}
+warmup=${BENCH_WARMUP:-2}
 iters=${BENCH_ITERS:-5}
 threads=${BENCH_THREADS:-2}
 batch=${BENCH_BATCH:-32}

@@ -131,12 +131,17 @@ pub fn compiled_backends() -> Vec<&'static str> {
     backends
 }
 
-/// A one-line description for logs: `cpu (2 threads, avx2)`, `cuda:0`, `metal:0`.
+/// A one-line description for logs: `cpu (2 threads, avx512)`, `cuda:0`, `metal:0`.
 pub fn describe(device: &Device) -> String {
     match device.location() {
         DeviceLocation::Cpu => {
             let mut extras = vec![format!("{} threads", candle_core::utils::get_num_threads())];
-            if candle_core::utils::with_avx() {
+            // The widest SIMD found at run time: gemm (our convolutions) dispatches on it,
+            // whatever the compile-time target features.
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                extras.push("avx512".into());
+            } else if std::arch::is_x86_feature_detected!("avx2") {
                 extras.push("avx2".into());
             }
             if candle_core::utils::with_neon() {

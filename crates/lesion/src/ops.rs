@@ -99,64 +99,61 @@ fn beats(v: f32, best: f32) -> bool {
     v > best || v.is_nan()
 }
 
-/// Pools one `h x w` plane into `out` (`ho x wo`); with `idx`, also records the plane index
-/// of each window's winner.
-fn pool_plane(plane: &[f32], h: usize, w: usize, out: &mut [f32], mut idx: Option<&mut [u32]>) {
+/// Pools one `h x w` plane into `out` (`ho x wo`) and records in `idx` the plane index of
+/// each window's winner, as PyTorch picks it: scanning the window in row-major order, an
+/// element wins if strictly greater than the best so far or NaN (so the first maximum wins
+/// ties and the last NaN wins). Done in two passes that vectorise: per column, the vertical
+/// winner of the window's rows (`colmax`, `colarg`: its row), then per output the winner of
+/// its three columns, where row-major order means a smaller row wins a tie of values and a
+/// later (row, column) wins among NaNs.
+fn pool_plane(
+    plane: &[f32],
+    h: usize,
+    w: usize,
+    out: &mut [f32],
+    idx: &mut [u32],
+    colmax: &mut [f32],
+    colarg: &mut [u32],
+) {
     let (ho, wo) = (pooled_len(h), pooled_len(w));
-    // Output columns 1..ox_end see three in-image columns 2ox-1..=2ox+1.
-    let ox_end = if w >= 3 { (w - 3) / 2 + 1 } else { 1 }.clamp(1, wo);
-    for oy in 0..ho {
+    let rows = out.chunks_exact_mut(wo).zip(idx.chunks_exact_mut(wo));
+    for (oy, (orow, irow)) in rows.enumerate().take(ho) {
         let y0 = (2 * oy).saturating_sub(1);
         let y1 = (2 * oy + 2).min(h);
-        let orow = &mut out[oy * wo..(oy + 1) * wo];
-        // Border columns (and any column of a short plane): the general window.
-        let general = |ox: usize| {
+        colmax.copy_from_slice(&plane[y0 * w..(y0 + 1) * w]);
+        colarg.fill(y0 as u32);
+        for y in y0 + 1..y1 {
+            let row = &plane[y * w..(y + 1) * w];
+            for ((m, a), &v) in colmax.iter_mut().zip(colarg.iter_mut()).zip(row) {
+                let wins = beats(v, *m);
+                *m = if wins { v } else { *m };
+                *a = if wins { y as u32 } else { *a };
+            }
+        }
+        for (ox, (o, i)) in orow.iter_mut().zip(irow.iter_mut()).enumerate() {
             let x0 = (2 * ox).saturating_sub(1);
             let x1 = (2 * ox + 2).min(w);
-            let (mut best, mut at) = (f32::NEG_INFINITY, y0 * w + x0);
-            for y in y0..y1 {
-                for x in x0..x1 {
-                    let v = plane[y * w + x];
-                    if beats(v, best) {
-                        best = v;
-                        at = y * w + x;
-                    }
+            let (mut best, mut row, mut col) = (colmax[x0], colarg[x0], x0);
+            for x in x0 + 1..x1 {
+                let (v, r) = (colmax[x], colarg[x]);
+                let wins = if v.is_nan() {
+                    !best.is_nan() || r >= row
+                } else {
+                    !best.is_nan() && (v > best || (v == best && r < row))
+                };
+                if wins {
+                    (best, row, col) = (v, r, x);
                 }
             }
-            (best, at)
-        };
-        let mut put = |ox: usize, (v, at): (f32, usize)| {
-            orow[ox] = v;
-            if let Some(idx) = idx.as_deref_mut() {
-                idx[oy * wo + ox] = at as u32;
-            }
-        };
-        put(0, general(0));
-        let rows: Vec<&[f32]> = (y0..y1).map(|y| &plane[y * w..(y + 1) * w]).collect();
-        for ox in 1..ox_end {
-            let x0 = 2 * ox - 1;
-            let (mut best, mut at) = (f32::NEG_INFINITY, 0);
-            for (r, row) in rows.iter().enumerate() {
-                let t = &row[x0..x0 + 3];
-                for (j, &v) in t.iter().enumerate() {
-                    if beats(v, best) {
-                        best = v;
-                        at = (y0 + r) * w + x0 + j;
-                    }
-                }
-            }
-            put(ox, (best, at));
-        }
-        for ox in ox_end.max(1)..wo {
-            put(ox, general(ox));
+            *o = best;
+            *i = row * w as u32 + col as u32;
         }
     }
 }
 
-/// [`pool_plane`] without the winners' indices (inference and frozen layers): a vertical
-/// max of the window's rows over the whole row, then a horizontal max of three, which the
-/// compiler vectorises, instead of a branch per element. Same values: the maximum (NaN if
-/// any element is NaN) does not depend on the order of comparison.
+/// [`pool_plane`] without the winners' indices (inference and frozen layers), so without
+/// tie-breaking: the maximum (NaN if any element is NaN) does not depend on the order of
+/// comparison.
 fn pool_plane_values(plane: &[f32], h: usize, w: usize, out: &mut [f32], colmax: &mut [f32]) {
     #[inline(always)]
     fn max(a: f32, b: f32) -> f32 {
@@ -211,7 +208,12 @@ impl CustomOp1 for MaxPool3x3s2p1 {
                     .zip(idx.par_chunks_mut(ho * wo))
                     .zip(src.par_chunks(h * w))
                     .with_min_len(min_len)
-                    .for_each(|((out, idx), plane)| pool_plane(plane, h, w, out, Some(idx)));
+                    .for_each_init(
+                        || (vec![0f32; w], vec![0u32; w]),
+                        |(colmax, colarg), ((out, idx), plane)| {
+                            pool_plane(plane, h, w, out, idx, colmax, colarg)
+                        },
+                    );
                 if saved.set(idx).is_err() {
                     candle_core::bail!("{}: op applied twice", self.name());
                 }
@@ -423,7 +425,7 @@ mod tests {
                                 continue;
                             }
                             let i = p * h * w + y as usize * w + xx as usize;
-                            if best_i == usize::MAX || x[i] > best {
+                            if best_i == usize::MAX || x[i] > best || x[i].is_nan() {
                                 best = x[i];
                                 best_i = i;
                             }
@@ -495,6 +497,10 @@ mod tests {
             let (want, _) = naive_pool(&data, 1, 2, 5, 6);
             assert_eq!(got[9..], want[9..], "second plane untouched");
         }
+        // Both windows that hold the NaN send their gradient to it.
+        let g = vec![1f32; 18];
+        let dx = pool_grad(&data, (1, 2, 5, 6), &g, false);
+        assert_eq!(dx[8], 2.0);
     }
 
     #[test]
@@ -619,6 +625,25 @@ mod tests {
             .collect();
         let (_, arg) = naive_pool(&x, n, c, h, w);
         let g = pseudo_random(arg.len(), 10);
+        let mut want = vec![0f32; x.len()];
+        for (o, &i) in arg.iter().enumerate() {
+            want[i] += g[o];
+        }
+        assert_eq!(pool_grad(&x, shape, &g, false), want);
+    }
+
+    #[test]
+    fn max_pool_routes_to_the_last_nan_of_a_window() {
+        let shape @ (n, c, h, w) = (1, 2, 9, 12);
+        let mut x: Vec<f32> = pseudo_random(n * c * h * w, 12)
+            .iter()
+            .map(|v| (v * 1.5).round())
+            .collect();
+        for i in (0..x.len()).step_by(7) {
+            x[i] = f32::NAN;
+        }
+        let (_, arg) = naive_pool(&x, n, c, h, w);
+        let g = pseudo_random(arg.len(), 13);
         let mut want = vec![0f32; x.len()];
         for (o, &i) in arg.iter().enumerate() {
             want[i] += g[o];

@@ -154,20 +154,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(&cli) {
+    match run(&Cli::parse()) {
         Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            let code = err
-                .chain()
-                .find_map(|e| e.downcast_ref::<lesion::Error>())
-                .map_or(1, lesion::Error::exit_code);
-            ExitCode::from(code)
-        }
+        Err(err) => lesion::cli::finish(Err(err)),
     }
 }
 

@@ -219,18 +219,9 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => e.exit(),
     };
-    match run(action) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                eprintln!("caused by: {cause}");
-                source = cause.source();
-            }
-            ExitCode::from(e.exit_code())
-        }
-    }
+    lesion::cli::finish(
+        run(action).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
+    )
 }
 
 #[cfg(test)]

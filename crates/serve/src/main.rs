@@ -161,21 +161,7 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            let code = err
-                .chain()
-                .find_map(|e| e.downcast_ref::<lesion::Error>())
-                .map_or(1, lesion::Error::exit_code);
-            ExitCode::from(code)
-        }
-    }
+    lesion::cli::finish(run(&Cli::parse()))
 }
 
 #[cfg(test)]

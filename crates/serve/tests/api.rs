@@ -366,8 +366,46 @@ fn stalled_request(addr: std::net::SocketAddr) -> TcpStream {
     s
 }
 
+/// Posts small photos until one gets `status`, for at most 20 s.
+fn post_until(url: &str, status: u16) -> Reply {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = post(url, Some("image/jpeg"), &photo(0, 0));
+        if r.status == status {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never HTTP {status}: HTTP {}",
+            r.status
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
-fn concurrency_cap_and_request_timeout_answer_503() {
+fn concurrency_cap_answers_503_busy_until_the_slot_is_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_dir(dir.path(), 32);
+    let mut opts = options(&run);
+    opts.limits.max_concurrency = 1;
+    // Long enough that the stalled request cannot time out (and free its slot) while a
+    // loaded machine answers the probes.
+    opts.limits.request_timeout = Duration::from_secs(120);
+    let server = start(&opts);
+    let url = format!("{}/v1/predict", server.url());
+
+    let stalled = stalled_request(server.addr());
+    let busy = post_until(&url, 503);
+    assert_eq!(busy.error_code(), "busy");
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    // A client that goes away frees its slot.
+    drop(stalled);
+    post_until(&url, 200);
+}
+
+#[test]
+fn a_request_past_the_time_limit_answers_503_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let run = run_dir(dir.path(), 32);
     let mut opts = options(&run);
@@ -376,22 +414,7 @@ fn concurrency_cap_and_request_timeout_answer_503() {
     let server = start(&opts);
     let url = format!("{}/v1/predict", server.url());
 
-    let stalled = stalled_request(server.addr());
-    // Wait until the stalled request holds the only slot.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let busy = loop {
-        let r = post(&url, Some("image/jpeg"), &photo(0, 0));
-        if r.status == 503 {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "never busy: HTTP {}", r.status);
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(busy.error_code(), "busy");
-    assert_eq!(busy.header("retry-after"), Some("1"));
-
-    // The stalled request itself ends with a timeout answer.
-    let mut s = stalled;
+    let mut s = stalled_request(server.addr());
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut answer = String::new();
     let mut buf = [0u8; 4096];
@@ -402,21 +425,8 @@ fn concurrency_cap_and_request_timeout_answer_503() {
     }
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     drop(s);
-
     // The slot is free again.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = post(&url, Some("image/jpeg"), &photo(0, 0));
-        if r.status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "slot never freed: HTTP {}",
-            r.status
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    post_until(&url, 200);
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! chromedriver's WebDriver HTTP API uploads a photo through the file input and waits for
 //! the probability, the label and the heatmap. Saves /tmp/lesion-serve-screenshot.png.
 //!
-//! Uses a run with random weights unless `LESION_SERVE_RUN` names a trained one.
+//! Uses a run with random weights and a generated photo unless `LESION_SERVE_RUN` names a
+//! trained run and `LESION_SERVE_PHOTO` a photo (e.g. after `just demo`).
 
 mod common;
 
@@ -133,10 +134,17 @@ fn page_uploads_a_photo_and_shows_probability_label_and_heatmap() {
     let chromium = find_program(&["chromium", "chromium-browser", "google-chrome"])
         .expect("chromium is not installed (on Debian: apt-get install chromium chromium-driver)");
     let dir = tempfile::tempdir().unwrap();
-    let run = run_dir(dir.path(), 112);
+    let run = std::env::var_os("LESION_SERVE_RUN")
+        .map_or_else(|| run_dir(dir.path(), 112), PathBuf::from);
     let server = start(&options(&run));
-    let photo_path = dir.path().join("malignant_lesion.jpg");
-    std::fs::write(&photo_path, photo(1, 2)).unwrap();
+    let photo_path = match std::env::var_os("LESION_SERVE_PHOTO") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let p = dir.path().join("malignant_lesion.jpg");
+            std::fs::write(&p, photo(1, 2)).unwrap();
+            p
+        }
+    };
 
     let mut driver = start_driver();
     let profile = tempfile::tempdir().unwrap();
