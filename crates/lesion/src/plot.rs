@@ -153,9 +153,24 @@ fn draw_panel<DB: DrawingBackend, S: AsRef<str>>(
         .x_label_area_size(45)
         .y_label_area_size(65)
         .build_cartesian_2d(x0..x1, y0..y1)?;
-    chart
-        .configure_mesh()
-        .x_desc(panel.x_label)
+    let mut mesh = chart.configure_mesh();
+    // Epochs are counts: label them 1, 2, 3 rather than 1.0, 2.0, 3.0.
+    let integer_x = panel
+        .series
+        .iter()
+        .flat_map(|(_, p)| p.iter())
+        .all(|&(x, _)| x.fract() == 0.0);
+    let x_fmt = |x: &f64| {
+        if x.fract().abs() < 1e-9 {
+            format!("{x:.0}")
+        } else {
+            String::new()
+        }
+    };
+    if integer_x {
+        mesh.x_label_formatter(&x_fmt);
+    }
+    mesh.x_desc(panel.x_label)
         .y_desc(panel.y_label)
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 16))
