@@ -173,20 +173,34 @@ impl PhaseSplit {
     }
 }
 
-/// Decomposes im2col row `row` into (input channel, ky, kx) and its in-image output rows
-/// and columns.
-#[inline]
-fn row_geometry(g: &Geom, row: usize) -> (usize, usize, usize, Range<usize>, Range<usize>) {
+/// One im2col row: (input channel, ky, kx) and its in-image output rows and columns.
+/// The same for every sample, so computed once per row of a pass, not per sample (it
+/// divides, and small maps have many short rows).
+struct RowGeom {
+    ci: usize,
+    ky: usize,
+    kx: usize,
+    oys: Range<usize>,
+    oxs: Range<usize>,
+}
+
+fn row_geometry(g: &Geom, row: usize) -> RowGeom {
     let (ci, ky, kx) = (row / (g.kh * g.kw), row / g.kw % g.kh, row % g.kw);
     let oys = valid(g.ho, g.stride, ky, g.pad, g.h);
     let oxs = valid(g.wo, g.stride, kx, g.pad, g.w);
-    (ci, ky, kx, oys, oxs)
+    RowGeom {
+        ci,
+        ky,
+        kx,
+        oys,
+        oxs,
+    }
 }
 
 /// Fills one im2col row (`cols` long, zeros where the window reads padding) of one sample
 /// `x` (`[c, h, w]`; for strides above 1, rows split by [`PhaseSplit`]).
-fn fill_row(g: &Geom, split: &PhaseSplit, row: usize, x: &[f32], out: &mut [f32]) {
-    let (ci, ky, kx, oys, oxs) = row_geometry(g, row);
+fn fill_row(g: &Geom, split: &PhaseSplit, rg: &RowGeom, x: &[f32], out: &mut [f32]) {
+    let (ci, ky, kx, oys, oxs) = (rg.ci, rg.ky, rg.kx, rg.oys.clone(), rg.oxs.clone());
     let (wo, w, hw, s, pad) = (g.wo, g.w, g.h * g.w, g.stride, g.pad);
     if oys.len() < g.ho || oxs.len() < wo {
         // One call rather than one per output row.
@@ -228,8 +242,8 @@ fn fill_row(g: &Geom, split: &PhaseSplit, row: usize, x: &[f32], out: &mut [f32]
 /// Adds one im2col row of gradients (`cols` long) into one sample's input gradient `dx`
 /// (`[c, h, w]`, rows split by [`PhaseSplit`] for strides above 1): the adjoint of
 /// [`fill_row`].
-fn add_row(g: &Geom, split: &PhaseSplit, row: usize, src: &[f32], dx: &mut [f32]) {
-    let (ci, ky, kx, oys, oxs) = row_geometry(g, row);
+fn add_row(g: &Geom, split: &PhaseSplit, rg: &RowGeom, src: &[f32], dx: &mut [f32]) {
+    let (ci, ky, kx, oys, oxs) = (rg.ci, rg.ky, rg.kx, rg.oys.clone(), rg.oxs.clone());
     if oxs.is_empty() {
         return;
     }
@@ -260,8 +274,9 @@ fn im2col(xs: &[f32], g: &Geom, col: &mut [f32], parallel: bool) {
         xs
     };
     let fill = |(row, out): (usize, &mut [f32])| {
+        let rg = row_geometry(g, row);
         for (xb, o) in xs.chunks(g.x_len()).zip(out.chunks_mut(g.cols())) {
-            fill_row(g, &split, row, xb, o);
+            fill_row(g, &split, &rg, xb, o);
         }
     };
     let col = &mut col[..g.k() * ld];
@@ -277,11 +292,12 @@ fn im2col(xs: &[f32], g: &Geom, col: &mut [f32], parallel: bool) {
 fn col2im(dcol: &[f32], g: &Geom, dxs: &mut [f32], parallel: bool) {
     let (cols, ld) = (g.cols(), dxs.len() / g.x_len() * g.cols());
     let split = PhaseSplit::new(g);
+    let geoms: Vec<RowGeom> = (0..g.k()).map(|row| row_geometry(g, row)).collect();
     let add = |(i, dx): (usize, &mut [f32])| {
         let rows = |dx: &mut [f32]| {
-            for row in 0..g.k() {
+            for (row, rg) in geoms.iter().enumerate() {
                 let src = &dcol[row * ld + i * cols..row * ld + (i + 1) * cols];
-                add_row(g, &split, row, src, dx);
+                add_row(g, &split, rg, src, dx);
             }
         };
         if g.stride > 1 {
