@@ -4,13 +4,12 @@
 //! `shared/data/isic2017-256` at 112 px with its report opened in headless Chromium.
 
 mod common;
+#[path = "support/webdriver.rs"]
+mod webdriver;
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -20,6 +19,7 @@ use lesion::prep::{self, PrepOptions};
 use lesion::split::Split;
 use lesion::train::{self, Monitor, TrainConfig};
 use lesion::Error;
+use webdriver::Browser;
 
 // ---------------------------------------------------------------------------------------
 // Tiny data, shared by the fast tests
@@ -651,155 +651,12 @@ fn isic_chain_at_112_px_produces_every_file() {
     );
 }
 
-/// A chromedriver process, killed on drop.
-struct Driver {
-    child: Child,
-    base: String,
-    session: Option<String>,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        if let Some(s) = &self.session {
-            let _ = ureq::delete(&format!("{}/session/{s}", self.base)).call();
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn find_program(names: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|d| names.iter().map(move |n| d.join(n)))
-        .find(|p| p.is_file())
-}
-
-fn webdriver(method: &str, url: &str, body: Option<serde_json::Value>) -> serde_json::Value {
-    let req = ureq::request(method, url).timeout(Duration::from_secs(120));
-    let res = match body {
-        Some(b) => req
-            .set("Content-Type", "application/json")
-            .send_string(&b.to_string()),
-        None => req.call(),
-    };
-    let text = match res {
-        Ok(r) => r.into_string().unwrap(),
-        Err(ureq::Error::Status(code, r)) => {
-            panic!(
-                "WebDriver {method} {url}: HTTP {code}: {}",
-                r.into_string().unwrap_or_default()
-            )
-        }
-        Err(e) => panic!("WebDriver {method} {url}: {e}"),
-    };
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["value"].clone()
-}
-
-/// Standard base64 (as WebDriver's screenshot) to bytes.
-fn base64_decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => (c - b'A') as u32,
-            b'a'..=b'z' => (c - b'a' + 26) as u32,
-            b'0'..=b'9' => (c - b'0' + 52) as u32,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("not base64: {c}"),
-        }
-    };
-    let clean: Vec<u8> = s.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
-    let mut out = Vec::with_capacity(clean.len() / 4 * 3);
-    for chunk in clean.chunks(4) {
-        let pad = chunk.iter().filter(|&&c| c == b'=').count();
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= if c == b'=' { 0 } else { val(c) } << (18 - 6 * i);
-        }
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..3 - pad]);
-    }
-    out
-}
-
 #[test]
 #[ignore = "needs ../shared/data and chromium"]
 fn report_renders_in_headless_chromium() {
-    let chromium = find_program(&["chromium", "chromium-browser", "google-chrome"]).expect(
-        "chromium is not installed (on Debian: apt-get install chromium chromium-driver); \
-         this test opens report.html in a real browser",
-    );
-    let chromedriver = find_program(&["chromedriver"])
-        .expect("chromedriver is not installed (on Debian: apt-get install chromium-driver)");
     let report = fs::canonicalize(&isic_run().report).unwrap();
-
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(&chromedriver)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Drain chromedriver's stdout so that it never blocks on a full pipe.
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || for _ in BufReader::new(stdout).lines() {});
-    let mut driver = Driver {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        session: None,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = ureq::get(&format!("{}/status", driver.base))
-            .call()
-            .ok()
-            .and_then(|r| r.into_string().ok())
-            .is_some_and(|s| s.contains("\"ready\":true"));
-        if ready {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "chromedriver did not start on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-
-    let profile = tempfile::tempdir().unwrap();
-    let caps = serde_json::json!({
-        "capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": chromium.to_string_lossy(),
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync",
-                    format!("--user-data-dir={}", profile.path().display()),
-                    "--window-size=1366,900", "--hide-scrollbars"
-                ]
-            }
-        }}
-    });
-    let session = webdriver("POST", &format!("{}/session", driver.base), Some(caps));
-    let id = session["sessionId"].as_str().unwrap().to_string();
-    driver.session = Some(id.clone());
-    let s = format!("{}/session/{id}", driver.base);
-    webdriver(
-        "POST",
-        &format!("{s}/window/rect"),
-        Some(serde_json::json!({"width": 1366, "height": 900})),
-    );
-    webdriver(
-        "POST",
-        &format!("{s}/url"),
-        Some(serde_json::json!({"url": format!("file://{}", report.display())})),
-    );
+    let browser = Browser::start(1366, 900);
+    browser.open(&format!("file://{}", report.display()));
     let script = r#"
         const imgs = Array.from(document.images);
         return {
@@ -812,11 +669,7 @@ fn report_renders_in_headless_chromium() {
         };"#;
     let mut page = serde_json::Value::Null;
     for _ in 0..50 {
-        page = webdriver(
-            "POST",
-            &format!("{s}/execute/sync"),
-            Some(serde_json::json!({"script": script, "args": []})),
-        );
+        page = browser.execute(script);
         let all_done = page["images"]
             .as_array()
             .is_some_and(|a| a.iter().all(|i| i["complete"] == true));
@@ -849,8 +702,7 @@ fn report_renders_in_headless_chromium() {
     );
     assert_eq!(page["external"].as_array().unwrap().len(), 0, "{page}");
 
-    let shot = webdriver("GET", &format!("{s}/screenshot"), None);
-    let png = base64_decode(shot.as_str().unwrap());
+    let png = browser.screenshot();
     let img = image::load_from_memory(&png).unwrap().to_rgb8();
     assert!(
         img.width() >= 1000 && img.height() >= 600,
