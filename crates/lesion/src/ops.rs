@@ -286,11 +286,7 @@ impl CustomOp1 for MaxPool3x3s2p1Bwd<'_> {
 /// On CPU with f32 a custom op (threaded); elsewhere `where_cond` on `x > 0`.
 pub fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
-        if x.is_contiguous() {
-            x.apply_op1(Relu)
-        } else {
-            x.contiguous()?.apply_op1(Relu)
-        }
+        kernels::contiguous(x)?.apply_op1(Relu)
     } else {
         x.gt(0.0)?.where_cond(x, &x.zeros_like()?)
     }
@@ -312,8 +308,7 @@ impl CustomOp1 for Relu {
             .zip(src.par_chunks(RELU_CHUNK))
             .for_each(|(d, s)| {
                 for (d, &v) in d.iter_mut().zip(s) {
-                    // `v <= 0` is false for NaN, which propagates as in PyTorch.
-                    *d = if v <= 0.0 { 0.0 } else { v };
+                    *d = kernels::relu_f32(v);
                 }
             });
         Ok((CpuStorage::F32(dst), l.shape().clone()))
@@ -333,17 +328,7 @@ impl CustomOp1 for Relu {
 /// `grad * (out > 0)` for the output `out` of a ReLU (CPU f32, same shapes): the input
 /// gradient of any op that ends in PyTorch's ReLU.
 pub(crate) fn relu_backward(out: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
-    let grad = if grad.is_contiguous() {
-        grad.clone()
-    } else {
-        grad.contiguous()?
-    };
-    let out = if out.is_contiguous() {
-        out.clone()
-    } else {
-        out.contiguous()?
-    };
-    out.apply_op2_no_bwd(&grad, &ReluBwd)
+    kernels::contiguous(out)?.apply_op2_no_bwd(&kernels::contiguous(grad)?, &ReluBwd)
 }
 
 /// Arguments (relu output, output gradient) -> input gradient.
@@ -406,6 +391,7 @@ pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> candle_core::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::testutil::pseudo_random;
     use candle_core::{Device, Var};
 
     /// Straightforward PyTorch-semantics reference: -inf padding, first argmax wins.
@@ -437,18 +423,6 @@ mod tests {
             }
         }
         (out, arg)
-    }
-
-    fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 20000) as f32 / 10000.0 - 1.0
-            })
-            .collect()
     }
 
     fn check_forward(n: usize, c: usize, h: usize, w: usize) {

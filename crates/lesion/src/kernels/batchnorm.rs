@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{applies, contiguous, f32_slice};
+use super::{applies, contiguous, f32_slice, relu_f32};
 
 /// Elements per rayon task in the element-wise passes.
 const MIN_TASK: usize = 1 << 14;
@@ -107,9 +107,7 @@ fn normalise(
             let (m, a, b) = (mean[ch], scale[ch], shift[ch]);
             if relu {
                 for (o, &v) in o.iter_mut().zip(xp) {
-                    let t = (v - m) * a + b;
-                    // `t <= 0` is false for NaN, which propagates as in PyTorch.
-                    *o = if t <= 0.0 { 0.0 } else { t };
+                    *o = relu_f32((v - m) * a + b);
                 }
             } else {
                 for (o, &v) in o.iter_mut().zip(xp) {

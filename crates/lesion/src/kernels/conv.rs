@@ -19,7 +19,9 @@ use std::ops::Range;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{applies, contiguous, f32_slice, sgemm, split_even, with_scratch, Mat};
+use super::{
+    applies, contiguous, f32_slice, relu_f32, scale_shift, sgemm, split_even, with_scratch, Mat,
+};
 
 /// Number of sample groups the weight gradient is split into (at most one per sample): enough
 /// to keep a few threads busy, few enough that the per-group partial gradients stay small.
@@ -363,9 +365,7 @@ impl Affine {
         for ((plane, &a), &b) in y.chunks_mut(cols).zip(&self.scale).zip(&self.shift) {
             if self.relu {
                 for v in plane {
-                    let t = *v * a + b;
-                    // `t <= 0` is false for NaN, which propagates as in PyTorch.
-                    *v = if t <= 0.0 { 0.0 } else { t };
+                    *v = relu_f32(*v * a + b);
                 }
             } else {
                 for v in plane {
@@ -821,16 +821,7 @@ pub fn conv2d_affine(
         };
         contiguous(x)?.apply_op2_no_bwd(&contiguous(w)?, &op)
     } else {
-        let y = conv2d(x, w, stride, padding)?;
-        let o = scale.elem_count();
-        let y = y
-            .broadcast_mul(&scale.reshape((1, o, 1, 1))?)?
-            .broadcast_add(&shift.reshape((1, o, 1, 1))?)?;
-        if relu {
-            crate::ops::relu(&y)
-        } else {
-            Ok(y)
-        }
+        scale_shift(&conv2d(x, w, stride, padding)?, scale, shift, relu)
     }
 }
 

@@ -3,7 +3,7 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{applies, contiguous, f32_slice};
+use super::{applies, contiguous, f32_slice, relu_f32};
 
 const CHUNK: usize = 1 << 15;
 
@@ -32,9 +32,7 @@ impl CustomOp2 for AddRelu {
             .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
             .for_each(|(o, (a, b))| {
                 for i in 0..o.len() {
-                    let t = a[i] + b[i];
-                    // `t <= 0` is false for NaN, which propagates as in PyTorch.
-                    o[i] = if t <= 0.0 { 0.0 } else { t };
+                    o[i] = relu_f32(a[i] + b[i]);
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))

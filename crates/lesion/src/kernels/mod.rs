@@ -79,6 +79,17 @@ pub(crate) fn applies(t: &Tensor) -> bool {
     enabled() && t.device().is_cpu() && t.dtype() == DType::F32
 }
 
+/// PyTorch's ReLU of one value: `t <= 0` is false for NaN, which propagates.
+#[inline(always)]
+pub(crate) fn relu_f32(t: f32) -> f32 {
+    if t <= 0.0 {
+        0.0
+    } else {
+        t
+    }
+}
+
+/// `t` itself if contiguous (a cheap clone), else a contiguous copy.
 pub(crate) fn contiguous(t: &Tensor) -> candle_core::Result<Tensor> {
     if t.is_contiguous() {
         Ok(t.clone())
