@@ -9,6 +9,7 @@ use std::path::Path;
 
 use image::imageops::FilterType;
 use image::RgbImage;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -30,6 +31,60 @@ const MARKS: [RGBColor; 3] = [
 const LIGHT_GRID: RGBColor = RGBColor(238, 238, 238);
 const FN_COLOR: RGBColor = RGBColor(214, 39, 40);
 const FP_COLOR: RGBColor = RGBColor(255, 127, 14);
+
+/// A chart on unit-scaled axes, as ROC, PR and the reliability diagram draw.
+type Chart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A line of `width` px with its legend entry.
+fn line(
+    chart: &mut Chart<'_, '_>,
+    points: Vec<(f64, f64)>,
+    color: RGBColor,
+    width: u32,
+    label: impl Into<String>,
+) -> DrawResult {
+    chart
+        .draw_series(LineSeries::new(points, color.stroke_width(width)))?
+        .label(label)
+        .legend(move |(x, y)| {
+            PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
+        });
+    Ok(())
+}
+
+/// The operating points at `at(mark)`, each with its legend entry `label(mark)`.
+fn operating_points(
+    chart: &mut Chart<'_, '_>,
+    marks: &[Mark],
+    at: impl Fn(&Mark) -> (f64, f64),
+    label: impl Fn(&Mark) -> String,
+) -> DrawResult {
+    for m in marks {
+        let c = m.rgb();
+        let p = at(m);
+        chart
+            .draw_series([
+                Circle::new(p, 7, c.filled()),
+                Circle::new(p, 7, BLACK.stroke_width(1)),
+            ])?
+            .label(label(m))
+            .legend(move |(x, y)| Circle::new((x + 10, y), 6, c.filled()));
+    }
+    Ok(())
+}
+
+/// The legend box, at `position`.
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, position: SeriesLabelPosition) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font((font_family(), 14))
+        .draw()?;
+    Ok(())
+}
 
 fn white(w: u32, h: u32) -> Vec<u8> {
     vec![255u8; (w * h * 3) as usize]
@@ -95,49 +150,32 @@ pub fn roc(curve: &RocCurve, auc: f64, marks: &[Mark], path: &Path) -> Result<()
                 .axis_desc_style((font, 16))
                 .light_line_style(LIGHT_GRID)
                 .draw()?;
-            chart
-                .draw_series(LineSeries::new(
-                    [(0.0, 0.0), (1.0, 1.0)],
-                    CHANCE.stroke_width(1),
-                ))?
-                .label("chance")
-                .legend(|(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], CHANCE.stroke_width(1))
-                });
+            line(
+                &mut chart,
+                vec![(0.0, 0.0), (1.0, 1.0)],
+                CHANCE,
+                1,
+                "chance",
+            )?;
             let pts: Vec<(f64, f64)> = curve
                 .fpr
                 .iter()
                 .copied()
                 .zip(curve.tpr.iter().copied())
                 .collect();
-            chart
-                .draw_series(LineSeries::new(pts, CURVE.stroke_width(3)))?
-                .label(format!("model (AUC {auc:.3})"))
-                .legend(|(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], CURVE.stroke_width(3))
-                });
-            for m in marks {
-                let c = m.rgb();
-                let p = (1.0 - m.specificity, m.sensitivity);
-                chart
-                    .draw_series([
-                        Circle::new(p, 7, c.filled()),
-                        Circle::new(p, 7, BLACK.stroke_width(1)),
-                    ])?
-                    .label(format!(
+            line(&mut chart, pts, CURVE, 3, format!("model (AUC {auc:.3})"))?;
+            operating_points(
+                &mut chart,
+                marks,
+                |m| (1.0 - m.specificity, m.sensitivity),
+                |m| {
+                    format!(
                         "{}: sens {:.2}, spec {:.2}",
                         m.label, m.sensitivity, m.specificity
-                    ))
-                    .legend(move |(x, y)| Circle::new((x + 10, y), 6, c.filled()));
-            }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.9))
-                .border_style(BLACK)
-                .label_font((font, 14))
-                .draw()?;
-            Ok(())
+                    )
+                },
+            )?;
+            legend(&mut chart, SeriesLabelPosition::LowerRight)
         },
     )
 }
@@ -166,15 +204,13 @@ pub fn pr(curve: &PrCurve, ap: f64, prevalence: f64, marks: &[Mark], path: &Path
                 .axis_desc_style((font, 16))
                 .light_line_style(LIGHT_GRID)
                 .draw()?;
-            chart
-                .draw_series(LineSeries::new(
-                    [(0.0, prevalence), (1.0, prevalence)],
-                    CHANCE.stroke_width(1),
-                ))?
-                .label(format!("chance (prevalence {prevalence:.3})"))
-                .legend(|(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], CHANCE.stroke_width(1))
-                });
+            line(
+                &mut chart,
+                vec![(0.0, prevalence), (1.0, prevalence)],
+                CHANCE,
+                1,
+                format!("chance (prevalence {prevalence:.3})"),
+            )?;
             // matplotlib's drawstyle="steps-post" over scikit-learn's arrays.
             let mut pts = Vec::with_capacity(2 * curve.recall.len());
             for i in 0..curve.recall.len() {
@@ -183,34 +219,19 @@ pub fn pr(curve: &PrCurve, ap: f64, prevalence: f64, marks: &[Mark], path: &Path
                 }
                 pts.push((curve.recall[i], curve.precision[i]));
             }
-            chart
-                .draw_series(LineSeries::new(pts, CURVE.stroke_width(3)))?
-                .label(format!("model (AP {ap:.3})"))
-                .legend(|(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], CURVE.stroke_width(3))
-                });
-            for m in marks {
-                let c = m.rgb();
-                let p = (m.sensitivity, m.precision);
-                chart
-                    .draw_series([
-                        Circle::new(p, 7, c.filled()),
-                        Circle::new(p, 7, BLACK.stroke_width(1)),
-                    ])?
-                    .label(format!(
+            line(&mut chart, pts, CURVE, 3, format!("model (AP {ap:.3})"))?;
+            operating_points(
+                &mut chart,
+                marks,
+                |m| (m.sensitivity, m.precision),
+                |m| {
+                    format!(
                         "{}: recall {:.2}, precision {:.2}",
                         m.label, m.sensitivity, m.precision
-                    ))
-                    .legend(move |(x, y)| Circle::new((x + 10, y), 6, c.filled()));
-            }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerLeft)
-                .background_style(WHITE.mix(0.9))
-                .border_style(BLACK)
-                .label_font((font, 14))
-                .draw()?;
-            Ok(())
+                    )
+                },
+            )?;
+            legend(&mut chart, SeriesLabelPosition::LowerLeft)
         },
     )
 }
@@ -352,26 +373,19 @@ pub fn calibration(cal: &Calibration, path: &Path) -> Result<()> {
                 .axis_desc_style((font, 16))
                 .light_line_style(LIGHT_GRID)
                 .draw()?;
-            chart
-                .draw_series(LineSeries::new(
-                    [(0.0, 0.0), (1.0, 1.0)],
-                    CHANCE.stroke_width(1),
-                ))?
-                .label("perfect calibration")
-                .legend(|(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], CHANCE.stroke_width(1))
-                });
+            line(
+                &mut chart,
+                vec![(0.0, 0.0), (1.0, 1.0)],
+                CHANCE,
+                1,
+                "perfect calibration",
+            )?;
             let used: Vec<_> = cal.bins.iter().filter(|b| b.count > 0).collect();
             let pts: Vec<(f64, f64)> = used
                 .iter()
                 .map(|b| (b.mean_predicted, b.observed_frequency))
                 .collect();
-            chart
-                .draw_series(LineSeries::new(pts.clone(), CURVE.stroke_width(2)))?
-                .label("model (non-empty bins)")
-                .legend(|(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], CURVE.stroke_width(2))
-                });
+            line(&mut chart, pts.clone(), CURVE, 2, "model (non-empty bins)")?;
             // Marker area grows with the bin's count, so a bin of one image does not look
             // as trustworthy as a bin of hundreds.
             let most = used.iter().map(|b| b.count).max().unwrap_or(1).max(1) as f64;
@@ -392,13 +406,7 @@ pub fn calibration(cal: &Calibration, path: &Path) -> Result<()> {
                     label.clone(),
                 )
             }))?;
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.9))
-                .border_style(BLACK)
-                .label_font((font, 14))
-                .draw()?;
+            legend(&mut chart, SeriesLabelPosition::LowerRight)?;
 
             let max = cal.bins.iter().map(|b| b.count).max().unwrap_or(1).max(1) as f64;
             let mut hist = ChartBuilder::on(&bottom)
