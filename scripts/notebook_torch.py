@@ -67,6 +67,23 @@ class RandomCenterCropResize:
         return img
 
 
+def notebook_transforms():
+    """(train, val/test) transforms of the notebook. The leading Resize is a no-op on the
+    notebook's 224x224 images."""
+    resize = T.Resize((SIZE, SIZE), interpolation=T.InterpolationMode.BILINEAR)
+    train_tf = T.Compose([
+        resize,
+        RandomCenterCropResize(crop_size=112, resize_size=SIZE, p=0.5),
+        T.RandomRotation(30),
+        T.RandomVerticalFlip(0.2),
+        T.RandomHorizontalFlip(0.2),
+        T.ToTensor(),
+        T.Normalize(MEAN, STD),
+    ])
+    plain_tf = T.Compose([resize, T.ToTensor(), T.Normalize(MEAN, STD)])
+    return train_tf, plain_tf
+
+
 def list_images(root):
     """(path, label) for every file of Benign/ (0) and Malignant/ (1), sorted by name."""
     items = []
@@ -169,18 +186,8 @@ def main():
     print(f"images: {len(items)} (train {len(train)}, val {len(val)}, test {len(test)})",
           flush=True)
 
-    # 2. Prep, once. The leading Resize is a no-op on the notebook's 224x224 images.
-    resize = T.Resize((SIZE, SIZE), interpolation=T.InterpolationMode.BILINEAR)
-    train_tf = T.Compose([
-        resize,
-        RandomCenterCropResize(crop_size=112, resize_size=SIZE, p=0.5),
-        T.RandomRotation(30),
-        T.RandomVerticalFlip(0.2),
-        T.RandomHorizontalFlip(0.2),
-        T.ToTensor(),
-        T.Normalize(MEAN, STD),
-    ])
-    plain_tf = T.Compose([resize, T.ToTensor(), T.Normalize(MEAN, STD)])
+    # 2. Prep, once.
+    train_tf, plain_tf = notebook_transforms()
     x_train, y_train = to_tensors(train, train_tf)
     x_val, y_val = to_tensors(val, plain_tf)
     x_test, y_test = to_tensors(test, plain_tf)
