@@ -26,7 +26,6 @@ use std::fs;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::Load as _;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use image::RgbImage;
@@ -183,7 +182,7 @@ impl Predictor {
         };
 
         let resize = resize_policy(&config, run_dir, &mut warnings);
-        let tensors = load_model_tensors(&checkpoint, device)?;
+        let tensors = checkpoint::load_model(&checkpoint, device)?;
         let model = ResNet18::from_tensors(tensors, device, config.train.head_dropout as f32)
             .map_err(|e| Error::BadArtifact {
                 path: checkpoint.clone(),
@@ -433,25 +432,6 @@ impl Predictor {
             cam,
         }
     }
-}
-
-/// The model's tensors of a checkpoint, without its optimizer state (two thirds of the
-/// file), so that a long-running server does not keep memory it never uses.
-fn load_model_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |reason: String| Error::Safetensors {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-    let mut out = HashMap::new();
-    for spec in model::param_specs() {
-        // Missing names are reported by `ResNet18::from_tensors`, with the name.
-        if let Ok(view) = st.tensor(&spec.name) {
-            out.insert(spec.name.clone(), view.load(device)?);
-        }
-    }
-    Ok(out)
 }
 
 /// Rejects a config.json that the model cannot use, naming the file.

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use candle_core::safetensors::Load as _;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -69,13 +70,17 @@ pub fn save(path: &Path, tensors: &HashMap<String, Tensor>, state: &TrainState) 
     write_atomic(path, &bytes)
 }
 
+fn bad_file(path: &Path) -> impl Fn(String) -> Error + '_ {
+    move |reason| Error::Safetensors {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
 /// Reads a checkpoint written by [`save`]; tensors are placed on `device`.
 pub fn load(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, TrainState)> {
     let bytes = std::fs::read(path).with_path(path)?;
-    let bad = |reason: String| Error::Safetensors {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let bad = bad_file(path);
     let (_, header) =
         safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
     let state_json = header
@@ -93,6 +98,23 @@ pub fn load(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, Tr
     }
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
     Ok((tensors, state))
+}
+
+/// Only the model's tensors of a checkpoint (any safetensors file with torchvision names),
+/// without the optimizer state (two thirds of a training checkpoint), so that a
+/// long-running server does not keep memory it never uses. Missing names are left to
+/// [`crate::model::ResNet18::from_tensors`], which reports them by name.
+pub fn load_model(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let bytes = std::fs::read(path).with_path(path)?;
+    let st =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad_file(path)(e.to_string()))?;
+    let mut out = HashMap::new();
+    for spec in crate::model::param_specs() {
+        if let Ok(view) = st.tensor(&spec.name) {
+            out.insert(spec.name.clone(), view.load(device)?);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
