@@ -19,6 +19,7 @@ use std::ops::Range;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::winograd;
 use super::{
     applies, contiguous, f32_slice, relu_f32, scale_shift, sgemm, split_even, with_scratch, Mat,
 };
@@ -387,7 +388,7 @@ struct Plan {
 }
 
 /// Tuning knobs, read once (development only).
-fn knob(name: &str, default: usize) -> usize {
+pub(super) fn knob(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -406,7 +407,7 @@ fn min_tasks_per_thread() -> usize {
 
 /// Whether `tasks` independent tasks keep the pool busy enough to run them in parallel
 /// rather than parallelising inside each.
-fn outer_parallel(tasks: usize) -> bool {
+pub(super) fn outer_parallel(tasks: usize) -> bool {
     tasks >= min_tasks_per_thread() * rayon::current_num_threads()
 }
 
@@ -448,6 +449,14 @@ fn run_pieces(
 
 fn forward(x: &[f32], wt: &[f32], g: &Geom, epilogue: Option<&Affine>) -> Vec<f32> {
     let (k, cols, x_len, y_len) = (g.k(), g.cols(), g.x_len(), g.y_len());
+    if winograd::suits(g.kh, g.kw, g.stride, g.pad) {
+        let kernel = winograd::Kernel::forward(wt, g.o, g.c);
+        return winograd::conv3x3(x, g.n, (g.h, g.w), &kernel, |yb| {
+            if let Some(e) = epilogue {
+                e.apply(yb, cols);
+            }
+        });
+    }
     let plan = g.plan();
     let par = !plan.outer;
     let w = Mat::rows(wt, k);
@@ -481,6 +490,10 @@ fn forward(x: &[f32], wt: &[f32], g: &Geom, epilogue: Option<&Affine>) -> Vec<f3
 
 fn backward_input(dy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
     let (k, cols, x_len, y_len) = (g.k(), g.cols(), g.x_len(), g.y_len());
+    if winograd::suits(g.kh, g.kw, g.stride, g.pad) {
+        let kernel = winograd::Kernel::input_grad(wt, g.o, g.c);
+        return winograd::conv3x3(dy, g.n, (g.h, g.w), &kernel, |_| {});
+    }
     let plan = g.plan();
     let par = !plan.outer;
     let wt_t = Mat::rows_t(wt, k);
@@ -513,6 +526,10 @@ fn backward_input(dy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
 }
 
 fn backward_weight(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
+    if winograd::suits(g.kh, g.kw, g.stride, g.pad) && winograd::pays_for_weight_grad(g.h, g.w) {
+        let channels = (g.c, g.o);
+        return winograd::grad_weight(x, dy, g.n, channels, (g.h, g.w), WGRAD_GROUPS);
+    }
     let (k, cols, x_len, y_len) = (g.k(), g.cols(), g.x_len(), g.y_len());
     let w_len = g.o * k;
     let plan = g.plan();

@@ -6,9 +6,10 @@
 //! beta, statistics, folded scale/shift) are `[c]`.
 //!
 //! - [`conv2d`]: convolution without bias (any kernel size, stride, zero padding; no groups
-//!   or dilation). Forward as per-sample im2col + gemm, input gradient as gemm + col2im,
-//!   weight gradient as gemm against the input's im2col; 1x1 stride-1 convolutions skip the
-//!   im2col. [`conv2d_affine`] adds a per-channel scale/shift (+ ReLU) epilogue for
+//!   or dilation). 3x3 stride-1 padding-1 convolutions go through Winograd F(2x2, 3x3)
+//!   (`winograd.rs`; `LESION_WINOGRAD=0` turns it off); the others: forward as per-sample
+//!   im2col + gemm, input gradient as gemm + col2im, weight gradient as gemm against the
+//!   input's im2col; 1x1 stride-1 convolutions skip the im2col. [`conv2d_affine`] adds a per-channel scale/shift (+ ReLU) epilogue for
 //!   inference (a BatchNorm folded into the convolution).
 //! - [`batch_norm_train`]: BatchNorm with batch statistics, optionally fused with the ReLU
 //!   after it, with a closed-form backward; returns the batch mean and biased variance for
@@ -30,6 +31,7 @@
 mod batchnorm;
 mod conv;
 mod elementwise;
+mod winograd;
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU8, Ordering};
