@@ -162,6 +162,7 @@ impl PreparedDataset {
                             norm.std,
                             &mut images[k * per..(k + 1) * per],
                         );
+                        shard.release(r);
                         label_u8.push(shard.labels()[r]);
                         source_index.push(shard.source_index()[r]);
                     }

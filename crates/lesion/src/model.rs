@@ -262,6 +262,17 @@ impl BatchNorm2d {
 
     /// BatchNorm, then ReLU when `relu` (fused on CPU).
     pub fn forward_act(&self, x: &Tensor, mode: Mode, relu: bool) -> Result<Tensor> {
+        self.forward_act_impl(x, mode, relu, false)
+    }
+
+    /// [`BatchNorm2d::forward_act`] that may overwrite `x` (a fresh activation the caller
+    /// gives up): in train mode without gradients (frozen layers), the normalisation runs in
+    /// place instead of allocating a second activation.
+    fn forward_act_owned(&self, x: Tensor, mode: Mode, relu: bool) -> Result<Tensor> {
+        self.forward_act_impl(&x, mode, relu, true)
+    }
+
+    fn forward_act_impl(&self, x: &Tensor, mode: Mode, relu: bool, owned: bool) -> Result<Tensor> {
         let (n, _, h, w) = x.dims4()?;
         if !mode.train {
             let (scale, shift) = self.folded(mode)?;
@@ -276,7 +287,11 @@ impl BatchNorm2d {
             )));
         }
         let (gamma, beta) = (weight(&self.weight, mode), weight(&self.bias, mode));
-        let (y, stats) = kernels::batch_norm_train(x, &gamma, &beta, BN_EPS, relu)?;
+        let (y, stats) = if owned && !mode.grad && !x.track_op() {
+            kernels::batch_norm_train_in_place(x.clone(), &gamma, &beta, BN_EPS, relu)?
+        } else {
+            kernels::batch_norm_train(x, &gamma, &beta, BN_EPS, relu)?
+        };
         self.update_running_stats(&stats.mean, &stats.var, count)?;
         Ok(y)
     }
@@ -350,7 +365,7 @@ impl ConvBn {
             return self.conv.forward_affine(x, mode, (&scale, &shift), relu);
         }
         self.bn
-            .forward_act(&self.conv.forward_mode(x, mode)?, mode, relu)
+            .forward_act_owned(self.conv.forward_mode(x, mode)?, mode, relu)
     }
 
     pub fn bn(&self) -> &BatchNorm2d {

@@ -329,6 +329,34 @@ impl Shard {
         &self.map[start..start + per]
     }
 
+    /// Drops row `i`'s pages from this process's resident set (they stay in the page cache;
+    /// reading the row again maps them back). A loader that has copied a row calls this, so
+    /// that a pass over a dataset does not grow the process's RSS by the dataset's size. Only
+    /// pages wholly inside the row are dropped; errors are ignored (it is advice).
+    pub fn release(&self, i: usize) {
+        // The smallest page size of the platforms we build for; on a system with larger
+        // pages the misaligned advice fails and is ignored.
+        const PAGE: usize = if cfg!(target_os = "macos") {
+            16384
+        } else {
+            4096
+        };
+        let per = self.meta.image_bytes();
+        let start = self.images.start + i * per;
+        let (lo, hi) = (start.next_multiple_of(PAGE), (start + per) / PAGE * PAGE);
+        if hi <= lo {
+            return;
+        }
+        // SAFETY: the mapping is read-only and backed by a file that is never modified (see
+        // the type's docs), so dropped pages read back with the same contents, and slices
+        // borrowed from the mapping stay valid.
+        #[cfg(unix)]
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo)
+        };
+    }
+
     /// All rows' images, `[n, 3, S, S]`.
     pub fn images(&self) -> &[u8] {
         &self.map[self.images.clone()]
@@ -382,6 +410,30 @@ mod tests {
         let t = st.tensor("source_index").unwrap();
         assert_eq!(t.dtype(), Dtype::U32);
         assert_eq!(&t.data()[4..8], &70_000u32.to_le_bytes());
+    }
+
+    #[test]
+    fn released_rows_read_back_unchanged() {
+        // 48x48 rows are 6912 bytes, so each holds at least one whole page to drop.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.safetensors");
+        let (side, count) = (48, 4);
+        let per = 3 * side * side;
+        let meta = ShardMeta {
+            split: Split::Train,
+            view: 0,
+            image_size: side as u32,
+            count,
+        };
+        let images: Vec<u8> = (0..count * per).map(|i| (i * 13 % 251) as u8).collect();
+        write_shard(&path, meta, &images, &[0, 1, 0, 1], &[0, 1, 2, 3]).unwrap();
+        let shard = Shard::open(&path).unwrap();
+        for i in 0..count {
+            let before = shard.image(i).to_vec();
+            shard.release(i);
+            assert_eq!(shard.image(i), &before[..]);
+            assert_eq!(shard.image(i), &images[i * per..(i + 1) * per]);
+        }
     }
 
     #[test]

@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, Layout, Tensor};
 
-pub use batchnorm::{batch_norm_train, scale_shift, BatchStats};
+pub use batchnorm::{batch_norm_train, batch_norm_train_in_place, scale_shift, BatchStats};
 pub use conv::{conv2d, conv2d_affine, conv2d_grad_input, conv2d_grad_weight};
 pub use elementwise::add_relu;
 
