@@ -424,7 +424,7 @@ impl Geom {
 }
 
 /// `buf` cut into the pieces of `chunks` (sample ranges), `per` elements a sample.
-fn pieces<'a>(
+pub(super) fn pieces<'a>(
     mut buf: &'a mut [f32],
     chunks: &[Range<usize>],
     per: usize,
@@ -438,7 +438,7 @@ fn pieces<'a>(
     out
 }
 
-fn run_pieces(
+pub(super) fn run_pieces(
     pieces: Vec<(Range<usize>, &mut [f32])>,
     outer: bool,
     f: impl Fn(Range<usize>, &mut [f32]) + Sync + Send,

@@ -25,7 +25,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::conv::outer_parallel;
+use super::conv::{outer_parallel, pieces, run_pieces};
 use super::{sgemm, split_even, with_scratch, Mat};
 
 /// Tiles (over the samples of a chunk) handled by one set of 16 gemms: wide enough for gemm
@@ -299,18 +299,7 @@ pub(super) fn conv3x3(
             each_sample(yb);
         }
     };
-    let mut pieces = Vec::with_capacity(chunks.len());
-    let mut rest = y.as_mut_slice();
-    for r in &chunks {
-        let (head, tail) = std::mem::take(&mut rest).split_at_mut(r.len() * y_len);
-        pieces.push((r.clone(), head));
-        rest = tail;
-    }
-    if outer {
-        pieces.into_par_iter().for_each(|(r, ys)| run(r, ys));
-    } else {
-        pieces.into_iter().for_each(|(r, ys)| run(r, ys));
-    }
+    run_pieces(pieces(&mut y, &chunks, y_len), outer, run);
     y
 }
 
