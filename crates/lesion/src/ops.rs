@@ -499,6 +499,16 @@ mod tests {
         assert_eq!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
     }
 
+    /// The reference input gradient: each output's gradient `g[o]` added to its window's
+    /// winner `arg[o]` (from [`naive_pool`]), over an input of `len` elements.
+    fn routed(arg: &[usize], g: &[f32], len: usize) -> Vec<f32> {
+        let mut want = vec![0f32; len];
+        for (&i, &go) in arg.iter().zip(g) {
+            want[i] += go;
+        }
+        want
+    }
+
     /// Gradient of `sum(pool(x) * g)` w.r.t. x, from the CPU op or the composed fallback.
     fn pool_grad(
         x: &[f32],
@@ -556,10 +566,7 @@ mod tests {
         let x = pseudo_random(n * c * h * w, 3);
         let (_, arg) = naive_pool(&x, n, c, h, w);
         let g = pseudo_random(arg.len(), 5);
-        let mut want = vec![0f32; x.len()];
-        for (o, &i) in arg.iter().enumerate() {
-            want[i] += g[o];
-        }
+        let want = routed(&arg, &g, x.len());
         let got = pool_grad(&x, shape, &g, false);
         assert_eq!(got, want);
         let composed = pool_grad(&x, shape, &g, true);
@@ -599,10 +606,7 @@ mod tests {
             .collect();
         let (_, arg) = naive_pool(&x, n, c, h, w);
         let g = pseudo_random(arg.len(), 10);
-        let mut want = vec![0f32; x.len()];
-        for (o, &i) in arg.iter().enumerate() {
-            want[i] += g[o];
-        }
+        let want = routed(&arg, &g, x.len());
         assert_eq!(pool_grad(&x, shape, &g, false), want);
     }
 
@@ -618,10 +622,7 @@ mod tests {
         }
         let (_, arg) = naive_pool(&x, n, c, h, w);
         let g = pseudo_random(arg.len(), 13);
-        let mut want = vec![0f32; x.len()];
-        for (o, &i) in arg.iter().enumerate() {
-            want[i] += g[o];
-        }
+        let want = routed(&arg, &g, x.len());
         assert_eq!(pool_grad(&x, shape, &g, false), want);
     }
 
