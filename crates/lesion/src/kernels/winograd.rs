@@ -32,17 +32,35 @@ use super::{sgemm, split_even, with_scratch, Mat};
 /// to run near its peak, small enough that `V` and `M` stay in the last-level cache.
 const TARGET_TILES: usize = 128;
 
-/// Whether a convolution with these parameters takes the Winograd path: 3x3, stride 1,
-/// padding 1 (output as large as the input), unless `LESION_WINOGRAD=0` (or `off`).
-pub(super) fn suits(kh: usize, kw: usize, stride: usize, pad: usize) -> bool {
+/// Whether a convolution of `n` samples of `h x w` takes the Winograd path: 3x3, stride 1,
+/// padding 1 (output as large as the input), enough work for the saved multiplications to pay
+/// for transforming the kernel on every call, and not `LESION_WINOGRAD=0` (or `off`).
+///
+/// The saving is `n * (9 h w - 16 tiles)` multiply-adds per kernel against a transform of
+/// fixed cost per kernel. Measured eval-mode, batch 1 (`lesion-bench infer --batch-size 1`):
+/// Winograd everywhere ran at 38-40 img/s against 53-71 without. Below [`MIN_SAVED_MACS`] per
+/// kernel (the 28x28, 14x14 and 7x7 maps of a single image) it takes im2col: batch 1 then
+/// runs at 71-76 img/s against 74-77 without, batch 4 at 91-98 against 78-80.
+pub(super) fn suits(
+    n: usize,
+    (h, w): (usize, usize),
+    (kh, kw): (usize, usize),
+    stride: usize,
+    pad: usize,
+) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let saved = (n * 9 * h * w).saturating_sub(n * 16 * Tiles::new(h, w).per_plane());
     kh == 3
         && kw == 3
         && stride == 1
         && pad == 1
+        && saved >= MIN_SAVED_MACS
         && *ON
             .get_or_init(|| !matches!(std::env::var("LESION_WINOGRAD").as_deref(), Ok("0" | "off")))
 }
+
+/// Multiply-adds per kernel (output-input channel pair) that Winograd must save to be used.
+const MIN_SAVED_MACS: usize = 4096;
 
 /// Whether the weight gradient of such a convolution on `h x w` planes is faster through
 /// Winograd than through im2col. Measured at batch 32 (`conv2d_grad_weight`, 2 threads): 1.5x
