@@ -391,7 +391,7 @@ struct Plan {
 }
 
 /// Tuning knobs, read once (development only).
-pub(super) fn knob(name: &str, default: usize) -> usize {
+fn knob(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())

@@ -9,8 +9,9 @@
 //!   or dilation). 3x3 stride-1 padding-1 convolutions go through Winograd F(2x2, 3x3)
 //!   (`winograd.rs`; `LESION_WINOGRAD=0` turns it off); the others: forward as per-sample
 //!   im2col + gemm, input gradient as gemm + col2im, weight gradient as gemm against the
-//!   input's im2col; 1x1 stride-1 convolutions skip the im2col. [`conv2d_affine`] adds a per-channel scale/shift (+ ReLU) epilogue for
-//!   inference (a BatchNorm folded into the convolution).
+//!   input's im2col; 1x1 stride-1 convolutions skip the im2col. [`conv2d_affine`] adds a
+//!   per-channel scale/shift (+ ReLU) epilogue for inference (a BatchNorm folded into the
+//!   convolution).
 //! - [`batch_norm_train`]: BatchNorm with batch statistics, optionally fused with the ReLU
 //!   after it, with a closed-form backward; returns the batch mean and biased variance for
 //!   the running statistics. [`scale_shift`]: the folded eval-mode BatchNorm (+ ReLU).
