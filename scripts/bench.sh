@@ -22,6 +22,8 @@
 #   BENCH_BATCH=32 BENCH_SIZE=224
 #   BENCH_DATA=../shared/data/isic2017-256   end-to-end image folder
 #   BENCH_EPOCHS=3          end-to-end epochs
+#   BENCH_TRAIN_ARGS=""     extra options for our end-to-end lesion-train, split on whitespace
+#                           (e.g. "--winograd-4x4"); BENCH_REPEATS=0 runs the end to end alone
 #   BENCH_DEVICE=cpu        cpu or cuda (both sides); BENCH_FEATURES=cuda[,cudnn] for our build
 #   BENCH_PYTHON=python     use this Python (must import torch, torchvision) instead of the venv
 #   BENCH_VENV=.venv-bench  venv created and filled with `pip install torch torchvision
@@ -159,7 +161,7 @@ torch_env=(env OMP_WAIT_POLICY="$omp_wait")
     echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (uncommitted changes)')"
     echo "torch: $([[ -n $py ]] && "$py" -c 'import torch; print(torch.__version__)' || echo none)"
-    echo "settings: device $device, $threads threads, batch $batch, ${size} px, $repeats repeats x $iters iters (+$warmup warm-up), PyTorch OMP_WAIT_POLICY=$omp_wait"
+    echo "settings: device $device${BENCH_TRAIN_ARGS:+, end-to-end lesion-train $BENCH_TRAIN_ARGS}, $threads threads, batch $batch, ${size} px, $repeats repeats x $iters iters (+$warmup warm-up), PyTorch OMP_WAIT_POLICY=$omp_wait"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$out/header.txt"
 
@@ -220,10 +222,13 @@ if [[ $end_to_end == 1 ]]; then
         ((rss_mib > ours_rss)) && ours_rss=$rss_mib
         detail+="$name ${wall_s}s/${rss_mib}MiB "
     }
+    read -r -a train_args <<<"${BENCH_TRAIN_ARGS:-}"
+    [[ ${#train_args[@]} -gt 0 ]] && note "our lesion-train gets: ${train_args[*]}"
     ours_ok=1
     step prep "$bin/lesion-prep" "$data" --out "$work/prepared" --threads "$threads" --quiet &&
         step train "$bin/lesion-train" --data "$work/prepared" --out "$work/run" \
-            --weights none --epochs "$epochs" --patience 100 --device "$device" --quiet ||
+            --weights none --epochs "$epochs" --patience 100 --device "$device" --quiet \
+            "${train_args[@]}" ||
         ours_ok=0
     if [[ $ours_ok == 1 ]]; then
         if [[ -x $bin/lesion-eval ]]; then

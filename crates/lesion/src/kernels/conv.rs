@@ -14,15 +14,15 @@
 //!
 //! A 1x1 stride-1 unpadded convolution's im2col is the sample itself, so it is a plain gemm.
 //! 3x3 stride-1 padding-1 convolutions take the Winograd path instead (`winograd.rs`): forward
-//! and input gradient always, the weight gradient where it measured faster (maps of 14x14 and
-//! up).
+//! and input gradient wherever it pays (F(4x4, 3x3) tiles for inference, F(2x2, 3x3) for
+//! training), the weight gradient where it measured faster (maps of 14x14 and up).
 
 use std::ops::Range;
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::winograd;
+use super::winograd::{self, Pass};
 use super::{
     applies, contiguous, f32_slice, relu_f32, scale_shift, sgemm, split_even, with_scratch, Mat,
 };
@@ -452,8 +452,15 @@ pub(super) fn run_pieces(
 
 fn forward(x: &[f32], wt: &[f32], g: &Geom, epilogue: Option<&Affine>) -> Vec<f32> {
     let (k, cols, x_len, y_len) = (g.k(), g.cols(), g.x_len(), g.y_len());
-    if winograd::suits(g.n, (g.h, g.w), (g.kh, g.kw), g.stride, g.pad) {
-        let kernel = winograd::Kernel::forward(wt, g.o, g.c);
+    // With an epilogue this is an eval-mode convolution (BatchNorm folded in, nothing tracks
+    // gradients: `conv2d_affine`), whose output feeds predictions only.
+    let pass = if epilogue.is_some() {
+        Pass::Inference
+    } else {
+        Pass::Training
+    };
+    if let Some(tile) = winograd::choose(pass, g.n, (g.h, g.w), (g.kh, g.kw), g.stride, g.pad) {
+        let kernel = winograd::Kernel::forward(tile, wt, g.o, g.c);
         return winograd::conv3x3(x, g.n, (g.h, g.w), &kernel, |yb| {
             if let Some(e) = epilogue {
                 e.apply(yb, cols);
@@ -493,8 +500,9 @@ fn forward(x: &[f32], wt: &[f32], g: &Geom, epilogue: Option<&Affine>) -> Vec<f3
 
 fn backward_input(dy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
     let (k, cols, x_len, y_len) = (g.k(), g.cols(), g.x_len(), g.y_len());
-    if winograd::suits(g.n, (g.h, g.w), (g.kh, g.kw), g.stride, g.pad) {
-        let kernel = winograd::Kernel::input_grad(wt, g.o, g.c);
+    let pass = Pass::Training;
+    if let Some(tile) = winograd::choose(pass, g.n, (g.h, g.w), (g.kh, g.kw), g.stride, g.pad) {
+        let kernel = winograd::Kernel::input_grad(tile, wt, g.o, g.c);
         return winograd::conv3x3(dy, g.n, (g.h, g.w), &kernel, |_| {});
     }
     let plan = g.plan();
@@ -529,9 +537,7 @@ fn backward_input(dy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
 }
 
 fn backward_weight(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
-    if winograd::suits(g.n, (g.h, g.w), (g.kh, g.kw), g.stride, g.pad)
-        && winograd::pays_for_weight_grad(g.h, g.w)
-    {
+    if winograd::suits_weight_grad(g.n, (g.h, g.w), (g.kh, g.kw), g.stride, g.pad) {
         let channels = (g.c, g.o);
         return winograd::grad_weight(x, dy, g.n, channels, (g.h, g.w), WGRAD_GROUPS);
     }
@@ -967,6 +973,9 @@ mod tests {
         for case in [(2, 2, 6, 5, 3, 3, 2, 1), (2, 2, 30, 28, 3, 3, 1, 1)] {
             check_finite_differences(case);
         }
+        // Forward and input gradient through F(4x4, 3x3) (`lesion-train --winograd-4x4`).
+        let _tiles = super::super::training_4x4(true);
+        check_finite_differences((2, 2, 30, 28, 3, 3, 1, 1));
     }
 
     fn check_finite_differences((n, c, h, w, o, k, s, p): Case) {
@@ -1032,15 +1041,21 @@ mod tests {
 
     #[test]
     fn affine_epilogue_matches_composition() {
-        for relu in [false, true] {
-            let x = tensor(&[3, 4, 8, 7], 8);
+        // Stride 2 runs through im2col, the 40x40 stride-1 case through Winograd F(4x4, 3x3)
+        // (inference's tile size).
+        for (relu, x_dims, stride) in [
+            (false, [3, 4, 8, 7], 2),
+            (true, [3, 4, 8, 7], 2),
+            (true, [2, 4, 40, 40], 1),
+        ] {
+            let x = tensor(&x_dims, 8);
             let wt = tensor(&[5, 4, 3, 3], 9);
             let scale = tensor(&[5], 10);
             let shift = tensor(&[5], 11);
-            let got = conv2d_affine(&x, &wt, 2, 1, &scale, &shift, relu).unwrap();
+            let got = conv2d_affine(&x, &wt, stride, 1, &scale, &shift, relu).unwrap();
             assert!(!got.track_op());
             let mut want = x
-                .conv2d(&wt, 1, 2, 1, 1)
+                .conv2d(&wt, 1, stride, 1, 1)
                 .unwrap()
                 .broadcast_mul(&scale.reshape((1, 5, 1, 1)).unwrap())
                 .unwrap()
@@ -1049,7 +1064,7 @@ mod tests {
             if relu {
                 want = want.relu().unwrap();
             }
-            assert!(rel_err(&got, &want) < 1e-5, "relu {relu}");
+            assert!(rel_err(&got, &want) < 1e-5, "relu {relu} {x_dims:?}");
         }
     }
 

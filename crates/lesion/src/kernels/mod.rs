@@ -6,8 +6,9 @@
 //! beta, statistics, folded scale/shift) are `[c]`.
 //!
 //! - [`conv2d`]: convolution without bias (any kernel size, stride, zero padding; no groups
-//!   or dilation). 3x3 stride-1 padding-1 convolutions go through Winograd F(2x2, 3x3)
-//!   (`winograd.rs`; `LESION_WINOGRAD=0` turns it off); the others: forward as per-sample
+//!   or dilation). 3x3 stride-1 padding-1 convolutions go through Winograd (`winograd.rs`:
+//!   F(4x4, 3x3) for inference, F(2x2, 3x3) for training unless [`training_4x4`];
+//!   `LESION_WINOGRAD=0` turns it off); the others: forward as per-sample
 //!   im2col + gemm, input gradient as gemm + col2im, weight gradient as gemm against the
 //!   input's im2col; 1x1 stride-1 convolutions skip the im2col. [`conv2d_affine`] adds a
 //!   per-channel scale/shift (+ ReLU) epilogue for inference (a BatchNorm folded into the
@@ -43,6 +44,7 @@ use candle_core::{CpuStorage, DType, Layout, Tensor};
 pub use batchnorm::{batch_norm_train, batch_norm_train_in_place, scale_shift, BatchStats};
 pub use conv::{conv2d, conv2d_affine, conv2d_grad_input, conv2d_grad_weight};
 pub use elementwise::add_relu;
+pub use winograd::{training_4x4, Training4x4Guard};
 
 /// 0: not decided yet (read `LESION_CPU_KERNELS`), 1: on, 2: off.
 static ENABLED: AtomicU8 = AtomicU8::new(0);

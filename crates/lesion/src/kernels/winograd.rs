@@ -1,25 +1,33 @@
-//! Winograd F(2x2, 3x3) convolution (Lavin & Gray, "Fast Algorithms for Convolutional
-//! Neural Networks", 2016) for 3x3, stride-1, padding-1 convolutions: 13 of ResNet-18's 20
-//! convolutions and about 80% of its arithmetic.
+//! Winograd convolution (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
+//! 2016) for 3x3, stride-1, padding-1 convolutions: 13 of ResNet-18's 20 convolutions and
+//! about 80% of its arithmetic. Two tile sizes ([`Tile`]):
+//! - F(4x4, 3x3): each 4x4 output tile from the 6x6 input patch around it, 36 multiplications
+//!   per tile and channel pair instead of 144 (4x fewer). Its transforms multiply by up to 8
+//!   and its kernel transform by 1/6 and 1/24, so it is about 10x less accurate: used for
+//!   eval-mode inference, and in training only when asked ([`Pass`], [`training_4x4`]);
+//! - F(2x2, 3x3): 2x2 output tiles from 4x4 patches, 16 instead of 36 (2.25x fewer), with
+//!   transforms exact in binary: training's forward pass, input gradient and weight gradient.
 //!
-//! Each 2x2 output tile is computed from the 4x4 input patch around it as
-//! `A^T [ sum_c (G g G^T) ⊙ (B^T d B) ] A`, so the 9 multiplications per output and input
-//! channel of a direct convolution become 4 (16 per 2x2 tile): 2.25x fewer. Over a batch that
-//! is 16 independent gemms, one per position `xi` of the 4x4 transformed tile:
-//! `M[xi] (out x tiles) = U[xi] (out x in) * V[xi] (in x tiles)`.
+//! Each output tile is `A^T [ sum_c (G g G^T) ⊙ (B^T d B) ] A` with `a x a` transformed tiles
+//! (`a = m + 2` for `m x m` output tiles). Over a batch that is `a²` independent gemms, one per
+//! position `xi` of the transformed tile: `M[xi] (out x tiles) = U[xi] (out x in) * V[xi]
+//! (in x tiles)`.
 //!
 //! Layouts (all f32):
 //! - input `[n, cin, h, w]` and output `[n, cout, h, w]`, NCHW contiguous;
-//! - transformed kernel ([`Kernel`]) `[cout, 16, cin]`;
-//! - transformed input `V` `[cin, 16, tiles]` and gemm output `M` `[16, cout, tiles]`, tile
-//!   `t = (sample * th + ty) * tw + tx` over `th = ceil(h / 2)` by `tw = ceil(w / 2)` tiles.
+//! - transformed kernel ([`Kernel`]) `[cout, a², cin]`;
+//! - transformed input `V` `[cin, a², tiles]` and gemm output `M` `[a², cout, tiles]`, tile
+//!   `t = (sample * th + ty) * tw + tx` over `th = ceil(h / m)` by `tw = ceil(w / m)` tiles.
+//!
+//! The transforms run on 16 tiles at once, one per SIMD lane ([`Block`]), so that they
+//! vectorise whatever the plane's width.
 //!
 //! The input gradient of such a convolution is itself one (the output gradient correlated
 //! with the kernel rotated by 180° and its channel axes swapped), so it runs here too
 //! ([`Kernel::input_grad`]). Sums run in an order fixed by the shapes, so results do not
-//! depend on the thread count. The transforms' 0.5 factors are exact in binary and the
-//! additions are few: results agree with the im2col path to about 1e-6 relative (measured
-//! in the tests against an f64 reference).
+//! depend on the thread count. Accuracy against an f64 direct convolution (the tests, random
+//! data, as a fraction of the output's largest magnitude): at most 2.7e-7 for F(2x2, 3x3),
+//! 2.5e-6 for F(4x4, 3x3).
 
 use std::ops::Range;
 
@@ -28,62 +36,344 @@ use rayon::prelude::*;
 use super::conv::{outer_parallel, pieces, run_pieces};
 use super::{sgemm, split_even, with_scratch, Mat};
 
-/// Tiles (over the samples of a chunk) handled by one set of 16 gemms: wide enough for gemm
-/// to run near its peak, small enough that `V` and `M` stay in the last-level cache.
-const TARGET_TILES: usize = 128;
+/// Output tile size of a Winograd convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tile {
+    /// F(2x2, 3x3).
+    F2,
+    /// F(4x4, 3x3).
+    F4,
+}
 
-/// Whether a convolution of `n` samples of `h x w` takes the Winograd path: 3x3, stride 1,
-/// padding 1 (output as large as the input), enough work for the saved multiplications to pay
-/// for transforming the kernel on every call, and not `LESION_WINOGRAD=0` (or `off`).
+impl Tile {
+    /// Output tile side `m`.
+    fn m(self) -> usize {
+        match self {
+            Tile::F2 => F2::M,
+            Tile::F4 => F4::M,
+        }
+    }
+
+    /// Transformed tile side `a = m + 2`.
+    fn a(self) -> usize {
+        self.m() + 2
+    }
+
+    /// Tiles (over the samples of a chunk) handled by one set of `a²` gemms: wide enough for
+    /// gemm to run near its peak, small enough that `V` and `M` stay in the last-level cache.
+    /// F(2x2, 3x3): 128, the best of 32-2048 on whole-network training and inference runs.
+    fn target_tiles(self) -> usize {
+        match self {
+            Tile::F2 => 128,
+            Tile::F4 => 64,
+        }
+    }
+
+    /// Multiply-adds per kernel (output-input channel pair) saved over a direct convolution
+    /// of `n` samples of `h x w`.
+    fn saved_macs(self, n: usize, h: usize, w: usize) -> usize {
+        let tiles = Tiles::new(h, w, self).per_plane();
+        (n * 9 * h * w).saturating_sub(n * self.a() * self.a() * tiles)
+    }
+
+    /// Whether the saving pays for transforming the kernel on every call, which costs about
+    /// `a²` per kernel. Measured eval-mode, batch 1, with F(2x2, 3x3) only (`lesion-bench
+    /// infer --batch-size 1`): Winograd everywhere ran at 38-40 img/s against 53-71 without;
+    /// with at least 4096 saved multiply-adds per kernel (the 56x56 maps only) at 71-76.
+    fn pays(self, n: usize, h: usize, w: usize) -> bool {
+        self.saved_macs(n, h, w) >= 4096 * self.a() * self.a() / 16
+    }
+}
+
+/// What a convolution's output is for, which decides the tile sizes it may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pass {
+    /// Eval-mode inference (BatchNorm folded in): only predictions depend on it. F(4x4, 3x3)
+    /// is allowed: the parity test's eval logits are within 1.4e-6 of PyTorch's with it, 2.1e-6
+    /// with F(2x2, 3x3) alone.
+    Inference,
+    /// Training (forward, input gradient): gradients depend on it. F(2x2, 3x3) only, unless
+    /// this thread runs under [`training_4x4`]: with F(4x4, 3x3) the parity test's f32
+    /// gradient of `layer3.0.conv1.weight` is 1.0e-2 (relative L2) from PyTorch's, against
+    /// 1.2e-3 with F(2x2, 3x3), so it changes results and is an option.
+    Training,
+}
+
+thread_local! {
+    static TRAINING_4X4: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While the returned guard lives, [`Pass::Training`] convolutions on this thread may use
+/// F(4x4, 3x3) tiles too (`lesion-train --winograd-4x4`). Thread-local, so that it covers the
+/// training loop that sets it (the ops choose their path on the calling thread) and nothing
+/// else running in the process.
+pub fn training_4x4(on: bool) -> Training4x4Guard {
+    Training4x4Guard {
+        previous: TRAINING_4X4.replace(on),
+    }
+}
+
+/// Restores the previous [`training_4x4`] setting when dropped.
+#[must_use = "the setting lasts only while the guard lives"]
+pub struct Training4x4Guard {
+    previous: bool,
+}
+
+impl Drop for Training4x4Guard {
+    fn drop(&mut self) {
+        TRAINING_4X4.set(self.previous);
+    }
+}
+
+/// Which Winograd path a convolution of `n` samples of `h x w` takes, if any: 3x3, stride 1,
+/// padding 1 (output as large as the input), and of the tile sizes `pass` allows, the one
+/// that saves more multiplications where that pays for the kernel transform ([`Tile::pays`]).
 ///
-/// The saving is `n * (9 h w - 16 tiles)` multiply-adds per kernel against a transform of
-/// fixed cost per kernel. Measured eval-mode, batch 1 (`lesion-bench infer --batch-size 1`):
-/// Winograd everywhere ran at 38-40 img/s against 53-71 without. Below [`MIN_SAVED_MACS`] per
-/// kernel (the 28x28, 14x14 and 7x7 maps of a single image) it takes im2col: batch 1 then
-/// runs at 71-76 img/s against 74-77 without, batch 4 at 91-98 against 78-80.
-pub(super) fn suits(
+/// `LESION_WINOGRAD=0` (or `off`) turns the Winograd path off, `LESION_WINOGRAD=f2` keeps it
+/// to F(2x2, 3x3) everywhere (for measurements).
+pub(super) fn choose(
+    pass: Pass,
     n: usize,
     (h, w): (usize, usize),
     (kh, kw): (usize, usize),
     stride: usize,
     pad: usize,
+) -> Option<Tile> {
+    static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    // Some(whether F(4x4, 3x3) may be used at all).
+    let any_4x4 = (*MODE.get_or_init(|| match std::env::var("LESION_WINOGRAD").as_deref() {
+        Ok("0" | "off") => None,
+        Ok("f2") => Some(false),
+        _ => Some(true),
+    }))?;
+    if (kh, kw, stride, pad) != (3, 3, 1, 1) {
+        return None;
+    }
+    let use_4x4 = any_4x4 && (pass == Pass::Inference || TRAINING_4X4.get());
+    let tiles: &[Tile] = if use_4x4 {
+        &[Tile::F4, Tile::F2]
+    } else {
+        &[Tile::F2]
+    };
+    tiles
+        .iter()
+        .copied()
+        .filter(|t| t.pays(n, h, w))
+        .max_by_key(|t| t.saved_macs(n, h, w))
+}
+
+/// Whether the weight gradient of such a convolution is faster through Winograd (F(2x2,
+/// 3x3)) than through im2col. Measured at batch 32 (`conv2d_grad_weight`, 2 threads): 1.5x
+/// faster from 14x14 up (64-256 channels), 1.2-1.4x slower at 7x7 x 512 channels, where the
+/// 8x8 tile grid wastes 30% and the per-group sums of the 16 transformed gradients (16 x 512
+/// x 512 each) outweigh the saved arithmetic.
+pub(super) fn suits_weight_grad(
+    n: usize,
+    (h, w): (usize, usize),
+    k: (usize, usize),
+    stride: usize,
+    pad: usize,
 ) -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let saved = (n * 9 * h * w).saturating_sub(n * 16 * Tiles::new(h, w).per_plane());
-    kh == 3
-        && kw == 3
-        && stride == 1
-        && pad == 1
-        && saved >= MIN_SAVED_MACS
-        && *ON
-            .get_or_init(|| !matches!(std::env::var("LESION_WINOGRAD").as_deref(), Ok("0" | "off")))
+    h >= 14 && w >= 14 && choose(Pass::Training, n, (h, w), k, stride, pad).is_some()
 }
 
-/// Multiply-adds per kernel (output-input channel pair) that Winograd must save to be used.
-const MIN_SAVED_MACS: usize = 4096;
+/// Tiles per lane group of the transforms: one AVX-512 register of f32.
+const LANES: usize = 16;
 
-/// Whether the weight gradient of such a convolution on `h x w` planes is faster through
-/// Winograd than through im2col. Measured at batch 32 (`conv2d_grad_weight`, 2 threads): 1.5x
-/// faster from 14x14 up (64-256 channels), 1.2-1.4x slower at 7x7 x 512 channels, where
-/// the 8x8 tile grid wastes 30% and the per-group sums of the 16 transformed gradients
-/// (16 x 512 x 512 each) outweigh the saved arithmetic.
-pub(super) fn pays_for_weight_grad(h: usize, w: usize) -> bool {
-    h >= 14 && w >= 14
+/// An `a x a` tile (row-major, the rest unused) of [`LANES`] tiles at once, lane innermost,
+/// so that each 1-D transform below compiles to whole-register operations.
+type Block = [[[f32; LANES]; 6]; 6];
+
+/// The 1-D transforms of one tile size; the 2-D ones apply them along columns, then rows.
+/// Arrays hold `A` (or `M`) values; the rest are unused.
+trait Transforms {
+    /// Output tile side.
+    const M: usize;
+    /// Transformed tile side, `M + 2`.
+    const A: usize = Self::M + 2;
+    /// `B^T d`.
+    fn input(d: [f32; 6]) -> [f32; 6];
+    /// `A^T m`.
+    fn output(m: [f32; 6]) -> [f32; 4];
+    /// `G g`.
+    fn kernel(g: [f32; 3]) -> [f32; 6];
 }
 
-/// A 3x3 weight transformed to `G g G^T` per kernel, stored `[cout, 16, cin]` so that each
-/// `U[xi]` is a row-major `cout x cin` matrix (row stride `16 * cin`).
+/// F(2x2, 3x3), interpolation points 0, 1, -1 and infinity.
+struct F2;
+
+impl Transforms for F2 {
+    const M: usize = 2;
+
+    #[inline(always)]
+    fn input([d0, d1, d2, d3, ..]: [f32; 6]) -> [f32; 6] {
+        [d0 - d2, d1 + d2, d2 - d1, d1 - d3, 0.0, 0.0]
+    }
+
+    #[inline(always)]
+    fn output([m0, m1, m2, m3, ..]: [f32; 6]) -> [f32; 4] {
+        [m0 + m1 + m2, m1 - m2 - m3, 0.0, 0.0]
+    }
+
+    #[inline(always)]
+    fn kernel([g0, g1, g2]: [f32; 3]) -> [f32; 6] {
+        [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2, 0.0, 0.0]
+    }
+}
+
+/// F(4x4, 3x3), interpolation points 0, 1, -1, 2, -2 and infinity.
+struct F4;
+
+impl Transforms for F4 {
+    const M: usize = 4;
+
+    #[inline(always)]
+    fn input([d0, d1, d2, d3, d4, d5]: [f32; 6]) -> [f32; 6] {
+        let (a, b) = (d4 - 4.0 * d2, d3 - 4.0 * d1);
+        let (c, e) = (d4 - d2, 2.0 * (d3 - d1));
+        [
+            4.0 * d0 - 5.0 * d2 + d4,
+            a + b,
+            a - b,
+            c + e,
+            c - e,
+            4.0 * d1 - 5.0 * d3 + d5,
+        ]
+    }
+
+    #[inline(always)]
+    fn output([m0, m1, m2, m3, m4, m5]: [f32; 6]) -> [f32; 4] {
+        let (s12, d12) = (m1 + m2, m1 - m2);
+        let (s34, d34) = (m3 + m4, m3 - m4);
+        [
+            m0 + s12 + s34,
+            d12 + 2.0 * d34,
+            s12 + 4.0 * s34,
+            d12 + 8.0 * d34 + m5,
+        ]
+    }
+
+    #[inline(always)]
+    fn kernel([g0, g1, g2]: [f32; 3]) -> [f32; 6] {
+        let (even, odd) = (g0 + g2, g1);
+        let (q0, q1) = (g0 / 24.0 + g2 / 6.0, g1 / 12.0);
+        [
+            g0 / 4.0,
+            -(even + odd) / 6.0,
+            -(even - odd) / 6.0,
+            q0 + q1,
+            q0 - q1,
+            g2,
+        ]
+    }
+}
+
+/// `f` (a 1-D transform of `n_in` values into `n_out`) down every column of `src`'s first
+/// `cols` columns, lane by lane, into `dst`.
+#[inline(always)]
+fn down_columns<const I: usize, const O: usize>(
+    src: &Block,
+    dst: &mut Block,
+    (n_in, n_out, cols): (usize, usize, usize),
+    f: impl Fn([f32; I]) -> [f32; O],
+) {
+    for j in 0..cols {
+        for l in 0..LANES {
+            let out = f(std::array::from_fn(|k| {
+                if k < n_in {
+                    src[k][j][l]
+                } else {
+                    0.0
+                }
+            }));
+            for (i, v) in out.into_iter().take(n_out).enumerate() {
+                dst[i][j][l] = v;
+            }
+        }
+    }
+}
+
+/// `f` along every row of `src`'s first `rows` rows, lane by lane, into `dst`.
+#[inline(always)]
+fn along_rows<const I: usize, const O: usize>(
+    src: &Block,
+    dst: &mut Block,
+    (n_in, n_out, rows): (usize, usize, usize),
+    f: impl Fn([f32; I]) -> [f32; O],
+) {
+    for i in 0..rows {
+        for l in 0..LANES {
+            let out = f(std::array::from_fn(|k| {
+                if k < n_in {
+                    src[i][k][l]
+                } else {
+                    0.0
+                }
+            }));
+            for (j, v) in out.into_iter().take(n_out).enumerate() {
+                dst[i][j][l] = v;
+            }
+        }
+    }
+}
+
+/// The first `valid` lanes of `src` into `dst`; a whole register's worth is a fixed-size
+/// copy (a few vector moves, not a `memcpy` call).
+#[inline(always)]
+fn store(dst: &mut [f32], src: &[f32; LANES], valid: usize) {
+    if valid == LANES {
+        dst[..LANES].copy_from_slice(src);
+    } else {
+        dst[..valid].copy_from_slice(&src[..valid]);
+    }
+}
+
+/// The first `valid` values of `src` into the first lanes of `dst`, as [`store`].
+#[inline(always)]
+fn load(dst: &mut [f32; LANES], src: &[f32], valid: usize) {
+    if valid == LANES {
+        dst.copy_from_slice(&src[..LANES]);
+    } else {
+        dst[..valid].copy_from_slice(&src[..valid]);
+    }
+}
+
+/// `B^T d B` of the patches in `d`, in place (`tmp` is scratch).
+#[inline(always)]
+fn input_tile<T: Transforms>(d: &mut Block, tmp: &mut Block) {
+    down_columns(d, tmp, (T::A, T::A, T::A), T::input);
+    along_rows(tmp, d, (T::A, T::A, T::A), T::input);
+}
+
+/// `A^T m A` of the transformed tiles in `m`, in place into its first `M x M` (`tmp` is
+/// scratch).
+#[inline(always)]
+fn output_tile<T: Transforms>(m: &mut Block, tmp: &mut Block) {
+    down_columns(m, tmp, (T::A, T::M, T::A), T::output);
+    along_rows(tmp, m, (T::A, T::M, T::M), T::output);
+}
+
+/// `G g G^T` of the 3x3 kernels in `g`, in place into its first `A x A` (`tmp` is scratch).
+#[inline(always)]
+fn kernel_tile<T: Transforms>(g: &mut Block, tmp: &mut Block) {
+    down_columns(g, tmp, (3, T::A, 3), T::kernel);
+    along_rows(tmp, g, (3, T::A, T::A), T::kernel);
+}
+
+/// A 3x3 weight transformed to `G g G^T` per kernel, stored `[cout, a², cin]` so that each
+/// `U[xi]` is a row-major `cout x cin` matrix (row stride `a² * cin`).
 pub(super) struct Kernel {
     u: Vec<f32>,
+    tile: Tile,
     cout: usize,
     cin: usize,
 }
 
 impl Kernel {
     /// For the forward pass of `conv2d(x, w)` with `w` `[cout, cin, 3, 3]`.
-    pub(super) fn forward(wt: &[f32], cout: usize, cin: usize) -> Self {
+    pub(super) fn forward(tile: Tile, wt: &[f32], cout: usize, cin: usize) -> Self {
         assert_eq!(wt.len(), cout * cin * 9, "winograd: weight size");
-        Self::build(cout, cin, |oc, ic| {
+        Self::build(tile, cout, cin, |oc, ic| {
             let g = &wt[(oc * cin + ic) * 9..][..9];
             std::array::from_fn(|i| g[i])
         })
@@ -91,9 +381,9 @@ impl Kernel {
 
     /// For the input gradient of `conv2d(x, w)` with `w` `[o, c, 3, 3]`: the kernel rotated
     /// by 180° with its channel axes swapped (`cout = c`, `cin = o`).
-    pub(super) fn input_grad(wt: &[f32], o: usize, c: usize) -> Self {
+    pub(super) fn input_grad(tile: Tile, wt: &[f32], o: usize, c: usize) -> Self {
         assert_eq!(wt.len(), o * c * 9, "winograd: weight size");
-        Self::build(c, o, |ic, oc| {
+        Self::build(tile, c, o, |ic, oc| {
             let g = &wt[(oc * c + ic) * 9..][..9];
             std::array::from_fn(|i| g[8 - i])
         })
@@ -101,44 +391,53 @@ impl Kernel {
 
     /// `kernel(out, in)` gives the 3x3 kernel (row-major) from input channel `in` to output
     /// channel `out`.
-    fn build(cout: usize, cin: usize, kernel: impl Fn(usize, usize) -> [f32; 9] + Sync) -> Self {
-        let mut u = vec![0f32; cout * 16 * cin];
-        u.par_chunks_mut(16 * cin).enumerate().for_each(|(oc, uo)| {
-            for ic in 0..cin {
-                for (xi, v) in transform_kernel(&kernel(oc, ic)).into_iter().enumerate() {
-                    uo[xi * cin + ic] = v;
-                }
-            }
-        });
-        Self { u, cout, cin }
+    fn build(
+        tile: Tile,
+        cout: usize,
+        cin: usize,
+        kernel: impl Fn(usize, usize) -> [f32; 9] + Sync,
+    ) -> Self {
+        let mut u = vec![0f32; cout * tile.a() * tile.a() * cin];
+        match tile {
+            Tile::F2 => transform_kernels::<F2>(&mut u, cin, kernel),
+            Tile::F4 => transform_kernels::<F4>(&mut u, cin, kernel),
+        }
+        Self { u, tile, cout, cin }
     }
 
     /// `U[xi]` as a `cout x cin` matrix.
     fn mat(&self, xi: usize) -> Mat<'_> {
+        let aa = self.tile.a() * self.tile.a();
         Mat {
             data: &self.u[xi * self.cin..],
-            rs: 16 * self.cin,
+            rs: aa * self.cin,
             cs: 1,
         }
     }
 }
 
-/// `G g G^T` of one 3x3 kernel (row-major), as 16 values row-major.
-fn transform_kernel(g: &[f32; 9]) -> [f32; 16] {
-    // G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
-    let col = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
-    let mut rows = [[0f32; 4]; 3];
-    for (r, row) in rows.iter_mut().enumerate() {
-        *row = col(g[3 * r], g[3 * r + 1], g[3 * r + 2]);
-    }
-    let mut out = [0f32; 16];
-    for j in 0..4 {
-        let t = col(rows[0][j], rows[1][j], rows[2][j]);
-        for i in 0..4 {
-            out[i * 4 + j] = t[i];
+/// `G g G^T` of every kernel into `u` (`[cout, a², cin]`), 16 input channels at a time.
+fn transform_kernels<T: Transforms>(
+    u: &mut [f32],
+    cin: usize,
+    kernel: impl Fn(usize, usize) -> [f32; 9] + Sync,
+) {
+    let aa = T::A * T::A;
+    u.par_chunks_mut(aa * cin).enumerate().for_each(|(oc, uo)| {
+        let (mut g, mut tmp) = ([[[0f32; LANES]; 6]; 6], [[[0f32; LANES]; 6]; 6]);
+        for ic0 in (0..cin).step_by(LANES) {
+            let valid = (cin - ic0).min(LANES);
+            for l in 0..valid {
+                for (k, v) in kernel(oc, ic0 + l).into_iter().enumerate() {
+                    g[k / 3][k % 3][l] = v;
+                }
+            }
+            kernel_tile::<T>(&mut g, &mut tmp);
+            for xi in 0..aa {
+                uo[xi * cin + ic0..][..valid].copy_from_slice(&g[xi / T::A][xi % T::A][..valid]);
+            }
         }
-    }
-    out
+    });
 }
 
 /// Tile grid of an `h x w` plane.
@@ -151,12 +450,13 @@ struct Tiles {
 }
 
 impl Tiles {
-    fn new(h: usize, w: usize) -> Self {
+    fn new(h: usize, w: usize, tile: Tile) -> Self {
+        let m = tile.m();
         Self {
             h,
             w,
-            th: h.div_ceil(2),
-            tw: w.div_ceil(2),
+            th: h.div_ceil(m),
+            tw: w.div_ceil(m),
         }
     }
 
@@ -168,6 +468,12 @@ impl Tiles {
     fn chunks(&self, n: usize, target: usize) -> Vec<Range<usize>> {
         let per = target.div_ceil(self.per_plane()).clamp(1, n.max(1));
         split_even(n, n.div_ceil(per))
+    }
+
+    /// Sample, tile row and tile column of tile `t`.
+    fn locate(&self, t: usize) -> (usize, usize, usize) {
+        let (s, r) = (t / self.per_plane(), t % self.per_plane());
+        (s, r / self.tw, r % self.tw)
     }
 }
 
@@ -188,94 +494,113 @@ fn for_chunks(
 }
 
 /// `B^T d B` of every tile of the samples `xs` (`[nb, cin, h, w]`) into `v`
-/// (`[cin, 16, nb * tiles]`).
-fn transform_input(xs: &[f32], nb: usize, cin: usize, t: Tiles, v: &mut [f32], parallel: bool) {
+/// (`[cin, a², nb * tiles]`).
+fn transform_input<T: Transforms>(
+    xs: &[f32],
+    nb: usize,
+    cin: usize,
+    t: Tiles,
+    v: &mut [f32],
+    parallel: bool,
+) {
     let (hw, tiles) = (t.h * t.w, nb * t.per_plane());
-    // Padded rows: column -1 at index 0, columns w.. (to 2 * tw + 1) zero.
-    let wp = 2 * t.tw + 2;
-    for_chunks(v, 16 * tiles, parallel, |ci, vc| {
-        let mut rows = vec![0f32; 8 * wp];
-        let (raw, tr) = rows.split_at_mut(4 * wp);
-        for s in 0..nb {
+    // Each plane is copied into a zero border: row and column -1 at index 0, then up to
+    // the tile grid's last patch.
+    let (hp, wp) = (T::M * t.th + 2, T::M * t.tw + 2);
+    // Where each tile's patch starts in the padded planes; the last group repeats the last
+    // tile in its unused lanes.
+    let starts: Vec<usize> = (0..tiles.next_multiple_of(LANES))
+        .map(|i| {
+            let (s, ty, tx) = t.locate(i.min(tiles - 1));
+            (s * hp + T::M * ty) * wp + T::M * tx
+        })
+        .collect();
+    for_chunks(v, T::A * T::A * tiles, parallel, |ci, vc| {
+        let mut padded = vec![0f32; nb * hp * wp];
+        for (s, pp) in padded.chunks_exact_mut(hp * wp).enumerate() {
             let plane = &xs[(s * cin + ci) * hw..][..hw];
-            for ty in 0..t.th {
-                for (k, r) in raw.chunks_exact_mut(wp).enumerate() {
-                    let y = (2 * ty + k).wrapping_sub(1);
-                    if y < t.h {
-                        r[1..=t.w].copy_from_slice(&plane[y * t.w..(y + 1) * t.w]);
-                    } else {
-                        r[1..=t.w].fill(0.0);
+            for (y, row) in plane.chunks_exact(t.w).enumerate() {
+                pp[(y + 1) * wp + 1..][..t.w].copy_from_slice(row);
+            }
+        }
+        let (mut d, mut tmp) = ([[[0f32; LANES]; 6]; 6], [[[0f32; LANES]; 6]; 6]);
+        for (g, at) in starts.chunks_exact(LANES).enumerate() {
+            for (k, dk) in d.iter_mut().take(T::A).enumerate() {
+                for (j, dkj) in dk.iter_mut().take(T::A).enumerate() {
+                    for (v, &a) in dkj.iter_mut().zip(at) {
+                        *v = padded[a + k * wp + j];
                     }
                 }
-                // B^T along columns: (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
-                let (r0, rest) = raw.split_at(wp);
-                let (r1, rest) = rest.split_at(wp);
-                let (r2, r3) = rest.split_at(wp);
-                let (t0, rest) = tr.split_at_mut(wp);
-                let (t1, rest) = rest.split_at_mut(wp);
-                let (t2, t3) = rest.split_at_mut(wp);
-                for x in 0..wp {
-                    t0[x] = r0[x] - r2[x];
-                    t1[x] = r1[x] + r2[x];
-                    t2[x] = r2[x] - r1[x];
-                    t3[x] = r1[x] - r3[x];
-                }
-                // ... then B along rows, tile by tile.
-                let base = (s * t.th + ty) * t.tw;
-                for (i, ti) in [&*t0, &*t1, &*t2, &*t3].into_iter().enumerate() {
-                    let row = |j: usize| (i * 4 + j) * tiles + base;
-                    let (o0, rest) = vc[row(0)..].split_at_mut(tiles);
-                    let (o1, rest) = rest.split_at_mut(tiles);
-                    let (o2, rest) = rest.split_at_mut(tiles);
-                    let o3 = &mut rest[..t.tw];
-                    for tx in 0..t.tw {
-                        let a = &ti[2 * tx..2 * tx + 4];
-                        o0[tx] = a[0] - a[2];
-                        o1[tx] = a[1] + a[2];
-                        o2[tx] = a[2] - a[1];
-                        o3[tx] = a[1] - a[3];
-                    }
+            }
+            input_tile::<T>(&mut d, &mut tmp);
+            let (t0, valid) = (g * LANES, (tiles - g * LANES).min(LANES));
+            for (i, di) in d.iter().take(T::A).enumerate() {
+                for (j, dij) in di.iter().take(T::A).enumerate() {
+                    store(&mut vc[(i * T::A + j) * tiles + t0..], dij, valid);
                 }
             }
         }
     });
 }
 
-/// `A^T m A` of every tile of `m` (`[16, cout, nb * tiles]`) into the samples `ys`
-/// (`[nb, cout, h, w]`).
-fn transform_output(m: &[f32], nb: usize, cout: usize, t: Tiles, ys: &mut [f32], parallel: bool) {
-    let tiles = nb * t.per_plane();
-    let stride_xi = cout * tiles;
-    let wq = 2 * t.tw;
-    for_chunks(ys, t.h * t.w, parallel, |p, plane| {
-        let (s, oc) = (p / cout, p % cout);
-        let mut q = vec![0f32; 4 * wq];
-        for ty in 0..t.th {
-            let base = oc * tiles + (s * t.th + ty) * t.tw;
-            // A along rows: (m0 + m1 + m2, m1 - m2 - m3) per tile.
-            for (i, qi) in q.chunks_exact_mut(wq).enumerate() {
-                let at = |j: usize| &m[(i * 4 + j) * stride_xi + base..][..t.tw];
-                let (m0, m1, m2, m3) = (at(0), at(1), at(2), at(3));
-                for (tx, pair) in qi.chunks_exact_mut(2).enumerate() {
-                    pair[0] = m0[tx] + m1[tx] + m2[tx];
-                    pair[1] = m1[tx] - m2[tx] - m3[tx];
+/// `A^T m A` of every tile of `m` (`[a², cout, nb * tiles]`) into the samples `ys`
+/// (`[nb, cout, h, w]`), clipped to the planes.
+fn transform_output<T: Transforms>(
+    m: &[f32],
+    nb: usize,
+    cout: usize,
+    t: Tiles,
+    ys: &mut [f32],
+    parallel: bool,
+) {
+    let (hw, tiles) = (t.h * t.w, nb * t.per_plane());
+    // Per tile: sample, offset of its top-left output in the plane, rows and columns inside.
+    let places: Vec<(usize, usize, usize, usize)> = (0..tiles)
+        .map(|i| {
+            let (s, ty, tx) = t.locate(i);
+            let (y0, x0) = (T::M * ty, T::M * tx);
+            (s, y0 * t.w + x0, (t.h - y0).min(T::M), (t.w - x0).min(T::M))
+        })
+        .collect();
+    // The planes of each output channel, so that channels can run in parallel.
+    let mut by_channel: Vec<Vec<&mut [f32]>> = (0..cout).map(|_| Vec::with_capacity(nb)).collect();
+    for sample in ys.chunks_exact_mut(cout * hw) {
+        for (oc, plane) in sample.chunks_exact_mut(hw).enumerate() {
+            by_channel[oc].push(plane);
+        }
+    }
+    let channel = |oc: usize, planes: &mut Vec<&mut [f32]>| {
+        let (mut b, mut tmp) = ([[[0f32; LANES]; 6]; 6], [[[0f32; LANES]; 6]; 6]);
+        for t0 in (0..tiles).step_by(LANES) {
+            let valid = (tiles - t0).min(LANES);
+            for (i, bi) in b.iter_mut().take(T::A).enumerate() {
+                for (j, bij) in bi.iter_mut().take(T::A).enumerate() {
+                    let xi = i * T::A + j;
+                    load(bij, &m[(xi * cout + oc) * tiles + t0..], valid);
                 }
             }
-            // ... then A^T along columns, clipped to the plane.
-            let (q0, rest) = q.split_at(wq);
-            let (q1, rest) = rest.split_at(wq);
-            let (q2, q3) = rest.split_at(wq);
-            let y0 = 2 * ty;
-            for (x, out) in plane[y0 * t.w..(y0 + 1) * t.w].iter_mut().enumerate() {
-                *out = q0[x] + q1[x] + q2[x];
-            }
-            if y0 + 1 < t.h {
-                for (x, out) in plane[(y0 + 1) * t.w..(y0 + 2) * t.w].iter_mut().enumerate() {
-                    *out = q1[x] - q2[x] - q3[x];
+            output_tile::<T>(&mut b, &mut tmp);
+            for (l, &(s, at, rows, cols)) in places[t0..t0 + valid].iter().enumerate() {
+                let plane = &mut planes[s];
+                for (i, bi) in b.iter().take(rows).enumerate() {
+                    for (j, bij) in bi.iter().take(cols).enumerate() {
+                        plane[at + i * t.w + j] = bij[l];
+                    }
                 }
             }
         }
-    });
+    };
+    if parallel {
+        by_channel
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(oc, p)| channel(oc, p));
+    } else {
+        by_channel
+            .iter_mut()
+            .enumerate()
+            .for_each(|(oc, p)| channel(oc, p));
+    }
 }
 
 /// The convolution of `x` (`[n, cin, h, w]`) with `kernel`, padding 1: returns
@@ -288,30 +613,44 @@ pub(super) fn conv3x3(
     kernel: &Kernel,
     each_sample: impl Fn(&mut [f32]) + Sync + Send,
 ) -> Vec<f32> {
-    let (cin, cout) = (kernel.cin, kernel.cout);
-    let t = Tiles::new(h, w);
+    match kernel.tile {
+        Tile::F2 => conv3x3_with::<F2>(x, n, (h, w), kernel, each_sample),
+        Tile::F4 => conv3x3_with::<F4>(x, n, (h, w), kernel, each_sample),
+    }
+}
+
+fn conv3x3_with<T: Transforms>(
+    x: &[f32],
+    n: usize,
+    (h, w): (usize, usize),
+    kernel: &Kernel,
+    each_sample: impl Fn(&mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let (cin, cout, aa) = (kernel.cin, kernel.cout, T::A * T::A);
+    let t = Tiles::new(h, w, kernel.tile);
     let (x_len, y_len) = (cin * h * w, cout * h * w);
     assert_eq!(x.len(), n * x_len, "winograd: input size");
-    let chunks = t.chunks(n, TARGET_TILES);
+    let chunks = t.chunks(n, kernel.tile.target_tiles());
     let outer = outer_parallel(chunks.len());
     let par = !outer;
     let mut y = vec![0f32; n * y_len];
     let run = |r: Range<usize>, ys: &mut [f32]| {
         let nb = r.len();
         let tiles = nb * t.per_plane();
-        with_scratch(16 * (cin + cout) * tiles, |buf| {
-            let (v, m) = buf.split_at_mut(16 * cin * tiles);
-            transform_input(&x[r.start * x_len..r.end * x_len], nb, cin, t, v, par);
-            for xi in 0..16 {
+        with_scratch(aa * (cin + cout) * tiles, |buf| {
+            let (v, m) = buf.split_at_mut(aa * cin * tiles);
+            transform_input::<T>(&x[r.start * x_len..r.end * x_len], nb, cin, t, v, par);
+            // The a² gemms are independent: in parallel with each other rather than each
+            // split over the threads, which is slow for the small gemms of few samples.
+            for_chunks(m, cout * tiles, par, |xi, dst| {
                 let rhs = Mat {
                     data: &v[xi * tiles..],
-                    rs: 16 * tiles,
+                    rs: aa * tiles,
                     cs: 1,
                 };
-                let dst = &mut m[xi * cout * tiles..(xi + 1) * cout * tiles];
-                sgemm((cout, tiles, cin), dst, false, kernel.mat(xi), rhs, par);
-            }
-            transform_output(m, nb, cout, t, ys, par);
+                sgemm((cout, tiles, cin), dst, false, kernel.mat(xi), rhs, false);
+            });
+            transform_output::<T>(m, nb, cout, t, ys, par);
         });
         for yb in ys.chunks_mut(y_len) {
             each_sample(yb);
@@ -380,7 +719,7 @@ fn transform_grad_output(
     });
 }
 
-/// The weight gradient `[cout, cin, 3, 3]` of [`conv3x3`] with a forward kernel, from its
+/// The weight gradient `[cout, cin, 3, 3]` of [`conv3x3`] (F(2x2, 3x3)) with a forward kernel, from its
 /// input `x` (`[n, cin, h, w]`) and output gradient `dy` (`[n, cout, h, w]`):
 /// `dW = G^T [ sum over tiles of (A dY A^T) ⊙ (B^T d B) ] G`, the chain rule through the
 /// forward's transforms (exact, since they compute the convolution exactly). The sum over
@@ -394,11 +733,11 @@ pub(super) fn grad_weight(
     (h, w): (usize, usize),
     groups: usize,
 ) -> Vec<f32> {
-    let t = Tiles::new(h, w);
+    let t = Tiles::new(h, w, Tile::F2);
     let (x_len, y_len, u_len) = (cin * h * w, cout * h * w, 16 * cout * cin);
     assert_eq!(x.len(), n * x_len, "winograd: input size");
     assert_eq!(dy.len(), n * y_len, "winograd: output gradient size");
-    let chunks = t.chunks(n, TARGET_TILES);
+    let chunks = t.chunks(n, Tile::F2.target_tiles());
     let groups = split_even(chunks.len(), groups);
     let outer = outer_parallel(groups.len());
     let par = !outer;
@@ -408,7 +747,7 @@ pub(super) fn grad_weight(
             let (nb, tiles) = (r.len(), r.len() * t.per_plane());
             with_scratch(16 * (cin + cout) * tiles, |buf| {
                 let (v, dm) = buf.split_at_mut(16 * cin * tiles);
-                transform_input(&x[r.start * x_len..r.end * x_len], nb, cin, t, v, par);
+                transform_input::<F2>(&x[r.start * x_len..r.end * x_len], nb, cin, t, v, par);
                 let dys = &dy[r.start * y_len..r.end * y_len];
                 transform_grad_output(dys, nb, cout, t, dm, par);
                 for xi in 0..16 {
@@ -516,23 +855,80 @@ mod tests {
             .fold(0f64, |m, (&g, &w)| m.max((f64::from(g) - w).abs() / scale))
     }
 
+    /// Largest error of each tile size against f64, relative to the output's largest
+    /// magnitude: F(2x2, 3x3)'s transforms are exact in binary, F(4x4, 3x3)'s kernel
+    /// transform is not (factors 1/6, 1/24) and its input transform multiplies by up to 5.
+    fn tolerance(tile: Tile) -> f64 {
+        match tile {
+            Tile::F2 => 1e-6,
+            Tile::F4 => 5e-6,
+        }
+    }
+
     #[test]
     fn forward_matches_direct_convolution_on_odd_and_even_sizes() {
+        // Sizes below, at and above a tile multiple; more tiles than one lane group (16),
+        // with a partial last group; many samples in one chunk.
         for &(n, c, h, w, o) in &[
             (1, 1, 1, 1, 1),
             (2, 3, 5, 7, 4),
             (3, 8, 7, 7, 5),
             (1, 16, 14, 9, 8),
+            (2, 5, 17, 13, 3),
+            (9, 4, 8, 8, 6),
         ] {
             let x = pseudo_random(n * c * h * w, 3);
             let wt = pseudo_random(o * c * 9, 4);
-            let got = conv3x3(&x, n, (h, w), &Kernel::forward(&wt, o, c), |_| {});
-            let err = max_rel_err(&got, &reference(&x, &wt, (n, c, h, w), o));
-            assert!(
-                err < 1e-6,
-                "{n}x{c}x{h}x{w} -> {o}: max relative error {err:e}"
+            let want = reference(&x, &wt, (n, c, h, w), o);
+            for tile in [Tile::F2, Tile::F4] {
+                let got = conv3x3(&x, n, (h, w), &Kernel::forward(tile, &wt, o, c), |_| {});
+                let err = max_rel_err(&got, &want);
+                assert!(
+                    err < tolerance(tile),
+                    "{tile:?} {n}x{c}x{h}x{w} -> {o}: max relative error {err:e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn resnet_shapes_take_the_tile_that_saves_most() {
+        let (k, inf) = ((3, 3), Pass::Inference);
+        // Batch 32: F(4x4, 3x3) on every map size of ResNet-18.
+        for hw in [56, 28, 14, 7] {
+            assert_eq!(
+                choose(inf, 32, (hw, hw), k, 1, 1),
+                Some(Tile::F4),
+                "{hw}x{hw}"
             );
         }
+        // One image: only the 56x56 maps save enough to pay for the kernel transform.
+        assert_eq!(choose(inf, 1, (56, 56), k, 1, 1), Some(Tile::F4));
+        assert_eq!(choose(inf, 1, (28, 28), k, 1, 1), None);
+        assert_eq!(choose(inf, 1, (7, 7), k, 1, 1), None);
+        // Not 3x3 stride 1 padding 1.
+        assert_eq!(choose(inf, 32, (56, 56), k, 2, 1), None);
+        assert_eq!(choose(inf, 32, (56, 56), (1, 1), 1, 0), None);
+        assert_eq!(choose(inf, 32, (56, 56), k, 1, 0), None);
+    }
+
+    #[test]
+    fn training_takes_4x4_tiles_only_under_the_guard_and_only_on_its_thread() {
+        let train = |hw| choose(Pass::Training, 32, (hw, hw), (3, 3), 1, 1);
+        assert_eq!(train(28), Some(Tile::F2));
+        {
+            let _outer = training_4x4(true);
+            assert_eq!(train(28), Some(Tile::F4));
+            std::thread::spawn(move || assert_eq!(train(28), Some(Tile::F2)))
+                .join()
+                .unwrap();
+            {
+                let _inner = training_4x4(false);
+                assert_eq!(train(28), Some(Tile::F2));
+            }
+            assert_eq!(train(28), Some(Tile::F4));
+        }
+        assert_eq!(train(28), Some(Tile::F2));
     }
 
     #[test]
@@ -587,8 +983,14 @@ mod tests {
                 }
             }
         }
-        let got = conv3x3(&dy, n, (h, w), &Kernel::input_grad(&wt, o, c), |_| {});
-        let err = max_rel_err(&got, &reference(&dy, &rotated, (n, o, h, w), c));
-        assert!(err < 1e-6, "max relative error {err:e}");
+        let want = reference(&dy, &rotated, (n, o, h, w), c);
+        for tile in [Tile::F2, Tile::F4] {
+            let kernel = Kernel::input_grad(tile, &wt, o, c);
+            let err = max_rel_err(&conv3x3(&dy, n, (h, w), &kernel, |_| {}), &want);
+            assert!(
+                err < tolerance(tile),
+                "{tile:?}: max relative error {err:e}"
+            );
+        }
     }
 }

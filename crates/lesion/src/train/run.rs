@@ -297,12 +297,19 @@ impl Session {
     }
 
     fn run(mut self) -> Result<TrainSummary> {
+        // The ops choose their path on this thread, which runs every step and validation.
+        let _tiles = crate::kernels::training_4x4(self.cfg.winograd_4x4);
         let out = self.cfg.out.clone();
         let mut stopped_early = self.state.finished;
         if !stopped_early && self.state.epoch < self.cfg.epochs {
             eprintln!(
-                "training on {} ({} train / {} val images, {}x{} px), trainable: {}, run: {}",
+                "training on {}{} ({} train / {} val images, {}x{} px), trainable: {}, run: {}",
                 describe(&self.device),
+                if self.cfg.winograd_4x4 {
+                    ", Winograd 4x4 in training"
+                } else {
+                    ""
+                },
                 self.data.len(Split::Train),
                 self.data.len(Split::Val),
                 self.data.image_size(),
