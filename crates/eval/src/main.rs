@@ -60,6 +60,10 @@ pub struct Cli {
     /// Replace an existing evaluation folder.
     #[arg(long)]
     force: bool,
+    /// Run the validation split for the threshold even where the checkpoint holds the
+    /// validation predictions lesion-train selected it on.
+    #[arg(long)]
+    recompute_val: bool,
     /// No progress bars or stage messages (the result table is still printed).
     #[arg(long, short)]
     quiet: bool,
@@ -105,6 +109,7 @@ impl Cli {
             batch_size: self.batch_size,
             device: self.device.clone(),
             force: self.force,
+            recompute_val: self.recompute_val,
             progress: !self.quiet,
         })
     }

@@ -4,6 +4,8 @@
 //! The model runs in eval mode on NCHW f32 batches from the [`crate::loader`]; logits `[b, 1]`
 //! become malignant probabilities `sigmoid(logit)` (f64).
 
+use std::collections::HashMap;
+
 use candle_core::{Device, Tensor, D};
 use candle_nn::ModuleT;
 use indicatif::ProgressBar;
@@ -61,6 +63,63 @@ impl SplitPredictions {
             .filter(|(&p, &y)| usize::from(p >= threshold) == y)
             .count();
         correct as f64 / self.len() as f64
+    }
+}
+
+/// Tensor names under which a checkpoint carries the validation predictions it was selected
+/// on (`lesion-train` writes them into `best.safetensors`, `lesion-eval` reuses them).
+const VAL_SOURCE_INDEX: &str = "val.source_index";
+const VAL_LABELS: &str = "val.labels";
+const VAL_LOGITS: &str = "val.logits";
+
+impl SplitPredictions {
+    /// The validation predictions as checkpoint tensors: `val.source_index` `[n]` u32,
+    /// `val.labels` `[n]` u8, `val.logits` `[n]` f32 (probabilities are their sigmoid).
+    pub fn to_val_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let cpu = &Device::Cpu;
+        let labels: Vec<u8> = self.labels.iter().map(|&y| y as u8).collect();
+        Ok(HashMap::from([
+            (
+                VAL_SOURCE_INDEX.to_string(),
+                Tensor::new(self.source_index.as_slice(), cpu)?,
+            ),
+            (VAL_LABELS.to_string(), Tensor::new(labels.as_slice(), cpu)?),
+            (
+                VAL_LOGITS.to_string(),
+                Tensor::new(self.logits.as_slice(), cpu)?,
+            ),
+        ]))
+    }
+
+    /// The validation predictions stored in a checkpoint's `tensors`, if it has them and
+    /// they cover exactly `data`'s validation split, image for image, in evaluation order.
+    /// Whether `data` is the dataset the run was trained on is the caller's to check (by its
+    /// manifest hash).
+    pub fn val_from_tensors(
+        tensors: &HashMap<String, Tensor>,
+        data: &PreparedDataset,
+    ) -> Result<Option<Self>> {
+        let (Some(source), Some(labels), Some(logits)) = (
+            tensors.get(VAL_SOURCE_INDEX),
+            tensors.get(VAL_LABELS),
+            tensors.get(VAL_LOGITS),
+        ) else {
+            return Ok(None);
+        };
+        let source: Vec<u32> = source.to_vec1()?;
+        let labels: Vec<u8> = labels.to_vec1()?;
+        let logits: Vec<f32> = logits.to_vec1()?;
+        if (source.clone(), labels.clone()) != data.eval_order(Split::Val)
+            || logits.len() != source.len()
+        {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            probs: logits.iter().map(|&x| sigmoid(f64::from(x))).collect(),
+            labels: labels.into_iter().map(usize::from).collect(),
+            logits,
+            source_index: source,
+        }))
     }
 }
 

@@ -117,6 +117,15 @@ impl PreparedDataset {
         self.manifest.counts(split).map_or(0, |c| c.total)
     }
 
+    /// Source indices and labels of `split` in the order an evaluation pass
+    /// ([`LoaderOptions::eval`]) yields them, from the shards' index arrays (no image is read).
+    pub fn eval_order(&self, split: Split) -> (Vec<u32>, Vec<u8>) {
+        let shards = self.epoch_shards(split, 0);
+        let source = shards.iter().flat_map(|s| s.source_index().iter().copied());
+        let labels = shards.iter().flat_map(|s| s.labels().iter().copied());
+        (source.collect(), labels.collect())
+    }
+
     /// Shards that an epoch of `split` reads.
     fn epoch_shards(&self, split: Split, epoch: u64) -> Vec<Arc<Shard>> {
         let view = match split {

@@ -355,6 +355,68 @@ fn writes_every_output_and_the_runs_threshold() {
 }
 
 #[test]
+fn stored_validation_predictions_replace_a_second_pass_only_where_they_apply() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_copy(tmp.path(), true);
+    let data = &tiny().data;
+    let on_val = |recompute_val| EvalOptions {
+        split: Split::Val,
+        bootstrap: 0,
+        force: true,
+        recompute_val,
+        ..options(&run, data)
+    };
+    let preds = || read_predictions(&run.join("eval-val").join("predictions.csv"));
+
+    // The predictions lesion-train stored with the checkpoint...
+    let stored = eval::run(&on_val(false)).unwrap();
+    assert!(stored.metrics.val_from_checkpoint);
+    let p_stored = preds();
+    // ... are those of a new pass over the same images with the same weights.
+    let fresh = eval::run(&on_val(true)).unwrap();
+    assert!(!fresh.metrics.val_from_checkpoint);
+    let p_fresh = preds();
+    let n_val = lesion::loader::PreparedDataset::open(data)
+        .unwrap()
+        .len(Split::Val);
+    assert_eq!((p_stored.len(), p_fresh.len()), (n_val, n_val));
+    for (a, b) in p_stored.iter().zip(&p_fresh) {
+        assert_eq!((&a["path"], &a["label"]), (&b["path"], &b["label"]));
+        let (pa, pb): (f64, f64) = (
+            a["probability"].parse().unwrap(),
+            b["probability"].parse().unwrap(),
+        );
+        assert!((pa - pb).abs() < 1e-6, "{}: {pa} vs {pb}", a["path"]);
+    }
+    let (ta, tb) = (&stored.metrics.threshold, &fresh.metrics.threshold);
+    assert!(
+        (ta.threshold - tb.threshold).abs() < 1e-6,
+        "{ta:?} vs {tb:?}"
+    );
+    assert_eq!(ta.val_sensitivity, tb.val_sensitivity);
+    assert_eq!(ta.val_specificity, tb.val_specificity);
+
+    // Not with TTA (other predictions), nor on another prepared dataset: the same images
+    // split with another seed.
+    let tta = eval::run(&EvalOptions {
+        tta: true,
+        ..on_val(false)
+    })
+    .unwrap();
+    assert!(!tta.metrics.val_from_checkpoint);
+    let other = tmp.path().join("other");
+    let mut opts = PrepOptions::new(&tiny().images, &other);
+    (opts.size, opts.seed, opts.progress) = (32, 43, false);
+    prep::run(&opts).unwrap();
+    let elsewhere = eval::run(&EvalOptions {
+        data: other,
+        ..on_val(false)
+    })
+    .unwrap();
+    assert!(!elsewhere.metrics.val_from_checkpoint);
+}
+
+#[test]
 fn sensitivity_target_tta_and_other_splits() {
     let tmp = tempfile::tempdir().unwrap();
     let run = run_copy(tmp.path(), true);

@@ -10,7 +10,12 @@
 //! The decision threshold is chosen on the **validation** split (Youden's J, or the highest
 //! threshold reaching a target sensitivity) and then applied to the evaluated split, so the
 //! test figures at that threshold are not tuned on the test images. It is written into the
-//! run ([`THRESHOLD_FILE`], see [`Threshold`]) so that prediction uses it.
+//! run ([`THRESHOLD_FILE`], see [`Threshold`]) so that prediction uses it. A
+//! `best.safetensors` written by `lesion-train` holds the validation predictions it was
+//! selected on; they are used instead of a second validation pass when the dataset is the
+//! run's own (same manifest hash, same images in the same order) and there is no TTA
+//! ([`EvalOptions::recompute_val`] turns this off). Either way the predictions come from the
+//! same weights on the same images, in eval mode.
 //!
 //! Outputs, in `<run>/eval-<split>/` (built in a staging folder and renamed into place,
 //! refused if present unless `force`): [`METRICS_FILE`], [`PREDICTIONS_FILE`], `roc.png`,
@@ -240,6 +245,9 @@ pub struct EvalOptions {
     pub device: String,
     /// Replace an existing evaluation folder.
     pub force: bool,
+    /// Run the validation split again even where the checkpoint holds the validation
+    /// predictions it was selected on (see [`run`]).
+    pub recompute_val: bool,
     /// Progress bars and stage messages on stderr.
     pub progress: bool,
 }
@@ -258,6 +266,7 @@ impl Default for EvalOptions {
             batch_size: 64,
             device: "auto".into(),
             force: false,
+            recompute_val: false,
             progress: true,
         }
     }
@@ -311,6 +320,10 @@ pub struct EvalMetrics {
     pub image_size: u32,
     /// The threshold chosen on the validation split.
     pub threshold: Threshold,
+    /// Whether the validation predictions behind the threshold were those `lesion-train`
+    /// stored in the checkpoint (rather than computed by this evaluation).
+    #[serde(default)]
+    pub val_from_checkpoint: bool,
     /// Everything at 0.5 (the notebook's threshold).
     pub at_default_threshold: BinaryMetrics,
     /// Everything at [`EvalMetrics::threshold`].
@@ -615,6 +628,13 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     let checkpoint_sha256 = sha256_file(&target.checkpoint)?;
     let manifest_sha256 = crate::manifest::manifest_sha256(data.dir())?;
     let (tensors, state) = checkpoint::load(&target.checkpoint, &Device::Cpu)?;
+    // The validation predictions the checkpoint was selected on, when they are of this
+    // dataset and the evaluation would compute the same ones (no TTA).
+    let stored_val = if opts.tta || opts.recompute_val || manifest_sha256 != cfg.manifest_sha256 {
+        None
+    } else {
+        SplitPredictions::val_from_tensors(&tensors, &data)?
+    };
     let model =
         ResNet18::from_tensors(tensors, &device, cfg.train.head_dropout as f32).map_err(|e| {
             Error::BadArtifact {
@@ -648,7 +668,19 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
         pb.finish_and_clear();
         Ok(p)
     };
-    let val = predict(Split::Val)?;
+    let val_from_checkpoint = stored_val.is_some();
+    let val = match stored_val {
+        Some(val) => {
+            if opts.progress {
+                eprintln!(
+                    "validation predictions (for the threshold): those lesion-train stored in \
+                     the checkpoint (--recompute-val runs the split again)"
+                );
+            }
+            val
+        }
+        None => predict(Split::Val)?,
+    };
     let preds = if opts.split == Split::Val {
         val.clone()
     } else {
@@ -787,6 +819,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
         class_names: data.class_names().to_vec(),
         image_size: data.image_size(),
         threshold: threshold.clone(),
+        val_from_checkpoint,
         at_default_threshold: at_default,
         at_chosen_threshold: at_chosen,
         bootstrap,

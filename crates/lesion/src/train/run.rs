@@ -264,6 +264,8 @@ struct Session {
     opt: Adam,
     state: TrainState,
     history: Vec<EpochRecord>,
+    /// Validation predictions of the epoch just finished.
+    last_val: Option<SplitPredictions>,
     progress: bool,
 }
 
@@ -292,6 +294,7 @@ impl Session {
             opt,
             state,
             history: Vec::new(),
+            last_val: None,
             progress,
         })
     }
@@ -437,7 +440,7 @@ impl Session {
         let val = self.validate()?;
         let lrs: HashMap<String, f64> = self.opt.lrs().into_iter().collect();
         let lr = |g: &str| lrs.get(g).copied().unwrap_or(0.0);
-        Ok(EpochRecord {
+        let record = EpochRecord {
             epoch: epoch + 1,
             train_loss: loss_sum / seen.max(1) as f64,
             train_acc: correct as f64 / seen.max(1) as f64,
@@ -450,7 +453,9 @@ impl Session {
             lr_backbone: lr("backbone"),
             seconds: start.elapsed().as_secs_f64(),
             images_per_s: seen as f64 / train_secs,
-        })
+        };
+        self.last_val = Some(val);
+        Ok(record)
     }
 
     /// Eval-mode predictions on the validation split from a detached view of the weights.
@@ -498,7 +503,13 @@ impl Session {
         let mut tensors = self.model_tensors();
         tensors.extend(self.opt.state_tensors()?);
         if improved {
-            checkpoint::save(&out.join(BEST_FILE), &tensors, &self.state)?;
+            // The best checkpoint carries the validation predictions it was selected on, so
+            // that lesion-eval can choose its threshold without another validation pass.
+            let mut best = tensors.clone();
+            if let Some(val) = &self.last_val {
+                best.extend(val.to_val_tensors()?);
+            }
+            checkpoint::save(&out.join(BEST_FILE), &best, &self.state)?;
         }
         checkpoint::save(&out.join(LAST_FILE), &tensors, &self.state)
     }
