@@ -77,9 +77,11 @@ impl Tile {
     }
 
     /// Whether the saving pays for transforming the kernel on every call, which costs about
-    /// `a²` per kernel. Measured eval-mode, batch 1, with F(2x2, 3x3) only (`lesion-bench
-    /// infer --batch-size 1`): Winograd everywhere ran at 38-40 img/s against 53-71 without;
-    /// with at least 4096 saved multiply-adds per kernel (the 56x56 maps only) at 71-76.
+    /// `a²` per kernel: at least `4096 a² / 16` saved multiply-adds per kernel. Measured
+    /// eval-mode, batch 1 (`lesion-bench infer --batch-size 1`, 2 threads): with F(2x2, 3x3)
+    /// only, Winograd everywhere ran at 38-40 img/s against 53-71 without, and with this rule
+    /// (the 56x56 maps only) at 71-76; with both tile sizes, everywhere at 35-36 img/s, with
+    /// this rule at 77.5 against 77.8 without.
     fn pays(self, n: usize, h: usize, w: usize) -> bool {
         self.saved_macs(n, h, w) >= 4096 * self.a() * self.a() / 16
     }
