@@ -186,6 +186,8 @@ const LANES: usize = 16;
 /// so that each 1-D transform below compiles to whole-register operations.
 type Block = [[[f32; LANES]; 6]; 6];
 
+const ZERO_BLOCK: Block = [[[0.0; LANES]; 6]; 6];
+
 /// The 1-D transforms of one tile size; the 2-D ones apply them along columns, then rows.
 /// Arrays hold `A` (or `M`) values; the rest are unused.
 trait Transforms {
@@ -270,50 +272,30 @@ impl Transforms for F4 {
     }
 }
 
-/// `f` (a 1-D transform of `n_in` values into `n_out`) down every column of `src`'s first
-/// `cols` columns, lane by lane, into `dst`.
+/// `f` (a 1-D transform of `n_in` values into `n_out`) applied lane by lane to each of the
+/// first `lines` lines of `src` into `dst`: rows when `ROWS`, else columns.
 #[inline(always)]
-fn down_columns<const I: usize, const O: usize>(
+fn transform_lines<const ROWS: bool, const I: usize, const O: usize>(
     src: &Block,
     dst: &mut Block,
-    (n_in, n_out, cols): (usize, usize, usize),
+    (n_in, n_out, lines): (usize, usize, usize),
     f: impl Fn([f32; I]) -> [f32; O],
 ) {
-    for j in 0..cols {
+    // (row, column) of element `k` of line `line`.
+    let at = |line: usize, k: usize| if ROWS { (line, k) } else { (k, line) };
+    for line in 0..lines {
         for l in 0..LANES {
             let out = f(std::array::from_fn(|k| {
+                let (r, c) = at(line, k);
                 if k < n_in {
-                    src[k][j][l]
+                    src[r][c][l]
                 } else {
                     0.0
                 }
             }));
-            for (i, v) in out.into_iter().take(n_out).enumerate() {
-                dst[i][j][l] = v;
-            }
-        }
-    }
-}
-
-/// `f` along every row of `src`'s first `rows` rows, lane by lane, into `dst`.
-#[inline(always)]
-fn along_rows<const I: usize, const O: usize>(
-    src: &Block,
-    dst: &mut Block,
-    (n_in, n_out, rows): (usize, usize, usize),
-    f: impl Fn([f32; I]) -> [f32; O],
-) {
-    for i in 0..rows {
-        for l in 0..LANES {
-            let out = f(std::array::from_fn(|k| {
-                if k < n_in {
-                    src[i][k][l]
-                } else {
-                    0.0
-                }
-            }));
-            for (j, v) in out.into_iter().take(n_out).enumerate() {
-                dst[i][j][l] = v;
+            for (k, v) in out.into_iter().take(n_out).enumerate() {
+                let (r, c) = at(line, k);
+                dst[r][c][l] = v;
             }
         }
     }
@@ -343,23 +325,23 @@ fn load(dst: &mut [f32; LANES], src: &[f32], valid: usize) {
 /// `B^T d B` of the patches in `d`, in place (`tmp` is scratch).
 #[inline(always)]
 fn input_tile<T: Transforms>(d: &mut Block, tmp: &mut Block) {
-    down_columns(d, tmp, (T::A, T::A, T::A), T::input);
-    along_rows(tmp, d, (T::A, T::A, T::A), T::input);
+    transform_lines::<false, _, _>(d, tmp, (T::A, T::A, T::A), T::input);
+    transform_lines::<true, _, _>(tmp, d, (T::A, T::A, T::A), T::input);
 }
 
 /// `A^T m A` of the transformed tiles in `m`, in place into its first `M x M` (`tmp` is
 /// scratch).
 #[inline(always)]
 fn output_tile<T: Transforms>(m: &mut Block, tmp: &mut Block) {
-    down_columns(m, tmp, (T::A, T::M, T::A), T::output);
-    along_rows(tmp, m, (T::A, T::M, T::M), T::output);
+    transform_lines::<false, _, _>(m, tmp, (T::A, T::M, T::A), T::output);
+    transform_lines::<true, _, _>(tmp, m, (T::A, T::M, T::M), T::output);
 }
 
 /// `G g G^T` of the 3x3 kernels in `g`, in place into its first `A x A` (`tmp` is scratch).
 #[inline(always)]
 fn kernel_tile<T: Transforms>(g: &mut Block, tmp: &mut Block) {
-    down_columns(g, tmp, (3, T::A, 3), T::kernel);
-    along_rows(tmp, g, (3, T::A, T::A), T::kernel);
+    transform_lines::<false, _, _>(g, tmp, (3, T::A, 3), T::kernel);
+    transform_lines::<true, _, _>(tmp, g, (3, T::A, T::A), T::kernel);
 }
 
 /// A 3x3 weight transformed to `G g G^T` per kernel, stored `[cout, a², cin]` so that each
@@ -426,7 +408,7 @@ fn transform_kernels<T: Transforms>(
 ) {
     let aa = T::A * T::A;
     u.par_chunks_mut(aa * cin).enumerate().for_each(|(oc, uo)| {
-        let (mut g, mut tmp) = ([[[0f32; LANES]; 6]; 6], [[[0f32; LANES]; 6]; 6]);
+        let (mut g, mut tmp) = (ZERO_BLOCK, ZERO_BLOCK);
         for ic0 in (0..cin).step_by(LANES) {
             let valid = (cin - ic0).min(LANES);
             for l in 0..valid {
@@ -525,7 +507,7 @@ fn transform_input<T: Transforms>(
                 pp[(y + 1) * wp + 1..][..t.w].copy_from_slice(row);
             }
         }
-        let (mut d, mut tmp) = ([[[0f32; LANES]; 6]; 6], [[[0f32; LANES]; 6]; 6]);
+        let (mut d, mut tmp) = (ZERO_BLOCK, ZERO_BLOCK);
         for (g, at) in starts.chunks_exact(LANES).enumerate() {
             for (k, dk) in d.iter_mut().take(T::A).enumerate() {
                 for (j, dkj) in dk.iter_mut().take(T::A).enumerate() {
@@ -572,7 +554,7 @@ fn transform_output<T: Transforms>(
         }
     }
     let channel = |oc: usize, planes: &mut Vec<&mut [f32]>| {
-        let (mut b, mut tmp) = ([[[0f32; LANES]; 6]; 6], [[[0f32; LANES]; 6]; 6]);
+        let (mut b, mut tmp) = (ZERO_BLOCK, ZERO_BLOCK);
         for t0 in (0..tiles).step_by(LANES) {
             let valid = (tiles - t0).min(LANES);
             for (i, bi) in b.iter_mut().take(T::A).enumerate() {
