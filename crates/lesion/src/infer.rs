@@ -28,6 +28,12 @@ pub struct SplitPredictions {
     pub probs: Vec<f64>,
 }
 
+/// Tensor names under which a checkpoint carries the validation predictions it was selected
+/// on (`lesion-train` writes them into `best.safetensors`, `lesion-eval` reuses them).
+const VAL_SOURCE_INDEX: &str = "val.source_index";
+const VAL_LABELS: &str = "val.labels";
+const VAL_LOGITS: &str = "val.logits";
+
 impl SplitPredictions {
     pub fn len(&self) -> usize {
         self.labels.len()
@@ -64,15 +70,7 @@ impl SplitPredictions {
             .count();
         correct as f64 / self.len() as f64
     }
-}
 
-/// Tensor names under which a checkpoint carries the validation predictions it was selected
-/// on (`lesion-train` writes them into `best.safetensors`, `lesion-eval` reuses them).
-const VAL_SOURCE_INDEX: &str = "val.source_index";
-const VAL_LABELS: &str = "val.labels";
-const VAL_LOGITS: &str = "val.logits";
-
-impl SplitPredictions {
     /// The validation predictions as checkpoint tensors: `val.source_index` `[n]` u32,
     /// `val.labels` `[n]` u8, `val.logits` `[n]` f32 (probabilities are their sigmoid).
     pub fn to_val_tensors(&self) -> Result<HashMap<String, Tensor>> {
@@ -109,9 +107,8 @@ impl SplitPredictions {
         let source: Vec<u32> = source.to_vec1()?;
         let labels: Vec<u8> = labels.to_vec1()?;
         let logits: Vec<f32> = logits.to_vec1()?;
-        if (source.clone(), labels.clone()) != data.eval_order(Split::Val)
-            || logits.len() != source.len()
-        {
+        let (val_source, val_labels) = data.eval_order(Split::Val);
+        if source != val_source || labels != val_labels || logits.len() != source.len() {
             return Ok(None);
         }
         Ok(Some(Self {

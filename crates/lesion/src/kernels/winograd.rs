@@ -418,7 +418,7 @@ fn transform_kernels<T: Transforms>(
             }
             kernel_tile::<T>(&mut g, &mut tmp);
             for xi in 0..aa {
-                uo[xi * cin + ic0..][..valid].copy_from_slice(&g[xi / T::A][xi % T::A][..valid]);
+                store(&mut uo[xi * cin + ic0..], &g[xi / T::A][xi % T::A], valid);
             }
         }
     });

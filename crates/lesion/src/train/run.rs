@@ -264,8 +264,6 @@ struct Session {
     opt: Adam,
     state: TrainState,
     history: Vec<EpochRecord>,
-    /// Validation predictions of the epoch just finished.
-    last_val: Option<SplitPredictions>,
     progress: bool,
 }
 
@@ -294,7 +292,6 @@ impl Session {
             opt,
             state,
             history: Vec::new(),
-            last_val: None,
             progress,
         })
     }
@@ -322,7 +319,7 @@ impl Session {
             );
         }
         while !stopped_early && self.state.epoch < self.cfg.epochs {
-            let record = self.epoch()?;
+            let (record, val) = self.epoch()?;
             let value = match self.cfg.monitor {
                 Monitor::ValAcc => record.val_acc,
                 Monitor::ValLoss => record.val_loss,
@@ -355,7 +352,7 @@ impl Session {
                 if improved { " *best*" } else { "" }
             );
             self.history.push(record);
-            self.save(improved)?;
+            self.save(improved, &val)?;
             if stopped_early {
                 eprintln!(
                     "early stopping: no {} improvement for {} epochs",
@@ -374,8 +371,9 @@ impl Session {
         })
     }
 
-    /// One epoch of training followed by validation.
-    fn epoch(&mut self) -> Result<EpochRecord> {
+    /// One epoch of training followed by validation: its history row and the validation
+    /// predictions.
+    fn epoch(&mut self) -> Result<(EpochRecord, SplitPredictions)> {
         let epoch = self.state.epoch; // 0-based index of the epoch being run
         let start = Instant::now();
         let n_train = self.data.len(Split::Train);
@@ -454,8 +452,7 @@ impl Session {
             seconds: start.elapsed().as_secs_f64(),
             images_per_s: seen as f64 / train_secs,
         };
-        self.last_val = Some(val);
-        Ok(record)
+        Ok((record, val))
     }
 
     /// Eval-mode predictions on the validation split from a detached view of the weights.
@@ -487,9 +484,10 @@ impl Session {
             .collect()
     }
 
-    /// Writes history, curves and checkpoints for the epoch just finished. Order matters
-    /// for resuming: history first, `last.safetensors` (the resume point) last.
-    fn save(&self, improved: bool) -> Result<()> {
+    /// Writes history, curves and checkpoints for the epoch just finished (`val`: its
+    /// validation predictions). Order matters for resuming: history first,
+    /// `last.safetensors` (the resume point) last.
+    fn save(&self, improved: bool, val: &SplitPredictions) -> Result<()> {
         let out = &self.cfg.out;
         history::write(&out.join(HISTORY_FILE), &self.history)?;
         let col = |f: fn(&EpochRecord) -> f64| self.history.iter().map(f).collect::<Vec<_>>();
@@ -506,9 +504,7 @@ impl Session {
             // The best checkpoint carries the validation predictions it was selected on, so
             // that lesion-eval can choose its threshold without another validation pass.
             let mut best = tensors.clone();
-            if let Some(val) = &self.last_val {
-                best.extend(val.to_val_tensors()?);
-            }
+            best.extend(val.to_val_tensors()?);
             checkpoint::save(&out.join(BEST_FILE), &best, &self.state)?;
         }
         checkpoint::save(&out.join(LAST_FILE), &tensors, &self.state)
