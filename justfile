@@ -20,6 +20,10 @@ default:
 build:
     cargo build --release --workspace {{cargo_features}}
 
+# Fetch nvcc, cuBLAS and cuDNN from PyPI into target/cuda-pip for `features=cudnn` builds without a CUDA toolkit.
+cuda-from-pip *args:
+    scripts/cuda-from-pip.sh {{args}}
+
 # Generate the synthetic default dataset (offline, deterministic) into data/synthetic.
 synth *args: build
     target/release/lesion-prep synth --out {{images}} {{args}}

@@ -25,11 +25,15 @@
 #   BENCH_TRAIN_ARGS=""     extra options for our end-to-end lesion-train, split on whitespace
 #                           (e.g. "--winograd-4x4"); BENCH_REPEATS=0 runs the end to end alone
 #   BENCH_DEVICE=cpu        cpu or cuda (both sides); BENCH_FEATURES=cuda[,cudnn] for our build
+#   BENCH_TF32=0            on CUDA both sides compute in full f32 (NVIDIA_TF32_OVERRIDE=0, our
+#                           default); 1 lets cuDNN/cuBLAS use TF32 on both (PyTorch's default
+#                           for convolutions; ours with LESION_TF32=1)
 #   BENCH_PYTHON=python     use this Python (must import torch, torchvision) instead of the venv
 #   BENCH_VENV=.venv-bench  venv created and filled with `pip install torch torchvision
 #                           scikit-learn pillow` when torch is missing (about 3 GB download,
 #                           5.6 GB installed: PyPI's torch wheel is the CUDA build)
-#   BENCH_NO_INSTALL=1      never pip install; without torch only our side runs
+#   BENCH_NO_INSTALL=1      install nothing (no pip, no apt-get: for offline machines); without
+#                           torch only our side runs, without GNU time RSS comes from Python
 #   BENCH_NO_BUILD=1        skip `cargo build` (benchmark the binaries already built)
 #   BENCH_OMP_WAIT_POLICY=PASSIVE  OpenMP wait policy of the PyTorch side (spinning OpenMP
 #                           workers halve torch's throughput when other work shares the cores)
@@ -100,7 +104,7 @@ fi
 
 # --- /usr/bin/time -v for peak RSS (Debian's `time`), else a Python getrusage wrapper --------
 gnu_time() { /usr/bin/time -v -o /dev/null true >/dev/null 2>&1; }
-if ! gnu_time && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+if ! gnu_time && [[ ${BENCH_NO_INSTALL:-0} != 1 && $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     note "installing Debian's time package for /usr/bin/time -v"
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -qq time >/dev/null 2>&1 ||
@@ -154,14 +158,22 @@ if command -v taskset >/dev/null && [[ $(nproc) -ge $threads ]]; then
     pin=(taskset -c "0-$((threads - 1))")
 fi
 export RAYON_NUM_THREADS=$threads OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
+if [[ $device == cuda* ]]; then
+    if [[ ${BENCH_TF32:-0} == 1 ]]; then
+        export LESION_TF32=1
+        unset NVIDIA_TF32_OVERRIDE
+    else
+        export NVIDIA_TF32_OVERRIDE=0
+    fi
+fi
 torch_env=(env OMP_WAIT_POLICY="$omp_wait")
 
 {
     echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
+    echo "machine: $(nproc --all) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (uncommitted changes)')"
     echo "torch: $([[ -n $py ]] && "$py" -c 'import torch; print(torch.__version__)' || echo none)"
-    echo "settings: device $device${BENCH_TRAIN_ARGS:+, end-to-end lesion-train $BENCH_TRAIN_ARGS}, $threads threads, batch $batch, ${size} px, $repeats repeats x $iters iters (+$warmup warm-up), PyTorch OMP_WAIT_POLICY=$omp_wait"
+    echo "settings: device $device${NVIDIA_TF32_OVERRIDE:+ (NVIDIA_TF32_OVERRIDE=$NVIDIA_TF32_OVERRIDE)}${LESION_TF32:+ (TF32 allowed)}${BENCH_TRAIN_ARGS:+, end-to-end lesion-train $BENCH_TRAIN_ARGS}, $threads threads, batch $batch, ${size} px, $repeats repeats x $iters iters (+$warmup warm-up), PyTorch OMP_WAIT_POLICY=$omp_wait"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$out/header.txt"
 
@@ -247,7 +259,7 @@ print(round(json.load(open(sys.argv[1]))["at_default_threshold"]["accuracy"], 4)
     if [[ -n $py ]]; then
         note "PyTorch: notebook_torch.py"
         if measure e2e-notebook "${pin[@]}" "${torch_env[@]}" "$py" scripts/notebook_torch.py \
-            "$data" --epochs "$epochs" --threads "$threads"; then
+            "$data" --epochs "$epochs" --threads "$threads" --device "$device"; then
             nb_detail=$(grep '^wall_s' "$out/e2e-notebook.out" | sed 's/^wall_s [0-9.]* //')
             nb_acc=$(awk '/^test_acc/ { print $2 }' "$out/e2e-notebook.out")
             pt_json=$(printf '{"wall_s": %s, "peak_rss_mib": %s, "detail": "in-process %s, test_acc %s (weights none)"}' \

@@ -2,7 +2,7 @@
 """The original PyTorch notebook as one script: the end-to-end baseline of `just bench`.
 
     notebook_torch.py IMAGE_DIR [--epochs 3] [--patience 5] [--threads 2] [--seed 42]
-                      [--weights PATH]
+                      [--weights PATH] [--device cpu|cuda]
 
 IMAGE_DIR holds Benign/ and Malignant/ (any case). Steps, as in the notebook:
 1. list the images; stratified split with scikit-learn's train_test_split twice, seed 42
@@ -19,6 +19,9 @@ IMAGE_DIR holds Benign/ and Malignant/ (any case). Steps, as in the notebook:
    (requires_grad False); BCEWithLogitsLoss; Adam groups fc 1e-2, layer4 1e-3, layer3 1e-3;
 5. --epochs epochs (the notebook: 50) keeping the weights of the best validation accuracy,
    early stopping after --patience epochs without improvement; then test accuracy.
+
+--device: the notebook moved the model and each batch to CUDA when one was available; the
+default here is the CPU, so that a benchmark says which device it measured.
 
 The notebook used ImageNet (IMAGENET1K_V1) weights. They cannot be downloaded on an offline
 machine, so the default here is weights=None (random init): the timing and memory are those
@@ -141,7 +144,7 @@ def build_model(weights):
     return model
 
 
-def run_epoch(model, loader, loss_fn, opt=None):
+def run_epoch(model, loader, loss_fn, device, opt=None):
     """Mean loss and accuracy over a loader; trains when an optimizer is given.
 
     Faithful to the notebook, evaluation does NOT call model.eval(): dropout stays active and
@@ -152,6 +155,7 @@ def run_epoch(model, loader, loss_fn, opt=None):
     total_loss, correct, seen = 0.0, 0, 0
     with torch.set_grad_enabled(opt is not None):
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             logits = model(x).squeeze(1)
             loss = loss_fn(logits, y)
             if opt is not None:
@@ -173,6 +177,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--weights", help="torchvision resnet18 state dict (.pth); default none")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the notebook: cuda if any)")
     args = ap.parse_args()
 
     start = time.perf_counter()
@@ -201,7 +206,8 @@ def main():
     test_loader = DataLoader(TensorDataset(x_test, y_test), batch_size=args.batch_size)
 
     # 4. Model, loss, optimizer.
-    model = build_model(args.weights)
+    device = torch.device(args.device)
+    model = build_model(args.weights).to(device)
     loss_fn = nn.BCEWithLogitsLoss()
     opt = torch.optim.Adam([
         {"params": model.fc.parameters(), "lr": 1e-2},
@@ -214,9 +220,9 @@ def main():
     train_start = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
-        train_loss, train_acc = run_epoch(model, train_loader, loss_fn, opt)
+        train_loss, train_acc = run_epoch(model, train_loader, loss_fn, device, opt)
         t_train = time.perf_counter() - t0
-        val_loss, val_acc = run_epoch(model, val_loader, loss_fn)
+        val_loss, val_acc = run_epoch(model, val_loader, loss_fn, device)
         print(f"epoch {epoch}/{args.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
               f"val loss {val_loss:.4f} acc {val_acc:.4f} | "
               f"{len(train) / t_train:.1f} img/s, {time.perf_counter() - t0:.0f} s", flush=True)
@@ -231,7 +237,7 @@ def main():
 
     model.load_state_dict(best_state)
     test_start = time.perf_counter()
-    _, test_acc = run_epoch(model, test_loader, loss_fn)  # no model.eval(), as the notebook
+    _, test_acc = run_epoch(model, test_loader, loss_fn, device)  # no model.eval(), as the notebook
     test_s = time.perf_counter() - test_start
 
     wall = time.perf_counter() - start
@@ -243,7 +249,7 @@ def main():
         "impl": "pytorch-notebook", "workload": "end-to-end", "wall_s": wall,
         "prep_s": prep_s, "train_s": train_s, "test_s": test_s, "peak_rss_mib": rss_mib,
         "test_acc": test_acc, "best_val_acc": best_acc, "epochs": args.epochs,
-        "weights": args.weights or "none", "torch": torch.__version__,
+        "weights": args.weights or "none", "torch": torch.__version__, "device": str(device),
     }))
 
 

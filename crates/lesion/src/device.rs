@@ -5,6 +5,9 @@
 //! device 0 when this build has Metal and it can be opened, else the CPU. An explicit request
 //! for a backend this build lacks, or a GPU that cannot be opened, is an
 //! [`Error::DeviceUnavailable`] saying what this build offers and how to get the rest.
+//!
+//! CUDA runs in full f32: before the first CUDA device opens, `NVIDIA_TF32_OVERRIDE=0` is
+//! set for the process (see [`full_f32_on_cuda`]); `LESION_TF32=1` allows TF32.
 
 use std::fmt;
 use std::str::FromStr;
@@ -86,6 +89,7 @@ impl DeviceSpec {
             DeviceSpec::Cpu => Ok(Device::Cpu),
             DeviceSpec::Auto => {
                 if candle_core::utils::cuda_is_available() {
+                    full_f32_on_cuda();
                     if let Ok(device) = open_gpu(self, || Device::new_cuda(0)) {
                         return Ok(device);
                     }
@@ -101,6 +105,7 @@ impl DeviceSpec {
                 if !candle_core::utils::cuda_is_available() {
                     return Err(not_built(self, "CUDA", "cuda"));
                 }
+                full_f32_on_cuda();
                 open_gpu(self, || Device::new_cuda(n))
             }
             DeviceSpec::Metal(n) => {
@@ -168,6 +173,20 @@ fn not_built(spec: DeviceSpec, name: &str, feature: &str) -> Error {
              available: {}. Rebuild with `--features {feature}`, or pass `--device cpu`",
             compiled_backends().join(", ")
         ),
+    }
+}
+
+/// Keeps CUDA's f32 arithmetic f32. cuDNN's default math mode runs f32 convolutions on
+/// TF32 tensor cores (10-bit mantissa) on Ampere and later GPUs; on an H200 that put the
+/// parity test's eval logits 1e-3 (relative) from PyTorch's f32 values, 1000x the CPU's
+/// error, and made training's results depend on the GPU model. cuDNN and cuBLAS read
+/// `NVIDIA_TF32_OVERRIDE` when they create their handles, which candle does on first use,
+/// after this. A value the user set is left alone; `LESION_TF32=1` (or `on`) skips this and
+/// lets the libraries choose, for speed (PyTorch's default for convolutions).
+pub fn full_f32_on_cuda() {
+    let tf32_allowed = matches!(std::env::var("LESION_TF32").as_deref(), Ok("1" | "on"));
+    if !tf32_allowed && std::env::var_os("NVIDIA_TF32_OVERRIDE").is_none() {
+        std::env::set_var("NVIDIA_TF32_OVERRIDE", "0");
     }
 }
 

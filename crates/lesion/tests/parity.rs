@@ -80,7 +80,8 @@ struct Fixture {
 impl Fixture {
     fn load() -> Self {
         let device = match std::env::var("LESION_PARITY_DEVICE").as_deref() {
-            Ok("cuda") => Device::new_cuda(0).expect("LESION_PARITY_DEVICE=cuda"),
+            // Through `--device`'s path, so the test sees the binaries' f32 policy on CUDA.
+            Ok("cuda") => lesion::device::parse_device("cuda").expect("LESION_PARITY_DEVICE=cuda"),
             _ => Device::Cpu,
         };
         let load = |name| {

@@ -24,7 +24,8 @@ use rayon::prelude::*;
 
 use super::winograd::{self, Pass};
 use super::{
-    applies, contiguous, f32_slice, relu_f32, scale_shift, sgemm, split_even, with_scratch, Mat,
+    applies, contiguous, enabled, f32_slice, relu_f32, scale_shift, sgemm, split_even,
+    with_scratch, Mat,
 };
 
 /// Number of sample groups the weight gradient is split into (at most one per sample): enough
@@ -764,8 +765,9 @@ impl CustomOp2 for ConvAffine {
 
 /// Convolution without bias: `x` `[n, c, h, w]`, `w` `[o, c, kh, kw]`, zero padding `padding`
 /// on every side, output `[n, o, ho, wo]`. Differentiable in both arguments (only arguments
-/// that track gradients get one). CPU f32: the im2col + gemm op; otherwise candle's
-/// `conv2d`.
+/// that track gradients get one). CPU f32: the im2col + gemm op; other CPU dtypes: candle's
+/// `conv2d`; GPUs: candle's forward with the backward of `gpu_conv.rs` (candle's own
+/// backward with `LESION_CPU_KERNELS=0`).
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,
@@ -780,8 +782,10 @@ pub fn conv2d(
                 pad: padding,
             },
         )
-    } else {
+    } else if x.device().is_cpu() || !enabled() {
         x.conv2d(w, padding, stride, 1, 1)
+    } else {
+        super::gpu_conv::conv2d(x, w, stride, padding)
     }
 }
 

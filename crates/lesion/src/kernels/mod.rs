@@ -33,6 +33,7 @@
 mod batchnorm;
 mod conv;
 mod elementwise;
+mod gpu_conv;
 mod winograd;
 
 use std::cell::RefCell;

@@ -1,0 +1,283 @@
+//! Convolution backward for GPUs (and any device the CPU kernels do not cover), built from
+//! candle's forward convolution.
+//!
+//! candle 0.11 differentiates `conv2d` with its `conv_transpose2d` for the input gradient,
+//! a direct kernel on CUDA (one thread per input element looping over every output
+//! channel and tap) that made a CUDA training step about 25x slower than PyTorch's, and
+//! it computes that gradient even for a frozen layer's input, which needs none. Here the
+//! forward convolution is candle's own (cuDNN with the `cudnn` feature) and the backward is:
+//! - input gradient, only when the input tracks gradients: a forward convolution of the
+//!   output gradient, zero-dilated by the stride, with the kernel flipped and its channel
+//!   axes swapped (`[o, c, kh, kw]` -> `[c, o, kh, kw]`), padded by `k - 1 - p` (plus the
+//!   rows and columns a strided forward skipped at the bottom and right);
+//! - weight gradient, only when the weight tracks gradients: candle's formula (a forward
+//!   convolution of the input with the output gradient, batch and channel axes swapped,
+//!   dilated by the stride).
+//!
+//! Shapes: `x` `[n, c, h, w]`, `w` `[o, c, kh, kw]`, output `[n, o, ho, wo]`, any dtype the
+//! device's convolution takes. The forward result is attached to the graph by a custom op
+//! whose forward copies it (one device-to-device copy of the output), since candle offers no
+//! other way to give a built-in op a different backward.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+
+/// `conv2d(x, w)` (no bias, zero padding `padding`, no dilation or groups) whose backward
+/// is described in the module docs.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    let y = x.detach().conv2d(&w.detach(), padding, stride, 1, 1)?;
+    if !(x.track_op() || w.track_op()) {
+        return Ok(y);
+    }
+    x.apply_op3(
+        w,
+        &y,
+        Backward {
+            stride,
+            pad: padding,
+        },
+    )
+}
+
+/// The input gradient `[n, c, h, w]` of a convolution, from the output gradient `dy`
+/// `[n, o, ho, wo]` and the kernel `w` `[o, c, kh, kw]` (see the module docs).
+pub fn conv2d_grad_input(
+    dy: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    (h, wd): (usize, usize),
+) -> candle_core::Result<Tensor> {
+    let (n, o, ho, wo) = dy.dims4()?;
+    let (_, _, kh, kw) = w.dims4()?;
+    if padding + 1 > kh || padding + 1 > kw {
+        // A padding wider than the kernel crops the gradient instead; no ResNet layer has one.
+        let out_pad = h - ((ho - 1) * stride + kh - 2 * padding);
+        return dy.conv_transpose2d(w, padding, out_pad, stride, 1);
+    }
+    let dilated = if stride > 1 {
+        dy.unsqueeze(3)?
+            .unsqueeze(5)?
+            .pad_with_zeros(3, 0, stride - 1)?
+            .pad_with_zeros(5, 0, stride - 1)?
+            .reshape((n, o, ho * stride, wo * stride))?
+            .narrow(2, 0, (ho - 1) * stride + 1)?
+            .narrow(3, 0, (wo - 1) * stride + 1)?
+    } else {
+        dy.clone()
+    };
+    // A strided forward ignores the last `h + 2p - k mod stride` rows (and columns): their
+    // gradient is zero beyond what the padded convolution below reaches.
+    let rows = h - ((ho - 1) * stride + kh - 2 * padding);
+    let cols = wd - ((wo - 1) * stride + kw - 2 * padding);
+    let dilated = dilated
+        .pad_with_zeros(2, 0, rows)?
+        .pad_with_zeros(3, 0, cols)?;
+    let flipped = w.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
+    if kh == kw {
+        dilated.conv2d(&flipped, kh - 1 - padding, 1, 1, 1)
+    } else {
+        dilated
+            .pad_with_zeros(2, kh - 1 - padding, kh - 1 - padding)?
+            .pad_with_zeros(3, kw - 1 - padding, kw - 1 - padding)?
+            .conv2d(&flipped, 0, 1, 1, 1)
+    }
+}
+
+/// The weight gradient `[o, c, kh, kw]` of a convolution, from its input `x` and output
+/// gradient `dy` (candle's formula).
+pub fn conv2d_grad_weight(
+    x: &Tensor,
+    dy: &Tensor,
+    stride: usize,
+    padding: usize,
+    (kh, kw): (usize, usize),
+) -> candle_core::Result<Tensor> {
+    let g = x
+        .transpose(0, 1)?
+        .conv2d(&dy.transpose(0, 1)?, padding, 1, stride, 1)?
+        .transpose(0, 1)?;
+    let (_, _, gh, gw) = g.dims4()?;
+    if gh != kh || gw != kw {
+        g.narrow(2, 0, kh)?.narrow(3, 0, kw)
+    } else {
+        Ok(g)
+    }
+}
+
+/// (input, weight, the forward's result) -> a copy of the result, with the convolution's
+/// gradients for the first two.
+struct Backward {
+    stride: usize,
+    pad: usize,
+}
+
+impl CustomOp3 for Backward {
+    fn name(&self) -> &'static str {
+        "lesion_conv2d_backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        y: &CpuStorage,
+        ly: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok((copy(y, ly)?, ly.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        y: &candle_core::CudaStorage,
+        ly: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        Ok((copy(y, ly)?, ly.shape().clone()))
+    }
+
+    #[cfg(feature = "metal")]
+    fn metal_fwd(
+        &self,
+        _: &candle_core::MetalStorage,
+        _: &Layout,
+        _: &candle_core::MetalStorage,
+        _: &Layout,
+        y: &candle_core::MetalStorage,
+        ly: &Layout,
+    ) -> candle_core::Result<(candle_core::MetalStorage, Shape)> {
+        Ok((copy(y, ly)?, ly.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (_, _, h, wd) = x.dims4()?;
+        let (_, _, kh, kw) = w.dims4()?;
+        let dx = x
+            .track_op()
+            .then(|| conv2d_grad_input(grad, w, self.stride, self.pad, (h, wd)))
+            .transpose()?;
+        let dw = w
+            .track_op()
+            .then(|| conv2d_grad_weight(x, grad, self.stride, self.pad, (kh, kw)))
+            .transpose()?;
+        Ok((dx, dw, None))
+    }
+}
+
+/// A contiguous copy of the forward's result (which `conv2d` made contiguous, at offset 0).
+fn copy<S: BackendStorage>(s: &S, l: &Layout) -> candle_core::Result<S> {
+    if !l.is_contiguous() || l.start_offset() != 0 {
+        candle_core::bail!("lesion_conv2d_backward: the result must be contiguous");
+    }
+    s.try_clone(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testutil::{rel_err, tensor};
+    use candle_core::{Device, Var};
+
+    /// The module's backward, run on CPU, against the CPU kernels' convolution (itself held
+    /// to an f64 direct convolution in `conv.rs`; candle's own backward cannot be the
+    /// reference: it takes the input gradient's output padding from the height alone and
+    /// fails on case 3). Strides 1-3, 1x1, 3x3 and 7x7 kernels, bottom/right rows a strided
+    /// forward skips, a padding wider than the kernel and a non-square kernel.
+    #[test]
+    fn matches_cpu_kernel_gradients() {
+        // (n, c, h, w, o, (kh, kw), stride, padding)
+        type Case = (
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            (usize, usize),
+            usize,
+            usize,
+        );
+        let cases: &[Case] = &[
+            (2, 2, 12, 12, 3, (3, 3), 1, 1),
+            (2, 3, 13, 13, 4, (1, 1), 1, 0),
+            (4, 2, 41, 39, 3, (3, 3), 2, 1),
+            (2, 3, 11, 10, 5, (7, 7), 2, 3),
+            (3, 4, 9, 7, 6, (1, 1), 2, 0),
+            (2, 5, 7, 7, 3, (3, 3), 2, 1),
+            (1, 2, 5, 6, 3, (3, 3), 1, 0),
+            (2, 2, 4, 4, 2, (3, 3), 3, 1),
+            (1, 3, 3, 3, 2, (3, 3), 1, 2),
+            (2, 2, 6, 5, 3, (1, 1), 1, 1),
+            (2, 2, 9, 8, 3, (3, 1), 2, 0),
+        ];
+        for (i, &(n, c, h, wd, o, (kh, kw), s, p)) in cases.iter().enumerate() {
+            let seed = 40 + i as u32;
+            let x = tensor(&[n, c, h, wd], seed);
+            let w = tensor(&[o, c, kh, kw], seed + 100);
+            let ho = (h + 2 * p - kh) / s + 1;
+            let wo = (wd + 2 * p - kw) / s + 1;
+            let g = tensor(&[n, o, ho, wo], seed + 200);
+            let run = |ours: bool| {
+                let xv = Var::from_tensor(&x).unwrap();
+                let wv = Var::from_tensor(&w).unwrap();
+                let y = if ours {
+                    conv2d(xv.as_tensor(), wv.as_tensor(), s, p).unwrap()
+                } else {
+                    crate::kernels::conv2d(xv.as_tensor(), wv.as_tensor(), s, p).unwrap()
+                };
+                let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+                let dx = grads.get(xv.as_tensor()).unwrap().clone();
+                let dw = grads.get(wv.as_tensor()).unwrap().clone();
+                (y, dx, dw)
+            };
+            let (y, dx, dw) = run(true);
+            let (y0, dx0, dw0) = run(false);
+            let case = format!("case {i}: {:?}", cases[i]);
+            assert_eq!(y.dims(), y0.dims(), "{case}");
+            assert!(rel_err(&y, &y0) < 1e-6, "{case}: forward");
+            assert_eq!(dx.dims(), x.dims(), "{case}");
+            assert!(
+                rel_err(&dx, &dx0) < 1e-5,
+                "{case}: input gradient {}",
+                rel_err(&dx, &dx0)
+            );
+            assert!(
+                rel_err(&dw, &dw0) < 1e-5,
+                "{case}: weight gradient {}",
+                rel_err(&dw, &dw0)
+            );
+        }
+    }
+
+    /// A frozen layer's input gets no gradient (and none is computed); the weight still does.
+    #[test]
+    fn untracked_input_gets_no_gradient() {
+        let x = tensor(&[2, 3, 8, 8], 1);
+        let wv = Var::from_tensor(&tensor(&[4, 3, 3, 3], 2)).unwrap();
+        let y = conv2d(&x, wv.as_tensor(), 1, 1).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&x).is_none());
+        assert!(grads.get(wv.as_tensor()).is_some());
+        // Nothing tracked: a plain convolution, no op attached.
+        let y = conv2d(&x, &tensor(&[4, 3, 3, 3], 2), 1, 1).unwrap();
+        assert!(!y.track_op());
+        assert_eq!(y.device().location(), Device::Cpu.location());
+    }
+}
