@@ -3,9 +3,9 @@
 //!
 //! candle 0.11 differentiates `conv2d` with its `conv_transpose2d` for the input gradient,
 //! a direct kernel on CUDA (one thread per input element looping over every output
-//! channel and tap) that made a CUDA training step about 25x slower than PyTorch's, and
-//! it computes that gradient even for a frozen layer's input, which needs none. Here the
-//! forward convolution is candle's own (cuDNN with the `cudnn` feature) and the backward is:
+//! channel and tap, no cuDNN), and computes that gradient even for a frozen layer's input,
+//! which needs none. Here the forward convolution is candle's own (cuDNN with the `cudnn`
+//! feature) and the backward is:
 //! - input gradient, only when the input tracks gradients: a forward convolution of the
 //!   output gradient, zero-dilated by the stride, with the kernel flipped and its channel
 //!   axes swapped (`[o, c, kh, kw]` -> `[c, o, kh, kw]`), padded by `k - 1 - p` (plus the
@@ -24,7 +24,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 /// `conv2d(x, w)` (no bias, zero padding `padding`, no dilation or groups) whose backward
 /// is described in the module docs.
-pub fn conv2d(
+pub(super) fn conv2d(
     x: &Tensor,
     w: &Tensor,
     stride: usize,
@@ -46,7 +46,7 @@ pub fn conv2d(
 
 /// The input gradient `[n, c, h, w]` of a convolution, from the output gradient `dy`
 /// `[n, o, ho, wo]` and the kernel `w` `[o, c, kh, kw]` (see the module docs).
-pub fn conv2d_grad_input(
+pub(super) fn conv2d_grad_input(
     dy: &Tensor,
     w: &Tensor,
     stride: usize,
@@ -56,7 +56,8 @@ pub fn conv2d_grad_input(
     let (n, o, ho, wo) = dy.dims4()?;
     let (_, _, kh, kw) = w.dims4()?;
     if padding + 1 > kh || padding + 1 > kw {
-        // A padding wider than the kernel crops the gradient instead; no ResNet layer has one.
+        // Padding of a kernel's size or more would need cropping, not padding, below; no
+        // ResNet layer has it, so candle's own path covers it.
         let out_pad = h - ((ho - 1) * stride + kh - 2 * padding);
         return dy.conv_transpose2d(w, padding, out_pad, stride, 1);
     }
@@ -91,7 +92,7 @@ pub fn conv2d_grad_input(
 
 /// The weight gradient `[o, c, kh, kw]` of a convolution, from its input `x` and output
 /// gradient `dy` (candle's formula).
-pub fn conv2d_grad_weight(
+pub(super) fn conv2d_grad_weight(
     x: &Tensor,
     dy: &Tensor,
     stride: usize,
