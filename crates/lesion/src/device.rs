@@ -183,6 +183,9 @@ fn not_built(spec: DeviceSpec, name: &str, feature: &str) -> Error {
 /// `NVIDIA_TF32_OVERRIDE` when they create their handles, which candle does on first use,
 /// after this. A value the user set is left alone; `LESION_TF32=1` (or `on`) skips this and
 /// lets the libraries choose, for speed (PyTorch's default for convolutions).
+///
+/// It writes the process environment, so it runs where a device is opened: at start-up,
+/// before any other thread of ours reads the environment.
 pub fn full_f32_on_cuda() {
     let tf32_allowed = matches!(std::env::var("LESION_TF32").as_deref(), Ok("1" | "on"));
     if !tf32_allowed && std::env::var_os("NVIDIA_TF32_OVERRIDE").is_none() {
