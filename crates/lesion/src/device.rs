@@ -136,7 +136,8 @@ pub fn compiled_backends() -> Vec<&'static str> {
     backends
 }
 
-/// A one-line description for logs: `cpu (2 threads, avx512)`, `cuda:0`, `metal:0`.
+/// A one-line description for logs: `cpu (2 threads, avx512)`, `cuda:0 (f32)`, `metal:0`.
+/// On CUDA it says whether cuDNN/cuBLAS may use TF32 (see [`full_f32_on_cuda`]).
 pub fn describe(device: &Device) -> String {
     match device.location() {
         DeviceLocation::Cpu => {
@@ -160,7 +161,11 @@ pub fn describe(device: &Device) -> String {
             }
             format!("cpu ({})", extras.join(", "))
         }
-        DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        DeviceLocation::Cuda { gpu_id } => {
+            let tf32_off = std::env::var("NVIDIA_TF32_OVERRIDE").as_deref() == Ok("0");
+            let math = if tf32_off { "f32" } else { "TF32 allowed" };
+            format!("cuda:{gpu_id} ({math})")
+        }
         DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
     }
 }
