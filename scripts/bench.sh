@@ -26,8 +26,9 @@
 #                           (e.g. "--winograd-4x4"); BENCH_REPEATS=0 runs the end to end alone
 #   BENCH_DEVICE=cpu        cpu or cuda (both sides); BENCH_FEATURES=cuda[,cudnn] for our build
 #   BENCH_TF32=0            on CUDA both sides compute in full f32 (NVIDIA_TF32_OVERRIDE=0, our
-#                           default); 1 lets cuDNN/cuBLAS use TF32 on both (PyTorch's default
-#                           for convolutions; ours with LESION_TF32=1)
+#                           default); 1 leaves each side on its libraries' defaults (TF32
+#                           convolutions on Ampere and later: PyTorch's default, ours with
+#                           LESION_TF32=1)
 #   BENCH_PYTHON=python     use this Python (must import torch, torchvision) instead of the venv
 #   BENCH_VENV=.venv-bench  venv created and filled with `pip install torch torchvision
 #                           scikit-learn pillow` when torch is missing (about 3 GB download,
