@@ -120,10 +120,16 @@ impl PreparedDataset {
     /// Source indices and labels of `split` in the order an evaluation pass
     /// ([`LoaderOptions::eval`]) yields them, from the shards' index arrays (no image is read).
     pub fn eval_order(&self, split: Split) -> (Vec<u32>, Vec<u8>) {
-        let shards = self.epoch_shards(split, 0);
-        let source = shards.iter().flat_map(|s| s.source_index().iter().copied());
-        let labels = shards.iter().flat_map(|s| s.labels().iter().copied());
-        (source.collect(), labels.collect())
+        let opts = LoaderOptions::eval(1);
+        let shards = self.epoch_shards(split, opts.epoch);
+        let lens: Vec<usize> = shards.iter().map(|s| s.len()).collect();
+        epoch_order(&lens, split, &opts)
+            .into_iter()
+            .map(|(s, r)| {
+                let shard = &shards[s as usize];
+                (shard.source_index()[r as usize], shard.labels()[r as usize])
+            })
+            .unzip()
     }
 
     /// Shards that an epoch of `split` reads.
