@@ -71,6 +71,15 @@ const TRACKED: [&str; 6] = [
     "conv1.weight",
 ];
 
+/// The CPU, or the first CUDA device with `LESION_PARITY_DEVICE=cuda`.
+fn parity_device() -> Device {
+    match std::env::var("LESION_PARITY_DEVICE").as_deref() {
+        // Through `--device`'s path, so the test sees the binaries' f32 policy on CUDA.
+        Ok("cuda") => lesion::device::parse_device("cuda").expect("LESION_PARITY_DEVICE=cuda"),
+        _ => Device::Cpu,
+    }
+}
+
 struct Fixture {
     weights: HashMap<String, Tensor>,
     expect: HashMap<String, Tensor>,
@@ -79,11 +88,7 @@ struct Fixture {
 
 impl Fixture {
     fn load() -> Self {
-        let device = match std::env::var("LESION_PARITY_DEVICE").as_deref() {
-            // Through `--device`'s path, so the test sees the binaries' f32 policy on CUDA.
-            Ok("cuda") => lesion::device::parse_device("cuda").expect("LESION_PARITY_DEVICE=cuda"),
-            _ => Device::Cpu,
-        };
+        let device = parity_device();
         let load = |name| {
             candle_core::safetensors::load(common::fixture(name), &device)
                 .unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -517,4 +522,82 @@ fn count(mask: &Tensor) -> f64 {
         .unwrap()
         .to_scalar::<f64>()
         .unwrap()
+}
+
+/// The production convolution (`lesion::kernels::conv2d`: the CPU kernels, or cuDNN's three
+/// passes on CUDA) in f32 on the parity device, against candle's CPU convolution and its
+/// backward in f64, on every kind of convolution ResNet-18 has (7x7 stride 2, 3x3 stride 1
+/// and 2, 1x1 stride 2) plus odd sizes and a batch of one. Needs no fixture, so it also runs
+/// in the fast suite (on CPU). Inputs are square: candle's f64 backward, the reference, takes
+/// its output padding from the height alone.
+#[test]
+fn conv_passes_match_f64_reference() {
+    let device = parity_device();
+    // (n, c, size, o, k, stride, padding)
+    let cases = [
+        (2, 3, 37, 8, 7, 2, 3),
+        (3, 8, 14, 8, 3, 1, 1),
+        (2, 8, 15, 16, 3, 2, 1),
+        (2, 8, 15, 16, 1, 2, 0),
+        (1, 5, 9, 6, 3, 1, 1),
+    ];
+    let pseudo = |len: usize, seed: u64| -> Vec<f64> {
+        (0..len as u64)
+            .map(|i| {
+                let h = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03);
+                (h >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+            })
+            .collect()
+    };
+    for (i, &(n, c, size, o, k, stride, pad)) in cases.iter().enumerate() {
+        let ho = (size + 2 * pad - k) / stride + 1;
+        let x = Tensor::from_vec(
+            pseudo(n * c * size * size, 3 * i as u64),
+            (n, c, size, size),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let w = Tensor::from_vec(
+            pseudo(o * c * k * k, 3 * i as u64 + 1),
+            (o, c, k, k),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let g = Tensor::from_vec(
+            pseudo(n * o * ho * ho, 3 * i as u64 + 2),
+            (n, o, ho, ho),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let run = |dtype: DType, device: &Device| {
+            let on = |t: &Tensor| t.to_dtype(dtype).unwrap().to_device(device).unwrap();
+            let xv = candle_core::Var::from_tensor(&on(&x)).unwrap();
+            let wv = candle_core::Var::from_tensor(&on(&w)).unwrap();
+            let y = lesion::kernels::conv2d(xv.as_tensor(), wv.as_tensor(), stride, pad).unwrap();
+            let grads = (&y * on(&g))
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let dx = grads
+                .get(xv.as_tensor())
+                .unwrap()
+                .to_device(&Device::Cpu)
+                .unwrap();
+            let dw = grads
+                .get(wv.as_tensor())
+                .unwrap()
+                .to_device(&Device::Cpu)
+                .unwrap();
+            (y.to_device(&Device::Cpu).unwrap(), dx, dw)
+        };
+        let (y, dx, dw) = run(DType::F32, &device);
+        let (y0, dx0, dw0) = run(DType::F64, &Device::Cpu);
+        let what = format!("conv case {i} {:?} on {:?}", cases[i], device.location());
+        check_rel(&format!("{what}: output"), &y, &y0, 1e-5);
+        check_rel(&format!("{what}: input gradient"), &dx, &dx0, 1e-5);
+        check_rel(&format!("{what}: weight gradient"), &dw, &dw0, 1e-5);
+    }
 }

@@ -766,8 +766,9 @@ impl CustomOp2 for ConvAffine {
 /// Convolution without bias: `x` `[n, c, h, w]`, `w` `[o, c, kh, kw]`, zero padding `padding`
 /// on every side, output `[n, o, ho, wo]`. Differentiable in both arguments (only arguments
 /// that track gradients get one). CPU f32: the im2col + gemm op; other CPU dtypes: candle's
-/// `conv2d`; GPUs: candle's forward with the backward of `gpu_conv.rs` (candle's own
-/// backward with `LESION_CPU_KERNELS=0`).
+/// `conv2d`; CUDA f32/f64 with the `cudnn` feature: cuDNN's forward and backward passes
+/// (`cudnn.rs`); other GPUs: candle's forward with the backward of `gpu_conv.rs`. With
+/// `LESION_CPU_KERNELS=0`, candle's own convolution and backward everywhere.
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,

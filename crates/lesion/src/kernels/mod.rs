@@ -18,6 +18,10 @@
 //!   the running statistics. [`scale_shift`]: the folded eval-mode BatchNorm (+ ReLU).
 //! - [`add_relu`]: the residual `relu(a + b)` in one pass.
 //!
+//! GPUs: [`conv2d`] runs cuDNN's forward and both backward passes on CUDA with the `cudnn`
+//! feature (`cudnn.rs`), and elsewhere candle's forward with the backward of `gpu_conv.rs`;
+//! the rest composes candle's ops.
+//!
 //! Threads: everything runs on rayon's global pool (the one candle's own ops use). Work is
 //! split over samples or channels, and `gemm` runs single-threaded inside a task; only when
 //! there are fewer samples than threads does gemm parallelise itself, on the same pool.
@@ -32,6 +36,8 @@
 
 mod batchnorm;
 mod conv;
+#[cfg(feature = "cudnn")]
+mod cudnn;
 mod elementwise;
 mod gpu_conv;
 mod winograd;
