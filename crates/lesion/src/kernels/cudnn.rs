@@ -33,11 +33,14 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Shape, Tensor, WithDType};
 
-/// Which of the three cuDNN calls.
+/// Which of the three cuDNN calls, with its two inputs and its output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Pass {
+    /// `(x, w)` -> `y`.
     Forward,
+    /// `(dy, w)` -> `dx`.
     Data,
+    /// `(x, dy)` -> `dw`.
     Filter,
 }
 
@@ -165,7 +168,7 @@ fn view<'a, T: CudaDType>(
         .slice(l.start_offset()..l.start_offset() + len))
 }
 
-/// One of the three convolution passes, on two inputs (see [`Pass`] for which two).
+/// One of the three convolution passes (see [`Pass`] for its inputs).
 struct CudnnConv {
     pass: Pass,
     geometry: Geometry,
@@ -212,7 +215,6 @@ impl CudnnConv {
                 unsafe { op.launch(algo, ws.as_mut(), scale, &a, &b, &mut out) }.map_err(wrap)?;
             }
             Pass::Data => {
-                // a: the output gradient, b: the kernel.
                 let op = ConvBackwardData {
                     conv: &d.conv,
                     dx: &d.x,
@@ -225,7 +227,6 @@ impl CudnnConv {
                 unsafe { op.launch(algo, ws.as_mut(), scale, &mut out, &b, &a) }.map_err(wrap)?;
             }
             Pass::Filter => {
-                // a: the input, b: the output gradient.
                 let op = ConvBackwardFilter {
                     conv: &d.conv,
                     x: &d.x,
