@@ -32,24 +32,26 @@ use super::{
 /// to keep a few threads busy, few enough that the per-group partial gradients stay small.
 const WGRAD_GROUPS: usize = 8;
 
-/// Shapes of one convolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Geom {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    o: usize,
-    kh: usize,
-    kw: usize,
-    stride: usize,
-    pad: usize,
-    ho: usize,
-    wo: usize,
+/// Shapes of one convolution (also what `cudnn.rs` keys its algorithm choices on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Geom {
+    pub(super) n: usize,
+    pub(super) c: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) o: usize,
+    pub(super) kh: usize,
+    pub(super) kw: usize,
+    pub(super) stride: usize,
+    pub(super) pad: usize,
+    pub(super) ho: usize,
+    pub(super) wo: usize,
 }
 
 impl Geom {
-    fn new(
+    /// The geometry of `x` `(n, c, h, w)` convolved with `w` `(o, c, kh, kw)`, or an error
+    /// naming what does not fit.
+    pub(super) fn new(
         (n, c, h, w): (usize, usize, usize, usize),
         (o, ci, kh, kw): (usize, usize, usize, usize),
         stride: usize,
@@ -786,6 +788,10 @@ pub fn conv2d(
     } else if x.device().is_cpu() || !enabled() {
         x.conv2d(w, padding, stride, 1, 1)
     } else {
+        #[cfg(feature = "cudnn")]
+        if super::cudnn::applies(x, w) {
+            return super::cudnn::conv2d(x, w, stride, padding);
+        }
         super::gpu_conv::conv2d(x, w, stride, padding)
     }
 }

@@ -33,6 +33,8 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Shape, Tensor, WithDType};
 
+use super::conv::Geom;
+
 /// Which of the three cuDNN calls, with its two inputs and its output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Pass {
@@ -44,31 +46,21 @@ enum Pass {
     Filter,
 }
 
-/// A convolution's geometry: `[n, c, h, w]`, `[o, kh, kw]`, stride, padding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Geometry {
-    x: [usize; 4],
-    w: [usize; 3],
-    stride: usize,
-    pad: usize,
+/// `[n, c, h, w]`, `[o, c, kh, kw]` and `[n, o, ho, wo]` of a convolution.
+fn x_dims(g: &Geom) -> [usize; 4] {
+    [g.n, g.c, g.h, g.w]
 }
 
-impl Geometry {
-    fn out(&self) -> [usize; 4] {
-        let [n, _, h, w] = self.x;
-        let [o, kh, kw] = self.w;
-        let (s, p) = (self.stride, self.pad);
-        [n, o, (h + 2 * p - kh) / s + 1, (w + 2 * p - kw) / s + 1]
-    }
+fn w_dims(g: &Geom) -> [usize; 4] {
+    [g.o, g.c, g.kh, g.kw]
+}
 
-    fn filter(&self) -> [usize; 4] {
-        let [o, kh, kw] = self.w;
-        [o, self.x[1], kh, kw]
-    }
+fn y_dims(g: &Geom) -> [usize; 4] {
+    [g.n, g.o, g.ho, g.wo]
 }
 
 /// What an algorithm choice depends on.
-type AlgoKey = (DeviceId, DType, Geometry);
+type AlgoKey = (DeviceId, DType, Geom);
 /// Per-pass caches of the algorithms cuDNN's heuristics chose.
 type AlgoCache<A> = RefCell<HashMap<AlgoKey, A>>;
 
@@ -121,7 +113,7 @@ fn i32s<const N: usize>(v: [usize; N]) -> [i32; N] {
 
 fn descriptors<T: CudnnDataType>(
     cudnn: &Arc<Cudnn>,
-    g: &Geometry,
+    g: &Geom,
 ) -> candle_core::Result<Descriptors<T>> {
     let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
     let wrap = candle_core::Error::wrap;
@@ -135,12 +127,14 @@ fn descriptors<T: CudnnDataType>(
                 sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
             )
             .map_err(wrap)?,
-        x: cudnn.create_4d_tensor::<T>(nchw, i32s(g.x)).map_err(wrap)?,
+        x: cudnn
+            .create_4d_tensor::<T>(nchw, i32s(x_dims(g)))
+            .map_err(wrap)?,
         w: cudnn
-            .create_4d_filter::<T>(nchw, i32s(g.filter()))
+            .create_4d_filter::<T>(nchw, i32s(w_dims(g)))
             .map_err(wrap)?,
         y: cudnn
-            .create_4d_tensor::<T>(nchw, i32s(g.out()))
+            .create_4d_tensor::<T>(nchw, i32s(y_dims(g)))
             .map_err(wrap)?,
     })
 }
@@ -171,7 +165,7 @@ fn view<'a, T: CudaDType>(
 /// One of the three convolution passes (see [`Pass`] for its inputs).
 struct CudnnConv {
     pass: Pass,
-    geometry: Geometry,
+    geometry: Geom,
 }
 
 impl CudnnConv {
@@ -195,9 +189,9 @@ impl CudnnConv {
         let key = (dev.id(), T::DTYPE, g);
         let scale = (T::from_f64(1.0), T::from_f64(0.0));
         let out_dims = match self.pass {
-            Pass::Forward => g.out(),
-            Pass::Data => g.x,
-            Pass::Filter => g.filter(),
+            Pass::Forward => y_dims(&g),
+            Pass::Data => x_dims(&g),
+            Pass::Filter => w_dims(&g),
         };
         // SAFETY: cuDNN writes every element of the output (beta = 0: it is not read).
         let mut out = unsafe { dev.alloc::<T>(out_dims.iter().product())? };
@@ -319,23 +313,9 @@ pub(super) fn conv2d(
     stride: usize,
     padding: usize,
 ) -> candle_core::Result<Tensor> {
-    let (n, c, h, wd) = x.dims4()?;
-    let (o, c2, kh, kw) = w.dims4()?;
-    if c != c2 || h + 2 * padding < kh || wd + 2 * padding < kw || stride == 0 {
-        candle_core::bail!(
-            "conv2d: input {:?} does not fit kernel {:?} (stride {stride}, padding {padding})",
-            x.shape(),
-            w.shape()
-        );
-    }
     let op = CudnnConv {
         pass: Pass::Forward,
-        geometry: Geometry {
-            x: [n, c, h, wd],
-            w: [o, kh, kw],
-            stride,
-            pad: padding,
-        },
+        geometry: Geom::new(x.dims4()?, w.dims4()?, stride, padding)?,
     };
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     if x.track_op() || w.track_op() {

@@ -1,6 +1,6 @@
 //! Convolution backward for GPUs (and any device the CPU kernels do not cover), built from
-//! candle's forward convolution. CUDA f32/f64 with the `cudnn` feature goes to `cudnn.rs`
-//! instead (cuDNN's own backward passes).
+//! candle's forward convolution. [`super::conv2d`] sends CUDA f32/f64 with the `cudnn`
+//! feature to `cudnn.rs` instead (cuDNN's own backward passes).
 //!
 //! candle 0.11 differentiates `conv2d` with its `conv_transpose2d` for the input gradient,
 //! a direct kernel on CUDA (one thread per input element looping over every output
@@ -31,10 +31,6 @@ pub(super) fn conv2d(
     stride: usize,
     padding: usize,
 ) -> candle_core::Result<Tensor> {
-    #[cfg(feature = "cudnn")]
-    if super::cudnn::applies(x, w) {
-        return super::cudnn::conv2d(x, w, stride, padding);
-    }
     let y = x.detach().conv2d(&w.detach(), padding, stride, 1, 1)?;
     if !(x.track_op() || w.track_op()) {
         return Ok(y);
