@@ -541,35 +541,23 @@ fn conv_passes_match_f64_reference() {
         (2, 8, 15, 16, 1, 2, 0),
         (1, 5, 9, 6, 3, 1, 1),
     ];
-    let pseudo = |len: usize, seed: u64| -> Vec<f64> {
-        (0..len as u64)
+    // Deterministic values in [-0.5, 0.5), f64, on the CPU.
+    let pseudo = |dims: &[usize], seed: u64| -> Tensor {
+        let values: Vec<f64> = (0..dims.iter().product::<usize>() as u64)
             .map(|i| {
                 let h = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
                     ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03);
                 (h >> 11) as f64 / (1u64 << 53) as f64 - 0.5
             })
-            .collect()
+            .collect();
+        Tensor::from_vec(values, dims, &Device::Cpu).unwrap()
     };
     for (i, &(n, c, size, o, k, stride, pad)) in cases.iter().enumerate() {
         let ho = (size + 2 * pad - k) / stride + 1;
-        let x = Tensor::from_vec(
-            pseudo(n * c * size * size, 3 * i as u64),
-            (n, c, size, size),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let w = Tensor::from_vec(
-            pseudo(o * c * k * k, 3 * i as u64 + 1),
-            (o, c, k, k),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let g = Tensor::from_vec(
-            pseudo(n * o * ho * ho, 3 * i as u64 + 2),
-            (n, o, ho, ho),
-            &Device::Cpu,
-        )
-        .unwrap();
+        let seed = 3 * i as u64;
+        let x = pseudo(&[n, c, size, size], seed);
+        let w = pseudo(&[o, c, k, k], seed + 1);
+        let g = pseudo(&[n, o, ho, ho], seed + 2);
         let run = |dtype: DType, device: &Device| {
             let on = |t: &Tensor| t.to_dtype(dtype).unwrap().to_device(device).unwrap();
             let xv = candle_core::Var::from_tensor(&on(&x)).unwrap();
