@@ -20,7 +20,10 @@
 //!   `t = (sample * th + ty) * tw + tx` over `th = ceil(h / m)` by `tw = ceil(w / m)` tiles.
 //!
 //! The transforms run on 16 tiles at once, one per SIMD lane ([`Block`]), so that they
-//! vectorise whatever the plane's width.
+//! vectorise whatever the plane's width. On x86-64 with AVX-512F, F(2x2, 3x3)'s data
+//! transforms on planes at least 13 wide take `winograd_x86.rs` instead: strided vector
+//! loads and masked stores in place of the per-lane gather, the same arithmetic in the same
+//! order, so the same bits ([`simd`]).
 //!
 //! The input gradient of such a convolution is itself one (the output gradient correlated
 //! with the kernel rotated by 180° and its channel axes swapped), so it runs here too
@@ -29,12 +32,16 @@
 //! data, as a fraction of the output's largest magnitude): at most 2.7e-7 for F(2x2, 3x3),
 //! 2.5e-6 for F(4x4, 3x3).
 
-use std::ops::Range;
+use std::ops::{Add, Mul, Range, Sub};
 
 use rayon::prelude::*;
 
 use super::conv::{outer_parallel, pieces, run_pieces};
 use super::{sgemm, split_even, with_scratch, Mat};
+
+#[cfg(target_arch = "x86_64")]
+#[path = "winograd_x86.rs"]
+mod x86;
 
 /// Output tile size of a Winograd convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,11 +189,27 @@ pub(super) fn suits_weight_grad(
 /// Tiles per lane group of the transforms: one AVX-512 register of f32.
 const LANES: usize = 16;
 
+/// Values after the padded input planes that the vectorised input transform may read.
+#[cfg(target_arch = "x86_64")]
+const SIMD_SLACK: usize = x86::INPUT_SLACK;
+#[cfg(not(target_arch = "x86_64"))]
+const SIMD_SLACK: usize = 0;
+
 /// An `a x a` tile (row-major, the rest unused) of [`LANES`] tiles at once, lane innermost,
 /// so that each 1-D transform below compiles to whole-register operations.
 type Block = [[[f32; LANES]; 6]; 6];
 
 const ZERO_BLOCK: Block = [[[0.0; LANES]; 6]; 6];
+
+/// What the data transforms compute on: one `f32`, or one per lane of a register
+/// ([`x86::V16`]). Both run the same formulas in the same order, so they agree to the bit.
+trait Arith: Copy + Add<Output = Self> + Sub<Output = Self> + Mul<f32, Output = Self> {
+    const ZERO: Self;
+}
+
+impl Arith for f32 {
+    const ZERO: Self = 0.0;
+}
 
 /// The 1-D transforms of one tile size; the 2-D ones apply them along columns, then rows.
 /// Arrays hold `A` (or `M`) values; the rest are unused.
@@ -196,9 +219,9 @@ trait Transforms {
     /// Transformed tile side, `M + 2`.
     const A: usize = Self::M + 2;
     /// `B^T d`.
-    fn input(d: [f32; 6]) -> [f32; 6];
+    fn input<V: Arith>(d: [V; 6]) -> [V; 6];
     /// `A^T m`.
-    fn output(m: [f32; 6]) -> [f32; 4];
+    fn output<V: Arith>(m: [V; 6]) -> [V; 4];
     /// `G g`.
     fn kernel(g: [f32; 3]) -> [f32; 6];
 }
@@ -210,13 +233,13 @@ impl Transforms for F2 {
     const M: usize = 2;
 
     #[inline(always)]
-    fn input([d0, d1, d2, d3, ..]: [f32; 6]) -> [f32; 6] {
-        [d0 - d2, d1 + d2, d2 - d1, d1 - d3, 0.0, 0.0]
+    fn input<V: Arith>([d0, d1, d2, d3, ..]: [V; 6]) -> [V; 6] {
+        [d0 - d2, d1 + d2, d2 - d1, d1 - d3, V::ZERO, V::ZERO]
     }
 
     #[inline(always)]
-    fn output([m0, m1, m2, m3, ..]: [f32; 6]) -> [f32; 4] {
-        [m0 + m1 + m2, m1 - m2 - m3, 0.0, 0.0]
+    fn output<V: Arith>([m0, m1, m2, m3, ..]: [V; 6]) -> [V; 4] {
+        [m0 + m1 + m2, m1 - m2 - m3, V::ZERO, V::ZERO]
     }
 
     #[inline(always)]
@@ -231,29 +254,30 @@ struct F4;
 impl Transforms for F4 {
     const M: usize = 4;
 
+    // Constants multiply from the right (`Mul<f32>`); IEEE products commute exactly.
     #[inline(always)]
-    fn input([d0, d1, d2, d3, d4, d5]: [f32; 6]) -> [f32; 6] {
-        let (a, b) = (d4 - 4.0 * d2, d3 - 4.0 * d1);
-        let (c, e) = (d4 - d2, 2.0 * (d3 - d1));
+    fn input<V: Arith>([d0, d1, d2, d3, d4, d5]: [V; 6]) -> [V; 6] {
+        let (a, b) = (d4 - d2 * 4.0, d3 - d1 * 4.0);
+        let (c, e) = (d4 - d2, (d3 - d1) * 2.0);
         [
-            4.0 * d0 - 5.0 * d2 + d4,
+            d0 * 4.0 - d2 * 5.0 + d4,
             a + b,
             a - b,
             c + e,
             c - e,
-            4.0 * d1 - 5.0 * d3 + d5,
+            d1 * 4.0 - d3 * 5.0 + d5,
         ]
     }
 
     #[inline(always)]
-    fn output([m0, m1, m2, m3, m4, m5]: [f32; 6]) -> [f32; 4] {
+    fn output<V: Arith>([m0, m1, m2, m3, m4, m5]: [V; 6]) -> [V; 4] {
         let (s12, d12) = (m1 + m2, m1 - m2);
         let (s34, d34) = (m3 + m4, m3 - m4);
         [
             m0 + s12 + s34,
-            d12 + 2.0 * d34,
-            s12 + 4.0 * s34,
-            d12 + 8.0 * d34 + m5,
+            d12 + d34 * 2.0,
+            s12 + s34 * 4.0,
+            d12 + d34 * 8.0 + m5,
         ]
     }
 
@@ -325,16 +349,16 @@ fn load(dst: &mut [f32; LANES], src: &[f32], valid: usize) {
 /// `B^T d B` of the patches in `d`, in place (`tmp` is scratch).
 #[inline(always)]
 fn input_tile<T: Transforms>(d: &mut Block, tmp: &mut Block) {
-    transform_lines::<false, _, _>(d, tmp, (T::A, T::A, T::A), T::input);
-    transform_lines::<true, _, _>(tmp, d, (T::A, T::A, T::A), T::input);
+    transform_lines::<false, _, _>(d, tmp, (T::A, T::A, T::A), T::input::<f32>);
+    transform_lines::<true, _, _>(tmp, d, (T::A, T::A, T::A), T::input::<f32>);
 }
 
 /// `A^T m A` of the transformed tiles in `m`, in place into its first `M x M` (`tmp` is
 /// scratch).
 #[inline(always)]
 fn output_tile<T: Transforms>(m: &mut Block, tmp: &mut Block) {
-    transform_lines::<false, _, _>(m, tmp, (T::A, T::M, T::A), T::output);
-    transform_lines::<true, _, _>(tmp, m, (T::A, T::M, T::M), T::output);
+    transform_lines::<false, _, _>(m, tmp, (T::A, T::M, T::A), T::output::<f32>);
+    transform_lines::<true, _, _>(tmp, m, (T::A, T::M, T::M), T::output::<f32>);
 }
 
 /// `G g G^T` of the 3x3 kernels in `g`, in place into its first `A x A` (`tmp` is scratch).
@@ -477,6 +501,15 @@ fn for_chunks(
     }
 }
 
+/// Whether the data transforms of `T` on planes of `t` take the vectorised path
+/// ([`x86::suits`]); false off x86-64.
+fn simd<T: Transforms>(t: Tiles) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return x86::suits::<T>(t);
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// `B^T d B` of every tile of the samples `xs` (`[nb, cin, h, w]`) into `v`
 /// (`[cin, a², nb * tiles]`).
 fn transform_input<T: Transforms>(
@@ -487,25 +520,52 @@ fn transform_input<T: Transforms>(
     v: &mut [f32],
     parallel: bool,
 ) {
+    transform_input_with::<T>(xs, (nb, cin), t, v, parallel, simd::<T>(t));
+}
+
+/// [`transform_input`] on the vectorised path (`simd`, which needs AVX-512F) or the portable
+/// one.
+fn transform_input_with<T: Transforms>(
+    xs: &[f32],
+    (nb, cin): (usize, usize),
+    t: Tiles,
+    v: &mut [f32],
+    parallel: bool,
+    simd: bool,
+) {
     let (hw, tiles) = (t.h * t.w, nb * t.per_plane());
     // Each plane is copied into a zero border: row and column -1 at index 0, then up to
     // the tile grid's last patch.
     let (hp, wp) = (T::M * t.th + 2, T::M * t.tw + 2);
-    // Where each tile's patch starts in the padded planes; the last group repeats the last
-    // tile in its unused lanes.
-    let starts: Vec<usize> = (0..tiles.next_multiple_of(LANES))
+    // Where each tile's patch starts in the padded planes (portable path); the last group
+    // repeats the last tile in its unused lanes.
+    let starts: Vec<usize> = (0..if simd {
+        0
+    } else {
+        tiles.next_multiple_of(LANES)
+    })
         .map(|i| {
             let (s, ty, tx) = t.locate(i.min(tiles - 1));
             (s * hp + T::M * ty) * wp + T::M * tx
         })
         .collect();
     for_chunks(v, T::A * T::A * tiles, parallel, |ci, vc| {
-        let mut padded = vec![0f32; nb * hp * wp];
-        for (s, pp) in padded.chunks_exact_mut(hp * wp).enumerate() {
+        // Slack after the planes for the vectorised path's loads.
+        let mut padded = vec![0f32; nb * hp * wp + if simd { SIMD_SLACK } else { 0 }];
+        for (s, pp) in padded[..nb * hp * wp].chunks_exact_mut(hp * wp).enumerate() {
             let plane = &xs[(s * cin + ci) * hw..][..hw];
             for (y, row) in plane.chunks_exact(t.w).enumerate() {
                 pp[(y + 1) * wp + 1..][..t.w].copy_from_slice(row);
             }
+        }
+        if simd {
+            // SAFETY: `simd` is only set where the CPU has AVX-512F (`x86::suits`, or the
+            // tests after `x86::available`); `padded` ends with the slack the loads need.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                x86::input_channel(&padded, nb, t, (hp, wp), vc)
+            };
+            return;
         }
         let (mut d, mut tmp) = (ZERO_BLOCK, ZERO_BLOCK);
         for (g, at) in starts.chunks_exact(LANES).enumerate() {
@@ -537,9 +597,22 @@ fn transform_output<T: Transforms>(
     ys: &mut [f32],
     parallel: bool,
 ) {
+    transform_output_with::<T>(m, (nb, cout), t, ys, parallel, simd::<T>(t));
+}
+
+/// [`transform_output`] on the vectorised path (`simd`, which needs AVX-512F) or the
+/// portable one.
+fn transform_output_with<T: Transforms>(
+    m: &[f32],
+    (nb, cout): (usize, usize),
+    t: Tiles,
+    ys: &mut [f32],
+    parallel: bool,
+    simd: bool,
+) {
     let (hw, tiles) = (t.h * t.w, nb * t.per_plane());
     // Per tile: sample, offset of its top-left output in the plane, rows and columns inside.
-    let places: Vec<(usize, usize, usize, usize)> = (0..tiles)
+    let places: Vec<(usize, usize, usize, usize)> = (0..if simd { 0 } else { tiles })
         .map(|i| {
             let (s, ty, tx) = t.locate(i);
             let (y0, x0) = (T::M * ty, T::M * tx);
@@ -554,6 +627,14 @@ fn transform_output<T: Transforms>(
         }
     }
     let channel = |oc: usize, planes: &mut Vec<&mut [f32]>| {
+        if simd {
+            // SAFETY: as in `transform_input_with`.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                x86::output_channel(m, (oc, cout), t, planes)
+            };
+            return;
+        }
         let (mut b, mut tmp) = (ZERO_BLOCK, ZERO_BLOCK);
         for t0 in (0..tiles).step_by(LANES) {
             let valid = (tiles - t0).min(LANES);
@@ -872,6 +953,58 @@ mod tests {
                     "{tile:?} {n}x{c}x{h}x{w} -> {o}: max relative error {err:e}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn simd_transforms_agree_with_portable_ones_to_the_bit() {
+        #[cfg(target_arch = "x86_64")]
+        if !x86::available() {
+            eprintln!("no AVX-512F here: the vectorised transforms are not exercised");
+            return;
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        return;
+        // Planes from one tile to several lane groups per tile row, odd and even sides
+        // (clipped last tiles), one or several samples (chunk boundaries in `tiles`).
+        for &(nb, c, h, w) in &[
+            (1, 1, 1, 1),
+            (2, 3, 5, 7),
+            (1, 2, 14, 14),
+            (3, 4, 9, 33),
+            (2, 5, 56, 56),
+            (1, 3, 28, 67),
+        ] {
+            let t = Tiles::new(h, w, Tile::F2);
+            let tiles = nb * t.per_plane();
+            let x = pseudo_random(nb * c * h * w, 11);
+            let transformed = |simd: bool| {
+                // NaN where nothing may be written, so that a stray store shows.
+                let mut v = vec![f32::NAN; 16 * c * tiles];
+                transform_input_with::<F2>(&x, (nb, c), t, &mut v, true, simd);
+                v
+            };
+            let (want, got) = (transformed(false), transformed(true));
+            assert!(
+                want.iter()
+                    .zip(&got)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "input transform, {nb}x{c}x{h}x{w}"
+            );
+            let m = pseudo_random(16 * c * tiles, 12);
+            let outputs = |simd: bool| {
+                let mut ys = vec![f32::NAN; nb * c * h * w];
+                transform_output_with::<F2>(&m, (nb, c), t, &mut ys, true, simd);
+                ys
+            };
+            let (want, got) = (outputs(false), outputs(true));
+            assert!(
+                want.iter()
+                    .zip(&got)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "output transform, {nb}x{c}x{h}x{w}"
+            );
+            assert!(got.iter().all(|v| v.is_finite()), "output left unwritten");
         }
     }
 
