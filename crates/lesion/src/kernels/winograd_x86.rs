@@ -19,7 +19,7 @@ use std::arch::x86_64::{
 use std::ops::{Add, Mul, Sub};
 use std::sync::OnceLock;
 
-use super::{Arith, Tiles, Transforms, F2, LANES};
+use super::{Arith, Tiles, Transforms, F2, INPUT_SLACK, LANES};
 
 /// Whether this CPU has AVX-512F (checked once). `LESION_SIMD=portable` turns the AVX-512
 /// path off, for measurements.
@@ -41,11 +41,6 @@ pub(super) fn available() -> bool {
 pub(super) fn suits<T: Transforms>(t: Tiles) -> bool {
     T::M == F2::M && t.tw >= 7 && available()
 }
-
-/// Slack the caller leaves after the padded planes of [`input_channel`]: its loads read up
-/// to `2 * LANES + 3` values past a tile row's first patch, into the next rows (whose values
-/// only reach unused lanes) and, on the last row, past the planes.
-pub(super) const INPUT_SLACK: usize = 2 * LANES + 4;
 
 /// One value per lane, as an array so that it crosses function boundaries by memory (the
 /// Rust ABI) and compiles to one register where inlined into the functions below.
