@@ -346,10 +346,14 @@ fn network(trainable: Trainable) -> (VarMap, ResNet18, Adam) {
 }
 
 fn batch() -> (Tensor, Tensor) {
-    let x = randn(&[BATCH, 3, 224, 224], 1.0);
+    batch_of(BATCH)
+}
+
+fn batch_of(n: usize) -> (Tensor, Tensor) {
+    let x = randn(&[n, 3, 224, 224], 1.0);
     let y = Tensor::from_vec(
-        (0..BATCH).map(|i| (i % 2) as f32).collect::<Vec<_>>(),
-        BATCH,
+        (0..n).map(|i| (i % 2) as f32).collect::<Vec<_>>(),
+        n,
         &Device::Cpu,
     )
     .unwrap();
@@ -420,7 +424,7 @@ fn bench_network() {
 
 /// A few train steps with the kernels on, for a profiler (`perf record`):
 /// `PROFILE_TRAINABLE` (default layer3), `PROFILE_STEPS` (default 3), `PROFILE_EVAL=1` for
-/// eval forwards instead.
+/// eval forwards instead, `PROFILE_BATCH` (default 32; training runs use 128).
 fn profile_steps() {
     lesion::alloc::tune();
     let trainable: Trainable = std::env::var("PROFILE_TRAINABLE")
@@ -432,7 +436,12 @@ fn profile_steps() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let eval = std::env::var_os("PROFILE_EVAL").is_some();
-    let (x, y) = batch();
+    let (x, y) = batch_of(
+        std::env::var("PROFILE_BATCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(BATCH),
+    );
     let (_vm, model, mut adam) = network(trainable);
     for _ in 0..steps {
         let start = Instant::now();

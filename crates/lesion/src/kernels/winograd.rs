@@ -20,7 +20,7 @@
 //!   `t = (sample * th + ty) * tw + tx` over `th = ceil(h / m)` by `tw = ceil(w / m)` tiles.
 //!
 //! The transforms run on 16 tiles at once, one per SIMD lane ([`Block`]), so that they
-//! vectorise whatever the plane's width. On x86-64 with AVX-512F, F(2x2, 3x3)'s data
+//! vectorise whatever the plane's width. On x86-64 with AVX-512F or AVX2, F(2x2, 3x3)'s data
 //! transforms on planes at least 13 wide take `winograd_x86.rs` instead: strided vector
 //! loads and masked stores in place of the per-lane gather, the same arithmetic in the same
 //! order, so the same bits ([`simd`]).
@@ -500,13 +500,20 @@ fn for_chunks(
     }
 }
 
-/// Whether the data transforms of `T` on planes of `t` take the vectorised path
-/// ([`x86::suits`]); false off x86-64.
-fn simd<T: Transforms>(t: Tiles) -> bool {
+/// An instruction set of the vectorised transforms: `x86::Level` on x86-64, none elsewhere.
+#[cfg(target_arch = "x86_64")]
+type Simd = x86::Level;
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Debug, Clone, Copy)]
+enum Simd {}
+
+/// The instruction set of the vectorised path the data transforms of `T` on planes of `t`
+/// take ([`x86::suits`]), or none for the portable path.
+fn simd<T: Transforms>(t: Tiles) -> Option<Simd> {
     #[cfg(target_arch = "x86_64")]
     return x86::suits::<T>(t);
     #[cfg(not(target_arch = "x86_64"))]
-    false
+    None
 }
 
 /// `B^T d B` of every tile of the samples `xs` (`[nb, cin, h, w]`) into `v`
@@ -522,15 +529,15 @@ fn transform_input<T: Transforms>(
     transform_input_with::<T>(xs, (nb, cin), t, v, parallel, simd::<T>(t));
 }
 
-/// [`transform_input`] on the vectorised path (`simd`, which needs AVX-512F) or the portable
-/// one.
+/// [`transform_input`] on the vectorised path (`simd`: its instruction set, which the CPU
+/// must have) or the portable one.
 fn transform_input_with<T: Transforms>(
     xs: &[f32],
     (nb, cin): (usize, usize),
     t: Tiles,
     v: &mut [f32],
     parallel: bool,
-    simd: bool,
+    simd: Option<Simd>,
 ) {
     let (hw, tiles) = (t.h * t.w, nb * t.per_plane());
     // Each plane is copied into a zero border: row and column -1 at index 0, then up to
@@ -538,7 +545,7 @@ fn transform_input_with<T: Transforms>(
     let (hp, wp) = (T::M * t.th + 2, T::M * t.tw + 2);
     // Where each tile's patch starts in the padded planes (portable path); the last group
     // repeats the last tile in its unused lanes.
-    let starts: Vec<usize> = (0..if simd {
+    let starts: Vec<usize> = (0..if simd.is_some() {
         0
     } else {
         tiles.next_multiple_of(LANES)
@@ -556,12 +563,12 @@ fn transform_input_with<T: Transforms>(
                 pp[(y + 1) * wp + 1..][..t.w].copy_from_slice(row);
             }
         }
-        if simd {
-            // SAFETY: `simd` is only set where the CPU has AVX-512F (`x86::suits`, or the
-            // tests after `x86::available`); `padded` ends with the slack the loads need.
+        if let Some(_level) = simd {
+            // SAFETY: `simd` only holds levels the CPU has (`x86::suits`, or the tests after
+            // `x86::Level::supported`); `padded` ends with the slack the loads need.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                x86::input_channel(&padded, nb, t, (hp, wp), vc)
+                x86::input_channel(_level, &padded, nb, t, (hp, wp), vc)
             };
             return;
         }
@@ -598,19 +605,19 @@ fn transform_output<T: Transforms>(
     transform_output_with::<T>(m, (nb, cout), t, ys, parallel, simd::<T>(t));
 }
 
-/// [`transform_output`] on the vectorised path (`simd`, which needs AVX-512F) or the
-/// portable one.
+/// [`transform_output`] on the vectorised path (`simd`: its instruction set, which the CPU
+/// must have) or the portable one.
 fn transform_output_with<T: Transforms>(
     m: &[f32],
     (nb, cout): (usize, usize),
     t: Tiles,
     ys: &mut [f32],
     parallel: bool,
-    simd: bool,
+    simd: Option<Simd>,
 ) {
     let (hw, tiles) = (t.h * t.w, nb * t.per_plane());
     // Per tile: sample, offset of its top-left output in the plane, rows and columns inside.
-    let places: Vec<(usize, usize, usize, usize)> = (0..if simd { 0 } else { tiles })
+    let places: Vec<(usize, usize, usize, usize)> = (0..if simd.is_some() { 0 } else { tiles })
         .map(|i| {
             let (s, ty, tx) = t.locate(i);
             let (y0, x0) = (T::M * ty, T::M * tx);
@@ -625,11 +632,11 @@ fn transform_output_with<T: Transforms>(
         }
     }
     let channel = |oc: usize, planes: &mut Vec<&mut [f32]>| {
-        if simd {
+        if let Some(_level) = simd {
             // SAFETY: as in `transform_input_with`.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                x86::output_channel(m, (oc, cout), t, planes)
+                x86::output_channel(_level, m, (oc, cout), t, planes)
             };
             return;
         }
@@ -957,51 +964,53 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn simd_transforms_agree_with_portable_ones_to_the_bit() {
-        if !x86::available() {
-            eprintln!("no AVX-512F here: the vectorised transforms are not exercised");
-            return;
+        let levels = x86::Level::supported();
+        if levels.is_empty() {
+            eprintln!("no AVX2 here: the vectorised transforms are not exercised");
         }
-        // Planes from one tile to several lane groups per tile row, odd and even sides
-        // (clipped last tiles), one or several samples (chunk boundaries in `tiles`).
-        for &(nb, c, h, w) in &[
-            (1, 1, 1, 1),
-            (2, 3, 5, 7),
-            (1, 2, 14, 14),
-            (3, 4, 9, 33),
-            (2, 5, 56, 56),
-            (1, 3, 28, 67),
-        ] {
-            let t = Tiles::new(h, w, Tile::F2);
-            let tiles = nb * t.per_plane();
-            let x = pseudo_random(nb * c * h * w, 11);
-            // Both outputs start as NaN, so that an element a path leaves unwritten shows.
-            let transformed = |simd: bool| {
-                let mut v = vec![f32::NAN; 16 * c * tiles];
-                transform_input_with::<F2>(&x, (nb, c), t, &mut v, true, simd);
-                v
-            };
-            let (want, got) = (transformed(false), transformed(true));
-            assert!(
-                want.iter()
-                    .zip(&got)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "input transform, {nb}x{c}x{h}x{w}"
-            );
-            assert!(got.iter().all(|v| v.is_finite()), "input left unwritten");
-            let m = pseudo_random(16 * c * tiles, 12);
-            let outputs = |simd: bool| {
-                let mut ys = vec![f32::NAN; nb * c * h * w];
-                transform_output_with::<F2>(&m, (nb, c), t, &mut ys, true, simd);
-                ys
-            };
-            let (want, got) = (outputs(false), outputs(true));
-            assert!(
-                want.iter()
-                    .zip(&got)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "output transform, {nb}x{c}x{h}x{w}"
-            );
-            assert!(got.iter().all(|v| v.is_finite()), "output left unwritten");
+        for level in levels {
+            // Planes from one tile to several lane groups per tile row, odd and even sides
+            // (clipped last tiles), one or several samples (chunk boundaries in `tiles`).
+            for &(nb, c, h, w) in &[
+                (1, 1, 1, 1),
+                (2, 3, 5, 7),
+                (1, 2, 14, 14),
+                (3, 4, 9, 33),
+                (2, 5, 56, 56),
+                (1, 3, 28, 67),
+            ] {
+                let t = Tiles::new(h, w, Tile::F2);
+                let tiles = nb * t.per_plane();
+                let x = pseudo_random(nb * c * h * w, 11);
+                // Both outputs start as NaN, so that an element a path leaves unwritten shows.
+                let transformed = |simd: Option<Simd>| {
+                    let mut v = vec![f32::NAN; 16 * c * tiles];
+                    transform_input_with::<F2>(&x, (nb, c), t, &mut v, true, simd);
+                    v
+                };
+                let (want, got) = (transformed(None), transformed(Some(level)));
+                assert!(
+                    want.iter()
+                        .zip(&got)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{level:?} input transform, {nb}x{c}x{h}x{w}"
+                );
+                assert!(got.iter().all(|v| v.is_finite()), "input left unwritten");
+                let m = pseudo_random(16 * c * tiles, 12);
+                let outputs = |simd: Option<Simd>| {
+                    let mut ys = vec![f32::NAN; nb * c * h * w];
+                    transform_output_with::<F2>(&m, (nb, c), t, &mut ys, true, simd);
+                    ys
+                };
+                let (want, got) = (outputs(None), outputs(Some(level)));
+                assert!(
+                    want.iter()
+                        .zip(&got)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{level:?} output transform, {nb}x{c}x{h}x{w}"
+                );
+                assert!(got.iter().all(|v| v.is_finite()), "output left unwritten");
+            }
         }
     }
 
