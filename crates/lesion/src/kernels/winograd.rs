@@ -968,45 +968,44 @@ mod tests {
         if levels.is_empty() {
             eprintln!("no AVX2 here: the vectorised transforms are not exercised");
         }
-        for level in levels {
-            // Planes from one tile to several lane groups per tile row, odd and even sides
-            // (clipped last tiles), one or several samples (chunk boundaries in `tiles`).
-            for &(nb, c, h, w) in &[
-                (1, 1, 1, 1),
-                (2, 3, 5, 7),
-                (1, 2, 14, 14),
-                (3, 4, 9, 33),
-                (2, 5, 56, 56),
-                (1, 3, 28, 67),
-            ] {
-                let t = Tiles::new(h, w, Tile::F2);
-                let tiles = nb * t.per_plane();
-                let x = pseudo_random(nb * c * h * w, 11);
-                // Both outputs start as NaN, so that an element a path leaves unwritten shows.
-                let transformed = |simd: Option<Simd>| {
-                    let mut v = vec![f32::NAN; 16 * c * tiles];
-                    transform_input_with::<F2>(&x, (nb, c), t, &mut v, true, simd);
-                    v
-                };
-                let (want, got) = (transformed(None), transformed(Some(level)));
+        let same_bits =
+            |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+        // Planes from one tile to several lane groups per tile row, odd and even sides
+        // (clipped last tiles), one or several samples (chunk boundaries in `tiles`).
+        for &(nb, c, h, w) in &[
+            (1, 1, 1, 1),
+            (2, 3, 5, 7),
+            (1, 2, 14, 14),
+            (3, 4, 9, 33),
+            (2, 5, 56, 56),
+            (1, 3, 28, 67),
+        ] {
+            let t = Tiles::new(h, w, Tile::F2);
+            let tiles = nb * t.per_plane();
+            let x = pseudo_random(nb * c * h * w, 11);
+            let m = pseudo_random(16 * c * tiles, 12);
+            // Outputs start as NaN, so that an element a path leaves unwritten shows.
+            let transformed = |simd: Option<Simd>| {
+                let mut v = vec![f32::NAN; 16 * c * tiles];
+                transform_input_with::<F2>(&x, (nb, c), t, &mut v, true, simd);
+                v
+            };
+            let outputs = |simd: Option<Simd>| {
+                let mut ys = vec![f32::NAN; nb * c * h * w];
+                transform_output_with::<F2>(&m, (nb, c), t, &mut ys, true, simd);
+                ys
+            };
+            let (want_v, want_y) = (transformed(None), outputs(None));
+            for &level in &levels {
+                let got = transformed(Some(level));
                 assert!(
-                    want.iter()
-                        .zip(&got)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    same_bits(&want_v, &got),
                     "{level:?} input transform, {nb}x{c}x{h}x{w}"
                 );
                 assert!(got.iter().all(|v| v.is_finite()), "input left unwritten");
-                let m = pseudo_random(16 * c * tiles, 12);
-                let outputs = |simd: Option<Simd>| {
-                    let mut ys = vec![f32::NAN; nb * c * h * w];
-                    transform_output_with::<F2>(&m, (nb, c), t, &mut ys, true, simd);
-                    ys
-                };
-                let (want, got) = (outputs(None), outputs(Some(level)));
+                let got = outputs(Some(level));
                 assert!(
-                    want.iter()
-                        .zip(&got)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    same_bits(&want_y, &got),
                     "{level:?} output transform, {nb}x{c}x{h}x{w}"
                 );
                 assert!(got.iter().all(|v| v.is_finite()), "output left unwritten");
