@@ -29,11 +29,16 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const BATCH: usize = 32;
 
-fn reps(default: usize) -> usize {
-    std::env::var("BENCH_REPS")
+/// The number in environment variable `name`, else `default`.
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+fn reps(default: usize) -> usize {
+    env_usize("BENCH_REPS", default)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -431,17 +436,9 @@ fn profile_steps() {
         .unwrap_or_else(|_| "layer3".into())
         .parse()
         .unwrap();
-    let steps = std::env::var("PROFILE_STEPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let steps = env_usize("PROFILE_STEPS", 3);
     let eval = std::env::var_os("PROFILE_EVAL").is_some();
-    let (x, y) = batch_of(
-        std::env::var("PROFILE_BATCH")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(BATCH),
-    );
+    let (x, y) = batch_of(env_usize("PROFILE_BATCH", BATCH));
     let (_vm, model, mut adam) = network(trainable);
     for _ in 0..steps {
         let start = Instant::now();

@@ -247,14 +247,21 @@ impl Isa for Avx2 {
     }
 }
 
-/// Starts of the lane groups covering a tile row of `tw` tiles: every `l`-th tile, with the
-/// last group moved back to end with the row where the row has `l` tiles or more. It then
-/// recomputes a few tiles (to the same bits) but stores whole registers: masked stores are
-/// microcoded on AMD's AVX2 and took most of the transforms' time there.
-fn group_starts(tw: usize, l: usize) -> impl Iterator<Item = usize> {
-    (0..tw)
-        .step_by(l)
-        .map(move |tx0| tx0.min(tw.saturating_sub(l)))
+/// The lane groups covering the tile row of `tw` tiles that starts at tile `base` of
+/// `tiles`: each group's first tile in the row, and how many of its lanes to read or write in
+/// the `[.., tiles]` rows of transformed tiles.
+///
+/// Groups start every `l`-th tile, with the last one moved back to end with the row where
+/// the row has `l` tiles or more. It then recomputes a few tiles (to the same bits) but
+/// touches whole registers: masked stores are microcoded on AMD's AVX2 and took most of the
+/// transforms' time there. A group also keeps all `l` lanes where they end within the tiles:
+/// the lanes past the row then land on later rows' tiles, which are written after these.
+fn groups(tw: usize, l: usize, base: usize, tiles: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..tw).step_by(l).map(move |tx0| {
+        let tx0 = tx0.min(tw.saturating_sub(l));
+        let keep = if base + tx0 + l <= tiles { l } else { tw - tx0 };
+        (tx0, keep)
+    })
 }
 
 /// A register as lanes.
@@ -326,14 +333,7 @@ unsafe fn input<I: Isa>(
     for s in 0..nb {
         for ty in 0..t.th {
             let base = (s * t.th + ty) * t.tw;
-            for tx0 in group_starts(t.tw, I::L) {
-                // Whole registers where they end within the tiles: the lanes past the row
-                // then land on later rows' tiles, which are stored after these.
-                let keep = if base + tx0 + I::L <= tiles {
-                    I::L
-                } else {
-                    t.tw - tx0
-                };
+            for (tx0, keep) in groups(t.tw, I::L, base, tiles) {
                 // d[k][j]: element (k, j) of each lane's patch.
                 let mut d = [[I::V::ZERO; 6]; 6];
                 for (k, dk) in d.iter_mut().take(T::A).enumerate() {
@@ -410,14 +410,8 @@ unsafe fn output<I: Isa>(
         for ty in 0..t.th {
             let base = (s * t.th + ty) * t.tw;
             let rows = (t.h - T::M * ty).min(T::M);
-            for tx0 in group_starts(t.tw, I::L) {
-                // Lanes past the row (whole registers where they stay within the tiles)
-                // reach the arithmetic but no store below.
-                let keep = if base + tx0 + I::L <= tiles {
-                    I::L
-                } else {
-                    t.tw - tx0
-                };
+            for (tx0, keep) in groups(t.tw, I::L, base, tiles) {
+                // Lanes past the row reach the arithmetic but no store below.
                 let b: [[I::V; 6]; 6] = std::array::from_fn(|k| {
                     std::array::from_fn(|j| {
                         if k < T::A && j < T::A {
@@ -443,7 +437,7 @@ unsafe fn output<I: Isa>(
                         // A whole register where it ends within the plane and the values
                         // past `valid` land on rows stored after this one: the next tile
                         // row's, or this group's next row when it is the row's only group
-                        // (the others store whole registers anyway, see `group_starts`).
+                        // (the others store whole registers anyway, see `groups`).
                         let n = if (tx0 == 0 || i + 1 == rows) && at + I::L <= t.h * t.w {
                             I::L
                         } else {
