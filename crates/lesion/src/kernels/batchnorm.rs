@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, InplaceOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{applies, contiguous, f32_slice, relu_f32};
+use super::{applies, contiguous, f32_slice, overwritten, relu_f32};
 
 /// Elements per rayon task in the element-wise passes.
 const MIN_TASK: usize = 1 << 14;
@@ -94,29 +94,29 @@ fn normalise(
     shift: &[f32],
     relu: bool,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    if hw == 0 {
-        return out;
-    }
-    out.par_chunks_mut(hw)
-        .zip(x.par_chunks(hw))
-        .with_min_len(MIN_TASK.div_ceil(hw))
-        .enumerate()
-        .for_each(|(p, (o, xp))| {
-            let ch = p % c;
-            let (m, a, b) = (mean[ch], scale[ch], shift[ch]);
-            // Two loops rather than a branch inside one, so that each vectorises.
-            if relu {
-                for (o, &v) in o.iter_mut().zip(xp) {
-                    *o = relu_f32((v - m) * a + b);
+    overwritten(x.len(), |out| {
+        if hw == 0 {
+            return;
+        }
+        out.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .with_min_len(MIN_TASK.div_ceil(hw))
+            .enumerate()
+            .for_each(|(p, (o, xp))| {
+                let ch = p % c;
+                let (m, a, b) = (mean[ch], scale[ch], shift[ch]);
+                // Two loops rather than a branch inside one, so that each vectorises.
+                if relu {
+                    for (o, &v) in o.iter_mut().zip(xp) {
+                        *o = relu_f32((v - m) * a + b);
+                    }
+                } else {
+                    for (o, &v) in o.iter_mut().zip(xp) {
+                        *o = (v - m) * a + b;
+                    }
                 }
-            } else {
-                for (o, &v) in o.iter_mut().zip(xp) {
-                    *o = (v - m) * a + b;
-                }
-            }
-        });
-    out
+            });
+    })
 }
 
 /// [`normalise`] overwriting `x`.
@@ -384,8 +384,10 @@ impl CustomOp3 for BnGradInput {
         if dy.len() != x.len() || y.len() != x.len() || self.mean.len() != c {
             candle_core::bail!("{}: shapes do not match", self.name());
         }
-        let mut dx = vec![0f32; x.len()];
-        if hw > 0 {
+        let dx = overwritten(x.len(), |dx| {
+            if hw == 0 {
+                return;
+            }
             let relu = self.relu;
             dx.par_chunks_mut(hw)
                 .with_min_len(MIN_TASK.div_ceil(hw))
@@ -399,7 +401,7 @@ impl CustomOp3 for BnGradInput {
                         out[i] = masked(gp[i], yp[i], relu) * a + (xp[i] - m) * d + b;
                     }
                 });
-        }
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }

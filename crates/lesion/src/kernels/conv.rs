@@ -15,7 +15,7 @@
 //! A 1x1 stride-1 unpadded convolution's im2col is the sample itself, so it is a plain gemm.
 //! 3x3 stride-1 padding-1 convolutions take the Winograd path instead (`winograd.rs`): forward
 //! and input gradient wherever it pays (F(4x4, 3x3) tiles for inference, F(2x2, 3x3) for
-//! training), the weight gradient where it measured faster (maps of 14x14 and up).
+//! training), the weight gradient too.
 
 use std::ops::Range;
 
@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use super::winograd::{self, Pass};
 use super::{
-    applies, contiguous, enabled, f32_slice, relu_f32, scale_shift, sgemm, split_even,
+    applies, contiguous, enabled, f32_slice, overwritten, relu_f32, scale_shift, sgemm, split_even,
     with_scratch, Mat,
 };
 
@@ -473,32 +473,32 @@ fn forward(x: &[f32], wt: &[f32], g: &Geom, epilogue: Option<&Affine>) -> Vec<f3
     let plan = g.plan();
     let par = !plan.outer;
     let w = Mat::rows(wt, k);
-    let mut y = vec![0f32; g.n * y_len];
-    run_pieces(pieces(&mut y, &plan.chunks, y_len), plan.outer, |r, ys| {
-        let xs = &x[r.start * x_len..r.end * x_len];
-        let ld = r.len() * cols;
-        if r.len() == 1 && g.pointwise() {
-            sgemm((g.o, cols, k), ys, false, w, Mat::rows(xs, cols), par);
-        } else if r.len() == 1 {
-            with_scratch(k * cols, |col| {
-                im2col(xs, g, col, par);
-                sgemm((g.o, cols, k), ys, false, w, Mat::rows(col, cols), par);
-            });
-        } else {
-            with_scratch(k * ld + g.o * ld, |buf| {
-                let (col, tmp) = buf.split_at_mut(k * ld);
-                im2col(xs, g, col, par);
-                sgemm((g.o, ld, k), tmp, false, w, Mat::rows(col, ld), par);
-                deinterleave(tmp, ys, g.o, cols, par);
-            });
-        }
-        if let Some(e) = epilogue {
-            for yb in ys.chunks_mut(y_len) {
-                e.apply(yb, cols);
+    overwritten(g.n * y_len, |y| {
+        run_pieces(pieces(y, &plan.chunks, y_len), plan.outer, |r, ys| {
+            let xs = &x[r.start * x_len..r.end * x_len];
+            let ld = r.len() * cols;
+            if r.len() == 1 && g.pointwise() {
+                sgemm((g.o, cols, k), ys, false, w, Mat::rows(xs, cols), par);
+            } else if r.len() == 1 {
+                with_scratch(k * cols, |col| {
+                    im2col(xs, g, col, par);
+                    sgemm((g.o, cols, k), ys, false, w, Mat::rows(col, cols), par);
+                });
+            } else {
+                with_scratch(k * ld + g.o * ld, |buf| {
+                    let (col, tmp) = buf.split_at_mut(k * ld);
+                    im2col(xs, g, col, par);
+                    sgemm((g.o, ld, k), tmp, false, w, Mat::rows(col, ld), par);
+                    deinterleave(tmp, ys, g.o, cols, par);
+                });
             }
-        }
-    });
-    y
+            if let Some(e) = epilogue {
+                for yb in ys.chunks_mut(y_len) {
+                    e.apply(yb, cols);
+                }
+            }
+        })
+    })
 }
 
 fn backward_input(dy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
@@ -542,7 +542,8 @@ fn backward_input(dy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
 fn backward_weight(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
     if winograd::suits_weight_grad(g.n, (g.h, g.w), (g.kh, g.kw), g.stride, g.pad) {
         let channels = (g.c, g.o);
-        return winograd::grad_weight(x, dy, g.n, channels, (g.h, g.w), WGRAD_GROUPS);
+        let (groups, bytes) = (WGRAD_GROUPS, winograd::WGRAD_SCRATCH_BYTES);
+        return winograd::grad_weight(x, dy, g.n, channels, (g.h, g.w), groups, bytes);
     }
     let (k, cols, x_len, y_len) = (g.k(), g.cols(), g.x_len(), g.y_len());
     let w_len = g.o * k;

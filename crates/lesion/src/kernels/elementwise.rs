@@ -3,7 +3,7 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{applies, contiguous, f32_slice, relu_f32};
+use super::{applies, contiguous, f32_slice, overwritten, relu_f32};
 
 const CHUNK: usize = 1 << 15;
 
@@ -27,14 +27,15 @@ impl CustomOp2 for AddRelu {
         if l1.shape() != l2.shape() {
             candle_core::bail!("{}: {:?} vs {:?}", self.name(), l1.shape(), l2.shape());
         }
-        let mut out = vec![0f32; a.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(|(o, (a, b))| {
-                for i in 0..o.len() {
-                    o[i] = relu_f32(a[i] + b[i]);
-                }
-            });
+        let out = overwritten(a.len(), |out| {
+            out.par_chunks_mut(CHUNK)
+                .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+                .for_each(|(o, (a, b))| {
+                    for i in 0..o.len() {
+                        o[i] = relu_f32(a[i] + b[i]);
+                    }
+                });
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 

@@ -37,7 +37,7 @@ use std::ops::{Add, Mul, Range, Sub};
 use rayon::prelude::*;
 
 use super::conv::{outer_parallel, pieces, run_pieces};
-use super::{sgemm, split_even, with_scratch, Mat};
+use super::{overwritten, sgemm, split_even, with_scratch, Mat};
 
 #[cfg(target_arch = "x86_64")]
 #[path = "winograd_x86.rs"]
@@ -171,11 +171,10 @@ pub(super) fn choose(
         .max_by_key(|t| t.saved_macs(n, h, w))
 }
 
-/// Whether the weight gradient of such a convolution is faster through Winograd (F(2x2,
-/// 3x3)) than through im2col. Measured at batch 32 (`conv2d_grad_weight`, 2 threads): 1.5x
-/// faster from 14x14 up (64-256 channels), 1.2-1.4x slower at 7x7 x 512 channels, where the
-/// 8x8 tile grid wastes 30% and the per-group sums of the 16 transformed gradients (16 x 512
-/// x 512 each) outweigh the saved arithmetic.
+/// Whether the weight gradient of such a convolution goes through Winograd (F(2x2, 3x3)):
+/// wherever its forward does. Against im2col (`conv2d_grad_weight`, 2 threads): 1.5x faster
+/// from 14x14 up at batch 32; at 7x7 x 512 channels, with [`WGRAD_SCRATCH_BYTES`] chunks,
+/// 1.2x at batches 32 and 128 (AVX2), the same at batch 8 and below.
 pub(super) fn suits_weight_grad(
     n: usize,
     (h, w): (usize, usize),
@@ -183,8 +182,18 @@ pub(super) fn suits_weight_grad(
     stride: usize,
     pad: usize,
 ) -> bool {
-    h >= 14 && w >= 14 && choose(Pass::Training, n, (h, w), k, stride, pad).is_some()
+    choose(Pass::Training, n, (h, w), k, stride, pad).is_some()
 }
+
+/// Transformed input and output gradient held per chunk of the weight gradient, in bytes
+/// (each thread working on a chunk holds one). The sum over tiles is a gemm whose inner
+/// dimension is the chunk's tiles, so short chunks re-read the 16 `cout x cin` products
+/// often. At batch 128 (`conv2d_grad_weight`, 2 threads, AVX2), 7x7 x 512 channels: im2col
+/// 0.25-0.29 s; Winograd in chunks of the forward's 128 tiles 0.29 s, of 512 tiles (this
+/// budget) 0.22 s, 1024 0.18 s; 14x14 x 256: im2col 0.15 s, Winograd 0.13 s from 1024 tiles
+/// (this budget) up; 28x28 and 56x56: no change beyond noise. Larger chunks were faster still
+/// but add their size, per thread, to training's peak memory.
+pub(super) const WGRAD_SCRATCH_BYTES: usize = 32 << 20;
 
 /// Tiles per lane group of the transforms: one AVX-512 register of f32.
 const LANES: usize = 16;
@@ -703,7 +712,6 @@ fn conv3x3_with<T: Transforms>(
     let chunks = t.chunks(n, kernel.tile.target_tiles());
     let outer = outer_parallel(chunks.len());
     let par = !outer;
-    let mut y = vec![0f32; n * y_len];
     let run = |r: Range<usize>, ys: &mut [f32]| {
         let nb = r.len();
         let tiles = nb * t.per_plane();
@@ -726,8 +734,9 @@ fn conv3x3_with<T: Transforms>(
             each_sample(yb);
         }
     };
-    run_pieces(pieces(&mut y, &chunks, y_len), outer, run);
-    y
+    overwritten(n * y_len, |y| {
+        run_pieces(pieces(y, &chunks, y_len), outer, run)
+    })
 }
 
 /// `A dY A^T` of every 2x2 tile of the output gradient `dys` (`[nb, cout, h, w]`, zero
@@ -793,8 +802,9 @@ fn transform_grad_output(
 /// input `x` (`[n, cin, h, w]`) and output gradient `dy` (`[n, cout, h, w]`):
 /// `dW = G^T [ sum over tiles of (A dY A^T) ⊙ (B^T d B) ] G`, the chain rule through the
 /// forward's transforms (exact, since they compute the convolution exactly). The sum over
-/// tiles is 16 gemms per chunk of samples; chunks are summed in fixed groups, then the groups
-/// in order, so the result does not depend on the thread count.
+/// tiles is 16 gemms per chunk of samples, each chunk's transforms taking about
+/// `chunk_bytes` ([`WGRAD_SCRATCH_BYTES`]); chunks are summed in fixed groups, then the
+/// groups in order, so the result does not depend on the thread count.
 pub(super) fn grad_weight(
     x: &[f32],
     dy: &[f32],
@@ -802,12 +812,15 @@ pub(super) fn grad_weight(
     (cin, cout): (usize, usize),
     (h, w): (usize, usize),
     groups: usize,
+    chunk_bytes: usize,
 ) -> Vec<f32> {
     let t = Tiles::new(h, w, Tile::F2);
     let (x_len, y_len, u_len) = (cin * h * w, cout * h * w, 16 * cout * cin);
     assert_eq!(x.len(), n * x_len, "winograd: input size");
     assert_eq!(dy.len(), n * y_len, "winograd: output gradient size");
-    let chunks = t.chunks(n, Tile::F2.target_tiles());
+    let per_tile = 16 * (cin + cout) * std::mem::size_of::<f32>();
+    let target = (chunk_bytes / per_tile).max(1);
+    let chunks = t.chunks(n, target);
     let groups = split_even(chunks.len(), groups);
     let outer = outer_parallel(groups.len());
     let par = !outer;
@@ -1056,12 +1069,17 @@ mod tests {
     #[test]
     fn weight_gradient_matches_direct_sums() {
         // dW[o][c][ky][kx] = sum over samples and positions of dy[o](y, x) * x[c](y + ky - 1, x + kx - 1).
-        for &(n, c, h, w, o, groups) in
-            &[(1, 1, 1, 1, 1, 1), (3, 2, 5, 4, 3, 2), (5, 4, 7, 7, 6, 8)]
-        {
+        // The last case's chunks are one sample each (16 tiles), summed in 3 groups.
+        let one_sample = 16 * 16 * (4 + 6) * 4;
+        for &(n, c, h, w, o, groups, chunk_bytes) in &[
+            (1, 1, 1, 1, 1, 1, WGRAD_SCRATCH_BYTES),
+            (3, 2, 5, 4, 3, 2, WGRAD_SCRATCH_BYTES),
+            (5, 4, 7, 7, 6, 8, WGRAD_SCRATCH_BYTES),
+            (5, 4, 7, 7, 6, 3, one_sample),
+        ] {
             let x = pseudo_random(n * c * h * w, 7);
             let dy = pseudo_random(n * o * h * w, 8);
-            let got = grad_weight(&x, &dy, n, (c, o), (h, w), groups);
+            let got = grad_weight(&x, &dy, n, (c, o), (h, w), groups, chunk_bytes);
             let mut want = vec![0f64; o * c * 9];
             for s in 0..n {
                 for oc in 0..o {
