@@ -190,9 +190,9 @@ pub(super) fn suits_weight_grad(
 /// dimension is the chunk's tiles, so short chunks re-read the 16 `cout x cin` products
 /// often. At batch 128 (`conv2d_grad_weight`, 2 threads, AVX2), 7x7 x 512 channels: im2col
 /// 0.25-0.29 s; Winograd in chunks of the forward's 128 tiles 0.29 s, of 512 tiles (this
-/// budget) 0.22 s, 1024 0.18 s; 14x14 x 256: im2col 0.15 s, Winograd 0.13 s from 1024 tiles
-/// (this budget) up; 28x28 and 56x56: no change beyond noise. Larger chunks were faster still
-/// but add their size, per thread, to training's peak memory.
+/// budget) 0.22 s, 1024 0.18 s; 14x14 x 256: 0.15 s in 128-tile chunks, 0.13 s from 1024
+/// tiles (this budget) up; 28x28 and 56x56: no change beyond noise. Larger chunks were faster
+/// still but add their size, per thread, to training's peak memory.
 pub(super) const WGRAD_SCRATCH_BYTES: usize = 32 << 20;
 
 /// Tiles per lane group of the transforms: one AVX-512 register of f32.
