@@ -22,6 +22,9 @@
 #   BENCH_BATCH=32 BENCH_SIZE=224
 #   BENCH_DATA=../shared/data/isic2017-256   end-to-end image folder
 #   BENCH_EPOCHS=3          end-to-end epochs
+#   BENCH_E2E_REPEATS=1     end-to-end runs of each side (about 15 min per pair on 2 AVX2
+#                           cores), alternating which side goes first; the RATIO is then the
+#                           median of the per-pair ratios
 #   BENCH_TRAIN_ARGS=""     extra options for our end-to-end lesion-train, split on whitespace
 #                           (e.g. "--winograd-4x4"); BENCH_REPEATS=0 runs the end to end alone
 #   BENCH_DEVICE=cpu        cpu or cuda (both sides); BENCH_FEATURES=cuda[,cudnn] for our build
@@ -62,6 +65,11 @@ epochs=${BENCH_EPOCHS:-3}
 device=${BENCH_DEVICE:-cpu}
 venv=${BENCH_VENV:-.venv-bench}
 omp_wait=${BENCH_OMP_WAIT_POLICY:-PASSIVE}
+e2e_repeats=${BENCH_E2E_REPEATS:-1}
+if [[ ! $e2e_repeats =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: BENCH_E2E_REPEATS must be a positive integer, got '$e2e_repeats'" >&2
+    exit 2
+fi
 if [[ ${BENCH_QUICK:-0} == 1 ]]; then
     repeats=1
     iters=2
@@ -174,7 +182,7 @@ torch_env=(env OMP_WAIT_POLICY="$omp_wait")
     echo "machine: $(nproc --all) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (uncommitted changes)')"
     echo "torch: $([[ -n $py ]] && "$py" -c 'import torch; print(torch.__version__)' || echo none)"
-    echo "settings: device $device${NVIDIA_TF32_OVERRIDE:+ (NVIDIA_TF32_OVERRIDE=$NVIDIA_TF32_OVERRIDE)}${LESION_TF32:+ (TF32 allowed)}${BENCH_TRAIN_ARGS:+, end-to-end lesion-train $BENCH_TRAIN_ARGS}, $threads threads, batch $batch, ${size} px, $repeats repeats x $iters iters (+$warmup warm-up), PyTorch OMP_WAIT_POLICY=$omp_wait"
+    echo "settings: device $device${NVIDIA_TF32_OVERRIDE:+ (NVIDIA_TF32_OVERRIDE=$NVIDIA_TF32_OVERRIDE)}${LESION_TF32:+ (TF32 allowed)}${BENCH_TRAIN_ARGS:+, end-to-end lesion-train $BENCH_TRAIN_ARGS}, $threads threads, batch $batch, ${size} px, $repeats repeats x $iters iters (+$warmup warm-up), PyTorch OMP_WAIT_POLICY=$omp_wait, end to end x $e2e_repeats"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$out/header.txt"
 
@@ -210,43 +218,34 @@ done
 
 # --- workload 4: end to end ---------------------------------------------------------------
 e2e_json=""
-if [[ $end_to_end == 1 && ! -d $data ]]; then
-    note "$data is not a folder: skipping end to end"
-    end_to_end=0
-fi
-if [[ $end_to_end == 1 ]]; then
-    note "end to end on $data ($epochs epochs); warming the page cache"
-    cat "$data"/*/* >/dev/null 2>&1 || true
-    work=$out/e2e
+# e2e_ours R: our pipeline once (repeat R); sets ours_json (null if a stage failed).
+e2e_ours() {
+    local r=$1 work=$out/e2e sfx ours_wall=0 ours_rss=0 detail="" ok=1 acc
+    ((e2e_repeats > 1)) && sfx=".r$((r + 1))"
     rm -rf "$work"
     mkdir -p "$work"
-
-    ours_wall=0 ours_rss=0 detail=""
     step() { # step NAME CMD...: one measured stage of our pipeline
         local name=$1
         shift
-        note "ours: $name"
-        if ! measure "e2e-$name" "${pin[@]}" "$@"; then
+        note "ours: $name${sfx:+ (repeat $((r + 1))/$e2e_repeats)}"
+        if ! measure "e2e-$name${sfx:-}" "${pin[@]}" "$@"; then
             note "our $name failed:"
-            tail -5 "$out/e2e-$name.err" >&2
+            tail -5 "$out/e2e-$name${sfx:-}.err" >&2
             return 1
         fi
         ours_wall=$(awk -v a="$ours_wall" -v b="$wall_s" 'BEGIN { print a + b }')
         ((rss_mib > ours_rss)) && ours_rss=$rss_mib
         detail+="$name ${wall_s}s/${rss_mib}MiB "
     }
-    read -r -a train_args <<<"${BENCH_TRAIN_ARGS:-}"
-    [[ ${#train_args[@]} -gt 0 ]] && note "our lesion-train gets: ${train_args[*]}"
-    ours_ok=1
     step prep "$bin/lesion-prep" "$data" --out "$work/prepared" --threads "$threads" --quiet &&
         step train "$bin/lesion-train" --data "$work/prepared" --out "$work/run" \
             --weights none --epochs "$epochs" --patience 100 --device "$device" --quiet \
             "${train_args[@]}" ||
-        ours_ok=0
-    if [[ $ours_ok == 1 ]]; then
+        ok=0
+    if [[ $ok == 1 ]]; then
         if [[ -x $bin/lesion-eval ]]; then
             step eval "$bin/lesion-eval" --run "$work/run" --data "$work/prepared" \
-                --device "$device" --quiet || ours_ok=0
+                --device "$device" --quiet || ok=0
             acc=$(python3 -c 'import json, sys
 print(round(json.load(open(sys.argv[1]))["at_default_threshold"]["accuracy"], 4))' \
                 "$work/run/eval-test/metrics.json" 2>/dev/null || echo '?')
@@ -255,29 +254,53 @@ print(round(json.load(open(sys.argv[1]))["at_default_threshold"]["accuracy"], 4)
             detail+="(no lesion-eval binary: test evaluation skipped)"
         fi
     fi
-
-    pt_json=null
-    if [[ -n $py ]]; then
-        note "PyTorch: notebook_torch.py"
-        if measure e2e-notebook "${pin[@]}" "${torch_env[@]}" "$py" scripts/notebook_torch.py \
-            "$data" --epochs "$epochs" --threads "$threads" --device "$device"; then
-            nb_detail=$(grep '^wall_s' "$out/e2e-notebook.out" | sed 's/^wall_s [0-9.]* //')
-            nb_acc=$(awk '/^test_acc/ { print $2 }' "$out/e2e-notebook.out")
-            pt_json=$(printf '{"wall_s": %s, "peak_rss_mib": %s, "detail": "in-process %s, test_acc %s (weights none)"}' \
-                "$wall_s" "$rss_mib" "$nb_detail" "$nb_acc")
-        else
-            note "notebook_torch.py failed:"
-            tail -5 "$out/e2e-notebook.err" >&2
-        fi
-    fi
+    rm -rf "$work" # the prepared shards and run of the benchmark are not kept
     ours_json=null
-    if [[ $ours_ok == 1 ]]; then
+    if [[ $ok == 1 ]]; then
         ours_json=$(printf '{"wall_s": %s, "peak_rss_mib": %s, "detail": "%s"}' \
             "$ours_wall" "$ours_rss" "$detail")
     fi
-    e2e_json=$out/e2e.json
-    printf '{"ours": %s, "pytorch": %s}\n' "$ours_json" "$pt_json" >"$e2e_json"
-    rm -rf "$work" # the prepared shards and run of the benchmark are not kept
+    return 0
+}
+# e2e_pytorch R: the notebook script once (repeat R); sets pt_json (null if it did not run).
+e2e_pytorch() {
+    local r=$1 name=e2e-notebook nb_detail nb_acc
+    ((e2e_repeats > 1)) && name+=".r$((r + 1))"
+    pt_json=null
+    [[ -n $py ]] || return 0
+    note "PyTorch: notebook_torch.py$( ((e2e_repeats > 1)) && echo " (repeat $((r + 1))/$e2e_repeats)")"
+    if measure "$name" "${pin[@]}" "${torch_env[@]}" "$py" scripts/notebook_torch.py \
+        "$data" --epochs "$epochs" --threads "$threads" --device "$device"; then
+        nb_detail=$(grep '^wall_s' "$out/$name.out" | sed 's/^wall_s [0-9.]* //')
+        nb_acc=$(awk '/^test_acc/ { print $2 }' "$out/$name.out")
+        pt_json=$(printf '{"wall_s": %s, "peak_rss_mib": %s, "detail": "in-process %s, test_acc %s (weights none)"}' \
+            "$wall_s" "$rss_mib" "$nb_detail" "$nb_acc")
+    else
+        note "notebook_torch.py failed:"
+        tail -5 "$out/$name.err" >&2
+    fi
+    return 0
+}
+if [[ $end_to_end == 1 && ! -d $data ]]; then
+    note "$data is not a folder: skipping end to end"
+    end_to_end=0
+fi
+if [[ $end_to_end == 1 ]]; then
+    note "end to end on $data ($epochs epochs, $e2e_repeats repeat(s)); warming the page cache"
+    cat "$data"/*/* >/dev/null 2>&1 || true
+    read -r -a train_args <<<"${BENCH_TRAIN_ARGS:-}"
+    [[ ${#train_args[@]} -gt 0 ]] && note "our lesion-train gets: ${train_args[*]}"
+    e2e_json=$out/e2e.jsonl
+    : >"$e2e_json"
+    for ((r = 0; r < e2e_repeats; r++)); do
+        # Alternate which side runs first, as in workloads 1-3: the machine's speed drifts.
+        if ((r % 2 == 0)); then
+            e2e_ours "$r" && e2e_pytorch "$r"
+        else
+            e2e_pytorch "$r" && e2e_ours "$r"
+        fi
+        printf '{"ours": %s, "pytorch": %s}\n' "$ours_json" "$pt_json" >>"$e2e_json"
+    done
 fi
 
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/header.txt"

@@ -6,11 +6,13 @@
 RESULTS_JSONL: one JSON line per benchmark process (`lesion-bench`, `bench_torch.py`), with
 at least impl (lesion | pytorch | pytorch-cl), workload, images_per_s_median, peak_rss_mib.
 Each figure in the table is the median over the repeats of that process's own median.
-E2E_JSON (optional): {"ours": {"wall_s", "peak_rss_mib", ...}, "pytorch": {...} or null}.
+E2E_JSON (optional): one line per end-to-end repeat, {"ours": {"wall_s", "peak_rss_mib",
+...} or null, "pytorch": {...} or null}.
 
 Ends with `RATIO <workload> <ours / PyTorch NCHW>` per workload (`RATIO end-to-end` is
-PyTorch's wall time / ours), `RATIO_CL <workload> <ours / PyTorch channels-last>` and
-`RSS_RATIO end-to-end <ours / PyTorch>`; ratios whose PyTorch side did not run are left out.
+PyTorch's wall time / ours, the median over the repeats where both sides ran),
+`RATIO_CL <workload> <ours / PyTorch channels-last>` and `RSS_RATIO end-to-end <ours /
+PyTorch>` (median likewise); ratios whose PyTorch side did not run are left out.
 """
 import json
 import statistics
@@ -43,10 +45,10 @@ def fmt(x, spec=".1f"):
 
 def main():
     runs = load(sys.argv[1]) if len(sys.argv) > 1 else {}
-    e2e = None
+    e2e = []
     if len(sys.argv) > 2:
         with open(sys.argv[2]) as f:
-            e2e = json.load(f)
+            e2e = [json.loads(line) for line in f if line.strip().startswith("{")]
 
     ratios, ratios_cl, rss_ratio = [], [], None
     head = (f"{'workload':<14} {'ours img/s':>10} {'PyTorch':>9} {'PyT CL':>9} "
@@ -71,21 +73,33 @@ def main():
               f"{fmt(rss['pytorch-cl'], '.0f'):>8} {n:>3}")
 
     if e2e:
-        ours, pt = e2e.get("ours"), e2e.get("pytorch")
         print()
         print(f"{'end to end':<14} {'wall s':>8} {'peak RSS MiB':>13}  detail")
-        if ours:
-            print(f"{'ours':<14} {ours['wall_s']:>8.1f} {ours['peak_rss_mib']:>13.0f}  "
-                  f"{ours.get('detail', '')}")
-        if pt:
-            print(f"{'PyTorch':<14} {pt['wall_s']:>8.1f} {pt['peak_rss_mib']:>13.0f}  "
-                  f"{pt.get('detail', '')}")
-        if ours and pt:
-            ratios.append(("end-to-end", pt["wall_s"] / ours["wall_s"]))
-            rss_ratio = ours["peak_rss_mib"] / pt["peak_rss_mib"]
+        walls, rsss = [], []
+        for k, rep in enumerate(e2e):
+            ours, pt = rep.get("ours"), rep.get("pytorch")
+            tag = f" #{k + 1}" if len(e2e) > 1 else ""
+            for name, side in (("ours", ours), ("PyTorch", pt)):
+                if side:
+                    print(f"{name + tag:<14} {side['wall_s']:>8.1f} "
+                          f"{side['peak_rss_mib']:>13.0f}  {side.get('detail', '')}")
+            if ours and pt:
+                walls.append(pt["wall_s"] / ours["wall_s"])
+                rsss.append(ours["peak_rss_mib"] / pt["peak_rss_mib"])
+        if len(e2e) > 1:
+            for name, key in (("ours", "ours"), ("PyTorch", "pytorch")):
+                w = [r[key]["wall_s"] for r in e2e if r.get(key)]
+                if w:
+                    print(f"{name + ' median':<14} {statistics.median(w):>8.1f}")
+            if walls:
+                print("per-pair ratios (PyTorch wall / ours): "
+                      + " ".join(f"{r:.2f}" for r in walls))
+        if walls:
+            ratios.append(("end-to-end", statistics.median(walls)))
+            rss_ratio = statistics.median(rsss)
 
     print()
-    if not any(i != "lesion" for i, _ in runs) and not (e2e and e2e.get("pytorch")):
+    if not any(i != "lesion" for i, _ in runs) and not any(r.get("pytorch") for r in e2e):
         print("PyTorch did not run (not installed, or it failed): our figures alone, no RATIO lines")
     for w, r in ratios:
         print(f"RATIO {w} {r:.2f}")

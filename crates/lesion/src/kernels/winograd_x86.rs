@@ -216,7 +216,14 @@ impl Isa for Avx2 {
     #[inline(always)]
     unsafe fn load_first(p: *const f32, n: usize) -> V<8> {
         // SAFETY: the caller guarantees `p .. p + n` readable and AVX2.
-        to_v(unsafe { _mm256_maskload_ps(p, Self::mask(n)) })
+        to_v(unsafe {
+            // Nearly every load is a whole register; a plain load needs no mask built.
+            if n >= 8 {
+                _mm256_loadu_ps(p)
+            } else {
+                _mm256_maskload_ps(p, Self::mask(n))
+            }
+        })
     }
 
     #[inline(always)]
@@ -412,23 +419,34 @@ unsafe fn output<I: Isa>(
             let rows = (t.h - T::M * ty).min(T::M);
             for (tx0, keep) in groups(t.tw, I::L, base, tiles) {
                 // Lanes past the row reach the arithmetic but no store below.
-                let b: [[I::V; 6]; 6] = std::array::from_fn(|k| {
+                let at = oc * tiles + base + tx0;
+                // Row `k` of every lane's 4x4 `m` (element (k, j) at `(4 k + j) cout tiles`).
+                let row = |k: usize| -> [I::V; 4] {
                     std::array::from_fn(|j| {
-                        if k < T::A && j < T::A {
-                            let at = ((k * T::A + j) * cout + oc) * tiles + base + tx0;
-                            // SAFETY: the `keep` values read end within `m` (asserted).
-                            unsafe { I::load_first(m.as_ptr().add(at), keep) }
-                        } else {
-                            I::V::ZERO
-                        }
+                        let at = at + (k * T::A + j) * cout * tiles;
+                        // SAFETY: the `keep` values read end within `m` (asserted).
+                        unsafe { I::load_first(m.as_ptr().add(at), keep) }
                     })
-                });
-                // A^T down the columns, then A along the rows (the portable order).
-                let cols: [[I::V; 4]; 6] =
-                    std::array::from_fn(|j| T::output(std::array::from_fn(|k| b[k][j])));
+                };
+                // A^T down the columns, one row of `m` at a time so that few registers are
+                // live (the generic 6x6 blocks spilled to the stack): column j's
+                // (m0 + m1) + m2 and (m1 - m2) - m3, as `F2::output` sums them.
+                let (m0, m1) = (row(0), row(1));
+                let mut c0: [I::V; 4] = std::array::from_fn(|j| m0[j] + m1[j]);
+                let mut c1 = m1;
+                let m2 = row(2);
+                for j in 0..4 {
+                    c0[j] = c0[j] + m2[j];
+                    c1[j] = c1[j] - m2[j];
+                }
+                let m3 = row(3);
+                for j in 0..4 {
+                    c1[j] = c1[j] - m3[j];
+                }
+                let cols = [c0, c1];
                 let width = (t.w - T::M * tx0).min(T::M * I::L);
-                for i in 0..rows {
-                    let r = T::output(std::array::from_fn(|j| cols[j][i]));
+                for (i, c) in cols.iter().enumerate().take(rows) {
+                    let r = T::output([c[0], c[1], c[2], c[3], I::V::ZERO, I::V::ZERO]);
                     // SAFETY: as the caller guarantees for the whole function.
                     let out = unsafe { I::interleave(r[0], r[1]) };
                     let at = (T::M * ty + i) * t.w + T::M * tx0;
