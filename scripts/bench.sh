@@ -218,19 +218,27 @@ done
 
 # --- workload 4: end to end ---------------------------------------------------------------
 e2e_json=""
+# e2e_tag R: the suffix of repeat R's log files and the words for its messages (both empty
+# when there is one repeat).
+e2e_tag() {
+    sfx="" label=""
+    if ((e2e_repeats > 1)); then
+        sfx=".r$(($1 + 1))" label=" (repeat $(($1 + 1))/$e2e_repeats)"
+    fi
+}
 # e2e_ours R: our pipeline once (repeat R); sets ours_json (null if a stage failed).
 e2e_ours() {
-    local r=$1 work=$out/e2e sfx ours_wall=0 ours_rss=0 detail="" ok=1 acc
-    ((e2e_repeats > 1)) && sfx=".r$((r + 1))"
+    local r=$1 work=$out/e2e sfx label ours_wall=0 ours_rss=0 detail="" ok=1 acc
+    e2e_tag "$r"
     rm -rf "$work"
     mkdir -p "$work"
     step() { # step NAME CMD...: one measured stage of our pipeline
         local name=$1
         shift
-        note "ours: $name${sfx:+ (repeat $((r + 1))/$e2e_repeats)}"
-        if ! measure "e2e-$name${sfx:-}" "${pin[@]}" "$@"; then
+        note "ours: $name$label"
+        if ! measure "e2e-$name$sfx" "${pin[@]}" "$@"; then
             note "our $name failed:"
-            tail -5 "$out/e2e-$name${sfx:-}.err" >&2
+            tail -5 "$out/e2e-$name$sfx.err" >&2
             return 1
         fi
         ours_wall=$(awk -v a="$ours_wall" -v b="$wall_s" 'BEGIN { print a + b }')
@@ -264,11 +272,12 @@ print(round(json.load(open(sys.argv[1]))["at_default_threshold"]["accuracy"], 4)
 }
 # e2e_pytorch R: the notebook script once (repeat R); sets pt_json (null if it did not run).
 e2e_pytorch() {
-    local r=$1 name=e2e-notebook nb_detail nb_acc
-    ((e2e_repeats > 1)) && name+=".r$((r + 1))"
+    local r=$1 sfx label name nb_detail nb_acc
+    e2e_tag "$r"
+    name=e2e-notebook$sfx
     pt_json=null
     [[ -n $py ]] || return 0
-    note "PyTorch: notebook_torch.py$( ((e2e_repeats > 1)) && echo " (repeat $((r + 1))/$e2e_repeats)")"
+    note "PyTorch: notebook_torch.py$label"
     if measure "$name" "${pin[@]}" "${torch_env[@]}" "$py" scripts/notebook_torch.py \
         "$data" --epochs "$epochs" --threads "$threads" --device "$device"; then
         nb_detail=$(grep '^wall_s' "$out/$name.out" | sed 's/^wall_s [0-9.]* //')

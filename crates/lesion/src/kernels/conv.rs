@@ -542,8 +542,15 @@ fn backward_input(dy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
 fn backward_weight(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
     if winograd::suits_weight_grad(g.n, (g.h, g.w), (g.kh, g.kw), g.stride, g.pad) {
         let channels = (g.c, g.o);
-        let (groups, bytes) = (WGRAD_GROUPS, winograd::WGRAD_SCRATCH_BYTES);
-        return winograd::grad_weight(x, dy, g.n, channels, (g.h, g.w), groups, bytes);
+        return winograd::grad_weight(
+            x,
+            dy,
+            g.n,
+            channels,
+            (g.h, g.w),
+            WGRAD_GROUPS,
+            winograd::WGRAD_SCRATCH_BYTES,
+        );
     }
     let (k, cols, x_len, y_len) = (g.k(), g.cols(), g.x_len(), g.y_len());
     let w_len = g.o * k;

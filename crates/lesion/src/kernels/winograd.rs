@@ -825,6 +825,8 @@ pub(super) fn grad_weight(
     let outer = outer_parallel(groups.len());
     let par = !outer;
     let partial = |group: Range<usize>| -> Vec<f32> {
+        // Zeroed, not `overwritten`: with no samples the one group is empty and no gemm
+        // writes it.
         let mut du = vec![0f32; u_len];
         for (j, r) in chunks[group].iter().enumerate() {
             let (nb, tiles) = (r.len(), r.len() * t.per_plane());
@@ -857,20 +859,20 @@ pub(super) fn grad_weight(
         groups.into_iter().map(partial).collect()
     };
     // G^T dU G per kernel, summing the groups' dU in order first.
-    let mut dw = vec![0f32; cout * cin * 9];
-    dw.par_chunks_mut(cin * 9)
-        .enumerate()
-        .for_each(|(oc, dwo)| {
-            for (ic, g) in dwo.chunks_exact_mut(9).enumerate() {
-                let mut u = [0f32; 16];
-                for (xi, v) in u.iter_mut().enumerate() {
-                    let at = (xi * cout + oc) * cin + ic;
-                    *v = parts.iter().fold(0.0, |acc, p| acc + p[at]);
+    overwritten(cout * cin * 9, |dw| {
+        dw.par_chunks_mut(cin * 9)
+            .enumerate()
+            .for_each(|(oc, dwo)| {
+                for (ic, g) in dwo.chunks_exact_mut(9).enumerate() {
+                    let mut u = [0f32; 16];
+                    for (xi, v) in u.iter_mut().enumerate() {
+                        let at = (xi * cout + oc) * cin + ic;
+                        *v = parts.iter().fold(0.0, |acc, p| acc + p[at]);
+                    }
+                    g.copy_from_slice(&transform_kernel_grad(&u));
                 }
-                g.copy_from_slice(&transform_kernel_grad(&u));
-            }
-        });
-    dw
+            });
+    })
 }
 
 /// `G^T u G` of one 4x4 tile (row-major): the gradient of a 3x3 kernel from that of its
