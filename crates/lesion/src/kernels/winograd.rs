@@ -23,7 +23,9 @@
 //! vectorise whatever the plane's width. On x86-64 with AVX-512F or AVX2, F(2x2, 3x3)'s data
 //! transforms on planes at least 13 wide take `winograd_x86.rs` instead: strided vector
 //! loads and masked stores in place of the per-lane gather, the same arithmetic in the same
-//! order, so the same bits ([`simd`]).
+//! order, so the same bits ([`simd`]). Elsewhere on a CPU with AVX2 (F(4x4, 3x3), small
+//! planes) the portable transforms run compiled for AVX2, again the same bits
+//! ([`portable_avx2`]).
 //!
 //! The input gradient of such a convolution is itself one (the output gradient correlated
 //! with the kernel rotated by 180° and its channel axes swapped), so it runs here too
@@ -535,18 +537,20 @@ fn transform_input<T: Transforms>(
     v: &mut [f32],
     parallel: bool,
 ) {
-    transform_input_with::<T>(xs, (nb, cin), t, v, parallel, simd::<T>(t));
+    let path = (simd::<T>(t), portable_avx2());
+    transform_input_with::<T>(xs, (nb, cin), t, v, parallel, path);
 }
 
 /// [`transform_input`] on the vectorised path (`simd`: its instruction set, which the CPU
-/// must have) or the portable one.
+/// must have) or the portable one (compiled for AVX2 when `avx2`, which the CPU must then
+/// have).
 fn transform_input_with<T: Transforms>(
     xs: &[f32],
     (nb, cin): (usize, usize),
     t: Tiles,
     v: &mut [f32],
     parallel: bool,
-    simd: Option<Simd>,
+    (simd, avx2): (Option<Simd>, bool),
 ) {
     let (hw, tiles) = (t.h * t.w, nb * t.per_plane());
     // Each plane is copied into a zero border: row and column -1 at index 0, then up to
@@ -581,24 +585,71 @@ fn transform_input_with<T: Transforms>(
             };
             return;
         }
-        let (mut d, mut tmp) = (ZERO_BLOCK, ZERO_BLOCK);
-        for (g, at) in starts.chunks_exact(LANES).enumerate() {
-            for (k, dk) in d.iter_mut().take(T::A).enumerate() {
-                for (j, dkj) in dk.iter_mut().take(T::A).enumerate() {
-                    for (v, &a) in dkj.iter_mut().zip(at) {
-                        *v = padded[a + k * wp + j];
-                    }
-                }
-            }
-            input_tile::<T>(&mut d, &mut tmp);
-            let (t0, valid) = (g * LANES, (tiles - g * LANES).min(LANES));
-            for (i, di) in d.iter().take(T::A).enumerate() {
-                for (j, dij) in di.iter().take(T::A).enumerate() {
-                    store(&mut vc[(i * T::A + j) * tiles + t0..], dij, valid);
+        if avx2 {
+            // SAFETY: the caller guarantees AVX2 ([`portable_avx2`]).
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                input_portable_avx2::<T>(&padded, &starts, wp, tiles, vc)
+            };
+            #[cfg(target_arch = "x86_64")]
+            return;
+        }
+        input_portable::<T>(&padded, &starts, wp, tiles, vc);
+    });
+}
+
+/// Whether the portable transforms run as compiled for AVX2 ([`input_portable_avx2`],
+/// [`output_portable_avx2`]): where the CPU has it and `LESION_SIMD` is not `portable`.
+fn portable_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return x86::level().is_some();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The portable input transform of one channel: each lane group's patches gathered from the
+/// zero-bordered planes `padded` (row length `wp`) at `starts`, transformed, and stored
+/// into `vc` (`[a², tiles]`).
+#[inline(always)]
+fn input_portable<T: Transforms>(
+    padded: &[f32],
+    starts: &[usize],
+    wp: usize,
+    tiles: usize,
+    vc: &mut [f32],
+) {
+    let (mut d, mut tmp) = (ZERO_BLOCK, ZERO_BLOCK);
+    for (g, at) in starts.chunks_exact(LANES).enumerate() {
+        for (k, dk) in d.iter_mut().take(T::A).enumerate() {
+            for (j, dkj) in dk.iter_mut().take(T::A).enumerate() {
+                for (v, &a) in dkj.iter_mut().zip(at) {
+                    *v = padded[a + k * wp + j];
                 }
             }
         }
-    });
+        input_tile::<T>(&mut d, &mut tmp);
+        let (t0, valid) = (g * LANES, (tiles - g * LANES).min(LANES));
+        for (i, di) in d.iter().take(T::A).enumerate() {
+            for (j, dij) in di.iter().take(T::A).enumerate() {
+                store(&mut vc[(i * T::A + j) * tiles + t0..], dij, valid);
+            }
+        }
+    }
+}
+
+/// [`input_portable`] compiled for AVX2: its 16-lane blocks take two registers instead of
+/// four. No fused multiply-adds are formed (Rust does not contract), so the bits are the
+/// same.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn input_portable_avx2<T: Transforms>(
+    padded: &[f32],
+    starts: &[usize],
+    wp: usize,
+    tiles: usize,
+    vc: &mut [f32],
+) {
+    input_portable::<T>(padded, starts, wp, tiles, vc);
 }
 
 /// `A^T m A` of every tile of `m` (`[a², cout, nb * tiles]`) into the samples `ys`
@@ -611,18 +662,18 @@ fn transform_output<T: Transforms>(
     ys: &mut [f32],
     parallel: bool,
 ) {
-    transform_output_with::<T>(m, (nb, cout), t, ys, parallel, simd::<T>(t));
+    let path = (simd::<T>(t), portable_avx2());
+    transform_output_with::<T>(m, (nb, cout), t, ys, parallel, path);
 }
 
-/// [`transform_output`] on the vectorised path (`simd`: its instruction set, which the CPU
-/// must have) or the portable one.
+/// [`transform_output`] on the paths of [`transform_input_with`].
 fn transform_output_with<T: Transforms>(
     m: &[f32],
     (nb, cout): (usize, usize),
     t: Tiles,
     ys: &mut [f32],
     parallel: bool,
-    simd: Option<Simd>,
+    (simd, avx2): (Option<Simd>, bool),
 ) {
     let (hw, tiles) = (t.h * t.w, nb * t.per_plane());
     // Per tile: sample, offset of its top-left output in the plane, rows and columns inside.
@@ -649,25 +700,16 @@ fn transform_output_with<T: Transforms>(
             };
             return;
         }
-        let (mut b, mut tmp) = (ZERO_BLOCK, ZERO_BLOCK);
-        for t0 in (0..tiles).step_by(LANES) {
-            let valid = (tiles - t0).min(LANES);
-            for (i, bi) in b.iter_mut().take(T::A).enumerate() {
-                for (j, bij) in bi.iter_mut().take(T::A).enumerate() {
-                    let xi = i * T::A + j;
-                    load(bij, &m[(xi * cout + oc) * tiles + t0..], valid);
-                }
-            }
-            output_tile::<T>(&mut b, &mut tmp);
-            for (l, &(s, at, rows, cols)) in places[t0..t0 + valid].iter().enumerate() {
-                let plane = &mut planes[s];
-                for (i, bi) in b.iter().take(rows).enumerate() {
-                    for (j, bij) in bi.iter().take(cols).enumerate() {
-                        plane[at + i * t.w + j] = bij[l];
-                    }
-                }
-            }
+        if avx2 {
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                output_portable_avx2::<T>(m, (oc, cout), t.w, &places, planes)
+            };
+            #[cfg(target_arch = "x86_64")]
+            return;
         }
+        output_portable::<T>(m, (oc, cout), t.w, &places, planes);
     };
     if parallel {
         by_channel
@@ -680,6 +722,63 @@ fn transform_output_with<T: Transforms>(
             .enumerate()
             .for_each(|(oc, p)| channel(oc, p));
     }
+}
+
+/// The portable output transform of output channel `oc` (of `cout`): lane groups of
+/// transformed tiles loaded from `m`, transformed, and written to the planes (row length
+/// `w`) at `places` (sample, offset, rows and columns inside the plane).
+#[inline(always)]
+fn output_portable<T: Transforms>(
+    m: &[f32],
+    (oc, cout): (usize, usize),
+    w: usize,
+    places: &[(usize, usize, usize, usize)],
+    planes: &mut [&mut [f32]],
+) {
+    let tiles = places.len();
+    let (mut b, mut tmp) = (ZERO_BLOCK, ZERO_BLOCK);
+    for t0 in (0..tiles).step_by(LANES) {
+        let valid = (tiles - t0).min(LANES);
+        for (i, bi) in b.iter_mut().take(T::A).enumerate() {
+            for (j, bij) in bi.iter_mut().take(T::A).enumerate() {
+                let xi = i * T::A + j;
+                load(bij, &m[(xi * cout + oc) * tiles + t0..], valid);
+            }
+        }
+        output_tile::<T>(&mut b, &mut tmp);
+        for (l, &(s, at, rows, cols)) in places[t0..t0 + valid].iter().enumerate() {
+            let plane = &mut planes[s];
+            if rows == T::M && cols == T::M {
+                // A whole tile, nearly all of them: rows of a fixed length, one bounds
+                // check each (the general loop below spent more on its checks than on
+                // the stores).
+                for (i, row) in plane[at..].chunks_mut(w).take(T::M).enumerate() {
+                    for (o, bij) in row[..T::M].iter_mut().zip(&b[i]) {
+                        *o = bij[l];
+                    }
+                }
+                continue;
+            }
+            for (i, bi) in b.iter().take(rows).enumerate() {
+                for (j, bij) in bi.iter().take(cols).enumerate() {
+                    plane[at + i * w + j] = bij[l];
+                }
+            }
+        }
+    }
+}
+
+/// [`output_portable`] compiled for AVX2, as [`input_portable_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn output_portable_avx2<T: Transforms>(
+    m: &[f32],
+    oc: (usize, usize),
+    w: usize,
+    places: &[(usize, usize, usize, usize)],
+    planes: &mut [&mut [f32]],
+) {
+    output_portable::<T>(m, oc, w, places, planes);
 }
 
 /// The convolution of `x` (`[n, cin, h, w]`) with `kernel`, padding 1: returns
@@ -983,8 +1082,27 @@ mod tests {
         if levels.is_empty() {
             eprintln!("no AVX2 here: the vectorised transforms are not exercised");
         }
+        // The baseline-compiled portable path is the reference; F(2x2, 3x3) also has the
+        // explicit vector path on every level, and both tiles the portable code compiled
+        // for AVX2 (which every level implies).
+        let mut paths: Vec<(Option<Simd>, bool)> =
+            levels.iter().map(|&l| (Some(l), false)).collect();
+        if !levels.is_empty() {
+            paths.push((None, true));
+        }
+        agree_to_the_bit::<F2>(Tile::F2, &paths);
+        let wide: &[_] = if levels.is_empty() {
+            &[]
+        } else {
+            &[(None, true)]
+        };
+        agree_to_the_bit::<F4>(Tile::F4, wide);
+    }
+
+    fn agree_to_the_bit<T: Transforms>(tile: Tile, paths: &[(Option<Simd>, bool)]) {
         let same_bits =
             |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+        let aa = T::A * T::A;
         // Planes from one tile to several lane groups per tile row, odd and even sides
         // (clipped last tiles), one or several samples (chunk boundaries in `tiles`).
         for &(nb, c, h, w) in &[
@@ -995,33 +1113,37 @@ mod tests {
             (2, 5, 56, 56),
             (1, 3, 28, 67),
         ] {
-            let t = Tiles::new(h, w, Tile::F2);
+            let t = Tiles::new(h, w, tile);
             let tiles = nb * t.per_plane();
             let x = pseudo_random(nb * c * h * w, 11);
-            let m = pseudo_random(16 * c * tiles, 12);
+            let m = pseudo_random(aa * c * tiles, 12);
             // Outputs start as NaN, so that an element a path leaves unwritten shows.
-            let transformed = |simd: Option<Simd>| {
-                let mut v = vec![f32::NAN; 16 * c * tiles];
-                transform_input_with::<F2>(&x, (nb, c), t, &mut v, true, simd);
+            let transformed = |path| {
+                let mut v = vec![f32::NAN; aa * c * tiles];
+                transform_input_with::<T>(&x, (nb, c), t, &mut v, true, path);
                 v
             };
-            let outputs = |simd: Option<Simd>| {
+            let outputs = |path| {
                 let mut ys = vec![f32::NAN; nb * c * h * w];
-                transform_output_with::<F2>(&m, (nb, c), t, &mut ys, true, simd);
+                transform_output_with::<T>(&m, (nb, c), t, &mut ys, true, path);
                 ys
             };
-            let (want_v, want_y) = (transformed(None), outputs(None));
-            for &level in &levels {
-                let got = transformed(Some(level));
+            let (want_v, want_y) = (transformed((None, false)), outputs((None, false)));
+            assert!(
+                want_y.iter().all(|v| v.is_finite()),
+                "portable output unwritten"
+            );
+            for &path in paths {
+                let got = transformed(path);
                 assert!(
                     same_bits(&want_v, &got),
-                    "{level:?} input transform, {nb}x{c}x{h}x{w}"
+                    "{tile:?} {path:?} input transform, {nb}x{c}x{h}x{w}"
                 );
                 assert!(got.iter().all(|v| v.is_finite()), "input left unwritten");
-                let got = outputs(Some(level));
+                let got = outputs(path);
                 assert!(
                     same_bits(&want_y, &got),
-                    "{level:?} output transform, {nb}x{c}x{h}x{w}"
+                    "{tile:?} {path:?} output transform, {nb}x{c}x{h}x{w}"
                 );
                 assert!(got.iter().all(|v| v.is_finite()), "output left unwritten");
             }

@@ -50,7 +50,8 @@ impl Level {
 }
 
 /// The best level this CPU has (checked once), or none. `LESION_SIMD=portable` turns the
-/// vectorised path off and `LESION_SIMD=avx2` keeps it to AVX2, for measurements.
+/// vectorised path off (and runs the portable code as compiled for baseline x86-64) and
+/// `LESION_SIMD=avx2` keeps it to AVX2, for measurements.
 pub(super) fn level() -> Option<Level> {
     static LEVEL: OnceLock<Option<Level>> = OnceLock::new();
     *LEVEL.get_or_init(|| {
@@ -68,8 +69,8 @@ pub(super) fn level() -> Option<Level> {
 /// channels): 15-25% faster from 14x14 up, 7% slower at 7x7 (4 tiles per row); a training
 /// step at batch 128 ran 2.08 s against 2.23 s portable. On AVX2 (Zen 3, `perf` shares of
 /// the same step): the transforms took 7.3% of it against 12.2% portable, and 8.4% with the
-/// 7x7 maps included. F(4x4, 3x3) stays portable: its 6x6 patches made inference slower on
-/// the AVX-512 path (117 against 131 img/s at batch 32).
+/// 7x7 maps included. F(4x4, 3x3) stays on the portable code (compiled for AVX2): its 6x6
+/// patches made inference slower on the AVX-512 path (117 against 131 img/s at batch 32).
 pub(super) fn suits<T: Transforms>(t: Tiles) -> Option<Level> {
     if T::M == F2::M && t.tw >= 7 {
         level()
