@@ -211,18 +211,20 @@ fn row_geometry(g: &Geom, row: usize) -> RowGeom {
 fn fill_row(g: &Geom, split: &PhaseSplit, rg: &RowGeom, x: &[f32], out: &mut [f32]) {
     let (ci, ky, kx, oys, oxs) = (rg.ci, rg.ky, rg.kx, rg.oys.clone(), rg.oxs.clone());
     let (wo, w, hw, s, pad) = (g.wo, g.w, g.h * g.w, g.stride, g.pad);
-    if oys.len() < g.ho || oxs.len() < wo {
-        // One call rather than one per output row.
-        out.fill(0.0);
-    }
     if oys.is_empty() || oxs.is_empty() {
+        out.fill(0.0);
         return;
     }
+    // Only what falls in the padding is zeroed (zeroing whole rows first cost the 7x7 stem
+    // a second pass over its column matrix): the output rows above and below `oys` here,
+    // the columns outside `oxs` after the copies.
+    out[..oys.start * wo].fill(0.0);
+    out[oys.end * wo..].fill(0.0);
     let plane = &x[ci * hw..(ci + 1) * hw];
     if s == 1 && wo == w {
         // "Same" width: output row oy is input row oy + ky - pad shifted by kx - pad, so
         // the whole row is one copy; the columns that wrapped in from a neighbouring input
-        // row are cleared after.
+        // row are cleared below.
         let src0 = ((oys.start + ky - pad) * w) as isize + kx as isize - pad as isize;
         let (mut a, mut b) = (oys.start * wo, oys.end * wo);
         let src_a = if src0 < 0 {
@@ -233,18 +235,19 @@ fn fill_row(g: &Geom, split: &PhaseSplit, rg: &RowGeom, x: &[f32], out: &mut [f3
         };
         b = b.min(a + (hw - src_a));
         out[a..b].copy_from_slice(&plane[src_a..src_a + (b - a)]);
-        for oy in oys {
-            out[oy * wo..oy * wo + oxs.start].fill(0.0);
-            out[oy * wo + oxs.end..(oy + 1) * wo].fill(0.0);
+    } else {
+        let p0 = split.pos(oxs.start * s + kx - pad);
+        for oy in oys.clone() {
+            let iy = oy * s + ky - pad;
+            let src = &plane[iy * w + p0..iy * w + p0 + oxs.len()];
+            out[oy * wo + oxs.start..oy * wo + oxs.end].copy_from_slice(src);
         }
-        return;
     }
-    let ix0 = oxs.start * s + kx - pad;
-    let p0 = split.pos(ix0);
-    for oy in oys {
-        let iy = oy * s + ky - pad;
-        let src = &plane[iy * w + p0..iy * w + p0 + oxs.len()];
-        out[oy * wo + oxs.start..oy * wo + oxs.end].copy_from_slice(src);
+    if oxs.len() < wo {
+        for row in out[oys.start * wo..oys.end * wo].chunks_exact_mut(wo) {
+            row[..oxs.start].fill(0.0);
+            row[oxs.end..].fill(0.0);
+        }
     }
 }
 
@@ -274,10 +277,9 @@ fn add_row(g: &Geom, split: &PhaseSplit, rg: &RowGeom, src: &[f32], dx: &mut [f3
 fn im2col(xs: &[f32], g: &Geom, col: &mut [f32], parallel: bool) {
     let ld = xs.len() / g.x_len() * g.cols();
     let split = PhaseSplit::new(g);
-    let mut buf = Vec::new();
+    let buf;
     let xs = if g.stride > 1 {
-        buf.resize(xs.len(), 0.0);
-        split.split(xs, g.w, &mut buf, parallel);
+        buf = overwritten(xs.len(), |b| split.split(xs, g.w, b, parallel));
         &buf[..]
     } else {
         xs

@@ -569,13 +569,23 @@ fn transform_input_with<T: Transforms>(
         })
         .collect();
     for_chunks(v, T::A * T::A * tiles, parallel, |ci, vc| {
-        let mut padded = vec![0f32; nb * hp * wp + INPUT_SLACK];
-        for (s, pp) in padded[..nb * hp * wp].chunks_exact_mut(hp * wp).enumerate() {
-            let plane = &xs[(s * cin + ci) * hw..][..hw];
-            for (y, row) in plane.chunks_exact(t.w).enumerate() {
-                pp[(y + 1) * wp + 1..][..t.w].copy_from_slice(row);
+        // Only the border and the slack are zeroed; the plane's rows are copied in.
+        let padded = overwritten(nb * hp * wp + INPUT_SLACK, |padded| {
+            let (planes, slack) = padded.split_at_mut(nb * hp * wp);
+            slack.fill(0.0);
+            for (s, pp) in planes.chunks_exact_mut(hp * wp).enumerate() {
+                let plane = &xs[(s * cin + ci) * hw..][..hw];
+                let (top, rest) = pp.split_at_mut(wp);
+                top.fill(0.0);
+                let (inner, bottom) = rest.split_at_mut(t.h * wp);
+                bottom.fill(0.0);
+                for (dst, row) in inner.chunks_exact_mut(wp).zip(plane.chunks_exact(t.w)) {
+                    dst[0] = 0.0;
+                    dst[1..=t.w].copy_from_slice(row);
+                    dst[t.w + 1..].fill(0.0);
+                }
             }
-        }
+        });
         if let Some(_level) = simd {
             // SAFETY: `simd` only holds levels the CPU has (`x86::suits`, or the tests after
             // `x86::Level::supported`); `padded` ends with the slack the loads need.
