@@ -12,6 +12,10 @@
 //!   (each group in order, then the groups in order), so the result is independent of the
 //!   thread count.
 //!
+//! A sample with many output positions (the stem's 112x112) is its own gemm, and its im2col
+//! matrix is built and multiplied in blocks of output rows sized to stay in L2
+//! ([`Geom::row_blocks`]); the column blocks of the output are the same numbers either way.
+//!
 //! A 1x1 stride-1 unpadded convolution's im2col is the sample itself, so it is a plain gemm.
 //! 3x3 stride-1 padding-1 convolutions take the Winograd path instead (`winograd.rs`): forward
 //! and input gradient wherever it pays (F(4x4, 3x3) tiles for inference, F(2x2, 3x3) for
@@ -24,8 +28,8 @@ use rayon::prelude::*;
 
 use super::winograd::{self, Pass};
 use super::{
-    applies, contiguous, enabled, f32_slice, overwritten, relu_f32, scale_shift, sgemm, split_even,
-    with_scratch, Mat,
+    applies, contiguous, enabled, f32_slice, overwritten, relu_f32, scale_shift, sgemm, sgemm_ld,
+    split_even, with_scratch, Mat,
 };
 
 /// Number of sample groups the weight gradient is split into (at most one per sample): enough
@@ -105,6 +109,15 @@ impl Geom {
 
     fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// Output rows of one sample in blocks whose im2col matrix stays in a core's L2 cache
+    /// while gemm packs it: written and read back once each, a whole sample's (7.4 MB for
+    /// the 7x7 stem at 224 px) went through memory twice.
+    fn row_blocks(&self) -> impl Iterator<Item = Range<usize>> {
+        let rows = (col_block_bytes() / (4 * self.k() * self.wo)).clamp(1, self.ho.max(1));
+        let ho = self.ho;
+        (0..ho).step_by(rows).map(move |a| a..(a + rows).min(ho))
     }
 
     fn out_shape(&self) -> Shape {
@@ -193,6 +206,11 @@ struct RowGeom {
     oxs: Range<usize>,
 }
 
+/// [`row_geometry`] of every im2col row of `g`.
+fn row_geometries(g: &Geom) -> Vec<RowGeom> {
+    (0..g.k()).map(|row| row_geometry(g, row)).collect()
+}
+
 fn row_geometry(g: &Geom, row: usize) -> RowGeom {
     let (ci, ky, kx) = (row / (g.kh * g.kw), row / g.kw % g.kh, row % g.kw);
     let oys = valid(g.ho, g.stride, ky, g.pad, g.h);
@@ -206,27 +224,38 @@ fn row_geometry(g: &Geom, row: usize) -> RowGeom {
     }
 }
 
-/// Fills one im2col row (`cols` long, zeros where the window reads padding) of one sample
-/// `x` (`[c, h, w]`; for strides above 1, rows split by [`PhaseSplit`]).
-fn fill_row(g: &Geom, split: &PhaseSplit, rg: &RowGeom, x: &[f32], out: &mut [f32]) {
-    let (ci, ky, kx, oys, oxs) = (rg.ci, rg.ky, rg.kx, rg.oys.clone(), rg.oxs.clone());
+/// Fills the part of one im2col row for output rows `rows` (`rows.len() * wo` long, zeros
+/// where the window reads padding) of one sample `x` (`[c, h, w]`; for strides above 1, rows
+/// split by [`PhaseSplit`]).
+fn fill_row(
+    g: &Geom,
+    split: &PhaseSplit,
+    rg: &RowGeom,
+    x: &[f32],
+    out: &mut [f32],
+    rows: &Range<usize>,
+) {
+    let (ci, ky, kx, oxs) = (rg.ci, rg.ky, rg.kx, rg.oxs.clone());
+    let oys = rg.oys.start.max(rows.start)..rg.oys.end.min(rows.end);
     let (wo, w, hw, s, pad) = (g.wo, g.w, g.h * g.w, g.stride, g.pad);
     if oys.is_empty() || oxs.is_empty() {
         out.fill(0.0);
         return;
     }
+    // `out`'s rows that read inside the image.
+    let (lo, hi) = (oys.start - rows.start, oys.end - rows.start);
     // Only what falls in the padding is zeroed (zeroing whole rows first cost the 7x7 stem
     // a second pass over its column matrix): the output rows above and below `oys` here,
     // the columns outside `oxs` after the copies.
-    out[..oys.start * wo].fill(0.0);
-    out[oys.end * wo..].fill(0.0);
+    out[..lo * wo].fill(0.0);
+    out[hi * wo..].fill(0.0);
     let plane = &x[ci * hw..(ci + 1) * hw];
     if s == 1 && wo == w {
         // "Same" width: output row oy is input row oy + ky - pad shifted by kx - pad, so
         // the whole row is one copy; the columns that wrapped in from a neighbouring input
         // row are cleared below.
         let src0 = ((oys.start + ky - pad) * w) as isize + kx as isize - pad as isize;
-        let (mut a, mut b) = (oys.start * wo, oys.end * wo);
+        let (mut a, mut b) = (lo * wo, hi * wo);
         let src_a = if src0 < 0 {
             a += src0.unsigned_abs();
             0
@@ -237,14 +266,13 @@ fn fill_row(g: &Geom, split: &PhaseSplit, rg: &RowGeom, x: &[f32], out: &mut [f3
         out[a..b].copy_from_slice(&plane[src_a..src_a + (b - a)]);
     } else {
         let p0 = split.pos(oxs.start * s + kx - pad);
-        for oy in oys.clone() {
+        for (oy, row) in oys.zip(out[lo * wo..].chunks_exact_mut(wo)) {
             let iy = oy * s + ky - pad;
-            let src = &plane[iy * w + p0..iy * w + p0 + oxs.len()];
-            out[oy * wo + oxs.start..oy * wo + oxs.end].copy_from_slice(src);
+            row[oxs.clone()].copy_from_slice(&plane[iy * w + p0..iy * w + p0 + oxs.len()]);
         }
     }
     if oxs.len() < wo {
-        for row in out[oys.start * wo..oys.end * wo].chunks_exact_mut(wo) {
+        for row in out[lo * wo..hi * wo].chunks_exact_mut(wo) {
             row[..oxs.start].fill(0.0);
             row[oxs.end..].fill(0.0);
         }
@@ -274,27 +302,55 @@ fn add_row(g: &Geom, split: &PhaseSplit, rg: &RowGeom, src: &[f32], dx: &mut [f3
 
 /// The im2col matrices of consecutive samples `xs` side by side: `col` `[k, ld]` with
 /// `ld = samples * cols`, sample `i` in columns `i * cols..(i + 1) * cols`.
-fn im2col(xs: &[f32], g: &Geom, col: &mut [f32], parallel: bool) {
-    let ld = xs.len() / g.x_len() * g.cols();
+/// `geoms`: [`row_geometries`] of `g`.
+fn im2col(xs: &[f32], g: &Geom, geoms: &[RowGeom], col: &mut [f32], parallel: bool) {
     let split = PhaseSplit::new(g);
-    let buf;
-    let xs = if g.stride > 1 {
-        buf = overwritten(xs.len(), |b| split.split(xs, g.w, b, parallel));
-        &buf[..]
+    with_split(xs, g, &split, parallel, |xs| {
+        im2col_rows(xs, g, &split, geoms, col, 0..g.ho, parallel);
+    });
+}
+
+/// Runs `f` on `xs` as [`fill_row`] reads it: rearranged by [`PhaseSplit`] for strides above
+/// 1, as it is otherwise.
+fn with_split<R>(
+    xs: &[f32],
+    g: &Geom,
+    split: &PhaseSplit,
+    parallel: bool,
+    f: impl FnOnce(&[f32]) -> R,
+) -> R {
+    if g.stride > 1 {
+        f(&overwritten(xs.len(), |b| {
+            split.split(xs, g.w, b, parallel)
+        }))
     } else {
-        xs
-    };
-    let fill = |(row, out): (usize, &mut [f32])| {
-        let rg = row_geometry(g, row);
-        for (xb, o) in xs.chunks(g.x_len()).zip(out.chunks_mut(g.cols())) {
-            fill_row(g, &split, &rg, xb, o);
+        f(xs)
+    }
+}
+
+/// [`im2col`] of output rows `rows` only (`ld = samples * rows.len() * wo`), from samples
+/// already split as [`with_split`] gives them.
+fn im2col_rows(
+    xs: &[f32],
+    g: &Geom,
+    split: &PhaseSplit,
+    geoms: &[RowGeom],
+    col: &mut [f32],
+    rows: Range<usize>,
+    parallel: bool,
+) {
+    let per = rows.len() * g.wo;
+    let ld = xs.len() / g.x_len() * per;
+    let fill = |(out, rg): (&mut [f32], &RowGeom)| {
+        for (xb, o) in xs.chunks(g.x_len()).zip(out.chunks_mut(per)) {
+            fill_row(g, split, rg, xb, o, &rows);
         }
     };
     let col = &mut col[..g.k() * ld];
     if parallel {
-        col.par_chunks_mut(ld).enumerate().for_each(fill);
+        col.par_chunks_mut(ld).zip(geoms).for_each(fill);
     } else {
-        col.chunks_mut(ld).enumerate().for_each(fill);
+        col.chunks_mut(ld).zip(geoms).for_each(fill);
     }
 }
 
@@ -303,7 +359,7 @@ fn im2col(xs: &[f32], g: &Geom, col: &mut [f32], parallel: bool) {
 fn col2im(dcol: &[f32], g: &Geom, dxs: &mut [f32], parallel: bool) {
     let (cols, ld) = (g.cols(), dxs.len() / g.x_len() * g.cols());
     let split = PhaseSplit::new(g);
-    let geoms: Vec<RowGeom> = (0..g.k()).map(|row| row_geometry(g, row)).collect();
+    let geoms = row_geometries(g);
     let add = |(i, dx): (usize, &mut [f32])| {
         let rows = |dx: &mut [f32]| {
             for (row, rg) in geoms.iter().enumerate() {
@@ -371,7 +427,13 @@ struct Affine {
 
 impl Affine {
     fn apply(&self, y: &mut [f32], cols: usize) {
+        self.apply_cols(y, cols, 0..cols);
+    }
+
+    /// [`Affine::apply`] to columns `range` of each channel's plane only.
+    fn apply_cols(&self, y: &mut [f32], cols: usize, range: Range<usize>) {
         for ((plane, &a), &b) in y.chunks_mut(cols).zip(&self.scale).zip(&self.shift) {
+            let plane = &mut plane[range.clone()];
             if self.relu {
                 for v in plane {
                     *v = relu_f32(*v * a + b);
@@ -406,6 +468,11 @@ fn knob(name: &str, default: usize) -> usize {
 fn target_cols() -> usize {
     static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *V.get_or_init(|| knob("LESION_CONV_TARGET_COLS", 1024))
+}
+
+fn col_block_bytes() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| knob("LESION_CONV_BLOCK_KB", 256) << 10)
 }
 
 fn min_tasks_per_thread() -> usize {
@@ -475,6 +542,7 @@ fn forward(x: &[f32], wt: &[f32], g: &Geom, epilogue: Option<&Affine>) -> Vec<f3
     let plan = g.plan();
     let par = !plan.outer;
     let w = Mat::rows(wt, k);
+    let geoms = row_geometries(g);
     overwritten(g.n * y_len, |y| {
         run_pieces(pieces(y, &plan.chunks, y_len), plan.outer, |r, ys| {
             let xs = &x[r.start * x_len..r.end * x_len];
@@ -482,14 +550,27 @@ fn forward(x: &[f32], wt: &[f32], g: &Geom, epilogue: Option<&Affine>) -> Vec<f3
             if r.len() == 1 && g.pointwise() {
                 sgemm((g.o, cols, k), ys, false, w, Mat::rows(xs, cols), par);
             } else if r.len() == 1 {
-                with_scratch(k * cols, |col| {
-                    im2col(xs, g, col, par);
-                    sgemm((g.o, cols, k), ys, false, w, Mat::rows(col, cols), par);
+                let split = PhaseSplit::new(g);
+                with_split(xs, g, &split, par, |xs| {
+                    for rows in g.row_blocks() {
+                        let block = rows.start * g.wo..rows.end * g.wo;
+                        with_scratch(k * block.len(), |col| {
+                            im2col_rows(xs, g, &split, &geoms, col, rows, par);
+                            let dims = (g.o, block.len(), k);
+                            let rhs = Mat::rows(col, block.len());
+                            sgemm_ld(dims, &mut ys[block.start..], cols, false, w, rhs, par);
+                        });
+                        // While the block is still in cache.
+                        if let Some(e) = epilogue {
+                            e.apply_cols(ys, cols, block);
+                        }
+                    }
                 });
+                return;
             } else {
                 with_scratch(k * ld + g.o * ld, |buf| {
                     let (col, tmp) = buf.split_at_mut(k * ld);
-                    im2col(xs, g, col, par);
+                    im2col(xs, g, &geoms, col, par);
                     sgemm((g.o, ld, k), tmp, false, w, Mat::rows(col, ld), par);
                     deinterleave(tmp, ys, g.o, cols, par);
                 });
@@ -559,6 +640,7 @@ fn backward_weight(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
     let plan = g.plan();
     // Partial sums over fixed groups of chunks, added in a fixed order below.
     let groups = split_even(plan.chunks.len(), WGRAD_GROUPS);
+    let geoms = row_geometries(g);
     let outer = outer_parallel(groups.len());
     let par = !outer;
     let partial = |group: Range<usize>| -> Vec<f32> {
@@ -575,7 +657,7 @@ fn backward_weight(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
                 let col: &[f32] = if direct {
                     xs
                 } else {
-                    im2col(xs, g, col, par);
+                    im2col(xs, g, &geoms, col, par);
                     col
                 };
                 let dyg: &[f32] = if grouped {
@@ -884,8 +966,11 @@ mod tests {
     /// per gemm); 40x40 and 33x33 outputs exceed the grouping target (one sample per gemm),
     /// 20x20 splits 5 samples into chunks of 3 and 2.
     type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
-    const CASES: [Case; 14] = [
+    const CASES: [Case; 15] = [
         (2, 2, 40, 40, 3, 3, 1, 1),
+        // One sample per gemm (1365 output positions), im2col in row blocks of 12, 12, 12
+        // and 3 rows (`Geom::row_blocks`), like the stem's.
+        (5, 3, 78, 70, 4, 7, 2, 3),
         (2, 3, 33, 33, 4, 1, 1, 0),
         (5, 2, 20, 20, 3, 3, 1, 1),
         (4, 2, 41, 39, 3, 3, 2, 1),
@@ -1062,11 +1147,12 @@ mod tests {
 
     #[test]
     fn affine_epilogue_matches_composition() {
-        // Stride 2 runs through im2col, the 40x40 stride-1 case through Winograd F(4x4, 3x3)
-        // (inference's tile size).
+        // Stride 2 runs through im2col (at 90x90 one sample per gemm, in two row blocks), the
+        // 40x40 stride-1 case through Winograd F(4x4, 3x3) (inference's tile size).
         for (relu, x_dims, stride) in [
             (false, [3, 4, 8, 7], 2),
             (true, [3, 4, 8, 7], 2),
+            (true, [1, 4, 90, 90], 2),
             (true, [2, 4, 40, 40], 1),
         ] {
             let x = tensor(&x_dims, 8);
@@ -1121,7 +1207,7 @@ mod tests {
         let x = crate::kernels::testutil::pseudo_random(g.x_len(), 1);
         let c = crate::kernels::testutil::pseudo_random(g.k() * g.cols(), 2);
         let mut col = vec![f32::NAN; g.k() * g.cols()];
-        im2col(&x, &g, &mut col, false);
+        im2col(&x, &g, &row_geometries(&g), &mut col, false);
         let mut back = vec![0f32; g.x_len()];
         col2im(&c, &g, &mut back, true);
         let lhs: f64 = col.iter().zip(&c).map(|(a, b)| (a * b) as f64).sum();

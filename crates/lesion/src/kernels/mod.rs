@@ -164,8 +164,22 @@ impl<'a> Mat<'a> {
 /// that already runs in parallel with others, so that the pool is not oversubscribed).
 /// gemm splits output tiles, never the `k` reduction, so results do not depend on it.
 pub(crate) fn sgemm(
+    dims: (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    parallel: bool,
+) {
+    sgemm_ld(dims, dst, dims.1, accumulate, lhs, rhs, parallel);
+}
+
+/// [`sgemm`] into a block of a wider row-major matrix: `dst` row `i` starts at `i * ld`
+/// (`ld >= n`), the other columns untouched.
+pub(crate) fn sgemm_ld(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
+    ld: usize,
     accumulate: bool,
     lhs: Mat,
     rhs: Mat,
@@ -174,10 +188,13 @@ pub(crate) fn sgemm(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(span(m, n, n, 1) <= dst.len(), "sgemm: dst too small");
+    assert!(
+        ld >= n && span(m, n, ld, 1) <= dst.len(),
+        "sgemm: dst too small"
+    );
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            dst.chunks_mut(ld).take(m).for_each(|r| r[..n].fill(0.0));
         }
         return;
     }
@@ -203,7 +220,7 @@ pub(crate) fn sgemm(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            ld as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.cs as isize,
