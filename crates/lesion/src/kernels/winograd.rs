@@ -116,8 +116,8 @@ thread_local! {
     static TRAINING_4X4: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// While the returned guard lives, [`Pass::Training`] convolutions on this thread may use
-/// F(4x4, 3x3) tiles too (`lesion-train --winograd-4x4`). Thread-local, so that it covers the
+/// While the returned guard lives, training convolutions (forward and input gradient) on this
+/// thread may use F(4x4, 3x3) tiles too (`lesion-train --winograd-4x4`). Thread-local, so that it covers the
 /// training loop that sets it (the ops choose their path on the calling thread) and nothing
 /// else running in the process.
 pub fn training_4x4(on: bool) -> Training4x4Guard {
