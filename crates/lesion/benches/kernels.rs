@@ -319,9 +319,9 @@ fn bench_elementwise_ops() {
     let g = randn(&[BATCH, 64, 56, 56], 1.0);
     let pool = |composed: bool| {
         let y = if composed {
-            lesion::ops::max_pool2d_3x3s2p1_composed(x.as_tensor()).unwrap()
+            kernels::max_pool2d_3x3s2p1_composed(x.as_tensor()).unwrap()
         } else {
-            lesion::ops::max_pool2d_3x3s2p1(x.as_tensor()).unwrap()
+            kernels::max_pool2d_3x3s2p1(x.as_tensor()).unwrap()
         };
         let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
         sink(grads.get(x.as_tensor()).unwrap());

@@ -2,9 +2,10 @@
 //!
 //! Training allocates and frees hundreds of megabytes of activations every step. mimalloc's
 //! default returns ("purges") freed memory to the OS after a short delay, so the next step
-//! page-faults and zeroes the same memory again; measured on candle that cost about 30% of a
-//! training step. Setting the purge delay to -1 (never purge) keeps it mapped: peak RSS is
-//! unchanged, since the memory is reused at the same peak.
+//! page-faults and zeroes the same memory again, a large share of a training step on candle.
+//! Setting the purge delay to -1 (never purge) keeps it mapped: peak RSS is unchanged, since
+//! the memory is reused at the same peak. See `docs/kernels.md` (allocation) and
+//! `docs/benchmarks.md` for the measurements.
 
 use std::os::raw::{c_int, c_long};
 

@@ -14,9 +14,10 @@
 //!
 //! A background thread builds the next host batches (normalisation is the costly part) while
 //! the caller computes; one finished batch waits in the channel while the thread holds the
-//! next. A batch of 128 at 224 px is 77 MB of f32, so the queue is kept short: measured on
-//! one ISIC 2017 epoch (batch 128, 224 px), a queue of 2 took 34.2-35.6 s and 1.93-1.94 GB,
-//! 1 took 34.4-36.1 s and 1.85-1.87 GB, and 0 (direct hand-over) 36.5-37.4 s and 1.54-1.64 GB.
+//! next. A batch of 128 at 224 px is 77 MB of f32, so the queue is kept short: one waiting
+//! batch is what overlaps loading with compute (a direct hand-over leaves the training loop
+//! waiting on normalisation), and each further one only adds its size to the peak memory.
+//! Measurements are in `docs/benchmarks.md`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,7 +40,7 @@ use crate::{Error, Result};
 /// Number of consecutive (shuffled) shards whose rows are mixed together.
 pub const SHUFFLE_WINDOW_SHARDS: usize = 4;
 /// Finished batches that may wait in the channel besides the one the loader holds (see the
-/// module docs for the measurement behind it).
+/// module docs for why one).
 const PREFETCH: usize = 1;
 
 /// A prepared dataset opened for reading.

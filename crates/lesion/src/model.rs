@@ -41,7 +41,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::{kernels, ops};
+use crate::kernels;
 use crate::{Error, Result};
 
 const BN_EPS: f64 = 1e-5;
@@ -482,7 +482,7 @@ impl Stem {
 
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let y = self.conv_bn.forward_act(x, mode, true)?;
-        Ok(ops::max_pool2d_3x3s2p1(&y)?)
+        Ok(kernels::max_pool2d_3x3s2p1(&y)?)
     }
 
     pub fn bn1(&self) -> &BatchNorm2d {
@@ -578,8 +578,8 @@ impl Head {
     }
 
     pub fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let x = self.drop(&ops::relu(&self.fc0.forward_mode(x, mode)?)?, mode)?;
-        let x = self.drop(&ops::relu(&self.fc3.forward_mode(&x, mode)?)?, mode)?;
+        let x = self.drop(&kernels::relu(&self.fc0.forward_mode(x, mode)?)?, mode)?;
+        let x = self.drop(&kernels::relu(&self.fc3.forward_mode(&x, mode)?)?, mode)?;
         self.fc6.forward_mode(&x, mode)
     }
 
@@ -984,6 +984,7 @@ pub fn load_state_dict(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops;
     use candle_core::backprop::GradStore;
 
     fn tiny_model() -> (VarMap, ResNet18) {

@@ -1,4 +1,5 @@
-//! BatchNorm2d: a fused training op with a closed-form backward, and the folded eval op.
+//! BatchNorm2d: a fused training op with a closed-form backward, and the folded eval op
+//! ([`Affine`], which is also the eval-mode convolution's epilogue in `conv.rs`).
 //!
 //! `x` and the output are `[n, c, h, w]` NCHW f32; `gamma`, `beta` and the statistics are
 //! `[c]`. Channel `ch` of sample `b` is the contiguous plane starting at `(b * c + ch) * h * w`.
@@ -10,16 +11,22 @@
 //! output is 0) and `xhat = (x - mean) * invstd`:
 //! `dbeta = sum g`, `dgamma = sum g * xhat`,
 //! `dx = gamma * invstd * (g - dbeta / m - xhat * dgamma / m)`.
+//!
+//! Every pass runs per plane, in parallel over planes (or over channels for the sums), so
+//! each statistic is summed in an order fixed by the shapes.
 
+use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, InplaceOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{applies, contiguous, f32_slice, overwritten, relu_f32};
+use super::elementwise::{self, map_plane};
+use super::parallel::planes_per_task;
+use super::storage::{contiguous, f32_slice, f32_slices, overwritten};
+use super::switch::applies;
 
-/// Elements per rayon task in the element-wise passes.
-const MIN_TASK: usize = 1 << 14;
+/// f32 accumulators per reduction: one AVX-512 register.
 const LANES: usize = 16;
 
 /// Per-channel batch statistics of one training forward, `[c]` f32, detached.
@@ -52,8 +59,11 @@ fn lane_sum(p: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     acc.iter().map(|&v| v as f64).sum::<f64>() + rest.iter().map(|&v| f(v) as f64).sum::<f64>()
 }
 
-/// `(n, c, h * w)` of a 4-D layout.
-fn dims(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
+/// `(n, c, h * w)` of an NCHW tensor.
+type Dims = (usize, usize, usize);
+
+/// The [`Dims`] of a 4-D layout.
+fn dims(l: &Layout) -> candle_core::Result<Dims> {
     let (n, c, h, w) = l.shape().dims4()?;
     Ok((n, c, h * w))
 }
@@ -84,80 +94,44 @@ fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// `out = (x - mean[ch]) * scale[ch] + shift[ch]`, ReLU'd when `relu`, per plane.
-fn normalise(
-    x: &[f32],
+/// `f(plane index, output plane, input plane)` over the `hw`-element planes of `out` and
+/// `x` (`None`: `out` in place), in parallel over planes.
+fn per_plane(
+    out: &mut [f32],
+    x: Option<&[f32]>,
     hw: usize,
-    c: usize,
-    mean: &[f32],
-    scale: &[f32],
-    shift: &[f32],
-    relu: bool,
-) -> Vec<f32> {
-    overwritten(x.len(), |out| {
-        if hw == 0 {
-            return;
-        }
-        out.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw))
-            .with_min_len(MIN_TASK.div_ceil(hw))
-            .enumerate()
-            .for_each(|(p, (o, xp))| {
-                let ch = p % c;
-                let (m, a, b) = (mean[ch], scale[ch], shift[ch]);
-                // Two loops rather than a branch inside one, so that each vectorises.
-                if relu {
-                    for (o, &v) in o.iter_mut().zip(xp) {
-                        *o = relu_f32((v - m) * a + b);
-                    }
-                } else {
-                    for (o, &v) in o.iter_mut().zip(xp) {
-                        *o = (v - m) * a + b;
-                    }
-                }
-            });
-    })
+    f: impl Fn(usize, &mut [f32], Option<&[f32]>) + Sync + Send,
+) {
+    if hw == 0 {
+        return;
+    }
+    out.par_chunks_mut(hw)
+        .with_min_len(planes_per_task(hw))
+        .enumerate()
+        .for_each(|(p, o)| f(p, o, x.map(|x| &x[p * hw..(p + 1) * hw])));
 }
 
-/// [`normalise`] overwriting `x`.
-fn normalise_in_place(
-    x: &mut [f32],
-    hw: usize,
-    c: usize,
+/// `out = (x - mean[ch]) * scale[ch] + shift[ch]`, ReLU'd when `relu`, per plane of `hw`
+/// elements (`x` `None`: `out` in place).
+fn normalise_into(
+    out: &mut [f32],
+    x: Option<&[f32]>,
+    (hw, c): (usize, usize),
     mean: &[f32],
     scale: &[f32],
     shift: &[f32],
     relu: bool,
 ) {
-    if hw == 0 {
-        return;
-    }
-    x.par_chunks_mut(hw)
-        .with_min_len(MIN_TASK.div_ceil(hw))
-        .enumerate()
-        .for_each(|(p, xp)| {
-            let ch = p % c;
-            let (m, a, b) = (mean[ch], scale[ch], shift[ch]);
-            if relu {
-                for v in xp {
-                    *v = relu_f32((*v - m) * a + b);
-                }
-            } else {
-                for v in xp {
-                    *v = (*v - m) * a + b;
-                }
-            }
-        });
+    per_plane(out, x, hw, |p, o, xp| {
+        let ch = p % c;
+        let (m, a, b) = (mean[ch], scale[ch], shift[ch]);
+        map_plane(o, xp, relu, |v| (v - m) * a + b);
+    });
 }
 
 /// Per-channel statistics of `x` and the normalisation's `(saved, scale)`: what both the
 /// differentiable and the in-place training BatchNorm compute before normalising.
-fn batch_statistics(
-    x: &[f32],
-    (n, c, hw): (usize, usize, usize),
-    gamma: &[f32],
-    eps: f64,
-) -> (Saved, Vec<f32>) {
+fn batch_statistics(x: &[f32], (n, c, hw): Dims, gamma: &[f32], eps: f64) -> (Saved, Vec<f32>) {
     let stats = channel_stats(x, n, c, hw);
     let invstd: Vec<f64> = stats.iter().map(|&(_, v)| 1.0 / (v + eps).sqrt()).collect();
     let saved = Saved {
@@ -195,14 +169,14 @@ impl CustomOp3 for BnTrain {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, hw) = dims(l1)?;
-        let x = f32_slice(s1, l1, self.name())?;
-        let gamma = f32_slice(s2, l2, self.name())?;
-        let beta = f32_slice(s3, l3, self.name())?;
+        let [x, gamma, beta] = f32_slices([(s1, l1), (s2, l2), (s3, l3)], self.name())?;
         if gamma.len() != c || beta.len() != c {
             candle_core::bail!("{}: gamma/beta must have {c} entries", self.name());
         }
         let (saved, scale) = batch_statistics(x, (n, c, hw), gamma, self.eps);
-        let y = normalise(x, hw, c, &saved.mean, &scale, beta, self.relu);
+        let y = overwritten(x.len(), |y| {
+            normalise_into(y, Some(x), (hw, c), &saved.mean, &scale, beta, self.relu)
+        });
         if self.saved.set(Arc::new(saved)).is_err() {
             candle_core::bail!("{}: op applied twice", self.name());
         }
@@ -247,6 +221,21 @@ impl CustomOp3 for BnTrain {
     }
 }
 
+/// The `(n, c, h * w)` and data of a backward op's arguments `(x, dy, y)`, which must have
+/// the same length and `channels` channels.
+fn backward_args<'a>(
+    args: [(&'a CpuStorage, &Layout); 3],
+    channels: usize,
+    op: &'static str,
+) -> candle_core::Result<(Dims, [&'a [f32]; 3])> {
+    let dims = dims(args[0].1)?;
+    let [x, dy, y] = f32_slices(args, op)?;
+    if dy.len() != x.len() || y.len() != x.len() || channels != dims.1 {
+        candle_core::bail!("{op}: shapes do not match");
+    }
+    Ok((dims, [x, dy, y]))
+}
+
 /// Output gradient masked by a fused ReLU: zero where the output `y` is not positive.
 #[inline]
 fn masked(g: f32, y: f32, relu: bool) -> f32 {
@@ -279,13 +268,8 @@ impl CustomOp3 for BnGradSums {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, c, hw) = dims(l1)?;
-        let x = f32_slice(s1, l1, self.name())?;
-        let dy = f32_slice(s2, l2, self.name())?;
-        let y = f32_slice(s3, l3, self.name())?;
-        if dy.len() != x.len() || y.len() != x.len() || self.saved.mean.len() != c {
-            candle_core::bail!("{}: shapes do not match", self.name());
-        }
+        let args = [(s1, l1), (s2, l2), (s3, l3)];
+        let ((n, c, hw), [x, dy, y]) = backward_args(args, self.saved.mean.len(), self.name())?;
         let relu = self.relu;
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
@@ -377,30 +361,19 @@ impl CustomOp3 for BnGradInput {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (_, c, hw) = dims(l1)?;
-        let x = f32_slice(s1, l1, self.name())?;
-        let dy = f32_slice(s2, l2, self.name())?;
-        let y = f32_slice(s3, l3, self.name())?;
-        if dy.len() != x.len() || y.len() != x.len() || self.mean.len() != c {
-            candle_core::bail!("{}: shapes do not match", self.name());
-        }
+        let args = [(s1, l1), (s2, l2), (s3, l3)];
+        let ((_, c, hw), [x, dy, y]) = backward_args(args, self.mean.len(), self.name())?;
+        let relu = self.relu;
         let dx = overwritten(x.len(), |dx| {
-            if hw == 0 {
-                return;
-            }
-            let relu = self.relu;
-            dx.par_chunks_mut(hw)
-                .with_min_len(MIN_TASK.div_ceil(hw))
-                .enumerate()
-                .for_each(|(p, out)| {
-                    let ch = p % c;
-                    let (m, a, b, d) = (self.mean[ch], self.a[ch], self.b[ch], self.d[ch]);
-                    let r = p * hw..(p + 1) * hw;
-                    let (xp, gp, yp) = (&x[r.clone()], &dy[r.clone()], &y[r]);
-                    for i in 0..hw {
-                        out[i] = masked(gp[i], yp[i], relu) * a + (xp[i] - m) * d + b;
-                    }
-                });
+            per_plane(dx, None, hw, |p, out, _| {
+                let ch = p % c;
+                let (m, a, b, d) = (self.mean[ch], self.a[ch], self.b[ch], self.d[ch]);
+                let r = p * hw..(p + 1) * hw;
+                let (xp, gp, yp) = (&x[r.clone()], &dy[r.clone()], &y[r]);
+                for i in 0..hw {
+                    out[i] = masked(gp[i], yp[i], relu) * a + (xp[i] - m) * d + b;
+                }
+            });
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -450,7 +423,7 @@ pub fn batch_norm_train(
         .broadcast_mul(&scale)?
         .broadcast_add(&beta.reshape((1, c, 1))?)?
         .reshape((n, c, h, w))?;
-    let y = if relu { crate::ops::relu(&y)? } else { y };
+    let y = if relu { elementwise::relu(&y)? } else { y };
     let stats = BatchStats {
         mean: mean.detach().flatten_all()?,
         var: var.detach().flatten_all()?,
@@ -521,7 +494,7 @@ impl InplaceOp1 for BnTrainInPlace {
         }
         let x = &mut data[start..end];
         let (saved, scale) = batch_statistics(x, (n, c, hw), &self.gamma, self.eps);
-        normalise_in_place(x, hw, c, &saved.mean, &scale, &self.beta, self.relu);
+        normalise_into(x, None, (hw, c), &saved.mean, &scale, &self.beta, self.relu);
         if self.saved.set(saved).is_err() {
             candle_core::bail!("{}: op applied twice", self.name());
         }
@@ -529,13 +502,45 @@ impl InplaceOp1 for BnTrainInPlace {
     }
 }
 
-/// Eval-mode (folded) BatchNorm: `x * scale[ch] + shift[ch]`, `x` `[n, c, h, w]`, then ReLU
-/// when `relu`.
-struct ScaleShift {
+/// Per-output-channel `y * scale + shift`, then ReLU when `relu`: an eval-mode BatchNorm with
+/// its running statistics folded in. `scale` and `shift` are `[c]`.
+#[derive(Debug, Clone)]
+pub(super) struct Affine {
     scale: Vec<f32>,
     shift: Vec<f32>,
     relu: bool,
 }
+
+impl Affine {
+    /// From `[c]` tensors of any float dtype.
+    pub(super) fn new(scale: &Tensor, shift: &Tensor, relu: bool) -> candle_core::Result<Self> {
+        Ok(Self {
+            scale: scale.to_dtype(DType::F32)?.to_vec1()?,
+            shift: shift.to_dtype(DType::F32)?.to_vec1()?,
+            relu,
+        })
+    }
+
+    /// Channels it has scale and shift for.
+    pub(super) fn channels(&self) -> Option<usize> {
+        (self.scale.len() == self.shift.len()).then_some(self.scale.len())
+    }
+
+    /// In place on one sample `y` (`[c, cols]`).
+    pub(super) fn apply(&self, y: &mut [f32], cols: usize) {
+        self.apply_cols(y, cols, 0..cols);
+    }
+
+    /// [`Affine::apply`] to columns `range` of each channel's plane only.
+    pub(super) fn apply_cols(&self, y: &mut [f32], cols: usize, range: Range<usize>) {
+        for ((plane, &a), &b) in y.chunks_mut(cols).zip(&self.scale).zip(&self.shift) {
+            map_plane(&mut plane[range.clone()], None, self.relu, |v| v * a + b);
+        }
+    }
+}
+
+/// [`Affine`] over a whole batch `x` `[n, c, h, w]`: the folded eval-mode BatchNorm.
+struct ScaleShift(Affine);
 
 impl CustomOp1 for ScaleShift {
     fn name(&self) -> &'static str {
@@ -545,11 +550,16 @@ impl CustomOp1 for ScaleShift {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (_, c, hw) = dims(l)?;
         let x = f32_slice(s, l, self.name())?;
-        if self.scale.len() != c || self.shift.len() != c {
+        if self.0.channels() != Some(c) {
             candle_core::bail!("{}: scale/shift must have {c} entries", self.name());
         }
-        let zeros = vec![0f32; c];
-        let y = normalise(x, hw, c, &zeros, &self.scale, &self.shift, self.relu);
+        let Affine { scale, shift, relu } = &self.0;
+        let y = overwritten(x.len(), |y| {
+            per_plane(y, Some(x), hw, |p, o, xp| {
+                let (a, b) = (scale[p % c], shift[p % c]);
+                map_plane(o, xp, *relu, |v| v * a + b);
+            })
+        });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 }
@@ -566,18 +576,14 @@ pub fn scale_shift(
     let (_, c, _, _) = x.dims4()?;
     let tracked = [x, scale, shift].iter().any(|t| t.track_op());
     if applies(x) && !tracked {
-        let op = ScaleShift {
-            scale: scale.to_dtype(DType::F32)?.to_vec1()?,
-            shift: shift.to_dtype(DType::F32)?.to_vec1()?,
-            relu,
-        };
+        let op = ScaleShift(Affine::new(scale, shift, relu)?);
         return contiguous(x)?.apply_op1_no_bwd(&op);
     }
     let y = x
         .broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
         .broadcast_add(&shift.reshape((1, c, 1, 1))?)?;
     if relu {
-        crate::ops::relu(&y)
+        elementwise::relu(&y)
     } else {
         Ok(y)
     }

@@ -33,7 +33,8 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Shape, Tensor, WithDType};
 
-use super::conv::Geom;
+use super::geom::Geom;
+use super::storage::tracked_grads;
 
 /// Which of the three cuDNN calls, with its two inputs and its output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,19 +45,6 @@ enum Pass {
     Data,
     /// `(x, dy)` -> `dw`.
     Filter,
-}
-
-/// `[n, c, h, w]`, `[o, c, kh, kw]` and `[n, o, ho, wo]` of a convolution.
-fn x_dims(g: &Geom) -> [usize; 4] {
-    [g.n, g.c, g.h, g.w]
-}
-
-fn w_dims(g: &Geom) -> [usize; 4] {
-    [g.o, g.c, g.kh, g.kw]
-}
-
-fn y_dims(g: &Geom) -> [usize; 4] {
-    [g.n, g.o, g.ho, g.wo]
 }
 
 /// What an algorithm choice depends on.
@@ -128,13 +116,13 @@ fn descriptors<T: CudnnDataType>(
             )
             .map_err(wrap)?,
         x: cudnn
-            .create_4d_tensor::<T>(nchw, i32s(x_dims(g)))
+            .create_4d_tensor::<T>(nchw, i32s(g.x_dims()))
             .map_err(wrap)?,
         w: cudnn
-            .create_4d_filter::<T>(nchw, i32s(w_dims(g)))
+            .create_4d_filter::<T>(nchw, i32s(g.w_dims()))
             .map_err(wrap)?,
         y: cudnn
-            .create_4d_tensor::<T>(nchw, i32s(y_dims(g)))
+            .create_4d_tensor::<T>(nchw, i32s(g.y_dims()))
             .map_err(wrap)?,
     })
 }
@@ -189,9 +177,9 @@ impl CudnnConv {
         let key = (dev.id(), T::DTYPE, g);
         let scale = (T::from_f64(1.0), T::from_f64(0.0));
         let out_dims = match self.pass {
-            Pass::Forward => y_dims(&g),
-            Pass::Data => x_dims(&g),
-            Pass::Filter => w_dims(&g),
+            Pass::Forward => g.y_dims(),
+            Pass::Data => g.x_dims(),
+            Pass::Filter => g.w_dims(),
         };
         // SAFETY: cuDNN writes every element of the output (beta = 0: it is not read).
         let mut out = unsafe { dev.alloc::<T>(out_dims.iter().product())? };
@@ -288,15 +276,11 @@ impl CustomOp2 for CudnnConv {
             pass,
             geometry: self.geometry,
         };
-        let dx = x
-            .track_op()
-            .then(|| grad.apply_op2_no_bwd(w, &pass(Pass::Data)))
-            .transpose()?;
-        let dw = w
-            .track_op()
-            .then(|| x.apply_op2_no_bwd(&grad, &pass(Pass::Filter)))
-            .transpose()?;
-        Ok((dx, dw))
+        tracked_grads(
+            (x, w),
+            || grad.apply_op2_no_bwd(w, &pass(Pass::Data)),
+            || x.apply_op2_no_bwd(&grad, &pass(Pass::Filter)),
+        )
     }
 }
 

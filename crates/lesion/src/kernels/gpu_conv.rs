@@ -23,6 +23,8 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
+use super::storage::tracked_grads;
+
 /// `conv2d(x, w)` (no bias, zero padding `padding`, no dilation or groups) whose backward
 /// is described in the module docs.
 pub(super) fn conv2d(
@@ -47,7 +49,7 @@ pub(super) fn conv2d(
 
 /// The input gradient `[n, c, h, w]` of a convolution, from the output gradient `dy`
 /// `[n, o, ho, wo]` and the kernel `w` `[o, c, kh, kw]` (see the module docs).
-pub(super) fn conv2d_grad_input(
+fn conv2d_grad_input(
     dy: &Tensor,
     w: &Tensor,
     stride: usize,
@@ -93,7 +95,7 @@ pub(super) fn conv2d_grad_input(
 
 /// The weight gradient `[o, c, kh, kw]` of a convolution, from its input `x` and output
 /// gradient `dy` (candle's formula).
-pub(super) fn conv2d_grad_weight(
+fn conv2d_grad_weight(
     x: &Tensor,
     dy: &Tensor,
     stride: usize,
@@ -172,14 +174,11 @@ impl CustomOp3 for Backward {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (_, _, h, wd) = x.dims4()?;
         let (_, _, kh, kw) = w.dims4()?;
-        let dx = x
-            .track_op()
-            .then(|| conv2d_grad_input(grad, w, self.stride, self.pad, (h, wd)))
-            .transpose()?;
-        let dw = w
-            .track_op()
-            .then(|| conv2d_grad_weight(x, grad, self.stride, self.pad, (kh, kw)))
-            .transpose()?;
+        let (dx, dw) = tracked_grads(
+            (x, w),
+            || conv2d_grad_input(grad, w, self.stride, self.pad, (h, wd)),
+            || conv2d_grad_weight(x, grad, self.stride, self.pad, (kh, kw)),
+        )?;
         Ok((dx, dw, None))
     }
 }
@@ -195,78 +194,8 @@ fn copy<S: BackendStorage>(s: &S, l: &Layout) -> candle_core::Result<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testutil::{rel_err, tensor};
+    use crate::kernels::testutil::tensor;
     use candle_core::{Device, Var};
-
-    /// The module's backward, run on CPU, against the CPU kernels' convolution (itself held
-    /// to an f64 direct convolution in `conv.rs`; candle's own backward cannot be the
-    /// reference: it takes the input gradient's output padding from the height alone and
-    /// fails on case 3). Strides 1-3, 1x1, 3x3 and 7x7 kernels, bottom/right rows a strided
-    /// forward skips, a padding wider than the kernel and a non-square kernel.
-    #[test]
-    fn matches_cpu_kernel_gradients() {
-        // (n, c, h, w, o, (kh, kw), stride, padding)
-        type Case = (
-            usize,
-            usize,
-            usize,
-            usize,
-            usize,
-            (usize, usize),
-            usize,
-            usize,
-        );
-        let cases: &[Case] = &[
-            (2, 2, 12, 12, 3, (3, 3), 1, 1),
-            (2, 3, 13, 13, 4, (1, 1), 1, 0),
-            (4, 2, 41, 39, 3, (3, 3), 2, 1),
-            (2, 3, 11, 10, 5, (7, 7), 2, 3),
-            (3, 4, 9, 7, 6, (1, 1), 2, 0),
-            (2, 5, 7, 7, 3, (3, 3), 2, 1),
-            (1, 2, 5, 6, 3, (3, 3), 1, 0),
-            (2, 2, 4, 4, 2, (3, 3), 3, 1),
-            (1, 3, 3, 3, 2, (3, 3), 1, 2),
-            (2, 2, 6, 5, 3, (1, 1), 1, 1),
-            (2, 2, 9, 8, 3, (3, 1), 2, 0),
-        ];
-        for (i, &(n, c, h, wd, o, (kh, kw), s, p)) in cases.iter().enumerate() {
-            let seed = 40 + i as u32;
-            let x = tensor(&[n, c, h, wd], seed);
-            let w = tensor(&[o, c, kh, kw], seed + 100);
-            let ho = (h + 2 * p - kh) / s + 1;
-            let wo = (wd + 2 * p - kw) / s + 1;
-            let g = tensor(&[n, o, ho, wo], seed + 200);
-            let run = |ours: bool| {
-                let xv = Var::from_tensor(&x).unwrap();
-                let wv = Var::from_tensor(&w).unwrap();
-                let y = if ours {
-                    conv2d(xv.as_tensor(), wv.as_tensor(), s, p).unwrap()
-                } else {
-                    crate::kernels::conv2d(xv.as_tensor(), wv.as_tensor(), s, p).unwrap()
-                };
-                let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
-                let dx = grads.get(xv.as_tensor()).unwrap().clone();
-                let dw = grads.get(wv.as_tensor()).unwrap().clone();
-                (y, dx, dw)
-            };
-            let (y, dx, dw) = run(true);
-            let (y0, dx0, dw0) = run(false);
-            let case = format!("case {i}: {:?}", cases[i]);
-            assert_eq!(y.dims(), y0.dims(), "{case}");
-            assert!(rel_err(&y, &y0) < 1e-6, "{case}: forward");
-            assert_eq!(dx.dims(), x.dims(), "{case}");
-            assert!(
-                rel_err(&dx, &dx0) < 1e-5,
-                "{case}: input gradient {}",
-                rel_err(&dx, &dx0)
-            );
-            assert!(
-                rel_err(&dw, &dw0) < 1e-5,
-                "{case}: weight gradient {}",
-                rel_err(&dw, &dw0)
-            );
-        }
-    }
 
     /// A frozen layer's input gets no gradient (and none is computed); the weight still does.
     #[test]

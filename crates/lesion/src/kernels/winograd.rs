@@ -4,7 +4,8 @@
 //! - F(4x4, 3x3): each 4x4 output tile from the 6x6 input patch around it, 36 multiplications
 //!   per tile and channel pair instead of 144 (4x fewer). Its transforms multiply by up to 8
 //!   and its kernel transform by 1/6 and 1/24, so it is about 10x less accurate: used for
-//!   eval-mode inference, and in training only when asked ([`Pass`], [`training_4x4`]);
+//!   eval-mode inference, and in training only when asked ([`Pass`], [`training_4x4`]), so
+//!   that training's gradients stay as close to PyTorch's as F(2x2, 3x3) keeps them;
 //! - F(2x2, 3x3): 2x2 output tiles from 4x4 patches, 16 instead of 36 (2.25x fewer), with
 //!   transforms exact in binary: training's forward pass, input gradient and weight gradient.
 //!
@@ -19,31 +20,35 @@
 //! - transformed input `V` `[cin, a², tiles]` and gemm output `M` `[a², cout, tiles]`, tile
 //!   `t = (sample * th + ty) * tw + tx` over `th = ceil(h / m)` by `tw = ceil(w / m)` tiles.
 //!
-//! The transforms run on 16 tiles at once, one per SIMD lane ([`Block`]), so that they
-//! vectorise whatever the plane's width. On x86-64 with AVX-512F or AVX2, F(2x2, 3x3)'s data
-//! transforms on planes at least 13 wide take `winograd_x86.rs` instead: strided vector
-//! loads and masked stores in place of the per-lane gather, the same arithmetic in the same
-//! order, so the same bits ([`simd`]). Elsewhere on a CPU with AVX2 (F(4x4, 3x3), small
-//! planes) the portable transforms run compiled for AVX2, again the same bits
-//! ([`portable_avx2`]).
+//! The transforms (`winograd_transforms.rs`) run on 16 tiles at once, one per SIMD lane
+//! (`Block`), so that they vectorise whatever the plane's width. Which code runs them is a
+//! [`Path`]: on x86-64 with AVX-512F or AVX2, F(2x2, 3x3)'s data transforms on planes at
+//! least 13 wide take `winograd_x86.rs` (strided vector loads and masked stores in place of
+//! the per-lane gather); elsewhere on a CPU with AVX2 (F(4x4, 3x3), small planes) the
+//! portable code compiled for AVX2; otherwise the portable code as compiled for the target.
+//! All run the same arithmetic in the same order, so they give the same bits.
 //!
 //! The input gradient of such a convolution is itself one (the output gradient correlated
 //! with the kernel rotated by 180° and its channel axes swapped), so it runs here too
 //! ([`Kernel::input_grad`]). Sums run in an order fixed by the shapes, so results do not
-//! depend on the thread count. Accuracy against an f64 direct convolution (the tests, random
-//! data, as a fraction of the output's largest magnitude): at most 2.7e-7 for F(2x2, 3x3),
-//! 2.5e-6 for F(4x4, 3x3).
+//! depend on the thread count. The tests hold each tile size to an f64 direct convolution
+//! on random data: within 1e-6 of the output's largest magnitude for F(2x2, 3x3), 5e-6 for
+//! F(4x4, 3x3). The design is in `docs/kernels.md`, measurements in
+//! `docs/benchmarks.md`.
 
-use std::ops::{Add, Mul, Range, Sub};
+use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::conv::{outer_parallel, pieces, run_pieces};
-use super::{overwritten, sgemm, split_even, with_scratch, Mat};
-
+use super::matmul::{sgemm, Mat};
+use super::parallel::{for_chunks, map_ranges, outer_parallel, pieces, run_pieces, split_even};
+use super::storage::{overwritten, with_scratch};
+use super::winograd_transforms::{
+    input_tile, kernel_tile, load, output_tile, store, transform_kernel_grad, Tiles, Transforms,
+    F2, F4, INPUT_SLACK, LANES, ZERO_BLOCK,
+};
 #[cfg(target_arch = "x86_64")]
-#[path = "winograd_x86.rs"]
-mod x86;
+use super::winograd_x86 as x86;
 
 /// Output tile size of a Winograd convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +75,7 @@ impl Tile {
 
     /// Tiles (over the samples of a chunk) handled by one set of `a²` gemms: wide enough for
     /// gemm to run near its peak, small enough that `V` and `M` stay in the last-level cache.
-    /// F(2x2, 3x3): 128, the best of 32-2048 on whole-network training and inference runs.
+    /// F(2x2, 3x3): 128, the fastest of 32-2048 in whole-network training and inference.
     fn target_tiles(self) -> usize {
         match self {
             Tile::F2 => 128,
@@ -81,16 +86,14 @@ impl Tile {
     /// Multiply-adds per kernel (output-input channel pair) saved over a direct convolution
     /// of `n` samples of `h x w`.
     fn saved_macs(self, n: usize, h: usize, w: usize) -> usize {
-        let tiles = Tiles::new(h, w, self).per_plane();
+        let tiles = Tiles::new(h, w, self.m()).per_plane();
         (n * 9 * h * w).saturating_sub(n * self.a() * self.a() * tiles)
     }
 
     /// Whether the saving pays for transforming the kernel on every call, which costs about
-    /// `a²` per kernel: at least `4096 a² / 16` saved multiply-adds per kernel. Measured
-    /// eval-mode, batch 1 (`lesion-bench infer --batch-size 1`, 2 threads): with F(2x2, 3x3)
-    /// only, Winograd everywhere ran at 38-40 img/s against 53-71 without, and with this rule
-    /// (the 56x56 maps only) at 71-76; with both tile sizes, everywhere at 35-36 img/s, with
-    /// this rule at 77.5 against 77.8 without.
+    /// `a²` per kernel: at least `4096 a² / 16` saved multiply-adds per kernel. Below that
+    /// (a single image's 28x28 and smaller maps) the kernel transform and the transforms'
+    /// fixed costs outweigh the saved multiplications, and im2col is faster.
     fn pays(self, n: usize, h: usize, w: usize) -> bool {
         self.saved_macs(n, h, w) >= 4096 * self.a() * self.a() / 16
     }
@@ -100,13 +103,12 @@ impl Tile {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Pass {
     /// Eval-mode inference (BatchNorm folded in): only predictions depend on it. F(4x4, 3x3)
-    /// is allowed: the parity test's eval logits are within 1.4e-6 of PyTorch's with it, 2.1e-6
-    /// with F(2x2, 3x3) alone.
+    /// is allowed: the eval logits stay as close to PyTorch's as with F(2x2, 3x3) alone
+    /// (the parity test's numbers are in `docs/kernels.md`).
     Inference,
     /// Training (forward, input gradient): gradients depend on it. F(2x2, 3x3) only, unless
-    /// this thread runs under [`training_4x4`]: with F(4x4, 3x3) the parity test's f32
-    /// gradient of `layer3.0.conv1.weight` is 1.0e-2 (relative L2) from PyTorch's, against
-    /// 1.2e-3 with F(2x2, 3x3), so it changes results and is an option.
+    /// this thread runs under [`training_4x4`]: F(4x4, 3x3)'s rounding puts the f32 gradients
+    /// about 10x further from PyTorch's, so it changes results and is an option.
     Training,
 }
 
@@ -114,8 +116,8 @@ thread_local! {
     static TRAINING_4X4: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// While the returned guard lives, [`Pass::Training`] convolutions on this thread may use
-/// F(4x4, 3x3) tiles too (`lesion-train --winograd-4x4`). Thread-local, so that it covers the
+/// While the returned guard lives, training convolutions (forward and input gradient) on this
+/// thread may use F(4x4, 3x3) tiles too (`lesion-train --winograd-4x4`). Thread-local, so that it covers the
 /// training loop that sets it (the ops choose their path on the calling thread) and nothing
 /// else running in the process.
 pub fn training_4x4(on: bool) -> Training4x4Guard {
@@ -174,9 +176,9 @@ pub(super) fn choose(
 }
 
 /// Whether the weight gradient of such a convolution goes through Winograd (F(2x2, 3x3)):
-/// wherever its forward does. Against im2col (`conv2d_grad_weight`, 2 threads): 1.5x faster
-/// from 14x14 up at batch 32; at 7x7 x 512 channels, with [`WGRAD_SCRATCH_BYTES`] chunks,
-/// 1.2x at batches 32 and 128 (AVX2), the same at batch 8 and below.
+/// wherever its training forward does. It is then faster than im2col on every ResNet-18 map
+/// size at training batch sizes (at 7x7 only thanks to [`WGRAD_SCRATCH_BYTES`]-sized
+/// chunks), and no slower on small batches.
 pub(super) fn suits_weight_grad(
     n: usize,
     (h, w): (usize, usize),
@@ -190,193 +192,11 @@ pub(super) fn suits_weight_grad(
 /// Transformed input and output gradient held per chunk of the weight gradient, in bytes
 /// (each thread working on a chunk holds one). The sum over tiles is a gemm whose inner
 /// dimension is the chunk's tiles, so short chunks re-read the 16 `cout x cin` products
-/// often. At batch 128 (`conv2d_grad_weight`, 2 threads, AVX2), 7x7 x 512 channels: im2col
-/// 0.25-0.29 s; Winograd in chunks of the forward's 128 tiles 0.29 s, of 512 tiles (this
-/// budget) 0.22 s, 1024 0.18 s; 14x14 x 256: 0.15 s in 128-tile chunks, 0.13 s from 1024
-/// tiles (this budget) up; 28x28 and 56x56: no change beyond noise. Larger chunks were faster
-/// still but add their size, per thread, to training's peak memory.
+/// often: the deep 7x7 and 14x14 layers need chunks of hundreds of tiles, many more than the
+/// forward's 128, to beat im2col. Larger chunks are faster still at 7x7 but add their size,
+/// per thread, to training's peak memory: 32 MiB (512 tiles at 512 channels, 1024 at 256)
+/// is the compromise.
 pub(super) const WGRAD_SCRATCH_BYTES: usize = 32 << 20;
-
-/// Tiles per lane group of the transforms: one AVX-512 register of f32.
-const LANES: usize = 16;
-
-/// Zeros after the padded input planes: the vectorised input transform's loads read up to
-/// `2 * LANES + 3` values past a tile row's first patch, into the next rows (whose values
-/// only reach unused lanes) and, on the last row, past the planes.
-const INPUT_SLACK: usize = 2 * LANES + 4;
-
-/// An `a x a` tile (row-major, the rest unused) of [`LANES`] tiles at once, lane innermost,
-/// so that each 1-D transform below compiles to whole-register operations.
-type Block = [[[f32; LANES]; 6]; 6];
-
-const ZERO_BLOCK: Block = [[[0.0; LANES]; 6]; 6];
-
-/// What the data transforms compute on: one `f32`, or one per lane of a register
-/// ([`x86::V16`]). Both run the same formulas in the same order, so they agree to the bit.
-trait Arith: Copy + Add<Output = Self> + Sub<Output = Self> + Mul<f32, Output = Self> {
-    const ZERO: Self;
-}
-
-impl Arith for f32 {
-    const ZERO: Self = 0.0;
-}
-
-/// The 1-D transforms of one tile size; the 2-D ones apply them along columns, then rows.
-/// Arrays hold `A` (or `M`) values; the rest are unused.
-trait Transforms {
-    /// Output tile side.
-    const M: usize;
-    /// Transformed tile side, `M + 2`.
-    const A: usize = Self::M + 2;
-    /// `B^T d`.
-    fn input<V: Arith>(d: [V; 6]) -> [V; 6];
-    /// `A^T m`.
-    fn output<V: Arith>(m: [V; 6]) -> [V; 4];
-    /// `G g`.
-    fn kernel(g: [f32; 3]) -> [f32; 6];
-}
-
-/// F(2x2, 3x3), interpolation points 0, 1, -1 and infinity.
-struct F2;
-
-impl Transforms for F2 {
-    const M: usize = 2;
-
-    #[inline(always)]
-    fn input<V: Arith>([d0, d1, d2, d3, ..]: [V; 6]) -> [V; 6] {
-        [d0 - d2, d1 + d2, d2 - d1, d1 - d3, V::ZERO, V::ZERO]
-    }
-
-    #[inline(always)]
-    fn output<V: Arith>([m0, m1, m2, m3, ..]: [V; 6]) -> [V; 4] {
-        [m0 + m1 + m2, m1 - m2 - m3, V::ZERO, V::ZERO]
-    }
-
-    #[inline(always)]
-    fn kernel([g0, g1, g2]: [f32; 3]) -> [f32; 6] {
-        [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2, 0.0, 0.0]
-    }
-}
-
-/// F(4x4, 3x3), interpolation points 0, 1, -1, 2, -2 and infinity.
-struct F4;
-
-impl Transforms for F4 {
-    const M: usize = 4;
-
-    // Constants multiply from the right (`Mul<f32>`); IEEE products commute exactly.
-    #[inline(always)]
-    fn input<V: Arith>([d0, d1, d2, d3, d4, d5]: [V; 6]) -> [V; 6] {
-        let (a, b) = (d4 - d2 * 4.0, d3 - d1 * 4.0);
-        let (c, e) = (d4 - d2, (d3 - d1) * 2.0);
-        [
-            d0 * 4.0 - d2 * 5.0 + d4,
-            a + b,
-            a - b,
-            c + e,
-            c - e,
-            d1 * 4.0 - d3 * 5.0 + d5,
-        ]
-    }
-
-    #[inline(always)]
-    fn output<V: Arith>([m0, m1, m2, m3, m4, m5]: [V; 6]) -> [V; 4] {
-        let (s12, d12) = (m1 + m2, m1 - m2);
-        let (s34, d34) = (m3 + m4, m3 - m4);
-        [
-            m0 + s12 + s34,
-            d12 + d34 * 2.0,
-            s12 + s34 * 4.0,
-            d12 + d34 * 8.0 + m5,
-        ]
-    }
-
-    #[inline(always)]
-    fn kernel([g0, g1, g2]: [f32; 3]) -> [f32; 6] {
-        let (even, odd) = (g0 + g2, g1);
-        let (q0, q1) = (g0 / 24.0 + g2 / 6.0, g1 / 12.0);
-        [
-            g0 / 4.0,
-            -(even + odd) / 6.0,
-            -(even - odd) / 6.0,
-            q0 + q1,
-            q0 - q1,
-            g2,
-        ]
-    }
-}
-
-/// `f` (a 1-D transform of `n_in` values into `n_out`) applied lane by lane to each of the
-/// first `lines` lines of `src` into `dst`: rows when `ROWS`, else columns.
-#[inline(always)]
-fn transform_lines<const ROWS: bool, const I: usize, const O: usize>(
-    src: &Block,
-    dst: &mut Block,
-    (n_in, n_out, lines): (usize, usize, usize),
-    f: impl Fn([f32; I]) -> [f32; O],
-) {
-    // (row, column) of element `k` of line `line`.
-    let at = |line: usize, k: usize| if ROWS { (line, k) } else { (k, line) };
-    for line in 0..lines {
-        for l in 0..LANES {
-            let out = f(std::array::from_fn(|k| {
-                let (r, c) = at(line, k);
-                if k < n_in {
-                    src[r][c][l]
-                } else {
-                    0.0
-                }
-            }));
-            for (k, v) in out.into_iter().take(n_out).enumerate() {
-                let (r, c) = at(line, k);
-                dst[r][c][l] = v;
-            }
-        }
-    }
-}
-
-/// The first `valid` lanes of `src` into `dst`; a whole register's worth is a fixed-size
-/// copy (a few vector moves, not a `memcpy` call).
-#[inline(always)]
-fn store(dst: &mut [f32], src: &[f32; LANES], valid: usize) {
-    if valid == LANES {
-        dst[..LANES].copy_from_slice(src);
-    } else {
-        dst[..valid].copy_from_slice(&src[..valid]);
-    }
-}
-
-/// The first `valid` values of `src` into the first lanes of `dst`, as [`store`].
-#[inline(always)]
-fn load(dst: &mut [f32; LANES], src: &[f32], valid: usize) {
-    if valid == LANES {
-        dst.copy_from_slice(&src[..LANES]);
-    } else {
-        dst[..valid].copy_from_slice(&src[..valid]);
-    }
-}
-
-/// `B^T d B` of the patches in `d`, in place (`tmp` is scratch).
-#[inline(always)]
-fn input_tile<T: Transforms>(d: &mut Block, tmp: &mut Block) {
-    transform_lines::<false, _, _>(d, tmp, (T::A, T::A, T::A), T::input::<f32>);
-    transform_lines::<true, _, _>(tmp, d, (T::A, T::A, T::A), T::input::<f32>);
-}
-
-/// `A^T m A` of the transformed tiles in `m`, in place into its first `M x M` (`tmp` is
-/// scratch).
-#[inline(always)]
-fn output_tile<T: Transforms>(m: &mut Block, tmp: &mut Block) {
-    transform_lines::<false, _, _>(m, tmp, (T::A, T::M, T::A), T::output::<f32>);
-    transform_lines::<true, _, _>(tmp, m, (T::A, T::M, T::M), T::output::<f32>);
-}
-
-/// `G g G^T` of the 3x3 kernels in `g`, in place into its first `A x A` (`tmp` is scratch).
-#[inline(always)]
-fn kernel_tile<T: Transforms>(g: &mut Block, tmp: &mut Block) {
-    transform_lines::<false, _, _>(g, tmp, (3, T::A, 3), T::kernel);
-    transform_lines::<true, _, _>(tmp, g, (3, T::A, T::A), T::kernel);
-}
 
 /// A 3x3 weight transformed to `G g G^T` per kernel, stored `[cout, a², cin]` so that each
 /// `U[xi]` is a row-major `cout x cin` matrix (row stride `a² * cin`).
@@ -458,99 +278,56 @@ fn transform_kernels<T: Transforms>(
     });
 }
 
-/// Tile grid of an `h x w` plane.
-#[derive(Clone, Copy)]
-struct Tiles {
-    h: usize,
-    w: usize,
-    th: usize,
-    tw: usize,
-}
-
-impl Tiles {
-    fn new(h: usize, w: usize, tile: Tile) -> Self {
-        let m = tile.m();
-        Self {
-            h,
-            w,
-            th: h.div_ceil(m),
-            tw: w.div_ceil(m),
-        }
-    }
-
-    fn per_plane(&self) -> usize {
-        self.th * self.tw
-    }
-
-    /// Consecutive samples handled together, about `target` tiles each.
-    fn chunks(&self, n: usize, target: usize) -> Vec<Range<usize>> {
-        let per = target.div_ceil(self.per_plane()).clamp(1, n.max(1));
-        split_even(n, n.div_ceil(per))
-    }
-
-    /// Sample, tile row and tile column of tile `t`.
-    fn locate(&self, t: usize) -> (usize, usize, usize) {
-        let (s, r) = (t / self.per_plane(), t % self.per_plane());
-        (s, r / self.tw, r % self.tw)
-    }
-}
-
-/// `f` over `buf`'s chunks of `len` elements with their index, in parallel or not.
-fn for_chunks(
-    buf: &mut [f32],
-    len: usize,
-    parallel: bool,
-    f: impl Fn(usize, &mut [f32]) + Sync + Send,
-) {
-    if parallel {
-        buf.par_chunks_mut(len)
-            .enumerate()
-            .for_each(|(i, c)| f(i, c));
-    } else {
-        buf.chunks_mut(len).enumerate().for_each(|(i, c)| f(i, c));
-    }
-}
-
-/// An instruction set of the vectorised transforms: `x86::Level` on x86-64, none elsewhere.
-#[cfg(target_arch = "x86_64")]
-type Simd = x86::Level;
-#[cfg(not(target_arch = "x86_64"))]
+/// Which code runs the data transforms. All paths compute the same bits.
 #[derive(Debug, Clone, Copy)]
-enum Simd {}
-
-/// The instruction set of the vectorised path the data transforms of `T` on planes of `t`
-/// take ([`x86::suits`]), or none for the portable path.
-fn simd<T: Transforms>(t: Tiles) -> Option<Simd> {
+enum Path {
+    /// `winograd_x86.rs` on this instruction set, which the CPU must have.
     #[cfg(target_arch = "x86_64")]
-    return x86::suits::<T>(t);
-    #[cfg(not(target_arch = "x86_64"))]
-    None
+    Simd(x86::Level),
+    /// The portable code compiled for AVX2, which the CPU must have.
+    #[cfg(target_arch = "x86_64")]
+    PortableAvx2,
+    /// The portable code compiled for the baseline target.
+    Portable,
+}
+
+impl Path {
+    /// The path the data transforms of `T` on planes of `t` take: the vector code where
+    /// [`x86::suits`] says so, else the portable code, compiled for AVX2 where the CPU has it
+    /// and `LESION_SIMD` is not `portable` ([`x86::level`]).
+    fn of<T: Transforms>(t: Tiles) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(level) = x86::suits::<T>(t) {
+                return Path::Simd(level);
+            }
+            if x86::level().is_some() {
+                return Path::PortableAvx2;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = t;
+        Path::Portable
+    }
+
+    /// Whether the portable code runs, which gathers each lane's patch element by element.
+    fn portable(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return !matches!(self, Path::Simd(_));
+        #[cfg(not(target_arch = "x86_64"))]
+        true
+    }
 }
 
 /// `B^T d B` of every tile of the samples `xs` (`[nb, cin, h, w]`) into `v`
-/// (`[cin, a², nb * tiles]`).
+/// (`[cin, a², nb * tiles]`), on `path` ([`Path::of`] the planes).
 fn transform_input<T: Transforms>(
-    xs: &[f32],
-    nb: usize,
-    cin: usize,
-    t: Tiles,
-    v: &mut [f32],
-    parallel: bool,
-) {
-    let path = (simd::<T>(t), portable_avx2());
-    transform_input_with::<T>(xs, (nb, cin), t, v, parallel, path);
-}
-
-/// [`transform_input`] on the vectorised path (`simd`: its instruction set, which the CPU
-/// must have) or the portable one (compiled for AVX2 when `avx2`, which the CPU must then
-/// have).
-fn transform_input_with<T: Transforms>(
     xs: &[f32],
     (nb, cin): (usize, usize),
     t: Tiles,
     v: &mut [f32],
     parallel: bool,
-    (simd, avx2): (Option<Simd>, bool),
+    path: Path,
 ) {
     let (hw, tiles) = (t.h * t.w, nb * t.per_plane());
     // Each plane is copied into a zero border: row and column -1 at index 0, then up to
@@ -558,10 +335,10 @@ fn transform_input_with<T: Transforms>(
     let (hp, wp) = (T::M * t.th + 2, T::M * t.tw + 2);
     // Where each tile's patch starts in the padded planes (portable path); the last group
     // repeats the last tile in its unused lanes.
-    let starts: Vec<usize> = (0..if simd.is_some() {
-        0
-    } else {
+    let starts: Vec<usize> = (0..if path.portable() {
         tiles.next_multiple_of(LANES)
+    } else {
+        0
     })
         .map(|i| {
             let (s, ty, tx) = t.locate(i.min(tiles - 1));
@@ -586,35 +363,19 @@ fn transform_input_with<T: Transforms>(
                 }
             }
         });
-        if let Some(_level) = simd {
-            // SAFETY: `simd` only holds levels the CPU has (`x86::suits`, or the tests after
-            // `x86::Level::supported`); `padded` ends with the slack the loads need.
+        match path {
+            // SAFETY: `Path::Simd` holds only levels the CPU has (`x86::suits`, or the tests
+            // after `x86::Level::supported`); `padded` ends with the slack the loads need.
             #[cfg(target_arch = "x86_64")]
-            unsafe {
-                x86::input_channel(_level, &padded, nb, t, (hp, wp), vc)
-            };
-            return;
-        }
-        if avx2 {
-            // SAFETY: the caller guarantees AVX2 ([`portable_avx2`]).
+            Path::Simd(level) => unsafe { x86::input_channel(level, &padded, nb, t, (hp, wp), vc) },
+            // SAFETY: `Path::PortableAvx2` is taken only where the CPU has AVX2.
             #[cfg(target_arch = "x86_64")]
-            unsafe {
+            Path::PortableAvx2 => unsafe {
                 input_portable_avx2::<T>(&padded, &starts, wp, tiles, vc)
-            };
-            #[cfg(target_arch = "x86_64")]
-            return;
+            },
+            Path::Portable => input_portable::<T>(&padded, &starts, wp, tiles, vc),
         }
-        input_portable::<T>(&padded, &starts, wp, tiles, vc);
     });
-}
-
-/// Whether the portable transforms run as compiled for AVX2 ([`input_portable_avx2`],
-/// [`output_portable_avx2`]): where the CPU has it and `LESION_SIMD` is not `portable`.
-fn portable_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return x86::level().is_some();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// The portable input transform of one channel: each lane group's patches gathered from the
@@ -663,31 +424,18 @@ fn input_portable_avx2<T: Transforms>(
 }
 
 /// `A^T m A` of every tile of `m` (`[a², cout, nb * tiles]`) into the samples `ys`
-/// (`[nb, cout, h, w]`), clipped to the planes.
+/// (`[nb, cout, h, w]`), clipped to the planes, on `path` ([`Path::of`] the planes).
 fn transform_output<T: Transforms>(
-    m: &[f32],
-    nb: usize,
-    cout: usize,
-    t: Tiles,
-    ys: &mut [f32],
-    parallel: bool,
-) {
-    let path = (simd::<T>(t), portable_avx2());
-    transform_output_with::<T>(m, (nb, cout), t, ys, parallel, path);
-}
-
-/// [`transform_output`] on the paths of [`transform_input_with`].
-fn transform_output_with<T: Transforms>(
     m: &[f32],
     (nb, cout): (usize, usize),
     t: Tiles,
     ys: &mut [f32],
     parallel: bool,
-    (simd, avx2): (Option<Simd>, bool),
+    path: Path,
 ) {
     let (hw, tiles) = (t.h * t.w, nb * t.per_plane());
     // Per tile: sample, offset of its top-left output in the plane, rows and columns inside.
-    let places: Vec<(usize, usize, usize, usize)> = (0..if simd.is_some() { 0 } else { tiles })
+    let places: Vec<(usize, usize, usize, usize)> = (0..if path.portable() { tiles } else { 0 })
         .map(|i| {
             let (s, ty, tx) = t.locate(i);
             let (y0, x0) = (T::M * ty, T::M * tx);
@@ -701,25 +449,16 @@ fn transform_output_with<T: Transforms>(
             by_channel[oc].push(plane);
         }
     }
-    let channel = |oc: usize, planes: &mut Vec<&mut [f32]>| {
-        if let Some(_level) = simd {
-            // SAFETY: as in `transform_input_with`.
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                x86::output_channel(_level, m, (oc, cout), t, planes)
-            };
-            return;
-        }
-        if avx2 {
-            // SAFETY: as above.
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                output_portable_avx2::<T>(m, (oc, cout), t.w, &places, planes)
-            };
-            #[cfg(target_arch = "x86_64")]
-            return;
-        }
-        output_portable::<T>(m, (oc, cout), t.w, &places, planes);
+    let channel = |oc: usize, planes: &mut Vec<&mut [f32]>| match path {
+        // SAFETY: as in `transform_input`.
+        #[cfg(target_arch = "x86_64")]
+        Path::Simd(level) => unsafe { x86::output_channel(level, m, (oc, cout), t, planes) },
+        // SAFETY: as in `transform_input`.
+        #[cfg(target_arch = "x86_64")]
+        Path::PortableAvx2 => unsafe {
+            output_portable_avx2::<T>(m, (oc, cout), t.w, &places, planes)
+        },
+        Path::Portable => output_portable::<T>(m, (oc, cout), t.w, &places, planes),
     };
     if parallel {
         by_channel
@@ -760,8 +499,8 @@ fn output_portable<T: Transforms>(
             let plane = &mut planes[s];
             if rows == T::M && cols == T::M {
                 // A whole tile, nearly all of them: rows of a fixed length, one bounds
-                // check each (the general loop below spent more on its checks than on
-                // the stores).
+                // check each (in the general loop below the checks cost more than the
+                // stores).
                 for (i, row) in plane[at..].chunks_mut(w).take(T::M).enumerate() {
                     for (o, bij) in row[..T::M].iter_mut().zip(&b[i]) {
                         *o = bij[l];
@@ -815,7 +554,8 @@ fn conv3x3_with<T: Transforms>(
     each_sample: impl Fn(&mut [f32]) + Sync + Send,
 ) -> Vec<f32> {
     let (cin, cout, aa) = (kernel.cin, kernel.cout, T::A * T::A);
-    let t = Tiles::new(h, w, kernel.tile);
+    let t = Tiles::new(h, w, kernel.tile.m());
+    let path = Path::of::<T>(t);
     let (x_len, y_len) = (cin * h * w, cout * h * w);
     assert_eq!(x.len(), n * x_len, "winograd: input size");
     let chunks = t.chunks(n, kernel.tile.target_tiles());
@@ -826,7 +566,8 @@ fn conv3x3_with<T: Transforms>(
         let tiles = nb * t.per_plane();
         with_scratch(aa * (cin + cout) * tiles, |buf| {
             let (v, m) = buf.split_at_mut(aa * cin * tiles);
-            transform_input::<T>(&x[r.start * x_len..r.end * x_len], nb, cin, t, v, par);
+            let xs = &x[r.start * x_len..r.end * x_len];
+            transform_input::<T>(xs, (nb, cin), t, v, par, path);
             // The a² gemms are independent: in parallel with each other rather than each
             // split over the threads, which is slow for the small gemms of few samples.
             for_chunks(m, cout * tiles, par, |xi, dst| {
@@ -837,7 +578,7 @@ fn conv3x3_with<T: Transforms>(
                 };
                 sgemm((cout, tiles, cin), dst, false, kernel.mat(xi), rhs, false);
             });
-            transform_output::<T>(m, nb, cout, t, ys, par);
+            transform_output::<T>(m, (nb, cout), t, ys, par, path);
         });
         for yb in ys.chunks_mut(y_len) {
             each_sample(yb);
@@ -923,7 +664,8 @@ pub(super) fn grad_weight(
     groups: usize,
     chunk_bytes: usize,
 ) -> Vec<f32> {
-    let t = Tiles::new(h, w, Tile::F2);
+    let t = Tiles::new(h, w, F2::M);
+    let path = Path::of::<F2>(t);
     let (x_len, y_len, u_len) = (cin * h * w, cout * h * w, 16 * cout * cin);
     assert_eq!(x.len(), n * x_len, "winograd: input size");
     assert_eq!(dy.len(), n * y_len, "winograd: output gradient size");
@@ -941,7 +683,8 @@ pub(super) fn grad_weight(
             let (nb, tiles) = (r.len(), r.len() * t.per_plane());
             with_scratch(16 * (cin + cout) * tiles, |buf| {
                 let (v, dm) = buf.split_at_mut(16 * cin * tiles);
-                transform_input::<F2>(&x[r.start * x_len..r.end * x_len], nb, cin, t, v, par);
+                let xs = &x[r.start * x_len..r.end * x_len];
+                transform_input::<F2>(xs, (nb, cin), t, v, par, path);
                 let dys = &dy[r.start * y_len..r.end * y_len];
                 transform_grad_output(dys, nb, cout, t, dm, par);
                 for xi in 0..16 {
@@ -962,11 +705,7 @@ pub(super) fn grad_weight(
         }
         du
     };
-    let parts: Vec<Vec<f32>> = if outer {
-        groups.into_par_iter().map(partial).collect()
-    } else {
-        groups.into_iter().map(partial).collect()
-    };
+    let parts = map_ranges(groups, outer, partial);
     // G^T dU G per kernel, summing the groups' dU in order first.
     overwritten(cout * cin * 9, |dw| {
         dw.par_chunks_mut(cin * 9)
@@ -982,26 +721,6 @@ pub(super) fn grad_weight(
                 }
             });
     })
-}
-
-/// `G^T u G` of one 4x4 tile (row-major): the gradient of a 3x3 kernel from that of its
-/// transform.
-fn transform_kernel_grad(u: &[f32; 16]) -> [f32; 9] {
-    // G^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2, 1/2, 1]]
-    let col =
-        |a: f32, b: f32, c: f32, d: f32| [a + 0.5 * (b + c), 0.5 * (b - c), 0.5 * (b + c) + d];
-    let mut rows = [[0f32; 3]; 4];
-    for (r, row) in rows.iter_mut().enumerate() {
-        *row = col(u[4 * r], u[4 * r + 1], u[4 * r + 2], u[4 * r + 3]);
-    }
-    let mut out = [0f32; 9];
-    for j in 0..3 {
-        let t = col(rows[0][j], rows[1][j], rows[2][j], rows[3][j]);
-        for i in 0..3 {
-            out[i * 3 + j] = t[i];
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -1095,17 +814,16 @@ mod tests {
         // The baseline-compiled portable path is the reference; F(2x2, 3x3) also has the
         // explicit vector path on every level, and both tiles the portable code compiled
         // for AVX2 (which every level implies).
-        let mut paths: Vec<(Option<Simd>, bool)> =
-            levels.iter().map(|&l| (Some(l), false)).collect();
+        let mut paths: Vec<Path> = levels.iter().map(|&l| Path::Simd(l)).collect();
         if !levels.is_empty() {
-            paths.push((None, true));
+            paths.push(Path::PortableAvx2);
         }
         agree_to_the_bit::<F2>(Tile::F2, &paths);
         // F(4x4, 3x3) has no explicit vector path: only the AVX2 build, if any.
         agree_to_the_bit::<F4>(Tile::F4, &paths[levels.len()..]);
     }
 
-    fn agree_to_the_bit<T: Transforms>(tile: Tile, paths: &[(Option<Simd>, bool)]) {
+    fn agree_to_the_bit<T: Transforms>(tile: Tile, paths: &[Path]) {
         let same_bits =
             |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
         let aa = T::A * T::A;
@@ -1119,22 +837,22 @@ mod tests {
             (2, 5, 56, 56),
             (1, 3, 28, 67),
         ] {
-            let t = Tiles::new(h, w, tile);
+            let t = Tiles::new(h, w, tile.m());
             let tiles = nb * t.per_plane();
             let x = pseudo_random(nb * c * h * w, 11);
             let m = pseudo_random(aa * c * tiles, 12);
             // Outputs start as NaN, so that an element a path leaves unwritten shows.
             let transformed = |path| {
                 let mut v = vec![f32::NAN; aa * c * tiles];
-                transform_input_with::<T>(&x, (nb, c), t, &mut v, true, path);
+                transform_input::<T>(&x, (nb, c), t, &mut v, true, path);
                 v
             };
             let outputs = |path| {
                 let mut ys = vec![f32::NAN; nb * c * h * w];
-                transform_output_with::<T>(&m, (nb, c), t, &mut ys, true, path);
+                transform_output::<T>(&m, (nb, c), t, &mut ys, true, path);
                 ys
             };
-            let (want_v, want_y) = (transformed((None, false)), outputs((None, false)));
+            let (want_v, want_y) = (transformed(Path::Portable), outputs(Path::Portable));
             assert!(
                 want_y.iter().all(|v| v.is_finite()),
                 "portable output unwritten"

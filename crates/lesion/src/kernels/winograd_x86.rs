@@ -8,7 +8,7 @@
 //! loads and a permute), outputs are interleaved back by permutes, results go out with masked
 //! vector stores, and the transform arithmetic runs on whole registers ([`V`]). It is the same
 //! [`Transforms`] code as the portable path, in the same order, so results agree to the bit
-//! (`simd_transforms_agree_with_portable_ones_to_the_bit` in the parent's tests, on every
+//! (`simd_transforms_agree_with_portable_ones_to_the_bit` in `winograd.rs`'s tests, on every
 //! level the CPU has).
 //!
 //! A tile row of `tw` tiles takes `ceil(tw / lanes)` register groups, so lanes idle on small
@@ -24,7 +24,7 @@ use std::arch::x86_64::{
 use std::ops::{Add, Mul, Sub};
 use std::sync::OnceLock;
 
-use super::{Arith, Tiles, Transforms, F2, INPUT_SLACK};
+use super::winograd_transforms::{Arith, Tiles, Transforms, F2, INPUT_SLACK};
 
 /// The instruction set the vectorised transforms run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,12 +65,11 @@ pub(super) fn level() -> Option<Level> {
 }
 
 /// The level the transforms of `T` on planes of `t` take, if any: F(2x2, 3x3) and at least
-/// 7 tiles per tile row. Measured on AVX-512 (2 threads, whole convolutions, 64-128
-/// channels): 15-25% faster from 14x14 up, 7% slower at 7x7 (4 tiles per row); a training
-/// step at batch 128 ran 2.08 s against 2.23 s portable. On AVX2 (Zen 3, `perf` shares of
-/// the same step): the transforms took 7.3% of it against 12.2% portable, and 8.4% with the
-/// 7x7 maps included. F(4x4, 3x3) stays on the portable code (compiled for AVX2): its 6x6
-/// patches made inference slower on the AVX-512 path (117 against 131 img/s at batch 32).
+/// 7 tiles per tile row (planes 13 wide and up). With fewer tiles a row fills less than half
+/// of a 16-lane register, and the 7x7 maps (4 tiles per row) ran slower here than on the
+/// portable path; from 14x14 up this path is faster on both levels. F(4x4, 3x3) stays on the
+/// portable code (compiled for AVX2): its 6x6 patches made inference slower on this path.
+/// Measurements are in `docs/benchmarks.md`.
 pub(super) fn suits<T: Transforms>(t: Tiles) -> Option<Level> {
     if T::M == F2::M && t.tw >= 7 {
         level()
