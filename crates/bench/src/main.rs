@@ -15,7 +15,6 @@
 //! "peak_rss_mib", ...}`; `per_iter_s` excludes the warm-up iterations and the median is
 //! `batch / median(per_iter_s)`. Peak RSS is the process's `VmHWM` (Linux; null elsewhere).
 
-use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -27,9 +26,6 @@ use lesion::optim::{Adam, ParamGroup};
 use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The notebook's normalisation (ImageNet statistics), as the batch loader applies it.
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -164,7 +160,21 @@ fn median(xs: &[f64]) -> f64 {
     }
 }
 
-fn run(cli: &Cli) -> anyhow::Result<Report> {
+/// Times the workload and prints the report line.
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    // candle sizes its own CPU thread pools from these variables when it first needs them,
+    // so they are set before anything touches a tensor (still single-threaded here).
+    std::env::set_var("RAYON_NUM_THREADS", cli.threads.to_string());
+    std::env::set_var("CANDLE_NUM_THREADS", cli.threads.to_string());
+    let report = measure(cli)?;
+    println!(
+        "{}",
+        serde_json::to_string(&report).expect("report serialises")
+    );
+    Ok(())
+}
+
+fn measure(cli: &Cli) -> anyhow::Result<Report> {
     anyhow::ensure!(cli.iters > 0, "--iters must be at least 1");
     anyhow::ensure!(
         cli.batch_size >= 2 || cli.workload == Workload::Infer,
@@ -231,21 +241,8 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
     })
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // candle sizes its own CPU thread pools from these variables when it first needs them,
-    // so they are set before anything touches a tensor (still single-threaded here).
-    std::env::set_var("RAYON_NUM_THREADS", cli.threads.to_string());
-    std::env::set_var("CANDLE_NUM_THREADS", cli.threads.to_string());
-    // The allocator settings of the stage binaries, so that the figures are theirs.
-    lesion::alloc::tune();
-    lesion::cli::finish(run(&cli).map(|report| {
-        println!(
-            "{}",
-            serde_json::to_string(&report).expect("report serialises")
-        );
-    }))
-}
+// The allocator and its settings are the stage binaries', so that the figures are theirs.
+lesion::main!(Cli, run);
 
 #[cfg(test)]
 mod tests {
@@ -290,7 +287,7 @@ mod tests {
         ])
         .unwrap();
         // The global rayon pool may already exist in this test process; run the steps of
-        // `run` that follow it.
+        // `measure` that follow it.
         let varmap = VarMap::new();
         let mut net = ResNet18::new(
             VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),

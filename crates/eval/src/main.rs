@@ -1,15 +1,12 @@
 //! `lesion-eval`: evaluates a trained run on a prepared split (see `lesion::eval`).
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+use lesion::cli::DeviceArg;
 use lesion::eval::{EvalOptions, ThresholdMethod};
 use lesion::split::Split;
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Evaluate a trained run: clinical metrics with bootstrap intervals, a decision threshold
 /// chosen on the validation split (saved into the run for prediction), per-image
@@ -54,9 +51,8 @@ pub struct Cli {
     /// Images per forward pass.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    /// auto, cpu, cuda, cuda:N or metal.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArg,
     /// Replace an existing evaluation folder.
     #[arg(long)]
     force: bool,
@@ -107,7 +103,7 @@ impl Cli {
             seed: self.seed,
             tta: self.tta,
             batch_size: self.batch_size,
-            device: self.device.clone(),
+            device: self.device.device.clone(),
             force: self.force,
             recompute_val: self.recompute_val,
             progress: !self.quiet,
@@ -128,10 +124,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> ExitCode {
-    lesion::alloc::tune();
-    lesion::cli::finish(run(&Cli::parse()))
-}
+lesion::main!(Cli, run);
 
 #[cfg(test)]
 mod tests {

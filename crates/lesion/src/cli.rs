@@ -1,19 +1,66 @@
-//! What every stage binary does at exit: print the error with its chain of causes and map
-//! it to the process exit code (see [`crate::Error::exit_code`]).
+//! The plumbing every stage binary shares, so that each `main.rs` is only its clap
+//! options and one call into the library:
+//! - [`main!`](crate::main) writes the binary's `main`: mimalloc as the global allocator,
+//!   tuned by [`crate::alloc::tune`], the command line parsed, and the result turned into
+//!   the exit code by [`finish`];
+//! - [`finish`] prints an error with its chain of causes and maps it to the process exit
+//!   code (see [`crate::Error::exit_code`]);
+//! - [`DeviceArg`] is the `--device` option of the stages that run a model.
 
 use std::error::Error as StdError;
-use std::process::ExitCode;
+use std::process::{ExitCode, Termination};
 
-/// Turns a binary's result into its exit code, printing an error to stderr as
-/// `error: ...` followed by one `caused by: ...` line per underlying cause.
+#[doc(hidden)]
+pub use clap;
+/// The binaries' global allocator (installed by [`main!`](crate::main)).
+pub use mimalloc::MiMalloc;
+
+/// Writes a stage binary's `main`: `lesion::main!(Cli, run);` with `Cli` a
+/// [`clap::Parser`] and `fn run(cli: &Cli) -> anyhow::Result<T>`, where `T` is `()` or an
+/// [`ExitCode`] (any error type that [`finish`] takes will do).
 ///
-/// The code is the first [`crate::Error`]'s in the chain (2 for bad input or usage), else 1.
-pub fn finish<E>(result: std::result::Result<(), E>) -> ExitCode
+/// The expansion installs mimalloc as the global allocator, tunes it
+/// ([`crate::alloc::tune`]) before anything allocates much, parses the command line (usage
+/// errors exit with 2, `--help` and `--version` with 0, as clap does) and hands `run`'s
+/// result to [`finish`].
+#[macro_export]
+macro_rules! main {
+    ($cli:ty, $run:path) => {
+        #[global_allocator]
+        static GLOBAL: $crate::cli::MiMalloc = $crate::cli::MiMalloc;
+
+        fn main() -> ::std::process::ExitCode {
+            $crate::alloc::tune();
+            $crate::cli::finish($run(&<$cli as $crate::cli::clap::Parser>::parse()))
+        }
+    };
+}
+
+/// `--device` of the stages that run a model; the library parses the value
+/// ([`crate::device::parse_device`]).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+// Keeps this doc comment out of the `about` text of the commands that flatten it.
+#[command(about = None, long_about = None)]
+pub struct DeviceArg {
+    /// auto, cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// Turns a binary's result into its exit code: `Ok` reports its value (success for `()`),
+/// an error is printed to stderr as `error: ...` followed by one `caused by: ...` line per
+/// underlying cause.
+///
+/// The code of an error is the first [`crate::Error`]'s in the chain (2 for bad input or
+/// usage), else 1. The error is taken by `AsRef` rather than converted into a boxed error:
+/// `anyhow` boxes its own wrapper type, behind which the [`crate::Error`] is not found.
+pub fn finish<T, E>(result: std::result::Result<T, E>) -> ExitCode
 where
+    T: Termination,
     E: AsRef<dyn StdError + Send + Sync + 'static>,
 {
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(value) => value.report(),
         Err(err) => {
             let (text, code) = describe(err.as_ref());
             eprint!("{text}");
@@ -64,6 +111,23 @@ mod tests {
             "error: preparing data failed\n  caused by: images: no class folders\n"
         );
         assert_eq!(code, 2);
+    }
+
+    #[test]
+    fn device_arg_adds_only_the_flag() {
+        use clap::Args as _;
+        let cmd = DeviceArg::augment_args(clap::Command::new("stage"));
+        assert!(cmd.get_about().is_none() && cmd.get_long_about().is_none());
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "device")
+            .unwrap();
+        assert_eq!(arg.get_long(), Some("device"));
+        assert_eq!(
+            arg.get_help().map(|h| h.to_string()).as_deref(),
+            Some("auto, cpu, cuda, cuda:N or metal")
+        );
+        assert_eq!(arg.get_default_values(), ["auto"]);
     }
 
     #[test]

@@ -6,10 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+use lesion::cli::DeviceArg;
 use lesion::predict::{OutputFormat, PredictOptions, PredictReport};
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Classify skin-lesion photos with a trained run: the probability of malignancy and the
 /// label at the run's decision threshold (chosen by lesion-eval on the validation split).
@@ -49,9 +47,8 @@ pub struct Cli {
     /// No test-time augmentation, even if the run's threshold was chosen with it.
     #[arg(long)]
     no_tta: bool,
-    /// auto, cpu, cuda, cuda:N or metal.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArg,
     /// Write a Grad-CAM heatmap (where the malignant score came from) per image, as PNG,
     /// into this folder.
     #[arg(long, value_name = "OUT_DIR")]
@@ -84,7 +81,7 @@ impl Cli {
                 (_, true) => Some(false),
                 _ => None,
             },
-            device: self.device.clone(),
+            device: self.device.device.clone(),
             explain: self.explain.clone(),
             batch_size: self.batch_size,
             force: self.force,
@@ -153,12 +150,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn main() -> ExitCode {
-    match run(&Cli::parse()) {
-        Ok(code) => code,
-        Err(err) => lesion::cli::finish(Err(err)),
-    }
-}
+lesion::main!(Cli, run);
 
 #[cfg(test)]
 mod tests {

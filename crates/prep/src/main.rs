@@ -3,14 +3,10 @@
 //! dataset (`lesion::synth`).
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lesion::image_io::{ResizePolicy, DEFAULT_MAX_PIXELS};
 use lesion::prep::PrepOptions;
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Prepare skin-lesion images for training: decode, resize, split 60/20/20, augment the
 /// training split and write verified safetensors shards.
@@ -129,59 +125,54 @@ enum Action {
     },
 }
 
-/// Parses arguments (the first is the program name) into an [`Action`].
-fn parse_args<I, T>(args: I) -> Result<Action, clap::Error>
-where
-    I: IntoIterator<Item = T>,
-    T: Into<std::ffi::OsString> + Clone,
-{
-    let cli = Cli::try_parse_from(args)?;
-    Ok(match cli.command {
-        Some(Command::Verify { dir }) => Action::Verify(dir),
-        Some(Command::Synth {
-            out,
-            per_class,
-            seed,
-            force,
-            quiet,
-        }) => Action::Synth {
-            out,
-            per_class,
-            seed,
-            force,
-            progress: !quiet,
-        },
-        None => {
-            let a = cli.prep;
-            let (Some(input), Some(out)) = (a.input, a.out) else {
-                unreachable!("clap requires INPUT_DIR and --out without a subcommand")
-            };
-            let mut o = PrepOptions::new(input, out);
-            o.size = a.size;
-            o.resize = match a.resize {
-                Resize::Stretch => ResizePolicy::Stretch,
-                Resize::Crop => ResizePolicy::Crop,
-            };
-            o.val = a.val;
-            o.test = a.test;
-            o.seed = a.seed;
-            o.shard_size = a.shard_size;
-            o.views = a.views;
-            o.augment = !a.no_augment;
-            o.strict = a.strict;
-            o.force = a.force;
-            o.max_pixels = a.max_pixels;
-            o.threads = a.threads;
-            o.progress = !a.quiet;
-            Action::Prep(o)
+impl Cli {
+    /// What the command line asks for.
+    fn action(&self) -> Action {
+        match &self.command {
+            Some(Command::Verify { dir }) => Action::Verify(dir.clone()),
+            Some(Command::Synth {
+                out,
+                per_class,
+                seed,
+                force,
+                quiet,
+            }) => Action::Synth {
+                out: out.clone(),
+                per_class: *per_class,
+                seed: *seed,
+                force: *force,
+                progress: !quiet,
+            },
+            None => {
+                let a = &self.prep;
+                let (Some(input), Some(out)) = (&a.input, &a.out) else {
+                    unreachable!("clap requires INPUT_DIR and --out without a subcommand")
+                };
+                let mut o = PrepOptions::new(input, out);
+                o.size = a.size;
+                o.resize = match a.resize {
+                    Resize::Stretch => ResizePolicy::Stretch,
+                    Resize::Crop => ResizePolicy::Crop,
+                };
+                o.val = a.val;
+                o.test = a.test;
+                o.seed = a.seed;
+                o.shard_size = a.shard_size;
+                o.views = a.views;
+                o.augment = !a.no_augment;
+                o.strict = a.strict;
+                o.force = a.force;
+                o.max_pixels = a.max_pixels;
+                o.threads = a.threads;
+                o.progress = !a.quiet;
+                Action::Prep(o)
+            }
         }
-    })
+    }
 }
 
-// The library's error type is large because of candle's; it is returned once per process.
-#[allow(clippy::result_large_err)]
-fn run(action: Action) -> lesion::Result<()> {
-    match action {
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    match cli.action() {
         Action::Prep(opts) => {
             let summary = lesion::prep::run(&opts)?;
             println!("{summary}");
@@ -213,20 +204,20 @@ fn run(action: Action) -> lesion::Result<()> {
     Ok(())
 }
 
-fn main() -> ExitCode {
-    lesion::alloc::tune();
-    let action = match parse_args(std::env::args_os()) {
-        Ok(a) => a,
-        Err(e) => e.exit(),
-    };
-    lesion::cli::finish(
-        run(action).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
-    )
-}
+lesion::main!(Cli, run);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parses arguments (the first is the program name) into an [`Action`].
+    fn parse_args<I, T>(args: I) -> Result<Action, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Ok(Cli::try_parse_from(args)?.action())
+    }
 
     fn prep(args: &[&str]) -> PrepOptions {
         match parse_args(args) {

@@ -2,15 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use lesion::cli::DeviceArg;
 use lesion_serve::{Batching, Limits, ServeOptions, Server};
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Serve a trained run over HTTP: POST /v1/predict and /v1/explain, GET /v1/model and
 /// /healthz, and a page at / to drop a photo on. Requests from concurrent callers are
@@ -33,9 +30,8 @@ pub struct Cli {
     /// Address to listen on (the default accepts connections from this machine only).
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
-    /// auto, cpu, cuda, cuda:N or metal.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArg,
     /// Decision threshold on the malignant probability, instead of the run's threshold.json.
     #[arg(long, value_name = "PROBABILITY")]
     threshold: Option<f64>,
@@ -77,7 +73,7 @@ impl Cli {
         );
         Ok(ServeOptions {
             addr: self.addr,
-            device: self.device.clone(),
+            device: self.device.device.clone(),
             threshold: self.threshold,
             tta: match (self.tta, self.no_tta) {
                 (true, _) => Some(true),
@@ -160,9 +156,7 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn main() -> ExitCode {
-    lesion::cli::finish(run(&Cli::parse()))
-}
+lesion::main!(Cli, run);
 
 #[cfg(test)]
 mod tests {

@@ -1,15 +1,12 @@
 //! `lesion-train`: fine-tunes ResNet-18 on a prepared dataset (see `lesion::train`).
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
+use lesion::cli::DeviceArg;
 use lesion::model::Trainable;
 use lesion::train::{Monitor, TrainConfig};
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Fine-tune ResNet-18 (ImageNet weights by default) on a folder written by `lesion-prep`.
 ///
@@ -61,9 +58,8 @@ pub struct Cli {
     /// Seed for shuffling and dropout.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// auto, cpu, cuda, cuda:N or metal.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArg,
     /// Initial weights: imagenet (Hugging Face Hub, cached), none (random init) or a safetensors file.
     #[arg(long, default_value = "imagenet", value_name = "imagenet|none|PATH")]
     weights: String,
@@ -97,7 +93,7 @@ impl Cli {
             trainable: self.trainable,
             head_dropout: self.head_dropout,
             seed: self.seed,
-            device: self.device.clone(),
+            device: self.device.device.clone(),
             weights: self.weights.clone(),
             force: self.force,
             winograd_4x4: self.winograd_4x4,
@@ -115,10 +111,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> ExitCode {
-    lesion::alloc::tune();
-    lesion::cli::finish(run(&Cli::parse()))
-}
+lesion::main!(Cli, run);
 
 #[cfg(test)]
 mod tests {

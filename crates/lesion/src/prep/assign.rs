@@ -1,0 +1,161 @@
+//! Pass 2a of `prep`: everything decided per image before its pixels are read back: the
+//! split of each image (stratified by class, byte-identical files kept together), the
+//! per-split counts, the duplicate groups, and the augmentation of each training view.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::discover::Discovery;
+use super::{bad_dataset, PrepOptions, CLASS_NAMES};
+use crate::manifest::{DuplicateGroup, ImageEntry, SplitCounts};
+use crate::split::{self, Split};
+use crate::transforms::Augmentation;
+use crate::{Error, Result};
+
+/// Pass 2a: checks every class can fill every split, assigns splits (byte-identical files
+/// together) and returns the per-split counts and the duplicate groups.
+pub(super) fn assign_splits(
+    opts: &PrepOptions,
+    discovery: &Discovery,
+    images: &mut [ImageEntry],
+) -> Result<(Vec<SplitCounts>, Vec<DuplicateGroup>)> {
+    let n_classes = CLASS_NAMES.len();
+    let mut per_class = vec![0usize; n_classes];
+    for im in images.iter() {
+        per_class[im.class as usize] += 1;
+    }
+    if let Some(k) = per_class.iter().position(|&n| n == 0) {
+        return Err(bad_dataset(
+            &discovery.class_dirs[k],
+            format!(
+                "no usable images in class {} (all files rejected)",
+                CLASS_NAMES[k]
+            ),
+        ));
+    }
+    split::split_counts(&per_class, opts.val, opts.test, opts.seed)
+        .map_err(|e| too_few(opts, e))?;
+
+    let labels: Vec<usize> = images.iter().map(|i| i.class as usize).collect();
+    let mut first_of: HashMap<&str, usize> = HashMap::new();
+    let groups: Vec<usize> = images
+        .iter()
+        .enumerate()
+        .map(|(i, im)| *first_of.entry(im.sha256.as_str()).or_insert(i))
+        .collect();
+    drop(first_of);
+    let assignment = split::stratified_split(&labels, &groups, opts.val, opts.test, opts.seed)
+        .map_err(|e| with_dataset_path(e, &opts.input))?;
+    if assignment.len() != images.len() {
+        return Err(Error::InvalidOption(format!(
+            "split returned {} assignments for {} images",
+            assignment.len(),
+            images.len()
+        )));
+    }
+    for (im, &sp) in images.iter_mut().zip(&assignment) {
+        im.split = sp;
+    }
+    let counts = Split::ALL
+        .into_iter()
+        .map(|sp| {
+            let mut pc = vec![0usize; n_classes];
+            for im in images.iter().filter(|im| im.split == sp) {
+                pc[im.class as usize] += 1;
+            }
+            SplitCounts {
+                split: sp,
+                total: pc.iter().sum(),
+                per_class: pc,
+            }
+        })
+        .collect();
+    Ok((counts, duplicate_groups(images, &groups)?))
+}
+
+/// Rewords the split's "class too small" error with the class name and the dataset path.
+fn too_few(opts: &PrepOptions, e: Error) -> Error {
+    match e {
+        Error::BadDataset { reason, .. } => {
+            let mut reason = reason;
+            for (k, name) in CLASS_NAMES.iter().enumerate() {
+                reason = reason.replace(&format!("class {k} "), &format!("class {name} "));
+            }
+            bad_dataset(
+                &opts.input,
+                format!("too few images for the split fractions: {reason}"),
+            )
+        }
+        other => other,
+    }
+}
+
+/// The split reports dataset problems without a path; they concern the input folder.
+fn with_dataset_path(e: Error, input: &Path) -> Error {
+    match e {
+        Error::BadDataset { path, reason } if path.as_os_str().is_empty() => {
+            bad_dataset(input, reason)
+        }
+        other => other,
+    }
+}
+
+fn duplicate_groups(images: &[ImageEntry], groups: &[usize]) -> Result<Vec<DuplicateGroup>> {
+    let mut members: HashMap<usize, Vec<u32>> = HashMap::new();
+    for (i, &g) in groups.iter().enumerate() {
+        members.entry(g).or_default().push(i as u32);
+    }
+    let mut out: Vec<DuplicateGroup> = members
+        .into_values()
+        .filter(|m| m.len() > 1)
+        .map(|m| {
+            let first = &images[m[0] as usize];
+            if m.iter().any(|&i| images[i as usize].split != first.split) {
+                return Err(Error::InvalidOption(format!(
+                    "split put copies of {} in different splits",
+                    first.path
+                )));
+            }
+            Ok(DuplicateGroup {
+                sha256: first.sha256.clone(),
+                paths: m.iter().map(|&i| images[i as usize].path.clone()).collect(),
+                split: first.split,
+                indices: m,
+            })
+        })
+        .collect::<Result<_>>()?;
+    out.sort_by_key(|d| d.indices[0]);
+    Ok(out)
+}
+
+/// Draws the augmentation of every view of every training image (cheap, and recorded in the
+/// manifest, so all up front) and returns the number of views to write (1 without
+/// augmentation).
+pub(super) fn draw_augmentations(opts: &PrepOptions, images: &mut [ImageEntry]) -> u32 {
+    let views = if opts.augment { opts.views } else { 1 };
+    if opts.augment {
+        for (i, im) in images.iter_mut().enumerate() {
+            if im.split == Split::Train {
+                let draws = (0..views)
+                    .map(|v| Augmentation::sample(&mut augmentation_rng(opts.seed, i as u32, v)))
+                    .collect();
+                im.augmentations = Some(draws);
+            }
+        }
+    }
+    views
+}
+
+/// The RNG of one augmentation draw: a function of `(seed, source index, view)` only, so
+/// results do not depend on scheduling.
+pub fn augmentation_rng(seed: u64, source_index: u32, view: u32) -> ChaCha8Rng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..12].copy_from_slice(&source_index.to_le_bytes());
+    key[12..16].copy_from_slice(&view.to_le_bytes());
+    key[16..24].copy_from_slice(b"lesionAG");
+    ChaCha8Rng::from_seed(key)
+}

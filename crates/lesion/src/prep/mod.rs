@@ -1,0 +1,370 @@
+//! The `prep` stage: from a folder of class sub-folders of images to a prepared dataset of
+//! safetensors shards (see [`crate::shard`]) described by a manifest (see
+//! [`crate::manifest`]).
+//!
+//! Output folder layout:
+//! - `train/shard-v{view}-{k:05}.safetensors`: `views` augmented copies of the train split,
+//!   the same rows in the same order in every view;
+//! - `val/shard-{k:05}.safetensors`, `test/shard-{k:05}.safetensors`: never augmented;
+//! - `manifest.json`, `samples.png` (three training images per class).
+//!
+//! Every shard holds `images` u8 `[n, 3, S, S]` (CHW), `labels` u8 `[n]` and `source_index`
+//! u32 `[n]`. Rows within a split are in a seeded random order, so any window of shards is a
+//! mix of classes.
+//!
+//! Memory stays bounded whatever the dataset size: pass 1 decodes and resizes each file
+//! exactly once, in parallel chunks, and appends the `S x S` RGB result (HWC u8) to a
+//! staging file on disk; pass 2 splits, then reads those rows back one chunk at a time
+//! (positioned reads, not a mapping, so nothing stays resident) and streams them into
+//! shards. Output is byte-identical for any thread count: file order is sorted, results are
+//! gathered in order, and every augmentation comes from its own RNG seeded by
+//! `(seed, source index, view)`.
+//!
+//! The passes, one file each:
+//! - `discover.rs` (pass 0): the class folders and the sorted list of input files;
+//! - `stage.rs` (pass 1): decoding, hashing and resizing into the staging file; rejected
+//!   files and conflicting copies;
+//! - `assign.rs` (pass 2a): splits, counts, duplicate groups, augmentation draws;
+//! - `shards.rs` (pass 2b): row order, augmentation, shard writing, sample previews;
+//! - `verify.rs`: [`verify`], the re-check of a written folder against its manifest.
+//!
+//! This file holds the options, the summary and [`run`], which chains the passes in a
+//! staging folder, writes the manifest and commits the folder.
+
+mod assign;
+mod discover;
+mod shards;
+mod stage;
+mod verify;
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::error::IoContext;
+use crate::fsutil::StagingDir;
+use crate::image_io::{self, ResizePolicy};
+use crate::manifest::{
+    DuplicateGroup, Manifest, Normalization, PrepRecord, RejectedFile, SplitCounts,
+    MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION,
+};
+use crate::split::Split;
+use crate::transforms::{IMAGENET_MEAN, IMAGENET_STD};
+use crate::{Error, Result};
+use assign::{assign_splits, draw_augmentations};
+use discover::discover;
+use shards::{write_samples, write_shards};
+use stage::{reject_conflicting_copies, stage_images, StagedRows, STAGED_IMAGES};
+
+pub use assign::augmentation_rng;
+pub use shards::chw_to_image;
+pub use verify::{verify, VerifyReport};
+
+/// Class names in label order; class folders are matched to them case-insensitively.
+pub const CLASS_NAMES: [&str; 2] = ["Benign", "Malignant"];
+
+/// File name of the sample grid inside a prepared-dataset folder.
+pub const SAMPLES_FILE: &str = "samples.png";
+
+/// Options of [`run`]. [`PrepOptions::new`] gives the documented defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrepOptions {
+    /// Folder holding one sub-folder per class.
+    pub input: PathBuf,
+    /// Prepared-dataset folder to create.
+    pub out: PathBuf,
+    /// Side of the square output images (224).
+    pub size: u32,
+    /// How non-square images become square (stretch).
+    pub resize: ResizePolicy,
+    /// Validation fraction of each class (0.2).
+    pub val: f64,
+    /// Test fraction of each class (0.2).
+    pub test: f64,
+    /// Seed of the split, the row order and the augmentations (42).
+    pub seed: u64,
+    /// Most images per shard file (1024).
+    pub shard_size: usize,
+    /// Independently augmented copies of the training split (1).
+    pub views: u32,
+    /// Apply the notebook's training augmentation (true).
+    pub augment: bool,
+    /// Make any unusable input file fatal instead of reporting and skipping it (false).
+    pub strict: bool,
+    /// Replace an existing output folder (false).
+    pub force: bool,
+    /// Decompression-bomb guard: most pixels an input image may declare.
+    pub max_pixels: u64,
+    /// Worker threads; `None` uses rayon's global pool (one per core).
+    pub threads: Option<usize>,
+    /// Draw progress bars on stderr (only when it is a terminal).
+    pub progress: bool,
+}
+
+impl PrepOptions {
+    pub fn new(input: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
+        Self {
+            input: input.into(),
+            out: out.into(),
+            size: 224,
+            resize: ResizePolicy::default(),
+            val: 0.2,
+            test: 0.2,
+            seed: 42,
+            shard_size: 1024,
+            views: 1,
+            augment: true,
+            strict: false,
+            force: false,
+            max_pixels: image_io::DEFAULT_MAX_PIXELS,
+            threads: None,
+            progress: true,
+        }
+    }
+
+    /// Checks the options' values and combinations.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidOption(m));
+        if !(8..=4096).contains(&self.size) {
+            return bad(format!("--size {} is outside 8..=4096", self.size));
+        }
+        if !(self.val > 0.0 && self.val < 1.0) {
+            return bad(format!("--val {} must be between 0 and 1", self.val));
+        }
+        if !(self.test > 0.0 && self.test < 1.0) {
+            return bad(format!("--test {} must be between 0 and 1", self.test));
+        }
+        if self.val + self.test >= 1.0 {
+            return bad(format!(
+                "--val {} plus --test {} leaves no training images",
+                self.val, self.test
+            ));
+        }
+        if self.shard_size == 0 {
+            return bad("--shard-size must be at least 1".into());
+        }
+        if self.views == 0 {
+            return bad("--views must be at least 1".into());
+        }
+        if self.views > 1 && !self.augment {
+            return bad("--views > 1 needs augmentation (drop --no-augment)".into());
+        }
+        if self.threads == Some(0) {
+            return bad("--threads must be at least 1".into());
+        }
+        if self.max_pixels == 0 {
+            return bad("--max-pixels must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    fn record(&self) -> PrepRecord {
+        PrepRecord {
+            input: self.input.display().to_string(),
+            image_size: self.size,
+            resize: self.resize,
+            val: self.val,
+            test: self.test,
+            seed: self.seed,
+            shard_size: self.shard_size,
+            views: self.views,
+            augment: self.augment,
+            strict: self.strict,
+            max_pixels: self.max_pixels,
+        }
+    }
+}
+
+/// What [`run`] did, for the final report.
+#[derive(Debug, Clone)]
+pub struct PrepSummary {
+    /// The committed output folder.
+    pub out: PathBuf,
+    pub classes: Vec<String>,
+    pub counts: Vec<SplitCounts>,
+    /// Input files examined (accepted + rejected).
+    pub files: usize,
+    /// Images accepted.
+    pub images: usize,
+    pub views: u32,
+    pub shards: usize,
+    pub rejected: Vec<RejectedFile>,
+    pub duplicates: Vec<DuplicateGroup>,
+    /// Non-fatal remarks (ignored folders, skipped hidden files, ...).
+    pub warnings: Vec<String>,
+    pub elapsed: Duration,
+}
+
+impl PrepSummary {
+    /// Input files processed per second over the whole run.
+    pub fn images_per_second(&self) -> f64 {
+        self.files as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+impl fmt::Display for PrepSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "prepared {} images from {} files in {:.1} s ({:.0} images/s)",
+            self.images,
+            self.files,
+            self.elapsed.as_secs_f64(),
+            self.images_per_second()
+        )?;
+        write!(f, "  {:<6}", "split")?;
+        for c in &self.classes {
+            write!(f, " {c:>10}")?;
+        }
+        writeln!(f, " {:>8}", "total")?;
+        for c in &self.counts {
+            write!(f, "  {:<6}", c.split.name())?;
+            for n in &c.per_class {
+                write!(f, " {n:>10}")?;
+            }
+            write!(f, " {:>8}", c.total)?;
+            if c.split == Split::Train && self.views > 1 {
+                write!(f, "  x {} views", self.views)?;
+            }
+            writeln!(f)?;
+        }
+        if self.rejected.is_empty() {
+            writeln!(f, "rejected files: none")?;
+        } else {
+            writeln!(
+                f,
+                "rejected files: {} (listed in the manifest)",
+                self.rejected.len()
+            )?;
+            for r in &self.rejected {
+                writeln!(f, "  {}: {}", r.path, r.reason)?;
+            }
+        }
+        if self.duplicates.is_empty() {
+            writeln!(f, "duplicates: none")?;
+        } else {
+            writeln!(
+                f,
+                "duplicates: {} groups of byte-identical files, each kept within one split",
+                self.duplicates.len()
+            )?;
+            for d in &self.duplicates {
+                writeln!(f, "  {} -> {}", d.paths.join(" = "), d.split.name())?;
+            }
+        }
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
+        write!(f, "output: {} ({} shards)", self.out.display(), self.shards)
+    }
+}
+
+/// Prepares a dataset; see the module docs. Returns after the output folder is committed.
+pub fn run(opts: &PrepOptions) -> Result<PrepSummary> {
+    opts.validate()?;
+    match opts.threads {
+        Some(n) => {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .map_err(|e| Error::InvalidOption(format!("--threads {n}: {e}")))?;
+            pool.install(|| run_in_pool(opts))
+        }
+        None => run_in_pool(opts),
+    }
+}
+
+fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
+    let start = Instant::now();
+    let discovery = discover(&opts.input)?;
+    let stage = StagingDir::new(&opts.out, opts.force)?;
+    let staged_path = stage.path().join(STAGED_IMAGES);
+    let (images, mut rejected) = stage_images(opts, &discovery.files, &staged_path)?;
+    let (mut images, staged_row) = reject_conflicting_copies(opts, images, &mut rejected)?;
+    let (counts, duplicates) = assign_splits(opts, &discovery, &mut images)?;
+    let views = draw_augmentations(opts, &mut images);
+
+    let staged_rows = StagedRows {
+        path: &staged_path,
+        rows: &staged_row,
+    };
+    let (shards, samples) = write_shards(opts, stage.path(), &images, staged_rows, views)?;
+    fs::remove_file(&staged_path).with_path(&staged_path)?;
+    write_samples(samples, opts.size, &stage.path().join(SAMPLES_FILE))?;
+
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT.to_string(),
+        format_version: MANIFEST_FORMAT_VERSION,
+        crate_version: env!("CARGO_PKG_VERSION").to_string(),
+        classes: CLASS_NAMES.iter().map(|c| c.to_string()).collect(),
+        image_size: opts.size,
+        resize: opts.resize,
+        views,
+        augment: opts.augment,
+        seed: opts.seed,
+        options: opts.record(),
+        normalization: Normalization {
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+        },
+        counts: counts.clone(),
+        shards,
+        images,
+        rejected: rejected.clone(),
+        duplicates: duplicates.clone(),
+    };
+    manifest.save(stage.path())?;
+    let n_shards = manifest.shards.len();
+    let n_images = manifest.images.len();
+    drop(manifest);
+    let out = stage.commit()?;
+    Ok(PrepSummary {
+        out,
+        classes: CLASS_NAMES.iter().map(|c| c.to_string()).collect(),
+        counts,
+        files: discovery.files.len(),
+        images: n_images,
+        views,
+        shards: n_shards,
+        rejected,
+        duplicates,
+        warnings: discovery.warnings,
+        elapsed: start.elapsed(),
+    })
+}
+
+fn bad_dataset(path: &Path, reason: impl Into<String>) -> Error {
+    Error::BadDataset {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn progress_bar(show: bool, len: usize, prefix: &'static str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let style = ProgressStyle::with_template(
+        "{prefix:>7} [{elapsed_precise}] {wide_bar} {pos}/{len} {rate} ETA {eta}",
+    )
+    .expect("valid template")
+    .with_key(
+        "rate",
+        |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0} images/s", state.per_sec());
+        },
+    )
+    .progress_chars("=> ");
+    ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr())
+        .with_style(style)
+        .with_prefix(prefix)
+}
+
+/// Rows handled per parallel step: enough to keep every thread busy, few enough that the
+/// decoded images in flight stay small.
+fn chunk_len() -> usize {
+    16 * rayon::current_num_threads()
+}

@@ -1,0 +1,177 @@
+//! `lesion-prep verify`: re-hashes every shard of a prepared dataset against its manifest
+//! and checks each shard's header and rows against it, and the row totals against the
+//! per-split counts.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::fsutil;
+use crate::manifest::{Manifest, ShardEntry};
+use crate::shard::Shard;
+use crate::split::Split;
+use crate::{Error, Result};
+
+/// Result of [`verify`].
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    pub dir: PathBuf,
+    pub shards_checked: usize,
+    pub bytes_checked: u64,
+    /// One line per problem, naming the file.
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// `Ok(self)` when everything matched, else [`Error::BadArtifact`] listing the problems.
+    pub fn into_result(self) -> Result<Self> {
+        if self.is_ok() {
+            Ok(self)
+        } else {
+            Err(Error::BadArtifact {
+                path: self.dir.clone(),
+                reason: format!(
+                    "verification failed ({} problem(s)):\n  {}",
+                    self.problems.len(),
+                    self.problems.join("\n  ")
+                ),
+            })
+        }
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_ok() {
+            write!(
+                f,
+                "{}: OK ({} shards, {:.1} MB re-hashed, all match the manifest)",
+                self.dir.display(),
+                self.shards_checked,
+                self.bytes_checked as f64 / 1e6
+            )
+        } else {
+            writeln!(
+                f,
+                "{}: {} problem(s) in {} shards:",
+                self.dir.display(),
+                self.problems.len(),
+                self.shards_checked
+            )?;
+            for p in &self.problems {
+                writeln!(f, "  {p}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Re-hashes every shard of a prepared dataset against its manifest and checks each
+/// shard's header and rows (split, view, count, labels, source indices) against it.
+///
+/// Returns `Err` only when the manifest itself cannot be read; mismatches are listed in the
+/// report.
+pub fn verify(dir: &Path) -> Result<VerifyReport> {
+    let manifest = Manifest::load(dir)?;
+    let per_shard: Vec<(u64, Vec<String>)> = manifest
+        .shards
+        .par_iter()
+        .map(|entry| check_shard(dir, &manifest, entry))
+        .collect();
+    let mut problems = Vec::new();
+    let mut bytes = 0;
+    for (b, p) in per_shard {
+        bytes += b;
+        problems.extend(p);
+    }
+    for c in &manifest.counts {
+        let views = if c.split == Split::Train {
+            manifest.views.max(1)
+        } else {
+            1
+        };
+        for view in 0..views {
+            let rows: usize = manifest.shards_of(c.split, view).map(|s| s.count).sum();
+            if rows != c.total {
+                problems.push(format!(
+                    "{} view {view}: shards hold {rows} rows, counts say {}",
+                    c.split.name(),
+                    c.total
+                ));
+            }
+        }
+    }
+    Ok(VerifyReport {
+        dir: dir.to_path_buf(),
+        shards_checked: manifest.shards.len(),
+        bytes_checked: bytes,
+        problems,
+    })
+}
+
+fn check_shard(dir: &Path, manifest: &Manifest, entry: &ShardEntry) -> (u64, Vec<String>) {
+    let path = dir.join(&entry.file);
+    let mut problems = Vec::new();
+    let sha = match fsutil::sha256_file(&path) {
+        Ok(s) => s,
+        Err(e) => return (0, vec![format!("{}: cannot read: {e}", entry.file)]),
+    };
+    let bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    if sha != entry.sha256 {
+        problems.push(format!(
+            "{}: SHA-256 mismatch (manifest {}, file {sha})",
+            entry.file, entry.sha256
+        ));
+        return (bytes, problems);
+    }
+    let shard = match Shard::open(&path) {
+        Ok(s) => s,
+        Err(e) => return (bytes, vec![format!("{}: {e}", entry.file)]),
+    };
+    let m = shard.meta();
+    if m.split != entry.split || m.view != entry.view || m.count != entry.count {
+        problems.push(format!(
+            "{}: header says {} view {} with {} rows, manifest says {} view {} with {}",
+            entry.file,
+            m.split.name(),
+            m.view,
+            m.count,
+            entry.split.name(),
+            entry.view,
+            entry.count
+        ));
+    }
+    if m.image_size != manifest.image_size {
+        problems.push(format!(
+            "{}: image size {}, manifest says {}",
+            entry.file, m.image_size, manifest.image_size
+        ));
+    }
+    for (&si, &label) in shard.source_index().iter().zip(shard.labels()) {
+        match manifest.images.get(si as usize) {
+            None => {
+                problems.push(format!("{}: source index {si} out of range", entry.file));
+                break;
+            }
+            Some(im) if im.class != label || im.split != entry.split => {
+                problems.push(format!(
+                    "{}: row for {} has label {label} in {}, manifest says class {} in {}",
+                    entry.file,
+                    im.path,
+                    entry.split.name(),
+                    im.class,
+                    im.split.name()
+                ));
+                break;
+            }
+            Some(_) => {}
+        }
+    }
+    (bytes, problems)
+}
