@@ -295,29 +295,32 @@ impl PredictReport {
         s
     }
 
+    /// `path,probability,label,threshold,error`, one row per file: RFC 4180 quoting only
+    /// where a field holds a comma, a quote or a line break (quotes doubled), rows ended by
+    /// `\n`.
     fn csv(&self) -> String {
-        let mut s = String::from("path,probability,label,threshold,error\n");
+        let mut w = csv::WriterBuilder::new()
+            .terminator(csv::Terminator::Any(b'\n'))
+            .quote_style(csv::QuoteStyle::Necessary)
+            .double_quote(true)
+            .from_writer(Vec::new());
+        let in_memory = "a CSV row of five fields is written to memory";
+        w.write_record(["path", "probability", "label", "threshold", "error"])
+            .expect(in_memory);
+        let threshold = self.threshold.to_string();
         for r in &self.results {
-            let _ = writeln!(
-                s,
-                "{},{},{},{},{}",
-                csv_field(&r.path.display().to_string()),
-                r.probability.map(|p| format!("{p:.6}")).unwrap_or_default(),
-                csv_field(r.label.as_deref().unwrap_or("")),
-                self.threshold,
-                csv_field(r.error.as_deref().unwrap_or("")),
-            );
+            let probability = r.probability.map(|p| format!("{p:.6}")).unwrap_or_default();
+            w.write_record([
+                r.path.display().to_string().as_str(),
+                &probability,
+                r.label.as_deref().unwrap_or(""),
+                &threshold,
+                r.error.as_deref().unwrap_or(""),
+            ])
+            .expect(in_memory);
         }
-        s
-    }
-}
-
-/// RFC 4180 quoting where needed.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
+        let bytes = w.into_inner().expect(in_memory);
+        String::from_utf8(bytes).expect("every field is a Rust string")
     }
 }
 
