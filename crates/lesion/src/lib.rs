@@ -28,6 +28,7 @@ pub mod optim;
 pub mod plot;
 pub mod predict;
 pub mod prep;
+pub mod run;
 pub mod shard;
 pub mod split;
 pub mod synth;

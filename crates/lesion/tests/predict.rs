@@ -14,6 +14,7 @@ use lesion::loader::{LoaderOptions, PreparedDataset};
 use lesion::model::Trainable;
 use lesion::predict::{self, OutputFormat, PredictOptions, Predictor};
 use lesion::prep::{self, PrepOptions};
+use lesion::run::{self as run_folder, fixtures};
 use lesion::split::Split;
 use lesion::train::{self, Monitor, TrainConfig};
 use lesion::Error;
@@ -80,7 +81,7 @@ fn preprocessing_is_exactly_prep_s_for_val_and_test() {
     assert_eq!(
         p.resize_policy(),
         ResizePolicy::Crop,
-        "read from the manifest"
+        "recorded in config.json"
     );
     assert!(p.warnings().is_empty(), "{:?}", p.warnings());
     assert_eq!(p.image_size(), 32);
@@ -159,7 +160,7 @@ fn run_without_threshold_is_a_clear_error_unless_one_is_given() {
 #[test]
 fn the_run_s_threshold_is_used_and_checked_against_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let run = predict::write_untrained_run(&dir.path().join("r"), 32, 1, Some(0.37)).unwrap();
+    let run = fixtures::write_untrained_run(&dir.path().join("r"), 32, 1, Some(0.37)).unwrap();
     let p = Predictor::load(&run, &cpu(), None).unwrap();
     assert_eq!(p.threshold(), 0.37);
     assert!(!p.threshold_overridden());
@@ -169,7 +170,13 @@ fn the_run_s_threshold_is_used_and_checked_against_the_checkpoint() {
         p.describe_threshold()
     );
     assert_eq!(p.model_id(), format!("r@{}", &p.checkpoint_sha256()[..12]));
-    // The prepared dataset of this fixture does not exist: stretch, with a warning.
+    // The fixture records its resize policy.
+    assert_eq!(p.resize_policy(), ResizePolicy::Stretch);
+    assert!(p.warnings().is_empty(), "{:?}", p.warnings());
+    // A config.json without one, whose prepared dataset does not exist: stretch, with a
+    // warning.
+    fixtures::forget_resize_policy(&run).unwrap();
+    let p = Predictor::load(&run, &cpu(), None).unwrap();
     assert_eq!(p.resize_policy(), ResizePolicy::Stretch);
     assert!(
         p.warnings().iter().any(|w| w.contains("stretch")),
@@ -202,6 +209,56 @@ fn the_run_s_threshold_is_used_and_checked_against_the_checkpoint() {
     assert!(msg.contains("not a probability"), "{msg}");
 }
 
+/// A copy of the shared run's `config.json` and `best.safetensors` in `dir`, with its
+/// configuration changed by `edit`.
+fn copy_of_run(dir: &Path, edit: impl FnOnce(&mut lesion::run::RunConfig)) -> PathBuf {
+    let t = trained();
+    fs::create_dir_all(dir).unwrap();
+    fs::copy(t.run.join("best.safetensors"), dir.join("best.safetensors")).unwrap();
+    let mut config = run_folder::read_config(&t.run).unwrap();
+    edit(&mut config);
+    run_folder::write_config(dir, &config).unwrap();
+    dir.to_path_buf()
+}
+
+#[test]
+fn the_resize_policy_is_recorded_or_for_an_old_run_read_from_its_prepared_data() {
+    let t = trained();
+    let tmp = tempfile::tempdir().unwrap();
+    let text = fs::read_to_string(t.run.join("config.json")).unwrap();
+    assert!(text.contains("\"resize\": \"crop\""), "{text}");
+
+    // A new run needs no prepared data: the recorded policy is used, without a word.
+    let gone = tmp.path().join("gone");
+    let new = copy_of_run(&tmp.path().join("new"), |c| c.train.data = gone.clone());
+    let p = Predictor::load(&new, &cpu(), Some(0.5)).unwrap();
+    assert_eq!(p.resize_policy(), ResizePolicy::Crop);
+    assert!(p.warnings().is_empty(), "{:?}", p.warnings());
+
+    // An old run (config.json without `resize`) reads the policy from its prepared data...
+    let old = copy_of_run(&tmp.path().join("old"), |c| c.resize = None);
+    let text = fs::read_to_string(old.join("config.json")).unwrap();
+    assert!(!text.contains("resize"), "{text}");
+    let p = Predictor::load(&old, &cpu(), Some(0.5)).unwrap();
+    assert_eq!(p.resize_policy(), ResizePolicy::Crop);
+    assert!(p.warnings().is_empty(), "{:?}", p.warnings());
+
+    // ... and without them assumes stretch, with a warning.
+    let old_gone = copy_of_run(&tmp.path().join("old-gone"), |c| {
+        c.resize = None;
+        c.train.data = gone.clone();
+    });
+    let p = Predictor::load(&old_gone, &cpu(), Some(0.5)).unwrap();
+    assert_eq!(p.resize_policy(), ResizePolicy::Stretch);
+    assert!(
+        p.warnings()
+            .iter()
+            .any(|w| w.contains("assuming `stretch`")),
+        "{:?}",
+        p.warnings()
+    );
+}
+
 #[test]
 fn missing_run_pieces_are_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -212,7 +269,7 @@ fn missing_run_pieces_are_named() {
     );
     let (_, msg) = err_text(Predictor::load(dir.path(), &cpu(), Some(0.5)));
     assert!(msg.contains("config.json"), "{msg}");
-    let run = predict::write_untrained_run(&dir.path().join("r"), 32, 1, Some(0.5)).unwrap();
+    let run = fixtures::write_untrained_run(&dir.path().join("r"), 32, 1, Some(0.5)).unwrap();
     fs::remove_file(run.join("best.safetensors")).unwrap();
     let (e, msg) = err_text(Predictor::load(&run, &cpu(), None));
     assert!(matches!(e, Error::BadArtifact { .. }), "{msg}");
@@ -225,7 +282,7 @@ fn missing_run_pieces_are_named() {
 #[test]
 fn tta_is_the_mean_logit_of_the_image_and_its_flips() {
     let dir = tempfile::tempdir().unwrap();
-    let run = predict::write_untrained_run(&dir.path().join("r"), 32, 2, Some(0.5)).unwrap();
+    let run = fixtures::write_untrained_run(&dir.path().join("r"), 32, 2, Some(0.5)).unwrap();
     let p = Predictor::load(&run, &cpu(), None).unwrap();
     // At the model's own size resizing is the identity, so flipping before preprocessing
     // equals flipping the tensor.
@@ -257,7 +314,7 @@ fn tta_is_the_mean_logit_of_the_image_and_its_flips() {
 #[test]
 fn predict_bytes_reports_bad_files_and_keeps_the_good_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let run = predict::write_untrained_run(&dir.path().join("r"), 32, 2, Some(0.5)).unwrap();
+    let run = fixtures::write_untrained_run(&dir.path().join("r"), 32, 2, Some(0.5)).unwrap();
     let p = Predictor::load(&run, &cpu(), None).unwrap();
     let good = png(&lesion::synth::render(0, 1, 1));
     let truncated = jpeg(&lesion::synth::render(0, 2, 1));

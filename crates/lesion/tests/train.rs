@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use lesion::model::Trainable;
 use lesion::prep::{self, PrepOptions};
-use lesion::train::{self, checkpoint, Monitor, TrainConfig};
+use lesion::run::checkpoint;
+use lesion::train::{self, Monitor, TrainConfig};
 
 /// A synthetic dataset prepared at 32 px (the smallest size ResNet-18 takes).
 fn prepared(root: &Path, per_class: usize) -> PathBuf {
@@ -88,6 +89,9 @@ fn run_folder_resume_and_overwrite_protection() {
     assert_eq!(cfg["train"]["batch_size"], 8);
     assert_eq!(cfg["weights_source"], "none");
     assert_eq!(cfg["manifest_sha256"].as_str().unwrap().len(), 64);
+    // The preprocessing prediction needs, copied from the manifest.
+    assert_eq!(cfg["image_size"], 32);
+    assert_eq!(cfg["resize"], "stretch");
     let csv = std::fs::read_to_string(full.join("history.csv")).unwrap();
     assert_eq!(csv.lines().count(), 4, "{csv}");
 

@@ -42,7 +42,7 @@ fn trains_two_epochs_on_isic2017_at_112px() {
         let meta = std::fs::metadata(run.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert!(meta.len() > 100, "{f} is suspiciously small");
     }
-    let history = train::history::read(&run.join("history.csv")).unwrap();
+    let history = lesion::run::history::read(&run.join("history.csv")).unwrap();
     assert_eq!(history.len(), 2);
     for r in &history {
         println!("{r:?}");

@@ -30,7 +30,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Instant;
 
 use candle_core::Device;
@@ -39,7 +38,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::device::{describe, parse_device};
-use crate::fsutil::{read_json, sha256_file, write_atomic, write_json_atomic, StagingDir};
+use crate::fsutil::{sha256_file, write_atomic, write_json_atomic, StagingDir};
 use crate::infer::{predict_split, SplitPredictions};
 use crate::loader::PreparedDataset;
 use crate::metrics::{
@@ -47,16 +46,15 @@ use crate::metrics::{
     DEFAULT_THRESHOLD,
 };
 use crate::model::ResNet18;
+use crate::run::checkpoint;
+use crate::run::{history, EpochRecord, Run, CURVES_FILE, HISTORY_FILE};
+pub use crate::run::{
+    read_threshold, read_threshold_file, threshold_path, Threshold, ThresholdMethod, THRESHOLD_FILE,
+};
 use crate::shard::Shard;
 use crate::split::Split;
-use crate::train::checkpoint;
-use crate::train::{
-    history, EpochRecord, RunConfig, BEST_FILE, CONFIG_FILE, CURVES_FILE, HISTORY_FILE,
-};
 use crate::{Error, Result};
 
-/// The chosen threshold inside a run folder (for the run's `best.safetensors`).
-pub const THRESHOLD_FILE: &str = "threshold.json";
 /// Every figure of an evaluation, as [`EvalMetrics`].
 pub const METRICS_FILE: &str = "metrics.json";
 /// One row per image: path, label, probability, prediction.
@@ -83,143 +81,6 @@ pub const METRICS_FORMAT: &str = "lesion-eval-metrics";
 pub const METRICS_FORMAT_VERSION: u32 = 1;
 /// Most false negatives (and, separately, false positives) shown in `errors.png`.
 pub const MAX_ERRORS_SHOWN: usize = 8;
-
-/// How the decision threshold is chosen on the validation split.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ThresholdMethod {
-    /// Maximise Youden's J = sensitivity + specificity - 1.
-    #[default]
-    Youden,
-    /// The highest threshold whose validation sensitivity reaches a target (the best
-    /// specificity at that sensitivity).
-    Sensitivity,
-}
-
-impl FromStr for ThresholdMethod {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "youden" => Ok(Self::Youden),
-            "sensitivity" => Ok(Self::Sensitivity),
-            _ => Err(Error::InvalidOption(format!(
-                "unknown threshold method `{s}`; expected youden or sensitivity"
-            ))),
-        }
-    }
-}
-
-impl fmt::Display for ThresholdMethod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Youden => "youden",
-            Self::Sensitivity => "sensitivity",
-        })
-    }
-}
-
-/// The decision threshold of a run, as `threshold.json`: a sample is called malignant when
-/// its probability is `>= threshold`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Threshold {
-    pub threshold: f64,
-    pub method: ThresholdMethod,
-    /// The sensitivity asked for (method `sensitivity` only).
-    pub target_sensitivity: Option<f64>,
-    /// The split it was chosen on (always `val`).
-    pub split: Split,
-    pub val_sensitivity: f64,
-    pub val_specificity: f64,
-    /// Whether the probabilities it was chosen on used test-time augmentation; prediction
-    /// should score images the same way.
-    #[serde(default)]
-    pub tta: bool,
-    /// File name of the checkpoint it belongs to, inside the run folder.
-    #[serde(default)]
-    pub checkpoint: String,
-    pub checkpoint_sha256: String,
-    pub manifest_sha256: String,
-    /// Why the method's own choice was replaced (e.g. no threshold beats chance).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
-impl Threshold {
-    /// A short description, e.g. `0.4123 (youden on val)`.
-    pub fn describe(&self) -> String {
-        match (self.method, self.target_sensitivity) {
-            (ThresholdMethod::Sensitivity, Some(t)) => format!(
-                "{:.4} (highest reaching sensitivity {:.0}% on val)",
-                self.threshold,
-                t * 100.0
-            ),
-            _ => format!("{:.4} (Youden's J on val)", self.threshold),
-        }
-    }
-
-    /// Checks that `checkpoint` is the file this threshold was chosen for.
-    pub fn verify_checkpoint(&self, checkpoint: &Path) -> Result<()> {
-        let sha = sha256_file(checkpoint)?;
-        if sha == self.checkpoint_sha256 {
-            Ok(())
-        } else {
-            Err(Error::BadArtifact {
-                path: checkpoint.to_path_buf(),
-                reason: format!(
-                    "the decision threshold was chosen for another checkpoint (SHA-256 {} vs \
-                     {sha}); run lesion-eval again on this run",
-                    self.checkpoint_sha256
-                ),
-            })
-        }
-    }
-}
-
-/// Where the threshold of `checkpoint` (a file inside `run_dir`) is kept:
-/// `threshold.json` for `best.safetensors`, `threshold-<stem>.json` for any other.
-pub fn threshold_path(run_dir: &Path, checkpoint: &Path) -> PathBuf {
-    match checkpoint_suffix(checkpoint) {
-        None => run_dir.join(THRESHOLD_FILE),
-        Some(stem) => run_dir.join(format!("threshold-{stem}.json")),
-    }
-}
-
-/// Reads the decision threshold of a run's best checkpoint (`<run_dir>/threshold.json`),
-/// written by [`run`].
-pub fn read_threshold(run_dir: &Path) -> Result<Threshold> {
-    read_threshold_file(&run_dir.join(THRESHOLD_FILE))
-}
-
-/// Reads and checks a threshold file.
-pub fn read_threshold_file(path: &Path) -> Result<Threshold> {
-    if !path.is_file() {
-        return Err(Error::BadArtifact {
-            path: path.to_path_buf(),
-            reason: "no decision threshold: run lesion-eval on this run first".into(),
-        });
-    }
-    let t: Threshold = read_json(path)?;
-    if !(0.0..=1.0).contains(&t.threshold) {
-        return Err(Error::BadArtifact {
-            path: path.to_path_buf(),
-            reason: format!("threshold {} is not a probability in [0, 1]", t.threshold),
-        });
-    }
-    Ok(t)
-}
-
-/// `None` for the run's best checkpoint, else the file stem that tells outputs apart.
-fn checkpoint_suffix(checkpoint: &Path) -> Option<String> {
-    match checkpoint.file_name().and_then(|n| n.to_str()) {
-        Some(BEST_FILE) => None,
-        _ => Some(
-            checkpoint
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "checkpoint".into()),
-        ),
-    }
-}
 
 /// Every option of `lesion-eval`.
 #[derive(Debug, Clone, PartialEq)]
@@ -344,94 +205,6 @@ pub struct EvalSummary {
     pub report: PathBuf,
     pub threshold_file: PathBuf,
     pub metrics: EvalMetrics,
-}
-
-/// The run folder and checkpoint a `--run` argument names.
-#[derive(Debug, Clone)]
-struct RunTarget {
-    run_dir: PathBuf,
-    checkpoint: PathBuf,
-}
-
-fn resolve_run(path: &Path) -> Result<RunTarget> {
-    let (run_dir, checkpoint) = if path.is_dir() {
-        let best = path.join(BEST_FILE);
-        if !best.is_file() {
-            return Err(Error::BadArtifact {
-                path: best,
-                reason: "missing: the run has no best checkpoint (it has not finished an epoch, \
-                         or this is not a run folder); pass a checkpoint file with --run to \
-                         evaluate another one"
-                    .into(),
-            });
-        }
-        (path.to_path_buf(), best)
-    } else if path.is_file() {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        (dir, path.to_path_buf())
-    } else {
-        return Err(Error::InvalidOption(format!(
-            "--run {}: no such run folder or checkpoint file",
-            path.display()
-        )));
-    };
-    Ok(RunTarget {
-        run_dir,
-        checkpoint,
-    })
-}
-
-fn read_run_config(run_dir: &Path) -> Result<RunConfig> {
-    let path = run_dir.join(CONFIG_FILE);
-    if !path.is_file() {
-        return Err(Error::BadArtifact {
-            path,
-            reason: "missing: not a lesion run folder (the checkpoint's training configuration \
-                     is needed to check it against the data)"
-                .into(),
-        });
-    }
-    read_json(&path)
-}
-
-/// Refuses data prepared differently from the data the run was trained on.
-fn check_compatible(cfg: &RunConfig, data: &PreparedDataset, run_dir: &Path) -> Result<()> {
-    let mut problems = Vec::new();
-    if cfg.class_names != data.class_names() {
-        problems.push(format!(
-            "class names: the run was trained on {:?}, the data has {:?}",
-            cfg.class_names,
-            data.class_names()
-        ));
-    }
-    if cfg.image_size != data.image_size() as usize {
-        problems.push(format!(
-            "image size: the run was trained on {0}x{0} px images, the data is {1}x{1} px \
-             (prepare it again with --size {0})",
-            cfg.image_size,
-            data.image_size()
-        ));
-    }
-    let norm = data.manifest().normalization;
-    let close = |a: [f32; 3], b: [f32; 3]| a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-6);
-    if !close(cfg.mean, norm.mean) || !close(cfg.std, norm.std) {
-        problems.push(format!(
-            "normalisation: the run used mean {:?} / std {:?}, the data specifies {:?} / {:?}",
-            cfg.mean, cfg.std, norm.mean, norm.std
-        ));
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::RunDataMismatch {
-            run: run_dir.to_path_buf(),
-            data: data.dir().to_path_buf(),
-            reason: problems.join("; "),
-        })
-    }
 }
 
 fn progress_bar(show: bool, len: u64, prefix: &str) -> ProgressBar {
@@ -599,16 +372,11 @@ fn predictions_csv(
 pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     let start = Instant::now();
     opts.validate()?;
-    let target = resolve_run(&opts.run)?;
-    let cfg = read_run_config(&target.run_dir)?;
+    let target = Run::resolve(&opts.run)?;
+    let cfg = &target.config;
     let data = PreparedDataset::open(&opts.data)?;
-    check_compatible(&cfg, &data, &target.run_dir)?;
-    let suffix = checkpoint_suffix(&target.checkpoint)
-        .map(|s| format!("-{s}"))
-        .unwrap_or_default();
-    let out_dir = target
-        .run_dir
-        .join(format!("eval-{}{suffix}", opts.split.name()));
+    target.check_compatible(&data)?;
+    let out_dir = target.eval_dir(opts.split);
     // Refuse an existing output before any expensive work.
     let stage = StagingDir::new(&out_dir, opts.force)?;
     if opts.progress {
@@ -885,7 +653,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     metrics_doc.seconds = start.elapsed().as_secs_f64();
     let report_ctx = report::ReportInput {
         metrics: &metrics_doc,
-        run_config: &cfg,
+        run_config: cfg,
         manifest,
         history: &history,
         curves_png: curves_png.as_deref(),

@@ -17,8 +17,8 @@ use super::{
 use crate::error::IoContext;
 use crate::manifest::Manifest;
 use crate::metrics::{BinaryMetrics, ConfidenceInterval, CALIBRATION_BINS};
+use crate::run::{EpochRecord, RunConfig};
 use crate::split::Split;
-use crate::train::{EpochRecord, RunConfig};
 use crate::Result;
 
 /// The `data-metric` names of the rows of `table#metrics`, in order.

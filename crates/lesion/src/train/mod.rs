@@ -1,20 +1,16 @@
 //! The training stage: fine-tunes ResNet-18 on a prepared dataset and writes a run folder.
 //!
-//! Run folder layout (`runs/<name>/`):
-//! - `config.json` — [`RunConfig`]: every option plus the data's manifest hash and the weights;
-//! - `best.safetensors`, `last.safetensors` — checkpoints (see [`checkpoint`]);
-//! - `history.csv` — one [`EpochRecord`] per epoch;
-//! - `curves.png` — loss and accuracy per epoch, train vs validation.
+//! The run folder is written through [`crate::run`], which owns its layout and files:
+//! [`crate::run::create`] makes the folder, `config.json` is a [`crate::run::RunConfig`]
+//! (the options, the data's and weights' identity, and the preprocessing copied from the
+//! prepared manifest), and every epoch adds a row to `history.csv`
+//! ([`crate::run::history`]), redraws `curves.png` and saves the checkpoints
+//! ([`crate::run::checkpoint`]).
 //!
 //! Batches are NCHW f32 normalised images with f32 labels (0 benign, 1 malignant); the model
 //! produces logits `[b, 1]`.
 
-pub mod checkpoint;
-pub mod config;
-pub mod history;
-mod run;
+mod session;
 
-pub use config::{Monitor, RunConfig, TrainConfig};
-pub use history::EpochRecord;
-pub use run::{resume, train, TrainSummary};
-pub use run::{BEST_FILE, CONFIG_FILE, CURVES_FILE, HISTORY_FILE, LAST_FILE};
+pub use crate::run::{Monitor, TrainConfig};
+pub use session::{resume, train, TrainSummary};

@@ -17,7 +17,11 @@ pub fn run_dir(dir: &Path, size: usize) -> PathBuf {
     if let Some(run) = std::env::var_os("LESION_SERVE_RUN") {
         return PathBuf::from(run);
     }
-    lesion::predict::write_untrained_run(&dir.join("run"), size, 7, Some(0.5)).unwrap()
+    let run =
+        lesion::run::fixtures::write_untrained_run(&dir.join("run"), size, 7, Some(0.5)).unwrap();
+    // Without a recorded resize policy, as api.rs expects (the fallback's warning).
+    lesion::run::fixtures::forget_resize_policy(&run).unwrap();
+    run
 }
 
 pub fn options(run: &Path) -> ServeOptions {

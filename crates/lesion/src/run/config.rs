@@ -1,5 +1,7 @@
-//! The training run's configuration: every option of `lesion-train`, saved as
-//! `config.json` in the run folder so that a run can be resumed and audited.
+//! `config.json` of a run folder ([`RunConfig`]): every option of `lesion-train`
+//! ([`TrainConfig`]) plus what the run was made from and the preprocessing its model
+//! expects, so that a run can be resumed, audited and used for prediction without its
+//! prepared data.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -7,6 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::image_io::ResizePolicy;
 use crate::model::Trainable;
 use crate::{Error, Result};
 
@@ -160,7 +163,9 @@ impl TrainConfig {
 }
 
 /// What `config.json` holds: the options plus facts about the inputs that make the
-/// run auditable (which data, which weights, which build).
+/// run auditable (which data, which weights, which build) and the preprocessing of its
+/// images (size, resize policy, normalisation), copied from the prepared dataset's
+/// manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
     pub train: TrainConfig,
@@ -168,6 +173,11 @@ pub struct RunConfig {
     pub manifest_sha256: String,
     pub class_names: Vec<String>,
     pub image_size: usize,
+    /// How the prepared images were made square (`"stretch"` or `"crop"`, as in the
+    /// manifest). `None` when `config.json` has no `resize` field (an older run folder);
+    /// [`super::Run::resize_policy`] then applies the documented default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<ResizePolicy>,
     pub mean: [f32; 3],
     pub std: [f32; 3],
     /// Where the initial weights came from: `imagenet (timm/resnet18.tv_in1k)`, a path, or `none`.
@@ -178,4 +188,43 @@ pub struct RunConfig {
     pub device: String,
     /// `lesion` crate version that wrote the run.
     pub crate_version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(resize: Option<ResizePolicy>) -> RunConfig {
+        RunConfig {
+            train: TrainConfig::default(),
+            manifest_sha256: "0".repeat(64),
+            class_names: vec!["Benign".into(), "Malignant".into()],
+            image_size: 32,
+            resize,
+            mean: [0.5; 3],
+            std: [0.25; 3],
+            weights_source: "none".into(),
+            weights_sha256: None,
+            device: "cpu".into(),
+            crate_version: "0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn resize_is_recorded_as_in_the_manifest() {
+        let json = serde_json::to_value(config(Some(ResizePolicy::Crop))).unwrap();
+        assert_eq!(json["resize"], "crop");
+        let back: RunConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back.resize, Some(ResizePolicy::Crop));
+    }
+
+    #[test]
+    fn a_config_without_resize_reads_as_none_and_stays_without_it() {
+        let mut json = serde_json::to_value(config(Some(ResizePolicy::Stretch))).unwrap();
+        json.as_object_mut().unwrap().remove("resize");
+        let old: RunConfig = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(old.resize, None);
+        // Rewriting an old config (resume does) adds nothing.
+        assert_eq!(serde_json::to_value(&old).unwrap(), json);
+    }
 }

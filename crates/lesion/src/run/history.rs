@@ -65,7 +65,7 @@ pub fn write(path: &Path, records: &[EpochRecord]) -> Result<()> {
     write_atomic(path, to_csv(records).as_bytes())
 }
 
-/// Reads a `history.csv` written by [`write`] (used when resuming a run).
+/// Reads a `history.csv` written by [`write()`] (used when resuming a run).
 pub fn read(path: &Path) -> Result<Vec<EpochRecord>> {
     let text = std::fs::read_to_string(path).with_path(path)?;
     let bad = |line: usize, why: String| Error::BadArtifact {

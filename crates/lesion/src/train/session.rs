@@ -10,28 +10,20 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::checkpoint::{self, TrainState};
-use super::config::{Monitor, RunConfig, TrainConfig};
-use super::history::{self, EpochRecord};
 use crate::device::{describe, parse_device};
-use crate::fsutil::{read_json, write_json_atomic};
 use crate::infer::{predict_split, SplitPredictions};
 use crate::loader::{LoaderOptions, PreparedDataset};
 use crate::model::{self, ResNet18};
 use crate::optim::{Adam, ParamGroup};
+use crate::run::checkpoint::{self, TrainState};
+use crate::run::history::{self, EpochRecord};
+use crate::run::{
+    Monitor, RunConfig, TrainConfig, BEST_FILE, CURVES_FILE, HISTORY_FILE, LAST_FILE,
+    MIN_IMAGE_SIZE,
+};
 use crate::split::Split;
 use crate::weights::{self, WeightsSource};
-use crate::{metrics, ops, Error, Result};
-
-/// Smallest image side ResNet-18 can take: five stride-2 stages leave at least 1x1.
-const MIN_IMAGE_SIZE: u32 = 32;
-
-/// File names inside a run folder.
-pub const CONFIG_FILE: &str = "config.json";
-pub const BEST_FILE: &str = "best.safetensors";
-pub const LAST_FILE: &str = "last.safetensors";
-pub const HISTORY_FILE: &str = "history.csv";
-pub const CURVES_FILE: &str = "curves.png";
+use crate::{metrics, ops, run, Error, Result};
 
 /// What a finished (or early-stopped) run reports.
 #[derive(Debug, Clone)]
@@ -93,6 +85,7 @@ pub fn train(cfg: &TrainConfig, progress: bool) -> Result<TrainSummary> {
         manifest_sha256: crate::manifest::manifest_sha256(data.dir())?,
         class_names: data.class_names().to_vec(),
         image_size: data.image_size() as usize,
+        resize: Some(data.manifest().resize),
         mean: data.manifest().normalization.mean,
         std: data.manifest().normalization.std,
         weights_source: match &identity.hub_repo {
@@ -104,16 +97,15 @@ pub fn train(cfg: &TrainConfig, progress: bool) -> Result<TrainSummary> {
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
         train: cfg.clone(),
     };
-    create_run_dir(&cfg.out, cfg.force)?;
-    write_json_atomic(cfg.out.join(CONFIG_FILE), &run_cfg)?;
+    run::create(&cfg.out, cfg.force)?;
+    run::write_config(&cfg.out, &run_cfg)?;
     session.run()
 }
 
 /// Continues the run in `run_dir` from its `last.safetensors`; `epochs` optionally raises
 /// the epoch limit. On CPU the result is identical to an uninterrupted run.
 pub fn resume(run_dir: &Path, epochs: Option<usize>, progress: bool) -> Result<TrainSummary> {
-    let config_path = run_dir.join(CONFIG_FILE);
-    let mut run_cfg: RunConfig = read_json(&config_path)?;
+    let mut run_cfg = run::read_config(run_dir)?;
     let mut cfg = run_cfg.train.clone();
     cfg.out = run_dir.to_path_buf();
     if let Some(e) = epochs {
@@ -150,7 +142,7 @@ pub fn resume(run_dir: &Path, epochs: Option<usize>, progress: bool) -> Result<T
 
     if epochs.is_some() {
         run_cfg.train.epochs = cfg.epochs;
-        write_json_atomic(&config_path, &run_cfg)?;
+        run::write_config(run_dir, &run_cfg)?;
     }
     session.run()
 }
@@ -178,30 +170,6 @@ fn open_data(dir: &Path) -> Result<PreparedDataset> {
         }
     }
     Ok(data)
-}
-
-/// Creates an empty run folder; an existing one is replaced only with `force`, and only if
-/// it is a run folder (so that `--force` cannot delete an unrelated directory).
-fn create_run_dir(dir: &Path, force: bool) -> Result<()> {
-    if dir.exists() {
-        if !force {
-            return Err(Error::OutputExists {
-                path: dir.to_path_buf(),
-            });
-        }
-        let is_run = dir.join(CONFIG_FILE).is_file()
-            || std::fs::read_dir(dir)
-                .map(|mut d| d.next().is_none())
-                .unwrap_or(false);
-        if !is_run {
-            return Err(Error::InvalidOption(format!(
-                "{} exists and is not a lesion run folder; refusing to replace it",
-                dir.display()
-            )));
-        }
-        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
 }
 
 /// One Adam group per trainable part, with that part's learning rate.
