@@ -1,7 +1,23 @@
 //! lesion: the library behind the `lesion-*` stage binaries.
 //!
 //! The binaries are thin clap front ends; everything they do lives here so that it can be
-//! tested without spawning processes. Conventions used throughout:
+//! tested without spawning processes. The modules, lowest layer first (a module uses only
+//! modules of its own layer or below):
+//!
+//! | layer | module | owns |
+//! |---|---|---|
+//! | base | [`error`], [`fsutil`], [`alloc`] | the error type and exit codes; atomic writes, staged folders, SHA-256; allocator tuning |
+//! | kernels | [`kernels`] | CPU convolution, BatchNorm, ReLU and max-pool as candle custom ops, cuDNN passes (design: `docs/kernels.md`) |
+//! | data | [`image_io`], [`transforms`], [`split`], [`synth`] | decoding and resizing; the notebook's augmentations and normalisation; the stratified split; the synthetic dataset |
+//! | prepared folder | [`manifest`], [`shard`], [`verify`] | `manifest.json`, the shard files of a prepared dataset, and checking them against each other |
+//! | model | [`device`], [`ops`], [`model`], [`optim`], [`weights`] | device choice; the loss; ResNet-18 and its head; Adam; pretrained weights (Hub or file) |
+//! | figures | [`metrics`], [`plot`] | binary metrics checked against scikit-learn; PNG grids and curves |
+//! | data in batches | [`loader`], [`infer`], [`gradcam`] | batches from shards; batched inference over a split; Grad-CAM |
+//! | run folder | [`run`] | `config.json`, checkpoints, `history.csv`, `threshold.json`: the run's layout, written by `train`, read by `eval` and `predict` |
+//! | stages | [`prep`], [`train`], [`eval`], [`predict`] | one module per binary (`lesion-serve` builds on [`predict`]) |
+//! | binaries | [`cli`] | the options the binaries share, `main!`, and the exit-code rule |
+//!
+//! Conventions used throughout:
 //! - images in memory are `image::RgbImage` (u8, HWC); in shards and batches they are
 //!   CHW/NCHW (`u8` on disk, `f32` normalised in batches);
 //! - labels are class indices (`0` = benign, `1` = malignant);
@@ -9,29 +25,39 @@
 
 pub mod alloc;
 pub mod error;
+pub mod fsutil;
 
 pub use error::{Error, IoContext, Result};
-pub mod cli;
-pub mod device;
-pub mod eval;
-pub mod fsutil;
-pub mod gradcam;
-pub mod image_io;
-pub mod infer;
+
 pub mod kernels;
-pub mod loader;
+
+pub mod image_io;
+pub mod split;
+pub mod synth;
+pub mod transforms;
+
 pub mod manifest;
-pub mod metrics;
+pub mod shard;
+pub mod verify;
+
+pub mod device;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod weights;
+
+pub mod metrics;
 pub mod plot;
+
+pub mod gradcam;
+pub mod infer;
+pub mod loader;
+
+pub mod run;
+
+pub mod eval;
 pub mod predict;
 pub mod prep;
-pub mod run;
-pub mod shard;
-pub mod split;
-pub mod synth;
 pub mod train;
-pub mod transforms;
-pub mod weights;
+
+pub mod cli;

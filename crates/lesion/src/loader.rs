@@ -31,10 +31,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::manifest::Manifest;
-use crate::prep::{self, VerifyReport};
 use crate::shard::Shard;
 use crate::split::Split;
 use crate::transforms::normalize_chw;
+use crate::verify::{self, VerifyReport};
 use crate::{Error, Result};
 
 /// Number of consecutive (shuffled) shards whose rows are mixed together.
@@ -87,7 +87,7 @@ impl PreparedDataset {
 
     /// Re-hashes every shard against the manifest; an error lists every mismatch.
     pub fn verify(&self) -> Result<VerifyReport> {
-        prep::verify(&self.dir)?.into_result()
+        verify::verify(&self.dir)?.into_result()
     }
 
     pub fn dir(&self) -> &Path {

@@ -26,7 +26,6 @@
 //!   files and conflicting copies;
 //! - `assign.rs` (pass 2a): splits, counts, duplicate groups, augmentation draws;
 //! - `shards.rs` (pass 2b): row order, augmentation, shard writing, sample previews;
-//! - `verify.rs`: [`verify`], the re-check of a written folder against its manifest.
 //!
 //! This file holds the options, the summary and [`run`], which chains the passes in a
 //! staging folder, writes the manifest and commits the folder.
@@ -35,7 +34,6 @@ mod assign;
 mod discover;
 mod shards;
 mod stage;
-mod verify;
 
 use std::fmt;
 use std::fs;
@@ -59,9 +57,9 @@ use discover::discover;
 use shards::{write_samples, write_shards};
 use stage::{reject_conflicting_copies, stage_images, StagedRows, STAGED_IMAGES};
 
+pub use crate::verify::{verify, VerifyReport};
 pub use assign::augmentation_rng;
 pub use shards::chw_to_image;
-pub use verify::{verify, VerifyReport};
 
 /// Class names in label order; class folders are matched to them case-insensitively.
 pub const CLASS_NAMES: [&str; 2] = ["Benign", "Malignant"];

@@ -1,6 +1,6 @@
-//! `lesion-prep verify`: re-hashes every shard of a prepared dataset against its manifest
-//! and checks each shard's header and rows against it, and the row totals against the
-//! per-split counts.
+//! Verification of a prepared dataset (`lesion-prep verify`, and every stage before it
+//! reads one): re-hashes every shard against its manifest and checks each shard's header
+//! and rows against it, and the row totals against the per-split counts.
 
 use std::fmt;
 use std::fs;
