@@ -1074,6 +1074,29 @@ mod tests {
     }
 
     #[test]
+    fn predictions_csv_quotes_awkward_names() {
+        let p = SplitPredictions {
+            source_index: vec![3, 9, 4],
+            labels: vec![0, 1, 1],
+            logits: vec![-1.25, 0.1, -16.118_095],
+            probs: vec![0.2227, 0.525, 1e-7],
+        };
+        let paths: Vec<String> = vec![
+            "a,b \"c\"\nd.jpg".into(),
+            "plain/x.jpg".into(),
+            "cr\rhere.jpg".into(),
+        ];
+        let classes = ["benign".to_string(), "mal,ignant".to_string()];
+        assert_eq!(
+            predictions_csv(&p, &paths, &classes, 0.5),
+            "path,label,class,probability,prediction,predicted_class,logit,source_index\n\
+             \"a,b \"\"c\"\"\nd.jpg\",0,benign,0.2227,0,benign,-1.25,3\n\
+             plain/x.jpg,1,\"mal,ignant\",0.525,1,\"mal,ignant\",0.1,9\n\
+             \"cr\rhere.jpg\",1,\"mal,ignant\",0.0000001,0,benign,-16.118095,4\n"
+        );
+    }
+
+    #[test]
     fn threshold_files_follow_the_checkpoint() {
         let run = Path::new("runs/x");
         assert_eq!(

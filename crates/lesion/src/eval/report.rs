@@ -195,8 +195,17 @@ pre { background:var(--bg); border:1px solid var(--line); padding:10px; overflow
 footer { color:var(--muted); font-size:12px; margin-top:36px; border-top:1px solid var(--line); padding-top:8px; }
 "#;
 
-/// Renders the page.
+/// Renders the page, dated now.
 pub fn render(input: &ReportInput<'_>) -> Result<String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    render_at(input, now)
+}
+
+/// Renders the page, dated `now` (Unix seconds).
+fn render_at(input: &ReportInput<'_>, now: u64) -> Result<String> {
     let m = input.metrics;
     let d = &m.at_default_threshold;
     let c = &m.at_chosen_threshold;
@@ -205,10 +214,6 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
         || m.run_dir.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     let mut h = String::with_capacity(1 << 20);
     let _ = writeln!(
         h,
@@ -718,6 +723,281 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eval::{BootstrapPair, Threshold, ThresholdMethod};
+    use crate::image_io::ResizePolicy;
+    use crate::manifest::{Normalization, PrepRecord, SplitCounts};
+    use crate::metrics::{self, OperatingPoint};
+    use crate::train::TrainConfig;
+    use std::path::PathBuf;
+
+    /// Text that HTML must escape, in every string the page shows (paths bring their `/`).
+    const NASTY: &str = "<&amp; \"q\" 'a'>";
+
+    fn labels_probs() -> (Vec<usize>, Vec<f64>) {
+        let labels = vec![0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 1];
+        let probs = vec![
+            0.05, 0.2, 0.35, 0.61, 0.1, 0.45, 0.9, 0.55, 0.3, 0.8, 0.72, 0.66,
+        ];
+        (labels, probs)
+    }
+
+    fn error(row: usize, label: usize, probability: f64, path: &str) -> ErrorCase {
+        ErrorCase {
+            row,
+            source_index: row as u32,
+            path: path.into(),
+            label,
+            probability,
+        }
+    }
+
+    struct Fixture {
+        metrics: EvalMetrics,
+        config: RunConfig,
+        manifest: Manifest,
+        history: Vec<EpochRecord>,
+        curves: Vec<u8>,
+        figures: tempfile::TempDir,
+        false_negatives: Vec<ErrorCase>,
+        false_positives: Vec<ErrorCase>,
+        out_dir: PathBuf,
+        threshold_file: PathBuf,
+    }
+
+    impl Fixture {
+        fn input(&self, full: bool) -> ReportInput<'_> {
+            ReportInput {
+                metrics: &self.metrics,
+                run_config: &self.config,
+                manifest: &self.manifest,
+                history: if full { &self.history } else { &[] },
+                curves_png: full.then_some(self.curves.as_slice()),
+                figures_dir: self.figures.path(),
+                false_negatives: if full { &self.false_negatives } else { &[] },
+                false_positives: if full { &self.false_positives } else { &[] },
+                out_dir: &self.out_dir,
+                threshold_file: &self.threshold_file,
+            }
+        }
+    }
+
+    /// Every section of the page present (`full`), or every optional one left out.
+    fn fixture(full: bool) -> Fixture {
+        let (labels, probs) = labels_probs();
+        let thr = 0.5;
+        let chosen = 0.4123;
+        let mut at_default = metrics::evaluate(&labels, &probs, thr).unwrap();
+        let mut at_chosen = metrics::evaluate(&labels, &probs, chosen).unwrap();
+        if full {
+            at_default.mcc = f64::NAN;
+            at_default.youden = Some(OperatingPoint {
+                threshold: 0.55,
+                sensitivity: 0.8,
+                specificity: 0.857_142_857,
+            });
+        } else {
+            at_default.youden = None;
+            at_chosen.youden = None;
+        }
+        let bootstrap = full.then(|| BootstrapPair {
+            at_default_threshold: metrics::bootstrap_ci(&labels, &probs, 25, 7, thr).unwrap(),
+            at_chosen_threshold: metrics::bootstrap_ci(&labels, &probs, 25, 7, chosen).unwrap(),
+        });
+        let classes = vec![format!("benign {NASTY}"), format!("malignant {NASTY}")];
+        let run_dir = PathBuf::from(format!("/runs/run {NASTY}"));
+        let metrics = EvalMetrics {
+            format: crate::eval::METRICS_FORMAT.into(),
+            format_version: crate::eval::METRICS_FORMAT_VERSION,
+            crate_version: format!("0.9.9 {NASTY}"),
+            split: Split::Test,
+            tta: full,
+            device: format!("cpu {NASTY}"),
+            run_dir: run_dir.clone(),
+            checkpoint: run_dir.join(format!("best {NASTY}.safetensors")),
+            checkpoint_sha256: "ab".repeat(32),
+            checkpoint_epoch: 2,
+            data_dir: PathBuf::from(format!("/data/prepared {NASTY}")),
+            manifest_sha256: "cd".repeat(32),
+            trained_on_manifest_sha256: "ef".repeat(32),
+            class_names: classes.clone(),
+            image_size: 112,
+            threshold: Threshold {
+                threshold: chosen,
+                method: if full {
+                    ThresholdMethod::Sensitivity
+                } else {
+                    ThresholdMethod::Youden
+                },
+                target_sensitivity: full.then_some(0.95),
+                split: Split::Val,
+                val_sensitivity: 0.951_234,
+                val_specificity: 0.612_345,
+                tta: full,
+                checkpoint: format!("best {NASTY}.safetensors"),
+                checkpoint_sha256: "ab".repeat(32),
+                manifest_sha256: "cd".repeat(32),
+                note: full.then(|| format!("the note {NASTY}")),
+            },
+            val_from_checkpoint: !full,
+            at_default_threshold: at_default,
+            at_chosen_threshold: at_chosen,
+            bootstrap,
+            calibration: metrics::calibration(&labels, &probs, CALIBRATION_BINS).unwrap(),
+            warnings: if full {
+                vec![format!("first warning {NASTY}"), "second warning".into()]
+            } else {
+                Vec::new()
+            },
+            seconds: 12.345,
+        };
+        let config = RunConfig {
+            train: TrainConfig {
+                data: PathBuf::from(format!("/data/prepared {NASTY}")),
+                lr_layer3: 3.5e-5,
+                ..TrainConfig::default()
+            },
+            manifest_sha256: "ef".repeat(32),
+            class_names: classes.clone(),
+            image_size: 112,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+            weights_source: format!("imagenet {NASTY}"),
+            weights_sha256: Some("01".repeat(32)),
+            device: format!("cuda:0 {NASTY}"),
+            crate_version: format!("0.9.8 {NASTY}"),
+        };
+        let counts = |split, per_class: Vec<usize>| SplitCounts {
+            split,
+            total: per_class.iter().sum(),
+            per_class,
+        };
+        let manifest = Manifest {
+            format: crate::manifest::MANIFEST_FORMAT.into(),
+            format_version: crate::manifest::MANIFEST_FORMAT_VERSION,
+            crate_version: "0.9.7".into(),
+            classes,
+            image_size: 112,
+            resize: ResizePolicy::Crop,
+            views: 1,
+            augment: false,
+            seed: 42,
+            options: PrepRecord {
+                input: format!("/photos {NASTY}"),
+                image_size: 112,
+                resize: ResizePolicy::Crop,
+                val: 0.2,
+                test: 0.2,
+                seed: 42,
+                shard_size: 1024,
+                views: 1,
+                augment: false,
+                strict: false,
+                max_pixels: 1 << 26,
+            },
+            normalization: Normalization {
+                mean: [0.485, 0.456, 0.406],
+                std: [0.229, 0.224, 0.225],
+            },
+            // No val counts: that split reads as 0.
+            counts: vec![
+                counts(Split::Train, vec![30, 10]),
+                counts(Split::Test, vec![7, 5]),
+            ],
+            shards: Vec::new(),
+            images: Vec::new(),
+            rejected: Vec::new(),
+            duplicates: Vec::new(),
+        };
+        let record = |epoch: usize, val_auc: f64| EpochRecord {
+            epoch,
+            train_loss: 0.7 / epoch as f64,
+            train_acc: 0.5 + 0.1 * epoch as f64,
+            val_loss: 0.7,
+            val_acc: 0.61,
+            val_auc,
+            lr_head: 1e-2,
+            lr_layer4: 1e-3,
+            lr_layer3: 1e-3,
+            lr_backbone: 0.0,
+            seconds: 83.25,
+            images_per_s: 40.0,
+        };
+        let figures = tempfile::tempdir().unwrap();
+        // Lengths 0, 1 and 2 mod 3, for every kind of base64 padding.
+        for (i, file) in [
+            ROC_FILE,
+            PR_FILE,
+            CONFUSION_FILE,
+            CALIBRATION_FILE,
+            ERRORS_FILE,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let bytes: Vec<u8> = file.bytes().chain(0..=(i as u8)).collect();
+            std::fs::write(figures.path().join(file), bytes).unwrap();
+        }
+        Fixture {
+            metrics,
+            config,
+            manifest,
+            history: vec![record(1, f64::NAN), record(2, 0.75), record(3, 0.7)],
+            curves: b"\x89PNG curves".to_vec(),
+            figures,
+            false_negatives: vec![
+                error(8, 1, 0.3, &format!("mal/{NASTY}.jpg")),
+                error(7, 1, 0.005, "mal/b.jpg"),
+            ],
+            false_positives: vec![error(10, 0, 0.72, &format!("ben/{NASTY}.jpg"))],
+            out_dir: run_dir.join("eval-test"),
+            threshold_file: run_dir.join("threshold.json"),
+        }
+    }
+
+    /// Compares the page with `testdata/<name>`; `LESION_BLESS=1` writes it instead.
+    fn check_golden(name: &str, html: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/eval/testdata")
+            .join(name);
+        if std::env::var_os("LESION_BLESS").is_some() {
+            std::fs::write(&path, html).unwrap();
+        }
+        let want = std::fs::read_to_string(&path).unwrap();
+        if html != want {
+            let at = html
+                .bytes()
+                .zip(want.bytes())
+                .position(|(a, b)| a != b)
+                .unwrap_or(html.len().min(want.len()));
+            let around = |s: &str| {
+                let b = &s.as_bytes()[at.saturating_sub(40)..(at + 80).min(s.len())];
+                String::from_utf8_lossy(b).into_owned()
+            };
+            panic!(
+                "{name} differs at byte {at}: got {:?}, want {:?}",
+                around(html),
+                around(&want)
+            );
+        }
+    }
+
+    /// 2023-11-14 22:13 UTC.
+    const NOW: u64 = 1_700_000_000;
+
+    #[test]
+    fn full_report_matches_golden() {
+        let f = fixture(true);
+        check_golden("report-full.html", &render_at(&f.input(true), NOW).unwrap());
+    }
+
+    #[test]
+    fn bare_report_matches_golden() {
+        let f = fixture(false);
+        check_golden(
+            "report-bare.html",
+            &render_at(&f.input(false), NOW).unwrap(),
+        );
+    }
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
