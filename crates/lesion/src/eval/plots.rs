@@ -13,7 +13,7 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::ErrorCase;
+use super::{ErrorCase, EvalMetrics, CALIBRATION_FILE, CONFUSION_FILE, PR_FILE, ROC_FILE};
 use crate::metrics::{BinaryMetrics, Calibration, ConfusionMatrix, PrCurve, RocCurve};
 use crate::plot::{font_family, render_png, Canvas};
 use crate::Result;
@@ -125,6 +125,56 @@ impl Mark {
     fn rgb(&self) -> RGBColor {
         MARKS[self.color % MARKS.len()]
     }
+}
+
+/// Draws `roc.png`, `pr.png`, `confusion.png` and `calibration.png` of `m` into `dir`, the
+/// curves from `roc_curve` and `pr_curve`, with the operating points at 0.5 and at the
+/// chosen threshold.
+pub(super) fn draw_metrics(
+    dir: &Path,
+    m: &EvalMetrics,
+    roc_curve: &RocCurve,
+    pr_curve: &PrCurve,
+    class_names: &[String],
+) -> Result<()> {
+    let thr = m.threshold.threshold;
+    let marks = [
+        Mark::from_metrics("threshold 0.5", &m.at_default_threshold, 0),
+        Mark::from_metrics(
+            &format!("threshold {:.3} (chosen on val)", thr),
+            &m.at_chosen_threshold,
+            1,
+        ),
+    ];
+    roc(
+        roc_curve,
+        m.at_default_threshold.roc_auc,
+        &marks,
+        &dir.join(ROC_FILE),
+    )?;
+    let prevalence = m.at_default_threshold.n_positive as f64 / m.at_default_threshold.n as f64;
+    pr(
+        pr_curve,
+        m.at_default_threshold.average_precision,
+        prevalence,
+        &marks,
+        &dir.join(PR_FILE),
+    )?;
+    confusion(
+        &[
+            (
+                "threshold 0.5".to_string(),
+                m.at_default_threshold.confusion_matrix,
+            ),
+            (
+                format!("threshold {thr:.3} (chosen on val)"),
+                m.at_chosen_threshold.confusion_matrix,
+            ),
+        ],
+        class_names,
+        &dir.join(CONFUSION_FILE),
+    )?;
+    calibration(&m.calibration, &dir.join(CALIBRATION_FILE))
 }
 
 /// The ROC curve (800x700) with the chance diagonal and the operating points.
