@@ -177,8 +177,17 @@ pub(super) fn draw_metrics(
     calibration(&m.calibration, &dir.join(CALIBRATION_FILE))
 }
 
-/// The ROC curve (800x700) with the chance diagonal and the operating points.
-pub fn roc(curve: &RocCurve, auc: f64, marks: &[Mark], path: &Path) -> Result<()> {
+/// An 800x700 curve chart on `[0, 1] x [0, y_max]`, as ROC and PR draw it: `title`, the
+/// axis names, labels and light grid, the series `draw` adds, and their legend at
+/// `legend_at`.
+fn curve_png(
+    path: &Path,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    y_max: f64,
+    legend_at: SeriesLabelPosition,
+    draw: impl FnOnce(&mut Chart<'_, '_>) -> DrawResult,
+) -> Result<()> {
     let (w, h) = (800, 700);
     render_png(
         white(w, h),
@@ -187,103 +196,90 @@ pub fn roc(curve: &RocCurve, auc: f64, marks: &[Mark], path: &Path) -> Result<()
         |root: &Canvas<'_>| -> DrawResult {
             let font = font_family();
             let mut chart = ChartBuilder::on(root)
-                .caption("ROC curve", (font, 24))
+                .caption(title, (font, 24))
                 .margin(16)
                 .x_label_area_size(50)
                 .y_label_area_size(60)
-                .build_cartesian_2d(0f64..1f64, 0f64..1.0f64)?;
+                .build_cartesian_2d(0f64..1f64, 0f64..y_max)?;
             chart
                 .configure_mesh()
-                .x_desc("false positive rate (1 - specificity)")
-                .y_desc("true positive rate (sensitivity)")
+                .x_desc(x_desc)
+                .y_desc(y_desc)
                 .label_style((font, 14))
                 .axis_desc_style((font, 16))
                 .light_line_style(LIGHT_GRID)
                 .draw()?;
-            line(
-                &mut chart,
-                vec![(0.0, 0.0), (1.0, 1.0)],
-                CHANCE,
-                1,
-                "chance",
-            )?;
-            let pts: Vec<(f64, f64)> = curve
-                .fpr
-                .iter()
-                .copied()
-                .zip(curve.tpr.iter().copied())
-                .collect();
-            line(&mut chart, pts, CURVE, 3, format!("model (AUC {auc:.3})"))?;
-            operating_points(
-                &mut chart,
-                marks,
-                |m| (1.0 - m.specificity, m.sensitivity),
-                |m| {
-                    format!(
-                        "{}: sens {:.2}, spec {:.2}",
-                        m.label, m.sensitivity, m.specificity
-                    )
-                },
-            )?;
-            legend(&mut chart, SeriesLabelPosition::LowerRight)
+            draw(&mut chart)?;
+            legend(&mut chart, legend_at)
         },
     )
+}
+
+/// The ROC curve (800x700) with the chance diagonal and the operating points.
+pub fn roc(curve: &RocCurve, auc: f64, marks: &[Mark], path: &Path) -> Result<()> {
+    let axes = (
+        "false positive rate (1 - specificity)",
+        "true positive rate (sensitivity)",
+    );
+    let legend_at = SeriesLabelPosition::LowerRight;
+    curve_png(path, "ROC curve", axes, 1.0, legend_at, |chart| {
+        line(chart, vec![(0.0, 0.0), (1.0, 1.0)], CHANCE, 1, "chance")?;
+        let pts: Vec<(f64, f64)> = curve
+            .fpr
+            .iter()
+            .copied()
+            .zip(curve.tpr.iter().copied())
+            .collect();
+        line(chart, pts, CURVE, 3, format!("model (AUC {auc:.3})"))?;
+        operating_points(
+            chart,
+            marks,
+            |m| (1.0 - m.specificity, m.sensitivity),
+            |m| {
+                format!(
+                    "{}: sens {:.2}, spec {:.2}",
+                    m.label, m.sensitivity, m.specificity
+                )
+            },
+        )
+    })
 }
 
 /// The precision-recall curve (800x700, steps as scikit-learn draws it) with the
 /// prevalence baseline and the operating points.
 pub fn pr(curve: &PrCurve, ap: f64, prevalence: f64, marks: &[Mark], path: &Path) -> Result<()> {
-    let (w, h) = (800, 700);
-    render_png(
-        white(w, h),
-        (w, h),
-        path,
-        |root: &Canvas<'_>| -> DrawResult {
-            let font = font_family();
-            let mut chart = ChartBuilder::on(root)
-                .caption("Precision-recall curve", (font, 24))
-                .margin(16)
-                .x_label_area_size(50)
-                .y_label_area_size(60)
-                .build_cartesian_2d(0f64..1f64, 0f64..1.02f64)?;
-            chart
-                .configure_mesh()
-                .x_desc("recall (sensitivity)")
-                .y_desc("precision (PPV)")
-                .label_style((font, 14))
-                .axis_desc_style((font, 16))
-                .light_line_style(LIGHT_GRID)
-                .draw()?;
-            line(
-                &mut chart,
-                vec![(0.0, prevalence), (1.0, prevalence)],
-                CHANCE,
-                1,
-                format!("chance (prevalence {prevalence:.3})"),
-            )?;
-            // matplotlib's drawstyle="steps-post" over scikit-learn's arrays.
-            let mut pts = Vec::with_capacity(2 * curve.recall.len());
-            for i in 0..curve.recall.len() {
-                if i > 0 {
-                    pts.push((curve.recall[i], curve.precision[i - 1]));
-                }
-                pts.push((curve.recall[i], curve.precision[i]));
+    let axes = ("recall (sensitivity)", "precision (PPV)");
+    let legend_at = SeriesLabelPosition::LowerLeft;
+    let title = "Precision-recall curve";
+    curve_png(path, title, axes, 1.02, legend_at, |chart| {
+        line(
+            chart,
+            vec![(0.0, prevalence), (1.0, prevalence)],
+            CHANCE,
+            1,
+            format!("chance (prevalence {prevalence:.3})"),
+        )?;
+        // matplotlib's drawstyle="steps-post" over scikit-learn's arrays.
+        let mut pts = Vec::with_capacity(2 * curve.recall.len());
+        for i in 0..curve.recall.len() {
+            if i > 0 {
+                pts.push((curve.recall[i], curve.precision[i - 1]));
             }
-            line(&mut chart, pts, CURVE, 3, format!("model (AP {ap:.3})"))?;
-            operating_points(
-                &mut chart,
-                marks,
-                |m| (m.sensitivity, m.precision),
-                |m| {
-                    format!(
-                        "{}: recall {:.2}, precision {:.2}",
-                        m.label, m.sensitivity, m.precision
-                    )
-                },
-            )?;
-            legend(&mut chart, SeriesLabelPosition::LowerLeft)
-        },
-    )
+            pts.push((curve.recall[i], curve.precision[i]));
+        }
+        line(chart, pts, CURVE, 3, format!("model (AP {ap:.3})"))?;
+        operating_points(
+            chart,
+            marks,
+            |m| (m.sensitivity, m.precision),
+            |m| {
+                format!(
+                    "{}: recall {:.2}, precision {:.2}",
+                    m.label, m.sensitivity, m.precision
+                )
+            },
+        )
+    })
 }
 
 /// White to blue by `f` in [0, 1].
