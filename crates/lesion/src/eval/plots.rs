@@ -13,7 +13,7 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::ErrorCase;
+use super::{ErrorCase, EvalMetrics, CALIBRATION_FILE, CONFUSION_FILE, PR_FILE, ROC_FILE};
 use crate::metrics::{BinaryMetrics, Calibration, ConfusionMatrix, PrCurve, RocCurve};
 use crate::plot::{font_family, render_png, Canvas};
 use crate::Result;
@@ -127,8 +127,67 @@ impl Mark {
     }
 }
 
-/// The ROC curve (800x700) with the chance diagonal and the operating points.
-pub fn roc(curve: &RocCurve, auc: f64, marks: &[Mark], path: &Path) -> Result<()> {
+/// Draws `roc.png`, `pr.png`, `confusion.png` and `calibration.png` of `m` into `dir`, the
+/// curves from `roc_curve` and `pr_curve`, with the operating points at 0.5 and at the
+/// chosen threshold.
+pub(super) fn draw_metrics(
+    dir: &Path,
+    m: &EvalMetrics,
+    roc_curve: &RocCurve,
+    pr_curve: &PrCurve,
+    class_names: &[String],
+) -> Result<()> {
+    let thr = m.threshold.threshold;
+    let marks = [
+        Mark::from_metrics("threshold 0.5", &m.at_default_threshold, 0),
+        Mark::from_metrics(
+            &format!("threshold {:.3} (chosen on val)", thr),
+            &m.at_chosen_threshold,
+            1,
+        ),
+    ];
+    roc(
+        roc_curve,
+        m.at_default_threshold.roc_auc,
+        &marks,
+        &dir.join(ROC_FILE),
+    )?;
+    let prevalence = m.at_default_threshold.n_positive as f64 / m.at_default_threshold.n as f64;
+    pr(
+        pr_curve,
+        m.at_default_threshold.average_precision,
+        prevalence,
+        &marks,
+        &dir.join(PR_FILE),
+    )?;
+    confusion(
+        &[
+            (
+                "threshold 0.5".to_string(),
+                m.at_default_threshold.confusion_matrix,
+            ),
+            (
+                format!("threshold {thr:.3} (chosen on val)"),
+                m.at_chosen_threshold.confusion_matrix,
+            ),
+        ],
+        class_names,
+        &dir.join(CONFUSION_FILE),
+    )?;
+    calibration(&m.calibration, &dir.join(CALIBRATION_FILE))
+}
+
+/// An 800x700 curve chart on `[0, 1] x [0, y_max]`, as ROC and PR draw it: `title`, the
+/// axis names, labels and light grid, the series `draw` adds, and their legend at
+/// `legend_at`.
+fn curve_png(
+    path: &Path,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    y_max: f64,
+    legend_at: SeriesLabelPosition,
+    draw: impl FnOnce(&mut Chart<'_, '_>) -> DrawResult,
+) -> Result<()> {
     let (w, h) = (800, 700);
     render_png(
         white(w, h),
@@ -137,103 +196,90 @@ pub fn roc(curve: &RocCurve, auc: f64, marks: &[Mark], path: &Path) -> Result<()
         |root: &Canvas<'_>| -> DrawResult {
             let font = font_family();
             let mut chart = ChartBuilder::on(root)
-                .caption("ROC curve", (font, 24))
+                .caption(title, (font, 24))
                 .margin(16)
                 .x_label_area_size(50)
                 .y_label_area_size(60)
-                .build_cartesian_2d(0f64..1f64, 0f64..1.0f64)?;
+                .build_cartesian_2d(0f64..1f64, 0f64..y_max)?;
             chart
                 .configure_mesh()
-                .x_desc("false positive rate (1 - specificity)")
-                .y_desc("true positive rate (sensitivity)")
+                .x_desc(x_desc)
+                .y_desc(y_desc)
                 .label_style((font, 14))
                 .axis_desc_style((font, 16))
                 .light_line_style(LIGHT_GRID)
                 .draw()?;
-            line(
-                &mut chart,
-                vec![(0.0, 0.0), (1.0, 1.0)],
-                CHANCE,
-                1,
-                "chance",
-            )?;
-            let pts: Vec<(f64, f64)> = curve
-                .fpr
-                .iter()
-                .copied()
-                .zip(curve.tpr.iter().copied())
-                .collect();
-            line(&mut chart, pts, CURVE, 3, format!("model (AUC {auc:.3})"))?;
-            operating_points(
-                &mut chart,
-                marks,
-                |m| (1.0 - m.specificity, m.sensitivity),
-                |m| {
-                    format!(
-                        "{}: sens {:.2}, spec {:.2}",
-                        m.label, m.sensitivity, m.specificity
-                    )
-                },
-            )?;
-            legend(&mut chart, SeriesLabelPosition::LowerRight)
+            draw(&mut chart)?;
+            legend(&mut chart, legend_at)
         },
     )
+}
+
+/// The ROC curve (800x700) with the chance diagonal and the operating points.
+pub fn roc(curve: &RocCurve, auc: f64, marks: &[Mark], path: &Path) -> Result<()> {
+    let axes = (
+        "false positive rate (1 - specificity)",
+        "true positive rate (sensitivity)",
+    );
+    let legend_at = SeriesLabelPosition::LowerRight;
+    curve_png(path, "ROC curve", axes, 1.0, legend_at, |chart| {
+        line(chart, vec![(0.0, 0.0), (1.0, 1.0)], CHANCE, 1, "chance")?;
+        let pts: Vec<(f64, f64)> = curve
+            .fpr
+            .iter()
+            .copied()
+            .zip(curve.tpr.iter().copied())
+            .collect();
+        line(chart, pts, CURVE, 3, format!("model (AUC {auc:.3})"))?;
+        operating_points(
+            chart,
+            marks,
+            |m| (1.0 - m.specificity, m.sensitivity),
+            |m| {
+                format!(
+                    "{}: sens {:.2}, spec {:.2}",
+                    m.label, m.sensitivity, m.specificity
+                )
+            },
+        )
+    })
 }
 
 /// The precision-recall curve (800x700, steps as scikit-learn draws it) with the
 /// prevalence baseline and the operating points.
 pub fn pr(curve: &PrCurve, ap: f64, prevalence: f64, marks: &[Mark], path: &Path) -> Result<()> {
-    let (w, h) = (800, 700);
-    render_png(
-        white(w, h),
-        (w, h),
-        path,
-        |root: &Canvas<'_>| -> DrawResult {
-            let font = font_family();
-            let mut chart = ChartBuilder::on(root)
-                .caption("Precision-recall curve", (font, 24))
-                .margin(16)
-                .x_label_area_size(50)
-                .y_label_area_size(60)
-                .build_cartesian_2d(0f64..1f64, 0f64..1.02f64)?;
-            chart
-                .configure_mesh()
-                .x_desc("recall (sensitivity)")
-                .y_desc("precision (PPV)")
-                .label_style((font, 14))
-                .axis_desc_style((font, 16))
-                .light_line_style(LIGHT_GRID)
-                .draw()?;
-            line(
-                &mut chart,
-                vec![(0.0, prevalence), (1.0, prevalence)],
-                CHANCE,
-                1,
-                format!("chance (prevalence {prevalence:.3})"),
-            )?;
-            // matplotlib's drawstyle="steps-post" over scikit-learn's arrays.
-            let mut pts = Vec::with_capacity(2 * curve.recall.len());
-            for i in 0..curve.recall.len() {
-                if i > 0 {
-                    pts.push((curve.recall[i], curve.precision[i - 1]));
-                }
-                pts.push((curve.recall[i], curve.precision[i]));
+    let axes = ("recall (sensitivity)", "precision (PPV)");
+    let legend_at = SeriesLabelPosition::LowerLeft;
+    let title = "Precision-recall curve";
+    curve_png(path, title, axes, 1.02, legend_at, |chart| {
+        line(
+            chart,
+            vec![(0.0, prevalence), (1.0, prevalence)],
+            CHANCE,
+            1,
+            format!("chance (prevalence {prevalence:.3})"),
+        )?;
+        // matplotlib's drawstyle="steps-post" over scikit-learn's arrays.
+        let mut pts = Vec::with_capacity(2 * curve.recall.len());
+        for i in 0..curve.recall.len() {
+            if i > 0 {
+                pts.push((curve.recall[i], curve.precision[i - 1]));
             }
-            line(&mut chart, pts, CURVE, 3, format!("model (AP {ap:.3})"))?;
-            operating_points(
-                &mut chart,
-                marks,
-                |m| (m.sensitivity, m.precision),
-                |m| {
-                    format!(
-                        "{}: recall {:.2}, precision {:.2}",
-                        m.label, m.sensitivity, m.precision
-                    )
-                },
-            )?;
-            legend(&mut chart, SeriesLabelPosition::LowerLeft)
-        },
-    )
+            pts.push((curve.recall[i], curve.precision[i]));
+        }
+        line(chart, pts, CURVE, 3, format!("model (AP {ap:.3})"))?;
+        operating_points(
+            chart,
+            marks,
+            |m| (m.sensitivity, m.precision),
+            |m| {
+                format!(
+                    "{}: recall {:.2}, precision {:.2}",
+                    m.label, m.sensitivity, m.precision
+                )
+            },
+        )
+    })
 }
 
 /// White to blue by `f` in [0, 1].

@@ -1,0 +1,186 @@
+//! `metrics.json` ([`EvalMetrics`]): every figure of one evaluation, computed from the
+//! evaluated split's probabilities at 0.5 and at the threshold chosen on validation, with
+//! bootstrap intervals and the caveats the figures need.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{EvalOptions, Threshold};
+use crate::infer::SplitPredictions;
+use crate::metrics::{
+    self, BinaryMetrics, BootstrapCis, Calibration, PrCurve, RocCurve, CALIBRATION_BINS,
+    DEFAULT_THRESHOLD,
+};
+use crate::split::Split;
+use crate::{Error, Result};
+
+/// Bootstrap intervals at both thresholds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootstrapPair {
+    pub at_default_threshold: BootstrapCis,
+    pub at_chosen_threshold: BootstrapCis,
+}
+
+/// `metrics.json`: every figure of one evaluation and what it was computed from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    pub format: String,
+    pub format_version: u32,
+    pub crate_version: String,
+    pub split: Split,
+    pub tta: bool,
+    pub device: String,
+    pub run_dir: PathBuf,
+    pub checkpoint: PathBuf,
+    pub checkpoint_sha256: String,
+    /// Epoch after which the checkpoint was saved.
+    pub checkpoint_epoch: usize,
+    pub data_dir: PathBuf,
+    /// SHA-256 of the evaluated dataset's `manifest.json`.
+    pub manifest_sha256: String,
+    /// SHA-256 of the manifest the run was trained on.
+    pub trained_on_manifest_sha256: String,
+    pub class_names: Vec<String>,
+    pub image_size: u32,
+    /// The threshold chosen on the validation split.
+    pub threshold: Threshold,
+    /// Whether the validation predictions behind the threshold were those `lesion-train`
+    /// stored in the checkpoint (rather than computed by this evaluation).
+    #[serde(default)]
+    pub val_from_checkpoint: bool,
+    /// Everything at 0.5 (the notebook's threshold).
+    pub at_default_threshold: BinaryMetrics,
+    /// Everything at [`EvalMetrics::threshold`].
+    pub at_chosen_threshold: BinaryMetrics,
+    /// 95% percentile-bootstrap intervals (absent with `--bootstrap 0`).
+    pub bootstrap: Option<BootstrapPair>,
+    /// Reliability bins behind the ECE.
+    pub calibration: Calibration,
+    /// Caveats the figures need (also shown in the report).
+    pub warnings: Vec<String>,
+    pub seconds: f64,
+}
+
+/// The figures of the evaluated split, and the curves the plots draw.
+pub(super) struct Measured {
+    pub at_default: BinaryMetrics,
+    pub at_chosen: BinaryMetrics,
+    pub bootstrap: Option<BootstrapPair>,
+    pub calibration: Calibration,
+    pub roc: RocCurve,
+    pub pr: PrCurve,
+}
+
+/// Every figure of `preds` at 0.5 and at `threshold`, with `opts.bootstrap` resamples.
+pub(super) fn measure(
+    opts: &EvalOptions,
+    preds: &SplitPredictions,
+    threshold: f64,
+    data_dir: &Path,
+) -> Result<Measured> {
+    let split_err = |e: Error| Error::BadArtifact {
+        path: data_dir.to_path_buf(),
+        reason: format!("the {} split cannot be evaluated: {e}", opts.split.name()),
+    };
+    let (labels, probs) = (&preds.labels, &preds.probs);
+    let at_default = metrics::evaluate(labels, probs, DEFAULT_THRESHOLD).map_err(split_err)?;
+    let at_chosen = metrics::evaluate(labels, probs, threshold).map_err(split_err)?;
+    let bootstrap = if opts.bootstrap > 0 {
+        Some(BootstrapPair {
+            at_default_threshold: metrics::bootstrap_ci(
+                labels,
+                probs,
+                opts.bootstrap,
+                opts.seed,
+                DEFAULT_THRESHOLD,
+            )
+            .map_err(split_err)?,
+            at_chosen_threshold: metrics::bootstrap_ci(
+                labels,
+                probs,
+                opts.bootstrap,
+                opts.seed,
+                threshold,
+            )
+            .map_err(split_err)?,
+        })
+    } else {
+        None
+    };
+    Ok(Measured {
+        at_default,
+        at_chosen,
+        bootstrap,
+        calibration: metrics::calibration(labels, probs, CALIBRATION_BINS)?,
+        roc: metrics::roc_curve(labels, probs, true)?,
+        pr: metrics::precision_recall_curve(labels, probs)?,
+    })
+}
+
+/// The caveats of [`EvalMetrics::warnings`]: the threshold's note, a split that is not the
+/// test split, data other than the run's, too few images, an AUC interval reaching chance,
+/// resamples that lacked a class.
+pub(super) fn warnings(
+    opts: &EvalOptions,
+    threshold: &Threshold,
+    m: &Measured,
+    manifest_sha256: &str,
+    trained_on_manifest_sha256: &str,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(n) = &threshold.note {
+        warnings.push(n.clone());
+    }
+    match opts.split {
+        Split::Val => warnings.push(
+            "this is the validation split, on which the threshold was chosen (and the best \
+             epoch selected): its figures are optimistic"
+                .into(),
+        ),
+        Split::Train => warnings.push(
+            "this is the training split (augmented images the model was fitted on): its \
+             figures say nothing about performance on new images"
+                .into(),
+        ),
+        Split::Test => {}
+    }
+    if manifest_sha256 != trained_on_manifest_sha256 {
+        warnings.push(format!(
+            "the prepared dataset differs from the one the run was trained on (manifest \
+             SHA-256 {} vs {}): make sure none of these images were used in training",
+            short(manifest_sha256),
+            short(trained_on_manifest_sha256)
+        ));
+    }
+    let d = &m.at_default;
+    if d.n_positive < 30 || d.n_negative < 30 {
+        warnings.push(format!(
+            "only {} malignant and {} benign images: every figure is very uncertain (see the \
+             intervals)",
+            d.n_positive, d.n_negative
+        ));
+    }
+    if let Some(b) = &m.bootstrap {
+        if b.at_default_threshold.roc_auc.lower <= 0.5 {
+            warnings.push(format!(
+                "the ROC AUC interval ({:.3} to {:.3}) includes 0.5: on this split the model's \
+                 ranking cannot be told apart from chance",
+                b.at_default_threshold.roc_auc.lower, b.at_default_threshold.roc_auc.upper
+            ));
+        }
+        let skipped = b.at_chosen_threshold.skipped_one_class;
+        if skipped > 0 {
+            warnings.push(format!(
+                "{skipped} of {} bootstrap resamples lacked a class and were left out of the \
+                 AUC interval",
+                b.at_chosen_threshold.n_resamples
+            ));
+        }
+    }
+    warnings
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}

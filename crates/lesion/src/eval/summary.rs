@@ -1,0 +1,140 @@
+//! [`EvalSummary`]: what an evaluation returns, and its compact terminal table (the
+//! figures at 0.5 and at the chosen threshold, with intervals, then the warnings and where
+//! the outputs went).
+
+use std::fmt;
+use std::path::PathBuf;
+
+use super::EvalMetrics;
+use crate::metrics::{self, ConfusionMatrix, CALIBRATION_BINS};
+
+/// What [`run`](super::run) returns; `Display` is the compact terminal table.
+#[derive(Debug, Clone)]
+pub struct EvalSummary {
+    pub out_dir: PathBuf,
+    pub report: PathBuf,
+    pub threshold_file: PathBuf,
+    pub metrics: EvalMetrics,
+}
+
+/// `0.8123 [0.7712, 0.8501]` or just the value.
+fn with_ci(v: f64, ci: Option<&metrics::ConfidenceInterval>) -> String {
+    match ci {
+        Some(c) => format!("{v:.4} [{:.4}, {:.4}]", c.lower, c.upper),
+        None => format!("{v:.4}"),
+    }
+}
+
+impl fmt::Display for EvalSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.metrics;
+        let (d, c) = (&m.at_default_threshold, &m.at_chosen_threshold);
+        let (bd, bc) = match &m.bootstrap {
+            Some(b) => (Some(&b.at_default_threshold), Some(&b.at_chosen_threshold)),
+            None => (None, None),
+        };
+        writeln!(
+            f,
+            "{} split: {} images ({} benign, {} malignant), TTA {}, checkpoint epoch {}",
+            m.split.name(),
+            d.n,
+            d.n_negative,
+            d.n_positive,
+            if m.tta { "on" } else { "off" },
+            m.checkpoint_epoch
+        )?;
+        writeln!(
+            f,
+            "threshold {} — val sensitivity {:.3}, specificity {:.3}",
+            m.threshold.describe(),
+            m.threshold.val_sensitivity,
+            m.threshold.val_specificity
+        )?;
+        let ci_note = match bd {
+            Some(b) => format!("95% CI, {} bootstrap resamples", b.n_resamples),
+            None => "no intervals (--bootstrap 0)".into(),
+        };
+        writeln!(
+            f,
+            "{:<20} {:<28} {:<28}",
+            "metric",
+            "at 0.5",
+            format!("at {:.4}", c.threshold)
+        )?;
+        let row = |f: &mut fmt::Formatter<'_>, name: &str, a: String, b: String| {
+            writeln!(f, "{name:<20} {a:<28} {b:<28}")
+        };
+        row(
+            f,
+            "ROC AUC",
+            with_ci(d.roc_auc, bd.map(|b| &b.roc_auc)),
+            String::new(),
+        )?;
+        row(
+            f,
+            "average precision",
+            format!("{:.4}", d.average_precision),
+            String::new(),
+        )?;
+        row(
+            f,
+            "sensitivity",
+            with_ci(d.sensitivity, bd.map(|b| &b.sensitivity)),
+            with_ci(c.sensitivity, bc.map(|b| &b.sensitivity)),
+        )?;
+        row(
+            f,
+            "specificity",
+            with_ci(d.specificity, bd.map(|b| &b.specificity)),
+            with_ci(c.specificity, bc.map(|b| &b.specificity)),
+        )?;
+        row(
+            f,
+            "accuracy",
+            with_ci(d.accuracy, bd.map(|b| &b.accuracy)),
+            with_ci(c.accuracy, bc.map(|b| &b.accuracy)),
+        )?;
+        for (name, a, b) in [
+            (
+                "balanced accuracy",
+                d.balanced_accuracy,
+                c.balanced_accuracy,
+            ),
+            ("precision (PPV)", d.precision, c.precision),
+            ("F1", d.f1, c.f1),
+            ("MCC", d.mcc, c.mcc),
+        ] {
+            row(f, name, format!("{a:.4}"), format!("{b:.4}"))?;
+        }
+        let cm = |m: &ConfusionMatrix| format!("{}/{}/{}/{}", m.tp, m.fp, m.fn_, m.tn);
+        row(
+            f,
+            "TP/FP/FN/TN",
+            cm(&d.confusion_matrix),
+            cm(&c.confusion_matrix),
+        )?;
+        writeln!(
+            f,
+            "Brier {:.4}, log loss {:.4}, ECE ({CALIBRATION_BINS} bins) {:.4}; {ci_note}",
+            d.brier, d.log_loss, d.ece
+        )?;
+        let at: Vec<String> = d
+            .specificity_at_sensitivity
+            .iter()
+            .map(|t| {
+                format!(
+                    "{:.0}% -> {:.3}",
+                    t.target_sensitivity * 100.0,
+                    t.specificity
+                )
+            })
+            .collect();
+        writeln!(f, "specificity at sensitivity {}", at.join(", "))?;
+        for w in &m.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
+        writeln!(f, "outputs:   {}", self.out_dir.display())?;
+        writeln!(f, "threshold: {}", self.threshold_file.display())?;
+        write!(f, "report:    {}", self.report.display())
+    }
+}
