@@ -2,6 +2,8 @@
 //! threshold rules, test-time augmentation, the `lesion-predict` command's per-file
 //! handling, and a Grad-CAM known-answer test.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -44,16 +46,7 @@ fn trained() -> &'static Trained {
         opts.progress = false;
         prep::run(&opts).unwrap();
         let run = dir.path().join("run");
-        let cfg = TrainConfig {
-            data: prepared.clone(),
-            out: run.clone(),
-            epochs: 1,
-            batch_size: 8,
-            monitor: Monitor::ValAuc,
-            weights: "none".into(),
-            device: "cpu".into(),
-            ..TrainConfig::default()
-        };
+        let cfg = common::cpu_train_config(&prepared, &run, 1, 8);
         train::train(&cfg, false).unwrap();
         Trained {
             _dir: dir,

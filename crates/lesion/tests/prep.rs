@@ -1,5 +1,7 @@
 //! End-to-end tests of the prep stage on tiny images made here (no shared data needed).
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -122,11 +124,7 @@ fn round_trip_prepares_and_reads_back() {
     assert_eq!((summary.files, summary.images), (20, 20));
     assert!(summary.rejected.is_empty() && summary.duplicates.is_empty());
     // scikit-learn's counts for 10 + 10 at 60/20/20: 6/2/2 per class.
-    let per: Vec<(Split, Vec<usize>)> = summary
-        .counts
-        .iter()
-        .map(|c| (c.split, c.per_class.clone()))
-        .collect();
+    let per = common::split_counts(&summary);
     assert_eq!(
         per,
         [

@@ -50,11 +50,7 @@ fn prepares_isic2017_at_224() {
     // to the larger remainder (malignant): 1783 + 417, so test = 446 + 104. The second split
     // of those 2200 keeps 2200 - ceil(0.25 * 2200) = 1650 for training: 1337.25 and 312.75,
     // the spare one again to malignant: 1337 + 313, leaving val = 446 + 104.
-    let per: Vec<(Split, Vec<usize>)> = summary
-        .counts
-        .iter()
-        .map(|c| (c.split, c.per_class.clone()))
-        .collect();
+    let per = common::split_counts(&summary);
     assert_eq!(
         per,
         [

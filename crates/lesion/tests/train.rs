@@ -1,6 +1,8 @@
 //! The train stage end to end on tiny self-made data: a run folder with every artifact,
 //! resume equivalence, overwrite protection and bad-input errors.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -24,16 +26,9 @@ fn prepared(root: &Path, per_class: usize) -> PathBuf {
 
 fn config(data: &Path, out: &Path, epochs: usize) -> TrainConfig {
     TrainConfig {
-        data: data.to_path_buf(),
-        out: out.to_path_buf(),
-        epochs,
-        batch_size: 8,
         patience: 10,
-        monitor: Monitor::ValAuc,
         trainable: Trainable::Layer3,
-        weights: "none".into(),
-        device: "cpu".into(),
-        ..TrainConfig::default()
+        ..common::cpu_train_config(data, out, epochs, 8)
     }
 }
 
@@ -67,13 +62,7 @@ fn run_folder_resume_and_overwrite_protection() {
     let summary = train::train(&config(&data, &full, 3), false).unwrap();
     assert_eq!(summary.epochs_completed, 3);
     assert_eq!(summary.history.len(), 3);
-    for f in [
-        "config.json",
-        "best.safetensors",
-        "last.safetensors",
-        "history.csv",
-        "curves.png",
-    ] {
+    for f in common::RUN_FILES {
         assert!(full.join(f).is_file(), "{f} missing");
     }
     for r in &summary.history {

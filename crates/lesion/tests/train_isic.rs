@@ -4,7 +4,7 @@
 mod common;
 
 use lesion::prep::{self, PrepOptions};
-use lesion::train::{self, Monitor, TrainConfig};
+use lesion::train;
 
 #[test]
 #[ignore = "needs ../shared/data (run by CI with --include-ignored)"]
@@ -19,26 +19,11 @@ fn trains_two_epochs_on_isic2017_at_112px() {
     prep::run(&opts).unwrap();
 
     let run = dir.path().join("run");
-    let cfg = TrainConfig {
-        data: prepared.clone(),
-        out: run.clone(),
-        epochs: 2,
-        batch_size: 32,
-        monitor: Monitor::ValAuc,
-        weights: "none".into(),
-        device: "cpu".into(),
-        ..TrainConfig::default()
-    };
+    let cfg = common::cpu_train_config(&prepared, &run, 2, 32);
     let summary = train::train(&cfg, false).unwrap();
     println!("{summary}");
     assert_eq!(summary.epochs_completed, 2);
-    for f in [
-        "config.json",
-        "best.safetensors",
-        "last.safetensors",
-        "history.csv",
-        "curves.png",
-    ] {
+    for f in common::RUN_FILES {
         let meta = std::fs::metadata(run.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert!(meta.len() > 100, "{f} is suspiciously small");
     }

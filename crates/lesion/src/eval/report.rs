@@ -683,14 +683,14 @@ mod tests {
     #[test]
     fn full_report_matches_golden() {
         let f = fixture(true);
-        check_golden("report-full.html", &render_at(&f.input(true), NOW).unwrap());
+        check_golden("report-full.html.golden", &render_at(&f.input(true), NOW).unwrap());
     }
 
     #[test]
     fn bare_report_matches_golden() {
         let f = fixture(false);
         check_golden(
-            "report-bare.html",
+            "report-bare.html.golden",
             &render_at(&f.input(false), NOW).unwrap(),
         );
     }

@@ -1,7 +1,20 @@
 //! Helpers shared by the integration tests; each test file includes them with `mod common;`.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use lesion::prep::PrepSummary;
+use lesion::split::Split;
+use lesion::train::{Monitor, TrainConfig};
+
+/// The files every finished training run holds.
+pub const RUN_FILES: [&str; 5] = [
+    "config.json",
+    "best.safetensors",
+    "last.safetensors",
+    "history.csv",
+    "curves.png",
+];
 
 /// The project's `shared/` folder (fixtures and real data, never committed):
 /// `$LESION_SHARED_DIR` when set, else `shared/` beside the workspace root.
@@ -22,4 +35,27 @@ pub fn fixture(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Images per class of each split, as prep reported them.
+pub fn split_counts(summary: &PrepSummary) -> Vec<(Split, Vec<usize>)> {
+    summary
+        .counts
+        .iter()
+        .map(|c| (c.split, c.per_class.clone()))
+        .collect()
+}
+
+/// A CPU training run from random initialisation, selected on validation AUC.
+pub fn cpu_train_config(data: &Path, out: &Path, epochs: usize, batch_size: usize) -> TrainConfig {
+    TrainConfig {
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
+        epochs,
+        batch_size,
+        monitor: Monitor::ValAuc,
+        weights: "none".into(),
+        device: "cpu".into(),
+        ..TrainConfig::default()
+    }
 }
