@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use lesion::model::Trainable;
 use lesion::prep::{self, PrepOptions};
 use lesion::run::checkpoint;
-use lesion::train::{self, Monitor, TrainConfig};
+use lesion::train::{self, TrainConfig};
 
 /// A synthetic dataset prepared at 32 px (the smallest size ResNet-18 takes).
 fn prepared(root: &Path, per_class: usize) -> PathBuf {

@@ -683,7 +683,10 @@ mod tests {
     #[test]
     fn full_report_matches_golden() {
         let f = fixture(true);
-        check_golden("report-full.html.golden", &render_at(&f.input(true), NOW).unwrap());
+        check_golden(
+            "report-full.html.golden",
+            &render_at(&f.input(true), NOW).unwrap(),
+        );
     }
 
     #[test]
