@@ -74,12 +74,15 @@ pub fn describe(err: &(dyn StdError + 'static)) -> (String, u8) {
     let mut text = format!("error: {err}\n");
     let mut code = None;
     let mut current = Some(err);
-    let mut first = true;
+    let mut shown: Option<String> = None;
     while let Some(e) = current {
-        if !first {
-            text.push_str(&format!("  caused by: {e}\n"));
+        let line = e.to_string();
+        // An error that prints its source (`path: No such file…`) is not followed by
+        // the same words again.
+        if shown.as_ref().is_some_and(|above| !above.ends_with(&line)) {
+            text.push_str(&format!("  caused by: {line}\n"));
         }
-        first = false;
+        shown = Some(line);
         if code.is_none() {
             code = e
                 .downcast_ref::<crate::Error>()
@@ -128,6 +131,20 @@ mod tests {
             Some("auto, cpu, cuda, cuda:N or metal")
         );
         assert_eq!(arg.get_default_values(), ["auto"]);
+    }
+
+    #[test]
+    fn a_cause_already_printed_is_not_repeated() {
+        let inner = crate::Error::io(
+            "data/manifest.json",
+            std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory"),
+        );
+        let (text, code) = describe(&Outer(inner));
+        assert_eq!(
+            text,
+            "error: preparing data failed\n  caused by: data/manifest.json: No such file or directory\n"
+        );
+        assert_eq!(code, 2);
     }
 
     #[test]

@@ -134,19 +134,59 @@ impl Error {
         }
     }
 
-    /// The process exit code a binary should use for this error: 2 for bad input or
-    /// usage (the user can fix it), 1 for everything else.
+    /// The process exit code a binary should use for this error, by one rule: 2 when the
+    /// user can fix it — input they gave (a folder, image, prepared dataset, run, checkpoint,
+    /// weights file or option) is missing, unreadable, malformed or inconsistent, or an output
+    /// they named is in the way — and 1 for everything else: our own failures (a tensor
+    /// computation, a full disk, an encoder), a diverged training, an unreachable Hub.
+    ///
+    /// I/O errors are classified by their kind: a path that does not exist, is not
+    /// accessible, is a file where a folder is expected (or the reverse) or holds invalid
+    /// data is the user's input; any other kind (out of space, interrupted, ...) is not.
     pub fn exit_code(&self) -> u8 {
+        const USER: u8 = 2;
+        const OURS: u8 = 1;
         match self {
             Error::BadDataset { .. }
             | Error::BadImage { .. }
+            | Error::BadArtifact { .. }
             | Error::OutputExists { .. }
+            | Error::Json { .. }
+            | Error::Safetensors { .. }
             | Error::InvalidOption(_)
             | Error::DeviceUnavailable { .. }
-            | Error::RunDataMismatch { .. } => 2,
-            _ => 1,
+            | Error::MissingTensor { .. }
+            | Error::TensorShape { .. }
+            | Error::OptimizerState(_)
+            | Error::RunDataMismatch { .. } => USER,
+            Error::Io { source, .. } if is_user_io(source) => USER,
+            Error::Io { .. }
+            | Error::WeightsUnavailable { .. }
+            | Error::Diverged { .. }
+            | Error::Candle(_)
+            | Error::BadMetricInput(_)
+            | Error::Encode { .. } => OURS,
         }
     }
+}
+
+/// Whether an I/O error means the path the user gave is wrong rather than the machine.
+fn is_user_io(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        err.kind(),
+        NotFound
+            | PermissionDenied
+            | NotADirectory
+            | IsADirectory
+            | InvalidData
+            | InvalidInput
+            | InvalidFilename
+            | UnexpectedEof
+            | ReadOnlyFilesystem
+            | AlreadyExists
+            | DirectoryNotEmpty
+    )
 }
 
 /// Extension to attach a path to `std::io::Result`s.
@@ -158,5 +198,56 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn with_path(self, path: impl Into<PathBuf>) -> Result<T> {
         self.map_err(|e| Error::io(path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind;
+
+    fn io(kind: ErrorKind) -> Error {
+        Error::io("data/x", std::io::Error::from(kind))
+    }
+
+    #[test]
+    fn what_the_user_gave_exits_with_two() {
+        let user = [
+            io(ErrorKind::NotFound),
+            io(ErrorKind::PermissionDenied),
+            io(ErrorKind::NotADirectory),
+            io(ErrorKind::UnexpectedEof),
+            Error::BadArtifact {
+                path: "runs/x/best.safetensors".into(),
+                reason: "truncated".into(),
+            },
+            Error::Safetensors {
+                path: "w.safetensors".into(),
+                reason: "incomplete metadata".into(),
+            },
+            Error::MissingTensor {
+                name: "fc.0.weight".into(),
+            },
+            Error::InvalidOption("--max-body-mib must be positive".into()),
+        ];
+        for e in user {
+            assert_eq!(e.exit_code(), 2, "{e}");
+        }
+    }
+
+    #[test]
+    fn our_own_failures_exit_with_one() {
+        let ours = [
+            io(ErrorKind::StorageFull),
+            io(ErrorKind::Interrupted),
+            Error::Candle(candle_core::Error::Msg("out of memory".into())),
+            Error::Encode {
+                what: "heatmap".into(),
+                reason: "png".into(),
+            },
+        ];
+        for e in ours {
+            assert_eq!(e.exit_code(), 1, "{e}");
+        }
     }
 }

@@ -139,6 +139,17 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: impl AsRef<Path>) -> Resu
     })
 }
 
+/// Why `dir` cannot be used as an input folder — it does not exist, or is a file — or
+/// `None` when it is a folder.
+pub fn missing_folder_reason(dir: &Path) -> Option<String> {
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => None,
+        Ok(_) => Some("not a folder".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("no such folder".into()),
+        Err(e) => Some(format!("cannot read: {e}")),
+    }
+}
+
 /// An output folder under construction.
 ///
 /// Everything is written into `<out>.partial-<pid>` beside the target; [`StagingDir::commit`]

@@ -136,7 +136,20 @@ pub struct Manifest {
 impl Manifest {
     /// Reads `<dir>/manifest.json` and checks its format and version.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
-        let path = dir.as_ref().join(MANIFEST_FILE);
+        let dir = dir.as_ref();
+        let path = dir.join(MANIFEST_FILE);
+        if !path.is_file() {
+            return Err(Error::BadArtifact {
+                path: dir.to_path_buf(),
+                reason: fsutil::missing_folder_reason(dir).unwrap_or_else(|| {
+                    format!(
+                        "not a prepared dataset (no {MANIFEST_FILE}); \
+                         `lesion-prep IMAGES --out {}` writes one",
+                        dir.display()
+                    )
+                }),
+            });
+        }
         let m: Manifest = fsutil::read_json(&path)?;
         if m.format != MANIFEST_FORMAT {
             return Err(Error::BadArtifact {
@@ -178,4 +191,33 @@ impl Manifest {
 /// every shard's hash), so later stages record it to tie their results to their data.
 pub fn manifest_sha256(dir: impl AsRef<Path>) -> Result<String> {
     fsutil::sha256_file(dir.as_ref().join(MANIFEST_FILE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_err(dir: &Path) -> Error {
+        Manifest::load(dir).unwrap_err()
+    }
+
+    #[test]
+    fn a_folder_that_is_not_prepared_is_named_with_the_fix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = load_err(&tmp.path().join("nope"));
+        assert_eq!(
+            missing.to_string(),
+            format!("{}: no such folder", tmp.path().join("nope").display())
+        );
+        assert_eq!(missing.exit_code(), 2);
+
+        let empty = load_err(tmp.path());
+        let text = empty.to_string();
+        assert!(
+            text.starts_with(&format!("{}: not a prepared dataset", tmp.path().display()))
+                && text.contains("lesion-prep"),
+            "{text}"
+        );
+        assert_eq!(empty.exit_code(), 2);
+    }
 }

@@ -255,11 +255,12 @@ fn the_resize_policy_is_recorded_or_for_an_old_run_read_from_its_prepared_data()
 #[test]
 fn missing_run_pieces_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, msg) = err_text(Predictor::load(&dir.path().join("nope"), &cpu(), Some(0.5)));
+    let (e, msg) = err_text(Predictor::load(&dir.path().join("nope"), &cpu(), Some(0.5)));
     assert!(
-        msg.contains("nope") && msg.contains("not a folder"),
+        msg.contains("nope") && msg.contains("no such folder"),
         "{msg}"
     );
+    assert_eq!(e.exit_code(), 2);
     let (_, msg) = err_text(Predictor::load(dir.path(), &cpu(), Some(0.5)));
     assert!(msg.contains("config.json"), "{msg}");
     let run = fixtures::write_untrained_run(&dir.path().join("r"), 32, 1, Some(0.5)).unwrap();

@@ -78,10 +78,10 @@ impl Run {
     /// describe a model prediction can run (two classes, images of at least
     /// [`MIN_IMAGE_SIZE`] px, a positive std).
     pub fn open(dir: &Path) -> Result<Self> {
-        if !dir.is_dir() {
+        if let Some(reason) = crate::fsutil::missing_folder_reason(dir) {
             return Err(Error::BadArtifact {
                 path: dir.to_path_buf(),
-                reason: "not a folder: pass a run folder written by lesion-train".into(),
+                reason: format!("{reason}: pass a run folder written by lesion-train"),
             });
         }
         let config_path = dir.join(CONFIG_FILE);
