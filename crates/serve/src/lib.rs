@@ -186,6 +186,11 @@ impl ServeOptions {
         if self.batching.max_batch == 0 {
             return bad("--max-batch must be at least 1".into());
         }
+        if let Some(t) = self.threshold.filter(|t| !(0.0..=1.0).contains(t)) {
+            return bad(format!(
+                "--threshold must be a probability in [0, 1], got {t}"
+            ));
+        }
         Ok(())
     }
 }

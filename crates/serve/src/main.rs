@@ -230,6 +230,8 @@ mod tests {
             (&["--batch-window-ms=-1"], "--batch-window-ms"),
             (&["--batch-window-ms", "inf"], "--batch-window-ms"),
             (&["--max-batch", "0"], "--max-batch"),
+            (&["--threshold", "1.5"], "--threshold"),
+            (&["--threshold", "NaN"], "--threshold"),
         ] {
             let cli = Cli::try_parse_from(["lesion-serve", "--run", "r"].iter().chain(args))
                 .unwrap_or_else(|e| panic!("{args:?}: {e}"));
