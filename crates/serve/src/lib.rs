@@ -1,8 +1,9 @@
 //! `lesion-serve`: a local HTTP service for one trained run, and a web page to try it.
 //!
 //! Endpoints (JSON unless noted):
-//! - `POST /v1/predict`: an image as `multipart/form-data` (field `image`, or any file field)
-//!   or as the raw body (`Content-Type: image/*` or `application/octet-stream`) →
+//! - `POST /v1/predict`: an image as `multipart/form-data` (exactly one part, named `image`;
+//!   its file name, if any, is not used) or as the raw body (`Content-Type: image/*` or
+//!   `application/octet-stream`) →
 //!   `{probability, logit, malignant, label, threshold, tta, model_id, timing_ms}`;
 //! - `POST /v1/explain`: the same input → `image/png`, the Grad-CAM heatmap of the malignant
 //!   logit over the photo; the prediction is in the `x-lesion-*` headers;
@@ -15,8 +16,15 @@
 //! problem: `unsupported_media_type` (415, wrong `Content-Type`), `not_an_image` (415),
 //! `unsupported_image` (415), `corrupt_image` (422, truncated or damaged),
 //! `too_many_pixels` (413), `payload_too_large` (413, body over the limit), `empty_body`
-//! (400), `missing_image` (400, a form without a file), `bad_multipart` (400); `busy` (503)
-//! when the concurrency cap is reached and `timeout` (503) past the request time limit.
+//! (400), `missing_image` (400, a form without a field `image`), `unexpected_field` (400, a
+//! form with any other part, or a second `image`; the message names it), `bad_multipart`
+//! (400), `bad_body` (400, the body could not be read); `busy` (503) when the concurrency
+//! cap is reached and `timeout` (503) past the request time limit. No other 5xx is expected:
+//! `internal` (500) and `unavailable` (503) mean the inference thread failed or stopped.
+//!
+//! Connections: at most `max_connections` are open at once (further ones wait, unaccepted,
+//! until one closes), and one that takes longer than `header_read_timeout` to send a
+//! request's headers, or sits idle that long between requests, is closed without an answer.
 //!
 //! Inference: handlers decode and preprocess on Tokio's blocking pool (at most twice the
 //! core count at once, which bounds decoded-image memory), then queue `[3, S, S]` f32 inputs
@@ -46,9 +54,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use lesion::predict::Predictor;
 use serde_json::Value;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 
 use batcher::{Job, Stats};
 use handlers::model_info;
@@ -73,6 +83,13 @@ pub struct Limits {
     pub max_concurrency: usize,
     /// Longest time a request may take; past it `503 timeout` (default 30 s).
     pub request_timeout: Duration,
+    /// Open connections at once (default 256); further ones wait, unaccepted, until one
+    /// closes.
+    pub max_connections: usize,
+    /// Longest time a connection may take to send a request's headers, counted from when the
+    /// connection opens or its previous answer is sent, so it also closes idle kept-alive
+    /// connections (default 10 s). Past it the connection is closed without an answer.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -82,9 +99,15 @@ impl Default for Limits {
             max_pixels: 25_000_000,
             max_concurrency: 32,
             request_timeout: Duration::from_secs(30),
+            max_connections: 256,
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
+
+/// Most connections `--max-connections` may allow (each may hold a file descriptor and a
+/// task).
+pub const MAX_CONNECTIONS: usize = 1 << 20;
 
 /// How requests from concurrent callers are grouped into batches.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,6 +155,44 @@ impl ServeOptions {
             batching: Batching::default(),
         }
     }
+
+    /// Checks every limit, naming the command-line option of the first one out of range.
+    // The library's one error type, as every stage returns it.
+    #[allow(clippy::result_large_err)]
+    pub fn validate(&self) -> lesion::Result<()> {
+        let bad = |m: String| Err(lesion::Error::InvalidOption(m));
+        let l = &self.limits;
+        if l.max_body_bytes == 0 {
+            return bad("--max-body-mib must allow at least one byte".into());
+        }
+        if l.max_pixels == 0 {
+            return bad("--max-pixels must be at least 1".into());
+        }
+        if l.max_concurrency == 0 {
+            return bad("--max-concurrency must be at least 1".into());
+        }
+        if l.request_timeout.is_zero() {
+            return bad("--timeout must be more than 0 seconds".into());
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&l.max_connections) {
+            return bad(format!(
+                "--max-connections {} is outside 1..={MAX_CONNECTIONS}",
+                l.max_connections
+            ));
+        }
+        if l.header_read_timeout.is_zero() {
+            return bad("--header-timeout-secs must be more than 0 seconds".into());
+        }
+        if self.batching.max_batch == 0 {
+            return bad("--max-batch must be at least 1".into());
+        }
+        if let Some(t) = self.threshold.filter(|t| !(0.0..=1.0).contains(t)) {
+            return bad(format!(
+                "--threshold must be a probability in [0, 1], got {t}"
+            ));
+        }
+        Ok(())
+    }
 }
 
 struct Inner {
@@ -174,6 +235,7 @@ impl Server {
     // The library's one error type, as every stage returns it; loading happens once.
     #[allow(clippy::result_large_err)]
     pub fn load(opts: &ServeOptions) -> lesion::Result<Self> {
+        opts.validate()?;
         let device = lesion::device::parse_device(&opts.device)?;
         let predictor = Predictor::load(&opts.run, &device, opts.threshold)?;
         Self::new(predictor, opts)
@@ -182,11 +244,7 @@ impl Server {
     /// Serves an already loaded predictor.
     #[allow(clippy::result_large_err)]
     pub fn new(mut predictor: Predictor, opts: &ServeOptions) -> lesion::Result<Self> {
-        if opts.batching.max_batch == 0 || opts.limits.max_concurrency == 0 {
-            return Err(lesion::Error::InvalidOption(
-                "--max-batch and --max-concurrency must be at least 1".into(),
-            ));
-        }
+        opts.validate()?;
         predictor.set_max_pixels(opts.limits.max_pixels);
         predictor.set_batch_size(opts.batching.max_batch);
         let tta = opts.tta.unwrap_or_else(|| predictor.default_tta());
@@ -223,21 +281,84 @@ impl Server {
         &self.state.0.predictor
     }
 
+    pub fn limits(&self) -> &Limits {
+        &self.state.0.limits
+    }
+
     /// The routes, with the body limit applied.
     pub fn router(&self) -> Router {
         router(self.state.clone())
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` completes.
+/// Serves `router` on `listener` until `shutdown` completes, then lets the requests in
+/// progress finish.
+///
+/// At most `limits.max_connections` connections are open at once: the next is accepted only
+/// when one closes (until then it waits in the listen queue, its request unanswered). A
+/// connection that has not sent a request's complete headers within
+/// `limits.header_read_timeout` (since it opened, or since its previous answer) is closed,
+/// so stalled or idle clients cannot hold those slots.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    limits: &Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let cap = limits.max_connections.clamp(1, MAX_CONNECTIONS);
+    let slots = Arc::new(Semaphore::new(cap));
+    let (closing, closing_seen) = watch::channel(());
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let service = TowerToHyperService::new(router);
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) if is_connection_error(&e) => continue,
+                // Out of file descriptors and the like: wait rather than spin.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = http.serve_connection(TokioIo::new(stream), service.clone());
+        let mut closing_seen = closing_seen.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = closing_seen.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let _ = closing.send(());
+    // Every connection holds a slot until it ends.
+    let _all = slots.acquire_many(cap as u32).await;
+    Ok(())
+}
+
+/// Errors of one connection that `accept` reports, after which the listener still works.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
 }
 
 /// A server running on its own Tokio runtime in a background thread (for tests, the load
@@ -265,7 +386,8 @@ impl Running {
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener)?;
                     let router = server.router();
-                    let result = serve(listener, router, async {
+                    let limits = server.state.0.limits.clone();
+                    let result = serve(listener, router, &limits, async {
                         let _ = stopped.await;
                     })
                     .await;

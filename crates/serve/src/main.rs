@@ -53,6 +53,13 @@ pub struct Cli {
     /// Longest time one request may take, in seconds.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     timeout: f64,
+    /// Open connections at once; further ones wait until one closes.
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
+    /// Longest time a connection may take to send a request's headers, or stay idle between
+    /// requests, before it is closed, in seconds.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    header_timeout_secs: f64,
     /// How long a request may wait for others to share its batch, in milliseconds.
     #[arg(long, default_value_t = 5.0, value_name = "MS")]
     batch_window_ms: f64,
@@ -61,17 +68,36 @@ pub struct Cli {
     max_batch: usize,
 }
 
+/// `value` in `unit`s as a duration; `zero_ok` allows 0.
+// The library's one error type, which carries the exit code of a bad option.
+#[allow(clippy::result_large_err)]
+fn duration(option: &str, value: f64, unit: f64, zero_ok: bool) -> lesion::Result<Duration> {
+    let ok = if zero_ok { value >= 0.0 } else { value > 0.0 };
+    match Duration::try_from_secs_f64(value * unit) {
+        Ok(d) if ok => Ok(d),
+        _ => Err(lesion::Error::InvalidOption(format!(
+            "{option} {value} must be a {} number of {}",
+            if zero_ok { "non-negative" } else { "positive" },
+            if unit == 1.0 {
+                "seconds"
+            } else {
+                "milliseconds"
+            }
+        ))),
+    }
+}
+
 impl Cli {
-    pub fn options(&self) -> anyhow::Result<ServeOptions> {
-        let secs = |v: f64, what: &str| {
-            anyhow::ensure!(v.is_finite() && v > 0.0, "{what} must be positive, got {v}");
-            Ok(Duration::from_secs_f64(v))
-        };
-        anyhow::ensure!(
-            self.max_body_mib.is_finite() && self.max_body_mib > 0.0,
-            "--max-body-mib must be positive"
-        );
-        Ok(ServeOptions {
+    /// The options, each checked ([`ServeOptions::validate`]).
+    #[allow(clippy::result_large_err)]
+    pub fn options(&self) -> lesion::Result<ServeOptions> {
+        if !(self.max_body_mib.is_finite() && self.max_body_mib > 0.0) {
+            return Err(lesion::Error::InvalidOption(format!(
+                "--max-body-mib {} must be a positive number of MiB",
+                self.max_body_mib
+            )));
+        }
+        let opts = ServeOptions {
             addr: self.addr,
             device: self.device.device.clone(),
             threshold: self.threshold,
@@ -84,14 +110,23 @@ impl Cli {
                 max_body_bytes: (self.max_body_mib * 1048576.0) as usize,
                 max_pixels: self.max_pixels,
                 max_concurrency: self.max_concurrency,
-                request_timeout: secs(self.timeout, "--timeout")?,
+                request_timeout: duration("--timeout", self.timeout, 1.0, false)?,
+                max_connections: self.max_connections,
+                header_read_timeout: duration(
+                    "--header-timeout-secs",
+                    self.header_timeout_secs,
+                    1.0,
+                    false,
+                )?,
             },
             batching: Batching {
-                window: Duration::from_secs_f64(self.batch_window_ms.max(0.0) / 1e3),
+                window: duration("--batch-window-ms", self.batch_window_ms, 1e-3, true)?,
                 max_batch: self.max_batch,
             },
             ..ServeOptions::new(&self.run)
-        })
+        };
+        opts.validate()?;
+        Ok(opts)
     }
 }
 
@@ -131,7 +166,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             );
         }
         let router = server.router();
-        lesion_serve::serve(listener, router, async {
+        lesion_serve::serve(listener, router, server.limits(), async {
             shutdown_signal().await;
             eprintln!("lesion-serve: shutting down");
         })
@@ -171,12 +206,48 @@ mod tests {
         assert_eq!(o.batching.max_batch, 32);
         assert_eq!(o.batching.window, Duration::from_millis(5));
         assert_eq!(o.tta, None);
+        assert_eq!(o.limits.max_connections, 256);
+        assert_eq!(o.limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(o.limits, Limits::default());
     }
 
     #[test]
-    fn rejects_nonsense_limits() {
-        let cli = Cli::try_parse_from(["lesion-serve", "--run", "r", "--timeout", "0"]).unwrap();
-        assert!(cli.options().is_err());
+    fn rejects_nonsense_limits_naming_the_option() {
+        for (args, named) in [
+            (&["--max-body-mib", "0"][..], "--max-body-mib"),
+            (&["--max-body-mib=-1"], "--max-body-mib"),
+            (&["--max-body-mib", "NaN"], "--max-body-mib"),
+            (&["--max-body-mib", "1e-12"], "--max-body-mib"),
+            (&["--max-pixels", "0"], "--max-pixels"),
+            (&["--max-concurrency", "0"], "--max-concurrency"),
+            (&["--timeout", "0"], "--timeout"),
+            (&["--timeout", "inf"], "--timeout"),
+            (&["--timeout", "1e300"], "--timeout"),
+            (&["--max-connections", "0"], "--max-connections"),
+            (&["--max-connections", "99999999999"], "--max-connections"),
+            (&["--header-timeout-secs", "0"], "--header-timeout-secs"),
+            (&["--header-timeout-secs=-3"], "--header-timeout-secs"),
+            (&["--batch-window-ms=-1"], "--batch-window-ms"),
+            (&["--batch-window-ms", "inf"], "--batch-window-ms"),
+            (&["--max-batch", "0"], "--max-batch"),
+            (&["--threshold", "1.5"], "--threshold"),
+            (&["--threshold", "NaN"], "--threshold"),
+        ] {
+            let cli = Cli::try_parse_from(["lesion-serve", "--run", "r"].iter().chain(args))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            match cli.options() {
+                Err(e @ lesion::Error::InvalidOption(_)) => {
+                    assert_eq!(e.exit_code(), 2, "{args:?}");
+                    assert!(e.to_string().contains(named), "{args:?}: {e}");
+                }
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        let cli = Cli::try_parse_from(["lesion-serve", "--run", "r", "--batch-window-ms", "0"]);
+        assert_eq!(
+            cli.unwrap().options().unwrap().batching.window,
+            Duration::ZERO
+        );
         assert!(Cli::try_parse_from(["lesion-serve", "--run", "r", "--tta", "--no-tta"]).is_err());
     }
 }

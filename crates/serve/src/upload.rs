@@ -1,4 +1,4 @@
-//! Reading an uploaded image: the raw body or a multipart form's file field, at most
+//! Reading an uploaded image: the raw body or a multipart form's one field `image`, at most
 //! `max_body_bytes`; an oversized body is drained (bounded) before the 413 so that the
 //! client reads the answer instead of a broken pipe.
 
@@ -17,12 +17,17 @@ use crate::AppState;
 /// 413, so a moderately oversized upload is drained first (a huge one is cut off).
 const DRAIN_MAX_BYTES: usize = 64 << 20;
 const DRAIN_MAX_TIME: Duration = Duration::from_secs(5);
+/// Most bytes reserved for a body before they arrive, whatever its Content-Length says.
+const PREALLOCATE_MAX: usize = 16 << 20;
 
 /// Reads a body of at most `limit` bytes; past it, drains what follows (bounded) and
 /// answers 413.
 async fn read_body(body: Body, limit: usize, declared: Option<u64>) -> Result<Bytes, ApiError> {
     let mut body = body;
-    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n.min(limit as u64) as usize));
+    // The declared length is only a hint: it reserves at most PREALLOCATE_MAX bytes.
+    let mut buf = Vec::with_capacity(
+        declared.map_or(0, |n| n.min(limit.min(PREALLOCATE_MAX) as u64) as usize),
+    );
     let mut over = declared.is_some_and(|n| n > limit as u64);
     let mut seen = 0usize;
     let started = Instant::now();
@@ -66,7 +71,8 @@ async fn read_body(body: Body, limit: usize, declared: Option<u64>) -> Result<By
     Ok(Bytes::from(buf))
 }
 
-/// The image bytes of a request: a multipart form's file field or the raw body.
+/// The image bytes of a request: a multipart form's field `image` (a form with no such
+/// field, or with any other part, is refused) or the raw body.
 pub(crate) async fn read_image(s: &AppState, req: Request) -> Result<Bytes, ApiError> {
     let limit = s.0.limits.max_body_bytes;
     let declared = req
@@ -108,16 +114,40 @@ pub(crate) async fn read_image(s: &AppState, req: Request) -> Result<Bytes, ApiE
     let mut form = Multipart::from_request(req, &())
         .await
         .map_err(|e| bad(&e.body_text()))?;
-    loop {
-        let Some(field) = form.next_field().await.map_err(|e| bad(&e.body_text()))? else {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "missing_image",
-                "the form has no file: send the image in a field named `image`",
-            ));
-        };
-        if matches!(field.name(), Some("image" | "file")) || field.file_name().is_some() {
-            return field.bytes().await.map_err(|e| bad(&e.body_text()));
+    // Every part is read, so that a form with anything besides one `image` is refused
+    // whatever the order of its parts: answering for one of two files would be a guess.
+    let mut image = None;
+    while let Some(field) = form.next_field().await.map_err(|e| bad(&e.body_text()))? {
+        match field.name() {
+            Some(IMAGE_FIELD) if image.is_none() => {
+                image = Some(field.bytes().await.map_err(|e| bad(&e.body_text()))?);
+            }
+            Some(IMAGE_FIELD) => {
+                return Err(unexpected_field(format!(
+                    "the form has more than one field `{IMAGE_FIELD}`: send one image per request"
+                )));
+            }
+            name => {
+                return Err(unexpected_field(format!(
+                    "the form has a field {}: send only the image, in a field named \
+                     `{IMAGE_FIELD}`",
+                    name.map_or_else(|| "without a name".to_string(), |n| format!("`{n}`"))
+                )));
+            }
         }
     }
+    image.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_image",
+            format!("the form has no field `{IMAGE_FIELD}`: send the image in a field named `{IMAGE_FIELD}`"),
+        )
+    })
+}
+
+/// The one form field a multipart upload may have.
+pub(crate) const IMAGE_FIELD: &str = "image";
+
+fn unexpected_field(message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "unexpected_field", message)
 }

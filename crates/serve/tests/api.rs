@@ -190,12 +190,11 @@ fn predict_and_explain_accept_raw_and_multipart_uploads() {
     assert!((mp.json()["probability"].as_f64().unwrap() - prob).abs() < 1e-9);
     let octet = post(&url("/v1/predict"), Some("application/octet-stream"), &jpeg);
     assert_eq!(octet.status, 200);
-    // Any other form fields before the file are ignored.
-    let mut body2 =
-        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n")
-            .into_bytes();
-    body2.extend_from_slice(&body);
-    assert_eq!(post(&url("/v1/predict"), Some(&ct), &body2).status, 200);
+    // The field `image` without a file name is the image too.
+    let (ct_plain, plain) = multipart("image", None, &jpeg);
+    let mp_plain = post(&url("/v1/predict"), Some(&ct_plain), &plain);
+    assert_eq!(mp_plain.status, 200);
+    assert!((mp_plain.json()["probability"].as_f64().unwrap() - prob).abs() < 1e-9);
 
     let ex = post(&url("/v1/explain"), Some("image/jpeg"), &jpeg);
     assert_eq!(ex.status, 200, "{:?}", String::from_utf8_lossy(&ex.body));
@@ -325,7 +324,14 @@ fn bad_inputs_get_4xx_json_naming_the_problem() {
         );
         let (ct, body) = multipart("comment", None, b"no file here");
         check(
-            "multipart without a file",
+            "multipart with another field instead of the image",
+            post(&url, Some(&ct), &body),
+            400,
+            "unexpected_field",
+        );
+        let (ct, body) = multipart_parts(&[]);
+        check(
+            "multipart without parts",
             post(&url, Some(&ct), &body),
             400,
             "missing_image",
@@ -475,4 +481,253 @@ fn concurrent_requests_are_batched_and_answered_correctly() {
         "no request was batched with another: {h}"
     );
     println!("batching: {h}");
+}
+
+/// A form part: name, file name, data.
+type Part<'a> = (&'a str, Option<&'a str>, &'a [u8]);
+
+/// `(status, code, message)` of an error answer.
+fn refusal(r: &Reply) -> (u16, String, String) {
+    let code = r.error_code();
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    (r.status, code, message)
+}
+
+#[test]
+fn multipart_takes_only_the_field_image_and_refuses_any_other_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_dir(dir.path(), 32);
+    let server = start(&options(&run));
+    let benign = photo(0, 2);
+    let malignant = photo(1, 5);
+    for endpoint in ["/v1/predict", "/v1/explain"] {
+        let url = format!("{}{endpoint}", server.url());
+        let send = |parts: &[Part]| {
+            let (ct, body) = multipart_parts(parts);
+            post(&url, Some(&ct), &body)
+        };
+        let cases: [(&str, Vec<Part>, &str, &str); 7] = [
+            (
+                "a file in another field before the image",
+                vec![
+                    ("other", Some("benign.jpg"), &benign),
+                    ("image", Some("malignant.jpg"), &malignant),
+                ],
+                "unexpected_field",
+                "`other`",
+            ),
+            (
+                "a file in another field after the image",
+                vec![
+                    ("image", Some("malignant.jpg"), &malignant),
+                    ("other", Some("benign.jpg"), &benign),
+                ],
+                "unexpected_field",
+                "`other`",
+            ),
+            (
+                "a file in another field alone",
+                vec![("other", Some("x.jpg"), &benign)],
+                "unexpected_field",
+                "`other`",
+            ),
+            (
+                "a file in a field named file",
+                vec![("file", Some("x.jpg"), &benign)],
+                "unexpected_field",
+                "`file`",
+            ),
+            (
+                "a text field besides the image",
+                vec![("note", None, b"hello"), ("image", Some("x.jpg"), &benign)],
+                "unexpected_field",
+                "`note`",
+            ),
+            (
+                "two images",
+                vec![
+                    ("image", Some("benign.jpg"), &benign),
+                    ("image", Some("malignant.jpg"), &malignant),
+                ],
+                "unexpected_field",
+                "`image`",
+            ),
+            ("a form without parts", vec![], "missing_image", "`image`"),
+        ];
+        for (what, parts, code, named) in cases {
+            let r = send(&parts);
+            let (status, got_code, message) = refusal(&r);
+            assert_eq!(
+                (status, got_code.as_str()),
+                (400, code),
+                "{endpoint} {what}: {message}"
+            );
+            assert!(
+                message.contains(named),
+                "{endpoint} {what}: the message does not name {named}: {message}"
+            );
+        }
+    }
+    // The image alone is answered, for itself.
+    let url = format!("{}/v1/predict", server.url());
+    let raw = post(&url, Some("image/jpeg"), &malignant).json();
+    let (ct, body) = multipart_parts(&[("image", Some("malignant.jpg"), &malignant)]);
+    let mp = post(&url, Some(&ct), &body);
+    assert_eq!(mp.status, 200);
+    assert_eq!(mp.json()["probability"], raw["probability"]);
+}
+
+/// Half a request: the request line and one header, no blank line.
+const HALF_A_HEADER: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n";
+
+#[test]
+fn a_connection_that_never_finishes_its_headers_is_closed_within_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_dir(dir.path(), 32);
+    let mut opts = options(&run);
+    opts.limits.header_read_timeout = Duration::from_secs(1);
+    let server = start(&opts);
+
+    let mut half = TcpStream::connect(server.addr()).unwrap();
+    half.write_all(HALF_A_HEADER).unwrap();
+    let mut silent = TcpStream::connect(server.addr()).unwrap();
+    for (what, s) in [
+        ("half a header", &mut half),
+        ("nothing at all", &mut silent),
+    ] {
+        let (got, ended, after) = read_until_closed(s, Duration::from_secs(15));
+        assert_eq!(ended, Ended::Closed, "{what}: still open after {after:?}");
+        assert!(
+            after < Duration::from_secs(10),
+            "{what}: closed after {after:?}"
+        );
+        assert!(
+            got.is_empty() || got.starts_with(b"HTTP/1.1 4"),
+            "{what}: {}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+
+    // A kept-alive connection is answered, then closed once idle for as long.
+    let mut kept = TcpStream::connect(server.addr()).unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (got, ended, after) = read_until_closed(&mut kept, Duration::from_secs(15));
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(
+        ended,
+        Ended::Closed,
+        "idle connection still open after {after:?}"
+    );
+    assert!(
+        after < Duration::from_secs(10),
+        "idle connection closed after {after:?}"
+    );
+
+    // Meanwhile the server answers others.
+    assert_eq!(get(&format!("{}/healthz", server.url())).status, 200);
+}
+
+#[test]
+fn connections_past_the_cap_wait_until_one_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_dir(dir.path(), 32);
+    let mut opts = options(&run);
+    opts.limits.max_connections = 2;
+    // Long enough that the held connections cannot time out during the test.
+    opts.limits.header_read_timeout = Duration::from_secs(120);
+    let server = start(&opts);
+
+    let mut held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(server.addr()).unwrap();
+            s.write_all(HALF_A_HEADER).unwrap();
+            s
+        })
+        .collect();
+    let mut extra = TcpStream::connect(server.addr()).unwrap();
+    extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (got, ended, _) = read_until_closed(&mut extra, Duration::from_millis(1500));
+    assert_eq!(
+        (ended, got.len()),
+        (Ended::Silent, 0),
+        "a third connection was served past a cap of 2: {}",
+        String::from_utf8_lossy(&got)
+    );
+    // Once one of the two closes, the waiting one is served.
+    drop(held.pop());
+    let (got, ended, after) = read_until_closed(&mut extra, Duration::from_secs(20));
+    assert_eq!(ended, Ended::Closed, "no answer after {after:?}");
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    drop(held);
+}
+
+#[test]
+fn stalled_connections_at_the_cap_do_not_starve_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_dir(dir.path(), 32);
+    let mut opts = options(&run);
+    opts.limits.max_connections = 2;
+    opts.limits.header_read_timeout = Duration::from_secs(1);
+    let server = start(&opts);
+
+    let _stalled: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(server.addr()).unwrap();
+            s.write_all(HALF_A_HEADER).unwrap();
+            s
+        })
+        .collect();
+    let start = Instant::now();
+    let r = post(
+        &format!("{}/v1/predict", server.url()),
+        Some("image/jpeg"),
+        &photo(0, 0),
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn invalid_options_exit_2_naming_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_dir(dir.path(), 32);
+    for args in [
+        &["--max-body-mib", "0"][..],
+        &["--max-pixels", "0"],
+        &["--max-concurrency", "0"],
+        &["--max-batch", "0"],
+        &["--timeout", "0"],
+        &["--batch-window-ms", "inf"],
+        &["--max-connections", "0"],
+        &["--header-timeout-secs", "0"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lesion-serve"))
+            .arg("--run")
+            .arg(&run)
+            .args(["--device", "cpu", "--addr", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("invalid option") && stderr.contains(args[0]),
+            "{args:?}: {stderr}"
+        );
+    }
 }

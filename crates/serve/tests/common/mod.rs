@@ -64,6 +64,60 @@ pub fn multipart(field: &str, filename: Option<&str>, data: &[u8]) -> (String, V
     (format!("multipart/form-data; boundary={BOUNDARY}"), body)
 }
 
+/// A multipart/form-data body with the given parts (name, file name, data), and its
+/// Content-Type.
+pub fn multipart_parts(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+    let mut body = Vec::new();
+    for (field, filename, data) in parts {
+        let mut head = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"");
+        if let Some(f) = filename {
+            head.push_str(&format!("; filename=\"{f}\"\r\nContent-Type: image/jpeg"));
+        }
+        head.push_str("\r\n\r\n");
+        body.extend_from_slice(head.as_bytes());
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={BOUNDARY}"), body)
+}
+
+/// How a raw exchange on a socket ended.
+#[derive(Debug, PartialEq)]
+pub enum Ended {
+    /// The server closed the connection (or reset it).
+    Closed,
+    /// Nothing more arrived within the read timeout; the connection is still open.
+    Silent,
+}
+
+/// Reads from `s` until the server closes the connection or `wait` passes without a byte;
+/// returns what arrived, how it ended and when.
+pub fn read_until_closed(
+    s: &mut std::net::TcpStream,
+    wait: Duration,
+) -> (Vec<u8>, Ended, Duration) {
+    let start = std::time::Instant::now();
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, Ended::Closed, start.elapsed()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return (got, Ended::Silent, start.elapsed())
+            }
+            Err(_) => return (got, Ended::Closed, start.elapsed()),
+        }
+    }
+}
+
 /// An HTTP answer, whatever its status.
 #[derive(Debug)]
 pub struct Reply {
