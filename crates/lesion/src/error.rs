@@ -72,16 +72,19 @@ pub enum Error {
     #[error("device `{requested}` is unavailable: {reason}")]
     DeviceUnavailable { requested: String, reason: String },
 
-    /// Training produced a non-finite loss; the previous checkpoint is kept.
+    /// Training produced a non-finite loss. `saved_epoch` is the epoch of the run's
+    /// `last.safetensors`, `None` when no epoch finished and so no checkpoint exists.
     #[error(
-        "training diverged: the loss became {value} at epoch {epoch}, step {step}; \
-         the last good checkpoint is kept in {run}; try lower learning rates"
+        "training diverged: the loss became {value} at epoch {epoch}, step {step}; {}",
+        diverged_advice(run, *saved_epoch)
     )]
     Diverged {
+        /// The run folder.
         run: PathBuf,
         epoch: usize,
         step: usize,
         value: f32,
+        saved_epoch: Option<usize>,
     },
 
     /// A tensor computation failed.
@@ -187,6 +190,24 @@ fn is_user_io(err: &std::io::Error) -> bool {
             | AlreadyExists
             | DirectoryNotEmpty
     )
+}
+
+/// What a diverged run leaves behind, and what to do next.
+fn diverged_advice(run: &std::path::Path, saved_epoch: Option<usize>) -> String {
+    match saved_epoch {
+        None => format!(
+            "no epoch finished, so {} holds no checkpoint; start again with lower learning \
+             rates (--force replaces the folder)",
+            run.display()
+        ),
+        Some(epoch) => format!(
+            "{} holds the checkpoint of epoch {epoch} (last.safetensors; best.safetensors is \
+             the best epoch so far); continue from it with lower learning rates: \
+             lesion-train --resume {} --lr-head ...",
+            run.display(),
+            run.display()
+        ),
+    }
 }
 
 /// Extension to attach a path to `std::io::Result`s.

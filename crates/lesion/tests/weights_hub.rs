@@ -57,6 +57,8 @@ struct HubState {
     layout: Layout,
     /// `"{repo}/{file}"` → file.
     files: Arc<HashMap<String, HubFile>>,
+    /// Send only this many bytes of a download, then hold the connection open in silence.
+    stall_after: Option<usize>,
     /// One line per request: `"GET /path range"`.
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -82,14 +84,20 @@ impl FakeHub {
                 (format!("{repo}/{file}"), hub_file)
             })
             .collect();
-        FakeHub::serve(listener, layout, files)
+        FakeHub::serve(listener, layout, files, None)
     }
 
-    fn serve(listener: TcpListener, layout: Layout, files: HashMap<String, HubFile>) -> FakeHub {
+    fn serve(
+        listener: TcpListener,
+        layout: Layout,
+        files: HashMap<String, HubFile>,
+        stall_after: Option<usize>,
+    ) -> FakeHub {
         let state = HubState {
             addr: listener.local_addr().unwrap(),
             layout,
             files: Arc::new(files),
+            stall_after,
             log: Arc::default(),
         };
         let stop = Arc::new(AtomicBool::new(false));
@@ -179,10 +187,21 @@ fn handle(conn: TcpStream, state: &HubState) -> std::io::Result<()> {
     }
     head.push_str("\r\n");
     out.write_all(head.as_bytes())?;
-    if method != "HEAD" {
-        out.write_all(&body)?;
+    if method == "HEAD" {
+        return out.flush();
     }
-    out.flush()
+    match state.stall_after {
+        Some(n) if body.len() > 1 && n < body.len() => {
+            out.write_all(&body[..n])?;
+            out.flush()?;
+            std::thread::sleep(Duration::from_secs(30));
+            Ok(())
+        }
+        _ => {
+            out.write_all(&body)?;
+            out.flush()
+        }
+    }
 }
 
 type Response = (u16, Vec<(String, String)>, Vec<u8>);
@@ -282,6 +301,7 @@ fn set_hub_env(endpoint: &str, home: &Path) {
     for var in [
         "HF_HUB_CACHE",
         "HF_HUB_OFFLINE",
+        weights::HUB_TIMEOUT_ENV,
         "ALL_PROXY",
         "all_proxy",
         "HTTPS_PROXY",
@@ -511,7 +531,7 @@ fn hub_direct_layout_cache_override_and_bad_downloads() {
             etag: wrong.clone(),
         },
     )]);
-    let hub = FakeHub::serve(listener, Layout::Lfs, files);
+    let hub = FakeHub::serve(listener, Layout::Lfs, files, None);
     set_hub_env(&hub.endpoint(), &tmp.path().join("home2"));
     let err = weights::hub_file("test/corrupt", "model.safetensors", false).unwrap_err();
     assert!(matches!(err, Error::BadArtifact { .. }), "{err:?}");
@@ -530,6 +550,147 @@ fn hub_direct_layout_cache_override_and_bad_downloads() {
     assert!(matches!(err, Error::WeightsUnavailable { .. }), "{err:?}");
     assert!(msg.contains("HTTP 404"), "{msg}");
     assert!(!msg.contains("could not be reached"), "{msg}");
+}
+
+/// Runs `resolve(imagenet)` on another thread and gives up after `limit`, so that a hang
+/// fails the test instead of stalling the suite.
+fn resolve_within(limit: Duration) -> (lesion::Result<Option<PathBuf>>, Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let start = std::time::Instant::now();
+    std::thread::spawn(move || {
+        let _ = tx.send(weights::resolve(&WeightsSource::ImageNet, false));
+    });
+    let Ok(result) = rx.recv_timeout(limit) else {
+        panic!("--weights imagenet did not finish within {limit:?}");
+    };
+    (result, start.elapsed())
+}
+
+#[test]
+fn a_silent_hub_times_out_naming_the_endpoint_and_the_alternatives() {
+    let _env = lock_env();
+    let tmp = tempfile::tempdir().unwrap();
+    // Accepts connections and never answers; the connections stay open.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    let home = tmp.path().join("home");
+    set_hub_env(&endpoint, &home);
+    std::env::set_var(weights::HUB_TIMEOUT_ENV, "1");
+
+    let (result, elapsed) = resolve_within(Duration::from_secs(30));
+    let err = result.unwrap_err();
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "took {elapsed:?} with a 1 s timeout"
+    );
+    assert!(
+        matches!(err, Error::WeightsUnavailable { .. }),
+        "unexpected error: {err:?}"
+    );
+    let msg = err.to_string();
+    for needle in [
+        endpoint.as_str(),
+        "could not be reached",
+        "sent no answer within 1 s",
+        "LESION_HUB_TIMEOUT_SECS is 1 s",
+        "--weights PATH",
+        "--weights none",
+    ] {
+        assert!(msg.contains(needle), "missing {needle:?} in: {msg}");
+    }
+    assert!(
+        !repo_cache(&home.join("hub"), IMAGENET_REPO)
+            .join("snapshots")
+            .exists(),
+        "a failed download left a snapshot"
+    );
+
+    // A value that is not a number of seconds is refused, naming the variable.
+    std::env::set_var(weights::HUB_TIMEOUT_ENV, "soon");
+    let err = weights::resolve(&WeightsSource::ImageNet, false).unwrap_err();
+    assert!(matches!(err, Error::InvalidOption(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("LESION_HUB_TIMEOUT_SECS=soon"),
+        "{err}"
+    );
+    std::env::remove_var(weights::HUB_TIMEOUT_ENV);
+    assert_eq!(
+        weights::hub_timeouts().unwrap(),
+        weights::HubTimeouts {
+            connect: weights::DEFAULT_CONNECT_TIMEOUT,
+            read: weights::DEFAULT_READ_TIMEOUT,
+            from_env: false,
+        }
+    );
+}
+
+#[test]
+fn a_download_that_stalls_times_out_and_the_next_attempt_resumes_it() {
+    let _env = lock_env();
+    let tmp = tempfile::tempdir().unwrap();
+    let (bytes, tensors) = small_checkpoint(tmp.path());
+    let sha = lesion::fsutil::sha256_hex(&bytes);
+    let files = || {
+        HashMap::from([(
+            format!("{IMAGENET_REPO}/{IMAGENET_FILE}"),
+            HubFile {
+                bytes: Arc::new(bytes.clone()),
+                etag: sha.clone(),
+            },
+        )])
+    };
+    let sent = 1000;
+    let stalling = FakeHub::serve(
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+        Layout::Lfs,
+        files(),
+        Some(sent),
+    );
+    let home = tmp.path().join("home");
+    set_hub_env(&stalling.endpoint(), &home);
+    std::env::set_var(weights::HUB_TIMEOUT_ENV, "1");
+
+    let (result, elapsed) = resolve_within(Duration::from_secs(30));
+    let msg = result.unwrap_err().to_string();
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    for needle in [
+        format!(
+            "stalled: nothing arrived for 1 s after {sent} of {} bytes",
+            bytes.len()
+        ),
+        stalling.endpoint(),
+        "--weights none".to_string(),
+    ] {
+        assert!(msg.contains(&needle), "missing {needle:?} in: {msg}");
+    }
+    let blobs = repo_cache(&home.join("hub"), IMAGENET_REPO).join("blobs");
+    let part = blobs.join(format!("{sha}.part"));
+    assert_eq!(std::fs::read(&part).unwrap(), bytes[..sent]);
+    assert!(!blobs.join(&sha).exists());
+
+    // A Hub that answers: the download continues where it stopped.
+    let hub = FakeHub::start(Layout::Lfs, &[(IMAGENET_REPO, IMAGENET_FILE, &bytes)]);
+    set_hub_env(&hub.endpoint(), &home);
+    let path = weights::resolve(&WeightsSource::ImageNet, true)
+        .unwrap()
+        .unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    assert_same_tensors(&weights::load_safetensors(&path).unwrap(), &tensors);
+    assert!(!part.exists());
+    let requests = hub.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with(&format!("GET /lfs/{sha}"))
+                && r.ends_with(&format!("bytes={sent}-"))),
+        "the download did not resume at byte {sent}: {requests:?}"
+    );
 }
 
 #[test]

@@ -4,15 +4,17 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use lesion::cli::DeviceArg;
 use lesion::model::Trainable;
-use lesion::train::{Monitor, TrainConfig};
+use lesion::train::{Monitor, ResumeOptions, TrainConfig};
 
 /// Fine-tune ResNet-18 (ImageNet weights by default) on a folder written by `lesion-prep`.
 ///
 /// Defaults reproduce the notebook: batch 128, Adam with head 1e-2 / layer4 1e-3 /
 /// layer3 1e-3, stem to layer2 frozen, up to 50 epochs, best validation accuracy kept,
 /// early stopping after 5 epochs without improvement; validation runs in eval mode.
+//
+// Options are `Option`s, their defaults written into the help (and checked against
+// `TrainConfig::default()` by a test), so that `--resume` can tell what was given.
 #[derive(Debug, Parser)]
 #[command(name = "lesion-train", version, about, long_about = None)]
 pub struct Cli {
@@ -22,47 +24,48 @@ pub struct Cli {
     /// Run folder to create (refused if it exists, unless --force).
     #[arg(long, value_name = "RUN_DIR", required_unless_present = "resume")]
     out: Option<PathBuf>,
-    /// Continue an interrupted run from its last.safetensors (other options come from its config.json).
+    /// Continue an interrupted run from its last.safetensors; only --epochs, --patience, the learning rates and --device may be given (the rest comes from its config.json).
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["data", "out", "force"])]
     resume: Option<PathBuf>,
-    /// Maximum number of epochs (with --resume: a new total).
-    #[arg(long)]
+    /// Maximum number of epochs (with --resume: a new total) [default: 50]
+    #[arg(long, value_name = "EPOCHS")]
     epochs: Option<usize>,
-    /// Images per optimisation step.
-    #[arg(long, default_value_t = 128)]
-    batch_size: usize,
-    /// Stop after this many epochs without improvement of --monitor.
-    #[arg(long, default_value_t = 5)]
-    patience: usize,
-    /// Figure that selects the best checkpoint and drives early stopping: val_acc, val_loss or val_auc.
-    #[arg(long, default_value = "val_acc")]
-    monitor: Monitor,
-    /// Learning rate of the head (fc.*).
-    #[arg(long, default_value_t = 1e-2)]
-    lr_head: f64,
-    /// Learning rate of layer4.
-    #[arg(long, default_value_t = 1e-3)]
-    lr_layer4: f64,
-    /// Learning rate of layer3.
-    #[arg(long, default_value_t = 1e-3)]
-    lr_layer3: f64,
-    /// Learning rate of the stem, layer1 and layer2 (only with --trainable all).
-    #[arg(long, default_value_t = 1e-4)]
-    lr_backbone: f64,
-    /// Deepest part that trains: head, layer4, layer3 (the notebook) or all.
-    #[arg(long, default_value = "layer3")]
-    trainable: Trainable,
-    /// Dropout probability of the head's two dropout layers.
-    #[arg(long, default_value_t = 0.25)]
-    head_dropout: f64,
-    /// Seed for shuffling and dropout.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    #[command(flatten)]
-    device: DeviceArg,
-    /// Initial weights: imagenet (Hugging Face Hub, cached), none (random init) or a safetensors file.
-    #[arg(long, default_value = "imagenet", value_name = "imagenet|none|PATH")]
-    weights: String,
+    /// Images per optimisation step [default: 128]
+    #[arg(long, value_name = "BATCH_SIZE")]
+    batch_size: Option<usize>,
+    /// Stop after this many epochs without improvement of --monitor [default: 5]
+    #[arg(long, value_name = "PATIENCE")]
+    patience: Option<usize>,
+    /// Figure that selects the best checkpoint and drives early stopping: val_acc, val_loss or val_auc [default: val_acc]
+    #[arg(long, value_name = "MONITOR")]
+    monitor: Option<Monitor>,
+    /// Learning rate of the head (fc.*) [default: 0.01]
+    #[arg(long, value_name = "LR_HEAD")]
+    lr_head: Option<f64>,
+    /// Learning rate of layer4 [default: 0.001]
+    #[arg(long, value_name = "LR_LAYER4")]
+    lr_layer4: Option<f64>,
+    /// Learning rate of layer3 [default: 0.001]
+    #[arg(long, value_name = "LR_LAYER3")]
+    lr_layer3: Option<f64>,
+    /// Learning rate of the stem, layer1 and layer2 (only with --trainable all) [default: 0.0001]
+    #[arg(long, value_name = "LR_BACKBONE")]
+    lr_backbone: Option<f64>,
+    /// Deepest part that trains: head, layer4, layer3 (the notebook) or all [default: layer3]
+    #[arg(long, value_name = "TRAINABLE")]
+    trainable: Option<Trainable>,
+    /// Dropout probability of the head's two dropout layers [default: 0.25]
+    #[arg(long, value_name = "HEAD_DROPOUT")]
+    head_dropout: Option<f64>,
+    /// Seed for shuffling and dropout [default: 42]
+    #[arg(long, value_name = "SEED")]
+    seed: Option<u64>,
+    /// auto, cpu, cuda, cuda:N or metal [default: auto]
+    #[arg(long, value_name = "DEVICE")]
+    device: Option<String>,
+    /// Initial weights: imagenet (Hugging Face Hub, cached; LESION_HUB_TIMEOUT_SECS sets the Hub timeouts), none (random init) or a safetensors file [default: imagenet]
+    #[arg(long, value_name = "imagenet|none|PATH")]
+    weights: Option<String>,
     /// Replace an existing run folder.
     #[arg(long)]
     force: bool,
@@ -83,27 +86,63 @@ impl Cli {
             data: self.data.clone().unwrap_or(d.data),
             out: self.out.clone().unwrap_or(d.out),
             epochs: self.epochs.unwrap_or(d.epochs),
-            batch_size: self.batch_size,
+            batch_size: self.batch_size.unwrap_or(d.batch_size),
+            patience: self.patience.unwrap_or(d.patience),
+            monitor: self.monitor.unwrap_or(d.monitor),
+            lr_head: self.lr_head.unwrap_or(d.lr_head),
+            lr_layer4: self.lr_layer4.unwrap_or(d.lr_layer4),
+            lr_layer3: self.lr_layer3.unwrap_or(d.lr_layer3),
+            lr_backbone: self.lr_backbone.unwrap_or(d.lr_backbone),
+            trainable: self.trainable.unwrap_or(d.trainable),
+            head_dropout: self.head_dropout.unwrap_or(d.head_dropout),
+            seed: self.seed.unwrap_or(d.seed),
+            device: self.device.clone().unwrap_or(d.device),
+            weights: self.weights.clone().unwrap_or(d.weights),
+            force: self.force,
+            winograd_4x4: self.winograd_4x4,
+        }
+    }
+
+    /// The options given with `--resume`; those a run keeps from its start are refused
+    /// (every one given is named).
+    // The library's one error type, so that the exit code follows it; called once.
+    #[allow(clippy::result_large_err)]
+    pub fn resume_options(&self) -> lesion::Result<ResumeOptions> {
+        let fixed: Vec<&str> = [
+            ("--batch-size", self.batch_size.is_some()),
+            ("--monitor", self.monitor.is_some()),
+            ("--trainable", self.trainable.is_some()),
+            ("--head-dropout", self.head_dropout.is_some()),
+            ("--seed", self.seed.is_some()),
+            ("--weights", self.weights.is_some()),
+            ("--winograd-4x4", self.winograd_4x4),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect();
+        if !fixed.is_empty() {
+            return Err(lesion::Error::InvalidOption(format!(
+                "{} cannot be given with --resume: a resumed run keeps the value it started \
+                 with (see its config.json); only --epochs, --patience, the learning rates and \
+                 --device may change (start a new run to change the others)",
+                fixed.join(", ")
+            )));
+        }
+        Ok(ResumeOptions {
+            epochs: self.epochs,
             patience: self.patience,
-            monitor: self.monitor,
             lr_head: self.lr_head,
             lr_layer4: self.lr_layer4,
             lr_layer3: self.lr_layer3,
             lr_backbone: self.lr_backbone,
-            trainable: self.trainable,
-            head_dropout: self.head_dropout,
-            seed: self.seed,
-            device: self.device.device.clone(),
-            weights: self.weights.clone(),
-            force: self.force,
-            winograd_4x4: self.winograd_4x4,
-        }
+            device: self.device.clone(),
+        })
     }
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let summary = match &cli.resume {
-        Some(dir) => lesion::train::resume(dir, cli.epochs, !cli.quiet)
+        Some(dir) => lesion::train::resume(dir, &cli.resume_options()?, !cli.quiet)
             .with_context(|| format!("resuming {}", dir.display()))?,
         None => lesion::train::train(&cli.config(), !cli.quiet).context("training failed")?,
     };
@@ -137,6 +176,104 @@ mod tests {
     fn resume_conflicts_with_out() {
         let err = Cli::try_parse_from(["lesion-train", "--resume", "r", "--out", "x"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn help_shows_the_library_defaults() {
+        use clap::CommandFactory as _;
+        let help = Cli::command().render_help().to_string();
+        let d = TrainConfig::default();
+        for (flag, default) in [
+            ("--epochs", d.epochs.to_string()),
+            ("--batch-size", d.batch_size.to_string()),
+            ("--patience", d.patience.to_string()),
+            ("--monitor", d.monitor.to_string()),
+            ("--lr-head", d.lr_head.to_string()),
+            ("--lr-layer4", d.lr_layer4.to_string()),
+            ("--lr-layer3", d.lr_layer3.to_string()),
+            ("--lr-backbone", d.lr_backbone.to_string()),
+            ("--trainable", d.trainable.to_string()),
+            ("--head-dropout", d.head_dropout.to_string()),
+            ("--seed", d.seed.to_string()),
+            ("--device", d.device.clone()),
+            ("--weights", d.weights.clone()),
+        ] {
+            let line = help
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{flag} ")))
+                .unwrap_or_else(|| panic!("{flag} missing from the help:\n{help}"));
+            assert!(
+                line.ends_with(&format!("[default: {default}]")),
+                "{flag}: {line}"
+            );
+        }
+    }
+
+    #[test]
+    fn resume_takes_the_changeable_options_and_refuses_the_rest() {
+        let cli = Cli::try_parse_from([
+            "lesion-train",
+            "--resume",
+            "r",
+            "--lr-head",
+            "0.5",
+            "--epochs",
+            "7",
+            "--patience",
+            "2",
+            "--device",
+            "cpu",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.resume_options().unwrap(),
+            ResumeOptions {
+                epochs: Some(7),
+                patience: Some(2),
+                lr_head: Some(0.5),
+                device: Some("cpu".into()),
+                ..ResumeOptions::default()
+            }
+        );
+        let plain = Cli::try_parse_from(["lesion-train", "--resume", "r"]).unwrap();
+        assert_eq!(plain.resume_options().unwrap(), ResumeOptions::default());
+
+        for (args, named) in [
+            (&["--batch-size", "128"][..], "--batch-size"),
+            (&["--monitor", "val_auc"], "--monitor"),
+            (&["--trainable", "all"], "--trainable"),
+            (&["--head-dropout", "0.5"], "--head-dropout"),
+            (&["--seed", "42"], "--seed"),
+            (&["--weights", "none"], "--weights"),
+            (&["--winograd-4x4"], "--winograd-4x4"),
+        ] {
+            let cli = Cli::try_parse_from(
+                ["lesion-train", "--resume", "r", "--lr-head", "0.5"]
+                    .iter()
+                    .chain(args),
+            )
+            .unwrap();
+            let err = cli.resume_options().unwrap_err();
+            assert!(matches!(err, lesion::Error::InvalidOption(_)), "{err:?}");
+            assert_eq!(err.exit_code(), 2);
+            let msg = err.to_string();
+            assert!(
+                msg.contains(named) && msg.contains("--resume"),
+                "{named}: {msg}"
+            );
+        }
+        let cli = Cli::try_parse_from([
+            "lesion-train",
+            "--resume",
+            "r",
+            "--seed",
+            "1",
+            "--batch-size",
+            "8",
+        ])
+        .unwrap();
+        let msg = cli.resume_options().unwrap_err().to_string();
+        assert!(msg.contains("--batch-size, --seed"), "{msg}");
     }
 
     #[test]

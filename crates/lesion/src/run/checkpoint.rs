@@ -1,6 +1,7 @@
 //! Checkpoints: one safetensors file holding the model's state dict (torchvision names,
 //! running statistics included), the optimizer's state (`optim.*`) and, in the file's
-//! metadata, the training state needed to resume (epoch, best figure, patience counter).
+//! metadata, the training state needed to resume (epoch, best figure, patience counter, and
+//! the epoch's history row).
 //!
 //! Files are written atomically, so a kill during a write leaves the previous checkpoint
 //! intact.
@@ -14,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::IoContext;
 use crate::fsutil::write_atomic;
+use crate::run::history::EpochRecord;
+use crate::weights::check_finite;
 use crate::{Error, Result};
 
 /// Metadata key under which [`TrainState`] is stored as JSON.
@@ -35,6 +38,30 @@ pub struct TrainState {
     pub seed: u64,
     /// Early stopping ended the run; resuming it does nothing.
     pub finished: bool,
+    /// The `history.csv` row of the epoch this checkpoint was saved after, with its timings
+    /// (`seconds`, `images_per_s`) left out (NaN) so that a checkpoint's bytes depend on
+    /// the computation only. Resuming restores the row from here when `history.csv` lacks
+    /// it, as it does after a kill between writing the checkpoint and the history. Stored as
+    /// that CSV line (JSON has no NaN, and the validation AUC can be NaN).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "csv_row")]
+    pub record: Option<EpochRecord>,
+}
+
+/// (De)serialises [`TrainState::record`] as a `history.csv` line.
+mod csv_row {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::run::history::{self, EpochRecord};
+
+    pub fn serialize<S: Serializer>(r: &Option<EpochRecord>, s: S) -> Result<S::Ok, S::Error> {
+        r.as_ref().map(history::to_row).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<EpochRecord>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|line| history::parse_row(&line).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 impl TrainState {
@@ -47,6 +74,7 @@ impl TrainState {
             epochs_without_improvement: 0,
             seed,
             finished: false,
+            record: None,
         }
     }
 }
@@ -77,7 +105,8 @@ fn bad_file(path: &Path) -> impl Fn(String) -> Error + '_ {
     }
 }
 
-/// Reads a checkpoint written by [`save`]; tensors are placed on `device`.
+/// Reads a checkpoint written by [`save`]; tensors are placed on `device`. A tensor holding
+/// NaN or infinity is an [`Error::BadArtifact`] naming it.
 pub fn load(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, TrainState)> {
     let bytes = std::fs::read(path).with_path(path)?;
     let bad = bad_file(path);
@@ -96,6 +125,8 @@ pub fn load(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, Tr
             state.format
         )));
     }
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    check_finite(path, &st)?;
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
     Ok((tensors, state))
 }
@@ -103,11 +134,13 @@ pub fn load(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, Tr
 /// Only the model's tensors of a checkpoint (any safetensors file with torchvision names),
 /// without the optimizer state (two thirds of a training checkpoint), so that a
 /// long-running server does not keep memory it never uses. Missing names are left to
-/// [`crate::model::ResNet18::from_tensors`], which reports them by name.
+/// [`crate::model::ResNet18::from_tensors`], which reports them by name. A tensor holding
+/// NaN or infinity is an [`Error::BadArtifact`] naming it.
 pub fn load_model(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     let bytes = std::fs::read(path).with_path(path)?;
     let st =
         safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad_file(path)(e.to_string()))?;
+    check_finite(path, &st)?;
     let mut out = HashMap::new();
     for spec in crate::model::param_specs() {
         if let Ok(view) = st.tensor(&spec.name) {
@@ -135,6 +168,63 @@ mod tests {
         assert_eq!(st, state);
         let v: Vec<Vec<f32>> = back["fc.0.weight"].to_vec2().unwrap();
         assert_eq!(v, vec![vec![1., 2.], vec![3., 4.]]);
+    }
+
+    #[test]
+    fn the_epoch_row_round_trips_nan_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("last.safetensors");
+        let t = Tensor::new(&[1f32], &Device::Cpu).unwrap();
+        let mut state = TrainState::new(7, f64::NEG_INFINITY);
+        state.epoch = 2;
+        state.best_metric = 0.75;
+        state.record = Some(EpochRecord {
+            epoch: 2,
+            train_loss: 0.5,
+            train_acc: 0.75,
+            val_loss: 0.625,
+            val_acc: 0.8125,
+            val_auc: f64::NAN,
+            lr_head: 1e-2,
+            lr_layer4: 1e-3,
+            lr_layer3: 1e-3,
+            lr_backbone: 0.0,
+            seconds: f64::NAN,
+            images_per_s: f64::NAN,
+        });
+        save(&path, &HashMap::from([("a".to_string(), t)]), &state).unwrap();
+        let (_, back) = load(&path, &Device::Cpu).unwrap();
+        let (want, got) = (state.record.unwrap(), back.record.unwrap());
+        assert_eq!(
+            crate::run::history::to_row(&got),
+            crate::run::history::to_row(&want)
+        );
+        assert!(got.val_auc.is_nan() && got.seconds.is_nan());
+        assert_eq!(got.val_acc, 0.8125);
+    }
+
+    #[test]
+    fn non_finite_tensors_are_refused_by_both_loaders() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("best.safetensors");
+        let t = Tensor::new(&[1f32, f32::INFINITY], &Device::Cpu).unwrap();
+        save(
+            &path,
+            &HashMap::from([("fc.0.weight".to_string(), t)]),
+            &TrainState::new(1, 0.0),
+        )
+        .unwrap();
+        for err in [
+            load(&path, &Device::Cpu).unwrap_err(),
+            load_model(&path, &Device::Cpu).unwrap_err(),
+        ] {
+            assert!(matches!(err, Error::BadArtifact { .. }), "{err:?}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains("best.safetensors") && msg.contains("`fc.0.weight`"),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

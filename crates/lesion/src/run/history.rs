@@ -1,7 +1,6 @@
 //! Per-epoch training history: `history.csv` in the run folder and the data for
 //! `curves.png`.
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -40,24 +39,55 @@ pub fn to_csv(records: &[EpochRecord]) -> String {
     let mut s = String::from(HEADER);
     s.push('\n');
     for r in records {
-        let _ = writeln!(
-            s,
-            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:e},{:e},{:e},{:e},{:.3},{:.2}",
-            r.epoch,
-            r.train_loss,
-            r.train_acc,
-            r.val_loss,
-            r.val_acc,
-            r.val_auc,
-            r.lr_head,
-            r.lr_layer4,
-            r.lr_layer3,
-            r.lr_backbone,
-            r.seconds,
-            r.images_per_s
-        );
+        s.push_str(&to_row(r));
+        s.push('\n');
     }
     s
+}
+
+/// One record as a CSV line of `history.csv` (without the line break).
+pub fn to_row(r: &EpochRecord) -> String {
+    format!(
+        "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:e},{:e},{:e},{:e},{:.3},{:.2}",
+        r.epoch,
+        r.train_loss,
+        r.train_acc,
+        r.val_loss,
+        r.val_acc,
+        r.val_auc,
+        r.lr_head,
+        r.lr_layer4,
+        r.lr_layer3,
+        r.lr_backbone,
+        r.seconds,
+        r.images_per_s
+    )
+}
+
+/// Parses a line written by [`to_row`]; the error says which field is wrong.
+pub fn parse_row(line: &str) -> std::result::Result<EpochRecord, String> {
+    let f: Vec<&str> = line.split(',').collect();
+    if f.len() != 12 {
+        return Err(format!("expected 12 fields, found {}", f.len()));
+    }
+    let num = |k: usize| -> std::result::Result<f64, String> {
+        f[k].parse::<f64>()
+            .map_err(|e| format!("field {}: {e}", k + 1))
+    };
+    Ok(EpochRecord {
+        epoch: f[0].parse().map_err(|e| format!("epoch: {e}"))?,
+        train_loss: num(1)?,
+        train_acc: num(2)?,
+        val_loss: num(3)?,
+        val_acc: num(4)?,
+        val_auc: num(5)?,
+        lr_head: num(6)?,
+        lr_layer4: num(7)?,
+        lr_layer3: num(8)?,
+        lr_backbone: num(9)?,
+        seconds: num(10)?,
+        images_per_s: num(11)?,
+    })
 }
 
 /// Writes `history.csv` atomically.
@@ -76,34 +106,10 @@ pub fn read(path: &Path) -> Result<Vec<EpochRecord>> {
     if lines.next() != Some(HEADER) {
         return Err(bad(1, "unexpected header".into()));
     }
-    let mut out = Vec::new();
-    for (i, line) in lines.enumerate() {
-        let f: Vec<&str> = line.split(',').collect();
-        if f.len() != 12 {
-            return Err(bad(i + 2, format!("expected 12 fields, found {}", f.len())));
-        }
-        let num = |k: usize| -> Result<f64> {
-            f[k].parse::<f64>()
-                .map_err(|e| bad(i + 2, format!("field {}: {e}", k + 1)))
-        };
-        out.push(EpochRecord {
-            epoch: f[0]
-                .parse()
-                .map_err(|e| bad(i + 2, format!("epoch: {e}")))?,
-            train_loss: num(1)?,
-            train_acc: num(2)?,
-            val_loss: num(3)?,
-            val_acc: num(4)?,
-            val_auc: num(5)?,
-            lr_head: num(6)?,
-            lr_layer4: num(7)?,
-            lr_layer3: num(8)?,
-            lr_backbone: num(9)?,
-            seconds: num(10)?,
-            images_per_s: num(11)?,
-        });
-    }
-    Ok(out)
+    lines
+        .enumerate()
+        .map(|(i, line)| parse_row(line).map_err(|why| bad(i + 2, why)))
+        .collect()
 }
 
 #[cfg(test)]

@@ -17,13 +17,14 @@
 //! ```
 //!
 //! `lesion-train --resume` continues a run from `last.safetensors` and `history.csv`, and
-//! rewrites `config.json` when it raises the epoch limit.
+//! rewrites `config.json` when an option that may change on resume changes.
 //!
 //! Atomicity: every file is written to a temporary sibling and renamed into place
 //! ([`crate::fsutil::write_atomic`]), so a kill leaves the previous version or the new one,
-//! never a mix. After each epoch train writes `history.csv`, `curves.png`,
-//! `best.safetensors` and then `last.safetensors`, so the resume point comes last (a kill
-//! in between leaves one row of history more, which resuming drops). An evaluation folder
+//! never a mix. After each epoch train writes `best.safetensors`, `last.safetensors`
+//! (the resume point), then `history.csv` and `curves.png`, so the history never shows an
+//! epoch that cannot be resumed from; the checkpoints carry their epoch's history row, which
+//! resuming restores when a kill came before the history was written. An evaluation folder
 //! is built in a staging folder and renamed into place whole; its threshold file is written
 //! only after that, so prediction never uses the threshold of an unfinished evaluation.
 //!

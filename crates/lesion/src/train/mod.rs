@@ -3,9 +3,8 @@
 //! The run folder is written through [`crate::run`], which owns its layout and files:
 //! [`crate::run::create`] makes the folder, `config.json` is a [`crate::run::RunConfig`]
 //! (the options, the data's and weights' identity, and the preprocessing copied from the
-//! prepared manifest), and every epoch adds a row to `history.csv`
-//! ([`crate::run::history`]), redraws `curves.png` and saves the checkpoints
-//! ([`crate::run::checkpoint`]).
+//! prepared manifest), and every epoch saves the checkpoints ([`crate::run::checkpoint`]),
+//! then adds a row to `history.csv` ([`crate::run::history`]) and redraws `curves.png`.
 //!
 //! Batches are NCHW f32 normalised images with f32 labels (0 benign, 1 malignant); the model
 //! produces logits `[b, 1]`.
@@ -13,4 +12,4 @@
 mod session;
 
 pub use crate::run::{Monitor, TrainConfig};
-pub use session::{resume, train, TrainSummary};
+pub use session::{resume, train, ResumeOptions, TrainSummary};

@@ -1,5 +1,6 @@
 //! The training loop: epochs of Adam steps in train mode, validation in eval mode, the
-//! best and last checkpoints, history, curves and early stopping; and resuming.
+//! best and last checkpoints, history, curves and early stopping; and resuming, with the
+//! options that may change then ([`ResumeOptions`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,7 +19,7 @@ use crate::optim::{Adam, ParamGroup};
 use crate::run::checkpoint::{self, TrainState};
 use crate::run::history::{self, EpochRecord};
 use crate::run::{
-    Monitor, RunConfig, TrainConfig, BEST_FILE, CURVES_FILE, HISTORY_FILE, LAST_FILE,
+    Monitor, RunConfig, TrainConfig, BEST_FILE, CONFIG_FILE, CURVES_FILE, HISTORY_FILE, LAST_FILE,
     MIN_IMAGE_SIZE,
 };
 use crate::split::Split;
@@ -102,15 +103,94 @@ pub fn train(cfg: &TrainConfig, progress: bool) -> Result<TrainSummary> {
     session.run()
 }
 
-/// Continues the run in `run_dir` from its `last.safetensors`; `epochs` optionally raises
-/// the epoch limit. On CPU the result is identical to an uninterrupted run.
-pub fn resume(run_dir: &Path, epochs: Option<usize>, progress: bool) -> Result<TrainSummary> {
+/// The options that may change when a run is resumed; `None` keeps the run's value. Every
+/// other option is fixed by the run's `config.json`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResumeOptions {
+    /// A new epoch limit (the total, not a number of further epochs).
+    pub epochs: Option<usize>,
+    pub patience: Option<usize>,
+    pub lr_head: Option<f64>,
+    pub lr_layer4: Option<f64>,
+    pub lr_layer3: Option<f64>,
+    pub lr_backbone: Option<f64>,
+    /// Where training continues (`auto`, `cpu`, `cuda[:N]`, `metal`).
+    pub device: Option<String>,
+}
+
+impl ResumeOptions {
+    /// Sets the given options in `cfg`; one `--option old -> new` per value that changed.
+    fn apply(&self, cfg: &mut TrainConfig) -> Vec<String> {
+        fn set<T: PartialEq + fmt::Display + Clone>(
+            changes: &mut Vec<String>,
+            option: &str,
+            field: &mut T,
+            new: &Option<T>,
+        ) {
+            if let Some(new) = new {
+                if field != new {
+                    changes.push(format!("{option} {field} -> {new}"));
+                    *field = new.clone();
+                }
+            }
+        }
+        let mut changes = Vec::new();
+        set(&mut changes, "--epochs", &mut cfg.epochs, &self.epochs);
+        set(
+            &mut changes,
+            "--patience",
+            &mut cfg.patience,
+            &self.patience,
+        );
+        set(&mut changes, "--lr-head", &mut cfg.lr_head, &self.lr_head);
+        set(
+            &mut changes,
+            "--lr-layer4",
+            &mut cfg.lr_layer4,
+            &self.lr_layer4,
+        );
+        set(
+            &mut changes,
+            "--lr-layer3",
+            &mut cfg.lr_layer3,
+            &self.lr_layer3,
+        );
+        set(
+            &mut changes,
+            "--lr-backbone",
+            &mut cfg.lr_backbone,
+            &self.lr_backbone,
+        );
+        set(&mut changes, "--device", &mut cfg.device, &self.device);
+        changes
+    }
+
+    /// The learning rates given, by optimizer group.
+    fn lrs(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+        [
+            ("head", self.lr_head),
+            ("layer4", self.lr_layer4),
+            ("layer3", self.lr_layer3),
+            ("backbone", self.lr_backbone),
+        ]
+        .into_iter()
+        .filter_map(|(group, lr)| lr.map(|lr| (group, lr)))
+    }
+}
+
+/// Continues the run in `run_dir` from its `last.safetensors`, with the changes `opts`
+/// allows (recorded in its `config.json`, and per epoch in `history.csv`'s learning-rate
+/// columns). Without changes, on CPU, the result is identical to an uninterrupted run.
+///
+/// `history.csv` and `curves.png` are first made to follow the checkpoint: rows of epochs
+/// after it (whose checkpoint was never written) are dropped, and the checkpoint's own row is
+/// restored when the history lacks it. A `best.safetensors` without `last.safetensors` (a
+/// kill while the first epoch was being saved) is the resume point.
+pub fn resume(run_dir: &Path, opts: &ResumeOptions, progress: bool) -> Result<TrainSummary> {
     let mut run_cfg = run::read_config(run_dir)?;
     let mut cfg = run_cfg.train.clone();
     cfg.out = run_dir.to_path_buf();
-    if let Some(e) = epochs {
-        cfg.epochs = e;
-    }
+    let changes = opts.apply(&mut cfg);
     cfg.validate()?;
     let data = open_data(&cfg.data)?;
     if crate::manifest::manifest_sha256(data.dir())? != run_cfg.manifest_sha256 {
@@ -125,26 +205,121 @@ pub fn resume(run_dir: &Path, epochs: Option<usize>, progress: bool) -> Result<T
     let device = parse_device(&cfg.device)?;
     let mut session = Session::new(cfg.clone(), data, device, progress)?;
 
-    let last = run_dir.join(LAST_FILE);
-    if !last.is_file() {
-        return Err(Error::BadArtifact {
-            path: last,
-            reason: "no checkpoint to resume from (the run did not finish an epoch)".into(),
-        });
-    }
-    let (tensors, state) = checkpoint::load(&last, &session.device)?;
+    let last = resume_point(run_dir)?;
+    let (tensors, mut state) = checkpoint::load(&last, &session.device)?;
     set_vars(&session.varmap, &tensors, &last)?;
     session.opt.load_state(&tensors)?;
-    session.history = history::read(&run_dir.join(HISTORY_FILE))?;
-    // history.csv is written before last.safetensors; a kill in between leaves one row more.
-    session.history.truncate(state.epoch);
+    for (group, lr) in opts.lrs() {
+        // A group the run does not train (the backbone unless `--trainable all`) has no
+        // optimizer group; its rate is only recorded.
+        if session.opt.groups().iter().any(|g| g.name == group) {
+            session.opt.set_lr(group, lr)?;
+        }
+    }
+    if opts.patience.is_some() {
+        state.finished =
+            state.epochs_without_improvement >= cfg.patience && state.epoch < cfg.epochs;
+    }
+    session.history = history_for_checkpoint(run_dir, &state)?;
     session.state = state;
+    if last.file_name() != Some(LAST_FILE.as_ref()) {
+        // The folder then shows the resume point where the next run looks for it.
+        let bytes = std::fs::read(&last).map_err(|e| Error::io(&last, e))?;
+        crate::fsutil::write_atomic(run_dir.join(LAST_FILE), &bytes)?;
+    }
+    session.write_history()?;
 
-    if epochs.is_some() {
+    if !changes.is_empty() {
         run_cfg.train.epochs = cfg.epochs;
+        run_cfg.train.patience = cfg.patience;
+        run_cfg.train.lr_head = cfg.lr_head;
+        run_cfg.train.lr_layer4 = cfg.lr_layer4;
+        run_cfg.train.lr_layer3 = cfg.lr_layer3;
+        run_cfg.train.lr_backbone = cfg.lr_backbone;
+        run_cfg.train.device = cfg.device.clone();
         run::write_config(run_dir, &run_cfg)?;
+        eprintln!(
+            "resuming {} after epoch {} with {} (recorded in {CONFIG_FILE})",
+            run_dir.display(),
+            session.state.epoch,
+            changes.join(", ")
+        );
     }
     session.run()
+}
+
+/// The checkpoint a run resumes from: `last.safetensors`, or `best.safetensors` when only it
+/// exists (it is written just before `last.safetensors`, so it is then the newest).
+fn resume_point(run_dir: &Path) -> Result<PathBuf> {
+    let last = run_dir.join(LAST_FILE);
+    if last.is_file() {
+        return Ok(last);
+    }
+    let best = run_dir.join(BEST_FILE);
+    if best.is_file() {
+        eprintln!(
+            "{} is missing (the run was interrupted while saving its first epoch); resuming \
+             from {}",
+            last.display(),
+            best.display()
+        );
+        return Ok(best);
+    }
+    let history = run_dir.join(HISTORY_FILE);
+    let recorded = history::read(&history).map(|h| h.len()).unwrap_or(0);
+    let reason = if recorded > 0 {
+        format!(
+            "no checkpoint to resume from: {HISTORY_FILE} records {recorded} epoch(s), but the \
+             run was interrupted before their checkpoint was written, so none finished; start \
+             the run again (--force replaces the folder)"
+        )
+    } else {
+        "no checkpoint to resume from: the run did not finish an epoch; start it again \
+         (--force replaces the folder)"
+            .to_string()
+    };
+    Err(Error::BadArtifact { path: last, reason })
+}
+
+/// The history that goes with a checkpoint saved after epoch `state.epoch`: the rows of
+/// `history.csv` up to it, plus the checkpoint's own row when `history.csv` lacks it. Rows of
+/// later epochs (written before their checkpoint by an older `lesion`) are dropped, as
+/// those epochs are trained again.
+fn history_for_checkpoint(run_dir: &Path, state: &TrainState) -> Result<Vec<EpochRecord>> {
+    let path = run_dir.join(HISTORY_FILE);
+    let mut rows = if path.exists() {
+        history::read(&path)?
+    } else {
+        Vec::new()
+    };
+    if rows.len() > state.epoch {
+        eprintln!(
+            "{} records {} epochs but the checkpoint was saved after epoch {} (the run was \
+             interrupted while saving): the later rows are dropped and those epochs trained \
+             again",
+            path.display(),
+            rows.len(),
+            state.epoch
+        );
+        rows.truncate(state.epoch);
+    }
+    if rows.len() + 1 == state.epoch {
+        if let Some(record) = state.record.as_ref().filter(|r| r.epoch == state.epoch) {
+            rows.push(record.clone());
+        }
+    }
+    let follows = rows.len() == state.epoch && rows.iter().zip(1..).all(|(r, e)| r.epoch == e);
+    if !follows {
+        return Err(Error::BadArtifact {
+            path,
+            reason: format!(
+                "records epochs {:?} but the checkpoint was saved after epoch {}",
+                rows.iter().map(|r| r.epoch).collect::<Vec<_>>(),
+                state.epoch
+            ),
+        });
+    }
+    Ok(rows)
 }
 
 /// Opens and verifies a prepared dataset and checks that the model can take its images.
@@ -374,10 +549,11 @@ impl Session {
             if !loss_value.is_finite() {
                 pb.abandon();
                 return Err(Error::Diverged {
-                    run: self.cfg.out.join(LAST_FILE),
+                    run: self.cfg.out.clone(),
                     epoch: epoch + 1,
                     step: step + 1,
                     value: loss_value,
+                    saved_epoch: (self.state.epoch > 0).then_some(self.state.epoch),
                 });
             }
             let grads = loss.backward()?;
@@ -452,20 +628,18 @@ impl Session {
             .collect()
     }
 
-    /// Writes history, curves and checkpoints for the epoch just finished (`val`: its
-    /// validation predictions). Order matters for resuming: history first,
-    /// `last.safetensors` (the resume point) last.
-    fn save(&self, improved: bool, val: &SplitPredictions) -> Result<()> {
+    /// Writes checkpoints, history and curves for the epoch just finished (`val`: its
+    /// validation predictions). Order matters for resuming: the checkpoints come first, so
+    /// that the history never shows an epoch that cannot be resumed from, and carry the
+    /// epoch's history row, so that resuming can restore it after a kill before the history
+    /// was written.
+    fn save(&mut self, improved: bool, val: &SplitPredictions) -> Result<()> {
         let out = &self.cfg.out;
-        history::write(&out.join(HISTORY_FILE), &self.history)?;
-        let col = |f: fn(&EpochRecord) -> f64| self.history.iter().map(f).collect::<Vec<_>>();
-        crate::plot::training_curves(
-            &col(|r| r.train_loss),
-            &col(|r| r.val_loss),
-            &col(|r| r.train_acc),
-            &col(|r| r.val_acc),
-            &out.join(CURVES_FILE),
-        )?;
+        self.state.record = self.history.last().map(|r| EpochRecord {
+            seconds: f64::NAN,
+            images_per_s: f64::NAN,
+            ..r.clone()
+        });
         let mut tensors = self.model_tensors();
         tensors.extend(self.opt.state_tensors()?);
         if improved {
@@ -475,7 +649,22 @@ impl Session {
             best.extend(val.to_val_tensors()?);
             checkpoint::save(&out.join(BEST_FILE), &best, &self.state)?;
         }
-        checkpoint::save(&out.join(LAST_FILE), &tensors, &self.state)
+        checkpoint::save(&out.join(LAST_FILE), &tensors, &self.state)?;
+        self.write_history()
+    }
+
+    /// Writes `history.csv` and `curves.png` for the epochs in `self.history`.
+    fn write_history(&self) -> Result<()> {
+        let out = &self.cfg.out;
+        history::write(&out.join(HISTORY_FILE), &self.history)?;
+        let col = |f: fn(&EpochRecord) -> f64| self.history.iter().map(f).collect::<Vec<_>>();
+        crate::plot::training_curves(
+            &col(|r| r.train_loss),
+            &col(|r| r.val_loss),
+            &col(|r| r.train_acc),
+            &col(|r| r.val_acc),
+            &out.join(CURVES_FILE),
+        )
     }
 
     fn bar(&self, len: u64, prefix: String) -> ProgressBar {
