@@ -22,6 +22,8 @@
 //! `pr.png`, `confusion.png`, `calibration.png`, `errors.png` and `report.html`. A
 //! checkpoint other than the run's `best.safetensors` gets `eval-<split>-<stem>/` and
 //! `threshold-<stem>.json` instead, so it never replaces the best checkpoint's threshold.
+//! `force` replaces only an evaluation folder ([`OUTPUT_KIND`]), and never one that holds
+//! the prepared data or the checkpoint.
 
 mod choose;
 mod errors;
@@ -42,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::device::describe;
-use crate::fsutil::{write_atomic, write_json_atomic, StagingDir};
+use crate::fsutil::{self, write_atomic, write_json_atomic, OutputKind, StagingDir};
 use crate::loader::PreparedDataset;
 use crate::run::{history, EpochRecord, Run, CURVES_FILE, HISTORY_FILE};
 pub use crate::run::{
@@ -75,6 +77,11 @@ pub const OUTPUT_FILES: [&str; 8] = [
 /// Value of [`EvalMetrics::format`].
 pub const METRICS_FORMAT: &str = "lesion-eval-metrics";
 pub const METRICS_FORMAT_VERSION: u32 = 1;
+/// What an evaluation folder is, for `--force`: one whose `metrics.json` eval wrote.
+pub const OUTPUT_KIND: OutputKind = OutputKind {
+    what: "an evaluation folder (one with the metrics.json lesion-eval writes)",
+    is_ours: |dir| fsutil::has_format_marker(dir, METRICS_FILE, METRICS_FORMAT),
+};
 /// Most false negatives (and, separately, false positives) shown in `errors.png`.
 pub const MAX_ERRORS_SHOWN: usize = 8;
 
@@ -88,7 +95,9 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     target.check_compatible(&data)?;
     let out_dir = target.eval_dir(opts.split);
     // Refuse an existing output before any expensive work.
-    let stage = StagingDir::new(&out_dir, opts.force)?;
+    fsutil::remove_stale_temps(&target.run_dir);
+    let inputs = [data.dir(), target.checkpoint.as_path()];
+    let stage = StagingDir::new(&out_dir, opts.force, OUTPUT_KIND, &inputs)?;
     inference::check_data(opts, &data)?;
 
     // Score both splits, choose the threshold on validation, measure the evaluated split.

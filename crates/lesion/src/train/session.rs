@@ -97,7 +97,7 @@ pub fn train(cfg: &TrainConfig, progress: bool) -> Result<TrainSummary> {
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
         train: cfg.clone(),
     };
-    run::create(&cfg.out, cfg.force)?;
+    run::create(&cfg.out, cfg.force, &[&cfg.data])?;
     run::write_config(&cfg.out, &run_cfg)?;
     session.run()
 }
@@ -106,6 +106,7 @@ pub fn train(cfg: &TrainConfig, progress: bool) -> Result<TrainSummary> {
 /// the epoch limit. On CPU the result is identical to an uninterrupted run.
 pub fn resume(run_dir: &Path, epochs: Option<usize>, progress: bool) -> Result<TrainSummary> {
     let mut run_cfg = run::read_config(run_dir)?;
+    crate::fsutil::remove_stale_temps(run_dir);
     let mut cfg = run_cfg.train.clone();
     cfg.out = run_dir.to_path_buf();
     if let Some(e) = epochs {
