@@ -49,8 +49,8 @@ pub const MARKER_FILE: &str = ".lesion-synth.json";
 pub const SYNTH_FORMAT: &str = "lesion-synthetic-dataset";
 
 /// What [`generate`] writes, for `--force`: a folder holding only the class folders of
-/// generated images (`<class>/<class lowercase>_NNNNN.jpg`) and [`MARKER_FILE`]. Folders
-/// generated before the marker existed are recognised by the same rule.
+/// generated images (`<class>/<class lowercase>_NNNNN.jpg`) and [`MARKER_FILE`]. The
+/// layout alone decides; the marker is not required.
 pub const OUTPUT_KIND: OutputKind = OutputKind {
     what: "a synthetic dataset (a folder holding only the Benign/ and Malignant/ images \
            lesion-prep synth writes)",
@@ -772,7 +772,7 @@ mod tests {
             Err(Error::NotOurOutput { .. })
         ));
         assert_eq!(fs::read(out.join("Malignant/mine.jpg")).unwrap(), b"mine");
-        // ... while synthetic data without the marker (older folders) is.
+        // ... while synthetic data without the marker is.
         fs::remove_file(out.join("Malignant/mine.jpg")).unwrap();
         fs::remove_file(out.join(MARKER_FILE)).unwrap();
         generate(&out, 1, 1, false, true).unwrap();
