@@ -33,6 +33,11 @@ pub enum Error {
     #[error("{path} already exists; pass --force to overwrite it")]
     OutputExists { path: PathBuf },
 
+    /// An output location a stage may not write to, `--force` or not: it is not a folder
+    /// the stage wrote, or it is, holds or lies inside one of the stage's inputs.
+    #[error("{path}: {reason}")]
+    NotOurOutput { path: PathBuf, reason: String },
+
     /// A JSON document could not be read or written.
     #[error("{path}: invalid JSON: {source}")]
     Json {
@@ -154,6 +159,7 @@ impl Error {
             | Error::BadImage { .. }
             | Error::BadArtifact { .. }
             | Error::OutputExists { .. }
+            | Error::NotOurOutput { .. }
             | Error::Json { .. }
             | Error::Safetensors { .. }
             | Error::InvalidOption(_)

@@ -8,6 +8,15 @@
 //! drawn for each view), the rejected files with reasons and the duplicate groups.
 //!
 //! Shard rows point back into [`Manifest::images`] through their `source_index`.
+//!
+//! Input file names are stored as [`crate::fsutil::os_str_to_string`] writes them: valid
+//! UTF-8 as it is, other names (and names that read like its escapes) escaped, so every
+//! file keeps its own name.
+//!
+//! Shard paths are confined to the dataset folder: [`Manifest::load`] refuses, before any
+//! shard is opened, a path that is absolute, empty, has a `.`, `..` or empty segment, a
+//! backslash, a colon or a NUL. A shard that is a symbolic link is followed only when it
+//! stays inside the folder (checked by [`crate::verify`]).
 
 use std::path::Path;
 
@@ -62,7 +71,7 @@ pub struct SplitCounts {
 /// One shard file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardEntry {
-    /// Path relative to the prepared-dataset folder, `/`-separated.
+    /// Path relative to the prepared-dataset folder, `/`-separated, never leaving it.
     pub file: String,
     pub split: Split,
     pub view: u32,
@@ -74,7 +83,8 @@ pub struct ShardEntry {
 /// One accepted input image. Its position in [`Manifest::images`] is its source index.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageEntry {
-    /// Path relative to the input folder, `/`-separated.
+    /// Path relative to the input folder, `/`-separated, names as
+    /// [`crate::fsutil::os_str_to_string`] writes them.
     pub path: String,
     /// Class index.
     pub class: u8,
@@ -92,7 +102,7 @@ pub struct ImageEntry {
 /// A file of the input folder that was not used.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RejectedFile {
-    /// Path relative to the input folder, `/`-separated.
+    /// Path relative to the input folder, like [`ImageEntry::path`].
     pub path: String,
     pub reason: String,
 }
@@ -166,6 +176,18 @@ impl Manifest {
                 ),
             });
         }
+        for (k, entry) in m.shards.iter().enumerate() {
+            if let Err(why) = check_shard_path(&entry.file) {
+                return Err(Error::BadArtifact {
+                    path,
+                    reason: format!(
+                        "shard {k} (`{}`) {why}; shard paths must name a file inside the \
+                         dataset folder",
+                        entry.file.escape_debug()
+                    ),
+                });
+            }
+        }
         Ok(m)
     }
 
@@ -185,6 +207,33 @@ impl Manifest {
             .iter()
             .filter(move |s| s.split == split && s.view == view)
     }
+}
+
+/// Why a shard path from a manifest could name something outside the dataset folder.
+fn check_shard_path(file: &str) -> std::result::Result<(), &'static str> {
+    if file.is_empty() {
+        return Err("is empty");
+    }
+    if file.starts_with('/') || Path::new(file).is_absolute() {
+        return Err("is absolute");
+    }
+    if file.contains(['\\', ':', '\0']) {
+        return Err("holds a backslash, colon or NUL");
+    }
+    for segment in file.split('/') {
+        match segment {
+            ".." => return Err("leaves the dataset folder (`..`)"),
+            "" | "." => return Err("has an empty or `.` segment"),
+            _ => {}
+        }
+    }
+    if !Path::new(file)
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err("is not a plain relative path");
+    }
+    Ok(())
 }
 
 /// SHA-256 of `<dir>/manifest.json`: identifies a prepared dataset (the manifest lists

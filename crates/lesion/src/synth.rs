@@ -3,7 +3,11 @@
 //!
 //! Layout written: `out/Benign/benign_NNNNN.jpg` and `out/Malignant/malignant_NNNNN.jpg`
 //! (baseline JPEG, quality 90, 8-bit RGB, 200-320 px per side, about a third non-square),
-//! the same folder layout `lesion-prep` reads.
+//! the same folder layout `lesion-prep` reads, and [`MARKER_FILE`] (hidden, so prep skips
+//! it) recording the seed and count.
+//!
+//! `--force` replaces only a folder that holds nothing but what this module writes (see
+//! [`OUTPUT_KIND`]), so a folder of real photos is never deleted.
 //!
 //! The classes differ the way the ABCD rule of dermoscopy describes: benign lesions are
 //! round or elliptic, symmetric, with a smooth border and one even brown; malignant ones are
@@ -29,7 +33,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::IoContext;
-use crate::fsutil::StagingDir;
+use crate::fsutil::{self, OutputKind, StagingDir};
 use crate::{Error, Result};
 
 /// Class folder names, in label order (`0` = benign, `1` = malignant).
@@ -37,6 +41,63 @@ pub const CLASS_DIRS: [&str; 2] = ["Benign", "Malignant"];
 
 /// JPEG quality of the written files.
 pub const JPEG_QUALITY: u8 = 90;
+
+/// The file marking a folder as synthetic data: JSON with `format` ([`SYNTH_FORMAT`]),
+/// `seed`, `per_class` and `crate_version`.
+pub const MARKER_FILE: &str = ".lesion-synth.json";
+/// Value of the marker's `format`.
+pub const SYNTH_FORMAT: &str = "lesion-synthetic-dataset";
+
+/// What [`generate`] writes, for `--force`: a folder holding only the class folders of
+/// generated images (`<class>/<class lowercase>_NNNNN.jpg`) and [`MARKER_FILE`]. The
+/// layout alone decides; the marker is not required.
+pub const OUTPUT_KIND: OutputKind = OutputKind {
+    what: "a synthetic dataset (a folder holding only the Benign/ and Malignant/ images \
+           lesion-prep synth writes)",
+    is_ours: holds_only_synthetic_images,
+};
+
+fn holds_only_synthetic_images(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    let mut classes = 0;
+    for e in entries {
+        let Ok(e) = e else { return false };
+        let name = e.file_name();
+        let Ok(meta) = e.file_type() else {
+            return false;
+        };
+        if name == MARKER_FILE && meta.is_file() {
+            continue;
+        }
+        let Some(class) = CLASS_DIRS.iter().find(|c| name == **c) else {
+            return false;
+        };
+        if !meta.is_dir() || !holds_only_images_of(&e.path(), class) {
+            return false;
+        }
+        classes += 1;
+    }
+    classes > 0
+}
+
+fn holds_only_images_of(dir: &Path, class: &str) -> bool {
+    let prefix = format!("{}_", class.to_ascii_lowercase());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    entries.into_iter().all(|e| {
+        let Ok(e) = e else { return false };
+        let name = e.file_name();
+        let digits = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|n| n.strip_suffix(".jpg"));
+        e.file_type().is_ok_and(|t| t.is_file())
+            && digits.is_some_and(|d| d.len() >= 5 && d.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
 
 /// What [`generate`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -54,9 +115,10 @@ pub struct SynthSummary {
 /// Writes `per_class` synthetic images into each of `out/Benign/` and `out/Malignant/`.
 ///
 /// Output is deterministic for a given `seed`. The folder is built beside `out` and renamed
-/// into place at the end, so `out` is either complete or untouched. An existing non-empty
-/// `out` is refused with [`Error::OutputExists`] unless `force` (then it is replaced only
-/// once the new folder is complete); an existing empty folder is simply replaced.
+/// into place at the end, so `out` is either complete or untouched. An existing synthetic
+/// dataset ([`OUTPUT_KIND`]) is refused with [`Error::OutputExists`] unless `force` (then
+/// it is replaced only once the new folder is complete); an existing empty folder is simply
+/// replaced; anything else is refused with [`Error::NotOurOutput`].
 pub fn generate(
     out: &Path,
     per_class: usize,
@@ -69,18 +131,20 @@ pub fn generate(
             "the number of images per class must be at least 1".into(),
         ));
     }
-    let is_dir = fs::symlink_metadata(out).is_ok_and(|m| m.is_dir());
-    let existing_empty = is_dir && fs::read_dir(out).with_path(out)?.next().is_none();
-    if out.exists() && !existing_empty && !force {
-        return Err(Error::OutputExists {
-            path: out.to_path_buf(),
-        });
-    }
-    let stage = StagingDir::new(out, force || existing_empty)?;
+    let stage = StagingDir::new(out, force, OUTPUT_KIND, &[])?;
     for dir in CLASS_DIRS {
         let p = stage.path().join(dir);
         fs::create_dir(&p).with_path(&p)?;
     }
+    fsutil::write_json_atomic(
+        stage.path().join(MARKER_FILE),
+        &serde_json::json!({
+            "format": SYNTH_FORMAT,
+            "seed": seed,
+            "per_class": per_class,
+            "crate_version": env!("CARGO_PKG_VERSION"),
+        }),
+    )?;
 
     let total = per_class * CLASS_DIRS.len();
     let bar = progress_bar(progress, total);
@@ -643,6 +707,12 @@ mod tests {
         // Only the dataset folder is left: no staging leftovers.
         let entries: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
         assert_eq!(entries.len(), 1);
+        let marker: serde_json::Value = crate::fsutil::read_json(out.join(MARKER_FILE)).unwrap();
+        assert_eq!(marker["format"], SYNTH_FORMAT);
+        assert_eq!(
+            (marker["seed"].as_u64(), marker["per_class"].as_u64()),
+            (Some(9), Some(3))
+        );
 
         // Non-empty output is refused without force and kept intact.
         let before = fs::read(out.join("Benign/benign_00000.jpg")).unwrap();
@@ -671,6 +741,43 @@ mod tests {
             generate(&out, 0, 0, false, true),
             Err(Error::InvalidOption(_))
         ));
+    }
+
+    #[test]
+    fn force_replaces_only_synthetic_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let photos = tmp.path().join("photos");
+        fs::create_dir_all(photos.join("Benign")).unwrap();
+        fs::write(photos.join("Benign/IMG_0001.jpg"), b"a user's photo").unwrap();
+        for force in [false, true] {
+            let err = generate(&photos, 1, 0, false, force).unwrap_err();
+            assert!(matches!(err, Error::NotOurOutput { .. }), "{err:?}");
+            assert_eq!(err.exit_code(), 2);
+            let msg = err.to_string();
+            assert!(msg.starts_with(&photos.display().to_string()), "{msg}");
+            assert!(msg.contains("is not a synthetic dataset"), "{msg}");
+        }
+        assert_eq!(
+            fs::read(photos.join("Benign/IMG_0001.jpg")).unwrap(),
+            b"a user's photo"
+        );
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
+
+        // Synthetic data with a user's file added is not replaced either ...
+        let out = tmp.path().join("synth");
+        generate(&out, 2, 1, false, false).unwrap();
+        fs::write(out.join("Malignant/mine.jpg"), b"mine").unwrap();
+        assert!(matches!(
+            generate(&out, 2, 1, false, true),
+            Err(Error::NotOurOutput { .. })
+        ));
+        assert_eq!(fs::read(out.join("Malignant/mine.jpg")).unwrap(), b"mine");
+        // ... while synthetic data without the marker is.
+        fs::remove_file(out.join("Malignant/mine.jpg")).unwrap();
+        fs::remove_file(out.join(MARKER_FILE)).unwrap();
+        generate(&out, 1, 1, false, true).unwrap();
+        assert!(out.join(MARKER_FILE).is_file());
+        assert!(!out.join("Benign/benign_00001.jpg").exists());
     }
 
     #[test]

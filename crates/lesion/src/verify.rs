@@ -1,6 +1,11 @@
 //! Verification of a prepared dataset (`lesion-prep verify`, and every stage before it
 //! reads one): re-hashes every shard against its manifest and checks each shard's header
 //! and rows against it, and the row totals against the per-split counts.
+//!
+//! Only regular files inside the dataset folder are read: the manifest's shard paths are
+//! confined when it is loaded ([`Manifest::load`]), and a shard that is a symbolic link
+//! to somewhere outside the folder, or not a regular file (a FIFO or device could block or
+//! never end), is reported without being opened.
 
 use std::fmt;
 use std::fs;
@@ -115,9 +120,29 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     })
 }
 
+/// Why the shard file at `path` must not be read: a link leading out of `dir`, or not a
+/// regular file.
+fn outside_or_special(dir: &Path, path: &Path) -> Option<String> {
+    let meta = fs::metadata(path).ok()?;
+    if !meta.is_file() {
+        return Some("not a regular file".into());
+    }
+    let real = fs::canonicalize(path).ok()?;
+    let root = fs::canonicalize(dir).ok()?;
+    (!real.starts_with(&root)).then(|| {
+        format!(
+            "a symbolic link to {}, outside the dataset folder",
+            real.display()
+        )
+    })
+}
+
 fn check_shard(dir: &Path, manifest: &Manifest, entry: &ShardEntry) -> (u64, Vec<String>) {
     let path = dir.join(&entry.file);
     let mut problems = Vec::new();
+    if let Some(why) = outside_or_special(dir, &path) {
+        return (0, vec![format!("{}: {why}; not read", entry.file)]);
+    }
     let sha = match fsutil::sha256_file(&path) {
         Ok(s) => s,
         Err(e) => return (0, vec![format!("{}: cannot read: {e}", entry.file)]),

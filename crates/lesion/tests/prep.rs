@@ -439,8 +439,8 @@ fn refuses_to_overwrite_without_force() {
     let tmp = tempfile::tempdir().unwrap();
     let input = make_dataset(&tmp.path().join("in"), ["Benign", "Malignant"], [5, 5]);
     let out = tmp.path().join("prepared");
-    fs::create_dir(&out).unwrap();
-    fs::write(out.join("old-results.txt"), b"precious").unwrap();
+    prep::run(&options(&input, &out)).unwrap();
+    let old = fs::read(out.join("manifest.json")).unwrap();
     let err = prep::run(&options(&input, &out)).unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -450,20 +450,20 @@ fn refuses_to_overwrite_without_force() {
         )
     );
     assert_eq!(err.exit_code(), 2);
-    assert_eq!(fs::read(out.join("old-results.txt")).unwrap(), b"precious");
+    assert_eq!(fs::read(out.join("manifest.json")).unwrap(), old);
 
     // A forced run that fails keeps the old output ...
     let mut o = options(&input, &out);
     o.force = true;
+    o.seed = 9;
     fs::write(input.join("Benign/bad.jpg"), b"").unwrap();
     o.strict = true;
     prep::run(&o).unwrap_err();
-    assert!(out.join("old-results.txt").exists());
+    assert_eq!(fs::read(out.join("manifest.json")).unwrap(), old);
     // ... and one that succeeds replaces it.
     o.strict = false;
     prep::run(&o).unwrap();
-    assert!(!out.join("old-results.txt").exists());
-    assert!(out.join("manifest.json").exists());
+    assert_eq!(Manifest::load(&out).unwrap().seed, 9);
     assert_only(tmp.path(), &["in", "prepared"]);
 }
 
@@ -563,4 +563,285 @@ fn verify_detects_a_flipped_byte() {
     let report = prep::verify(&out).unwrap();
     assert_eq!(report.problems.len(), 2);
     assert!(report.problems[1].starts_with("val/shard-00000.safetensors: cannot read"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Nothing the user owns is replaced, stale temporaries are cleaned, manifests stay inside
+// their folder, and every file name survives.
+
+/// Every file below `dir` (links not followed) with its bytes, for before/after checks.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let meta = fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                stack.push(p);
+            } else if meta.is_file() {
+                out.push((p.clone(), fs::read(&p).unwrap()));
+            } else {
+                out.push((p.clone(), Vec::new()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The message of a refusal to use an output location (exit code 2).
+fn refusal(err: Error) -> String {
+    assert_eq!(err.exit_code(), 2, "{err}");
+    match err {
+        Error::NotOurOutput { .. } => err.to_string(),
+        other => panic!("expected NotOurOutput, got {other:?}"),
+    }
+}
+
+#[test]
+fn force_never_deletes_the_input_or_a_folder_that_is_not_a_prepared_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = tmp.path().join("parent");
+    let input = make_dataset(&parent.join("images"), ["Benign", "Malignant"], [5, 5]);
+    let unrelated = tmp.path().join("documents");
+    fs::create_dir(&unrelated).unwrap();
+    fs::write(unrelated.join("thesis.txt"), b"precious").unwrap();
+    // A prepared dataset that the user put the input inside: ours, but it holds the input.
+    let prepared_parent = tmp.path().join("prepared-parent");
+    prep::run(&options(&input, &prepared_parent)).unwrap();
+    let nested_input = prepared_parent.join("images");
+    make_dataset(&nested_input, ["Benign", "Malignant"], [5, 5]);
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&input, tmp.path().join("link")).unwrap();
+    let before = snapshot(tmp.path());
+
+    let mut cases: Vec<(PathBuf, PathBuf, String)> = vec![
+        (input.clone(), input.clone(), "is the input".into()),
+        (input.clone(), input.join("."), "is the input".into()),
+        (input.clone(), parent.clone(), "holds the input".into()),
+        (
+            input.clone(),
+            input.join("Benign/prepared"),
+            "lies inside the input folder".into(),
+        ),
+        (
+            nested_input.clone(),
+            prepared_parent.clone(),
+            "holds the input".into(),
+        ),
+        (
+            input.clone(),
+            unrelated.clone(),
+            "is not a prepared dataset".into(),
+        ),
+    ];
+    #[cfg(unix)]
+    cases.push((
+        input.clone(),
+        tmp.path().join("link"),
+        "is the input".into(),
+    ));
+    for (from, out, why) in cases {
+        for force in [true, false] {
+            let mut o = options(&from, &out);
+            o.force = force;
+            let msg = refusal(prep::run(&o).unwrap_err());
+            assert!(
+                msg.starts_with(&out.display().to_string()),
+                "{out:?}: {msg}"
+            );
+            assert!(msg.contains(&why), "{out:?}: {msg}");
+            assert_eq!(snapshot(tmp.path()), before, "{out:?} force {force}");
+        }
+    }
+    // A manifest.json of something else does not make a folder ours.
+    fs::write(unrelated.join("manifest.json"), br#"{"format": "web-app"}"#).unwrap();
+    let mut o = options(&input, &unrelated);
+    o.force = true;
+    let msg = refusal(prep::run(&o).unwrap_err());
+    assert!(msg.contains("is not a prepared dataset"), "{msg}");
+    assert_eq!(fs::read(unrelated.join("thesis.txt")).unwrap(), b"precious");
+}
+
+#[test]
+fn an_empty_output_folder_is_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = make_dataset(&tmp.path().join("in"), ["Benign", "Malignant"], [5, 5]);
+    let out = tmp.path().join("prepared");
+    fs::create_dir(&out).unwrap();
+    prep::run(&options(&input, &out)).unwrap();
+    assert!(out.join("manifest.json").is_file());
+    assert_only(tmp.path(), &["in", "prepared"]);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn stale_staging_of_a_killed_prep_is_removed() {
+    let mut done = std::process::Command::new("true").spawn().unwrap();
+    let dead = done.id();
+    done.wait().unwrap();
+    let mut running = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let live = running.id();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let input = make_dataset(&tmp.path().join("in"), ["Benign", "Malignant"], [5, 5]);
+    let stale = tmp.path().join(format!("prepared.partial-{dead}"));
+    fs::create_dir_all(stale.join("train")).unwrap();
+    fs::write(stale.join(".staged-images.u8"), vec![0u8; 4096]).unwrap();
+    let busy = format!("prepared.partial-{live}");
+    fs::create_dir(tmp.path().join(&busy)).unwrap();
+    let theirs = format!("other.partial-{dead}");
+    fs::create_dir(tmp.path().join(&theirs)).unwrap();
+    fs::write(tmp.path().join("notes.partial-x"), b"mine").unwrap();
+
+    prep::run(&options(&input, &tmp.path().join("prepared"))).unwrap();
+    running.kill().unwrap();
+    running.wait().unwrap();
+    assert_only(
+        tmp.path(),
+        &["in", "prepared", &busy, &theirs, "notes.partial-x"],
+    );
+}
+
+/// Rewrites the manifest of `dir` with `edit` applied to its JSON.
+fn tamper_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("manifest.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    edit(&mut v);
+    fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn shard_paths_that_leave_the_dataset_are_refused_before_anything_is_opened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = make_dataset(&tmp.path().join("in"), ["Benign", "Malignant"], [5, 5]);
+    let out = tmp.path().join("prepared");
+    prep::run(&options(&input, &out)).unwrap();
+    let original = fs::read(out.join("manifest.json")).unwrap();
+    // A copy of a real shard outside the folder: its hash matches, so only the path
+    // check can tell.
+    let shard = fs::read(out.join("val/shard-00000.safetensors")).unwrap();
+    fs::write(tmp.path().join("outside.safetensors"), &shard).unwrap();
+
+    for (bad, why) in [
+        ("../../../../etc/passwd", "leaves the dataset folder"),
+        ("../outside.safetensors", "leaves the dataset folder"),
+        ("val/../../outside.safetensors", "leaves the dataset folder"),
+        ("/etc/passwd", "is absolute"),
+        ("", "is empty"),
+        ("val//shard-00000.safetensors", "empty or `.` segment"),
+        ("./val/shard-00000.safetensors", "empty or `.` segment"),
+        ("..\\outside.safetensors", "backslash"),
+        ("C:/outside.safetensors", "colon"),
+    ] {
+        fs::write(out.join("manifest.json"), &original).unwrap();
+        tamper_manifest(&out, |v| {
+            let k = v["shards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .position(|s| s["file"] == "val/shard-00000.safetensors")
+                .unwrap();
+            v["shards"][k]["file"] = bad.into();
+        });
+        for err in [
+            prep::verify(&out).unwrap_err(),
+            PreparedDataset::open(&out).err().unwrap(),
+        ] {
+            match &err {
+                Error::BadArtifact { path, reason } => {
+                    assert_eq!(path, &out.join("manifest.json"));
+                    assert!(
+                        reason.contains(&format!("(`{}`)", bad.escape_debug())),
+                        "{reason}"
+                    );
+                    assert!(reason.contains(why), "{bad}: {reason}");
+                }
+                other => panic!("{bad}: expected BadArtifact, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_shard_linked_to_outside_the_dataset_is_not_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = make_dataset(&tmp.path().join("in"), ["Benign", "Malignant"], [5, 5]);
+    let out = tmp.path().join("prepared");
+    prep::run(&options(&input, &out)).unwrap();
+    let shard = out.join("val/shard-00000.safetensors");
+    let outside = tmp.path().join("outside.safetensors");
+    fs::rename(&shard, &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, &shard).unwrap();
+    let report = prep::verify(&out).unwrap();
+    assert_eq!(report.problems.len(), 1, "{report}");
+    assert!(
+        report.problems[0].starts_with("val/shard-00000.safetensors: a symbolic link to"),
+        "{}",
+        report.problems[0]
+    );
+    assert!(report.problems[0].contains("outside the dataset folder"));
+    // A link that stays inside the folder is followed.
+    let inside = out.join("val/real.safetensors");
+    fs::remove_file(&shard).unwrap();
+    fs::rename(&outside, &inside).unwrap();
+    std::os::unix::fs::symlink("real.safetensors", &shard).unwrap();
+    assert!(prep::verify(&out).unwrap().is_ok());
+}
+
+#[cfg(unix)]
+#[test]
+fn file_names_that_are_not_utf8_stay_distinct() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let input = make_dataset(&tmp.path().join("in"), ["Benign", "Malignant"], [6, 6]);
+    let benign = input.join("Benign");
+    // Two names that differ only in a byte that is not UTF-8, and a valid name that reads
+    // like the escape of one of them.
+    let img = |i: u32| encode(&picture(0, 500 + i, 40, 40), ImageFormat::Png);
+    fs::write(benign.join(OsStr::from_bytes(b"x\xff.png")), img(1)).unwrap();
+    fs::write(benign.join(OsStr::from_bytes(b"x\xfe.png")), img(2)).unwrap();
+    fs::write(benign.join("x\\xFF.png"), img(3)).unwrap();
+    fs::write(benign.join("é ü.png"), img(4)).unwrap();
+    let out = tmp.path().join("prepared");
+    prep::run(&options(&input, &out)).unwrap();
+    let manifest = Manifest::load(&out).unwrap();
+    let mut paths: Vec<&str> = manifest.images.iter().map(|im| im.path.as_str()).collect();
+    paths.sort();
+    let n = paths.len();
+    paths.dedup();
+    assert_eq!(paths.len(), n, "two files share a name: {paths:?}");
+    for want in [
+        "Benign/x\\xFF.png",
+        "Benign/x\\xFE.png",
+        "Benign/x\\\\xFF.png",
+        "Benign/é ü.png",
+        "Benign/b00.png",
+    ] {
+        assert!(paths.contains(&want), "{want} not in {paths:?}");
+    }
+    // Valid names are written byte for byte.
+    let text = fs::read_to_string(out.join("manifest.json")).unwrap();
+    assert!(text.contains("\"Benign/é ü.png\""));
+    for p in &paths {
+        let bytes = lesion::fsutil::unescape_to_bytes(p);
+        assert!(input.join(OsStr::from_bytes(&bytes)).is_file(), "{p}");
+    }
+}
+
+#[test]
+fn synthetic_data_is_prepared_without_warnings_about_its_marker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("synth");
+    lesion::synth::generate(&images, 6, 3, false, false).unwrap();
+    assert!(images.join(lesion::synth::MARKER_FILE).is_file());
+    let summary = prep::run(&options(&images, &tmp.path().join("prepared"))).unwrap();
+    assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+    assert_eq!(summary.files, 12);
 }

@@ -64,7 +64,8 @@ struct PrepArgs {
     /// Fail on the first unusable input file instead of reporting and skipping it.
     #[arg(long)]
     strict: bool,
-    /// Replace an existing output folder (only once the new one is complete).
+    /// Replace an existing prepared dataset (only once the new one is complete). Never
+    /// replaces a folder lesion-prep did not write, the input folder or a folder holding it.
     #[arg(long)]
     force: bool,
     /// Refuse images declaring more pixels than this (decompression-bomb guard).
@@ -102,7 +103,8 @@ enum Command {
         /// Seed of the generator.
         #[arg(long, default_value_t = 42)]
         seed: u64,
-        /// Replace an existing folder.
+        /// Replace an existing synthetic dataset. Never replaces a folder holding anything
+        /// else (such as real photos).
         #[arg(long)]
         force: bool,
         /// No progress bar.

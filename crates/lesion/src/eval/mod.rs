@@ -22,6 +22,8 @@
 //! `pr.png`, `confusion.png`, `calibration.png`, `errors.png` and `report.html`. A
 //! checkpoint other than the run's `best.safetensors` gets `eval-<split>-<stem>/` and
 //! `threshold-<stem>.json` instead, so it never replaces the best checkpoint's threshold.
+//! `force` replaces only an evaluation folder ([`OUTPUT_KIND`]), and never one that holds
+//! the prepared data or the checkpoint.
 
 mod choose;
 mod errors;
@@ -42,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::device::describe;
-use crate::fsutil::{write_atomic, write_json_atomic, StagingDir};
+use crate::fsutil::{self, write_atomic, write_json_atomic, OutputKind, StagingDir};
 use crate::loader::PreparedDataset;
 use crate::run::{history, EpochRecord, Run, CURVES_FILE, HISTORY_FILE};
 pub use crate::run::{
@@ -75,6 +77,11 @@ pub const OUTPUT_FILES: [&str; 8] = [
 /// Value of [`EvalMetrics::format`].
 pub const METRICS_FORMAT: &str = "lesion-eval-metrics";
 pub const METRICS_FORMAT_VERSION: u32 = 1;
+/// What an evaluation folder is, for `--force`: one whose `metrics.json` eval wrote.
+pub const OUTPUT_KIND: OutputKind = OutputKind {
+    what: "an evaluation folder (one with the metrics.json lesion-eval writes)",
+    is_ours: |dir| fsutil::has_format_marker(dir, METRICS_FILE, METRICS_FORMAT),
+};
 /// Most false negatives (and, separately, false positives) shown in `errors.png`.
 pub const MAX_ERRORS_SHOWN: usize = 8;
 
@@ -88,7 +95,9 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     target.check_compatible(&data)?;
     let out_dir = target.eval_dir(opts.split);
     // Refuse an existing output before any expensive work.
-    let stage = StagingDir::new(&out_dir, opts.force)?;
+    fsutil::remove_stale_temps(&target.run_dir);
+    let inputs = [data.dir(), target.checkpoint.as_path()];
+    let stage = StagingDir::new(&out_dir, opts.force, OUTPUT_KIND, &inputs)?;
     inference::check_data(opts, &data)?;
 
     // Score both splits, choose the threshold on validation, measure the evaluated split.
@@ -185,4 +194,97 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
 
 fn absolute(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prep::{self, PrepOptions};
+    use crate::Error;
+    use std::fs;
+
+    /// A prepared dataset of synthetic images at 32 px and an untrained run that fits it.
+    fn data_and_run(root: &Path) -> (PathBuf, PathBuf) {
+        let images = root.join("images");
+        crate::synth::generate(&images, 6, 1, false, false).unwrap();
+        let data = root.join("prepared");
+        let mut p = PrepOptions::new(&images, &data);
+        p.size = 32;
+        p.progress = false;
+        prep::run(&p).unwrap();
+        let run_dir = root.join("run");
+        crate::run::fixtures::write_untrained_run(&run_dir, 32, 0, None).unwrap();
+        (data, run_dir)
+    }
+
+    fn options(run_dir: &Path, data: &Path) -> EvalOptions {
+        EvalOptions {
+            run: run_dir.to_path_buf(),
+            data: data.to_path_buf(),
+            device: "cpu".into(),
+            bootstrap: 10,
+            force: true,
+            progress: false,
+            ..EvalOptions::default()
+        }
+    }
+
+    #[test]
+    fn force_replaces_only_an_evaluation_folder_that_holds_no_input() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, run_dir) = data_and_run(tmp.path());
+        let out = run_dir.join("eval-test");
+        fs::create_dir(&out).unwrap();
+        fs::write(out.join("notes.txt"), b"mine").unwrap();
+        let err = run(&options(&run_dir, &data)).unwrap_err();
+        assert!(matches!(err, Error::NotOurOutput { .. }), "{err:?}");
+        assert_eq!(err.exit_code(), 2);
+        let msg = err.to_string();
+        assert!(msg.starts_with(&out.display().to_string()), "{msg}");
+        assert!(msg.contains("is not an evaluation folder"), "{msg}");
+        assert_eq!(fs::read(out.join("notes.txt")).unwrap(), b"mine");
+
+        // An evaluation folder the prepared data was moved into is not replaced either.
+        fs::remove_file(out.join("notes.txt")).unwrap();
+        fs::write(
+            out.join(METRICS_FILE),
+            format!(r#"{{"format": "{METRICS_FORMAT}"}}"#),
+        )
+        .unwrap();
+        let moved = out.join("prepared");
+        fs::rename(&data, &moved).unwrap();
+        let err = run(&options(&run_dir, &moved)).unwrap_err();
+        assert!(matches!(err, Error::NotOurOutput { .. }), "{err:?}");
+        assert!(err.to_string().contains("holds the input"), "{err}");
+        assert!(moved.join("manifest.json").is_file());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn stale_temporaries_in_the_run_are_removed_first() {
+        let mut done = std::process::Command::new("true").spawn().unwrap();
+        let dead = done.id();
+        done.wait().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, run_dir) = data_and_run(tmp.path());
+        let stale_dir = run_dir.join(format!("eval-test.partial-{dead}"));
+        let stale_file = run_dir.join(format!(".threshold.json.tmp-{dead}-0"));
+        fs::create_dir(&stale_dir).unwrap();
+        fs::write(stale_dir.join(REPORT_FILE), b"half").unwrap();
+        fs::write(&stale_file, b"half").unwrap();
+        // Refused (an existing evaluation without --force), after the clean-up.
+        let out = run_dir.join("eval-test");
+        fs::create_dir(&out).unwrap();
+        fs::write(
+            out.join(METRICS_FILE),
+            format!(r#"{{"format": "{METRICS_FORMAT}"}}"#),
+        )
+        .unwrap();
+        let mut opts = options(&run_dir, &data);
+        opts.force = false;
+        let err = run(&opts).unwrap_err();
+        assert!(matches!(err, Error::OutputExists { .. }), "{err:?}");
+        assert!(!stale_dir.exists() && !stale_file.exists());
+        assert!(run_dir.join(crate::run::CONFIG_FILE).is_file());
+    }
 }

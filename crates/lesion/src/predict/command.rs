@@ -1,6 +1,10 @@
 //! The `lesion-predict` command: its options, collecting the input files, predicting them
 //! in batches (with a progress bar), writing Grad-CAM heatmaps, and the report with its
 //! table, CSV and JSON renderings.
+//!
+//! Paths are written as [`fsutil::path_to_string`] does (names that are not UTF-8 escaped,
+//! so that every row can be traced to its file). Heatmaps are never written onto an input
+//! file or inside an input folder, and `force` replaces only PNG files.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -15,7 +19,7 @@ use serde::Serialize;
 
 use super::predictor::{Predictor, DEFAULT_BATCH_SIZE};
 use crate::device::parse_device;
-use crate::fsutil::write_atomic;
+use crate::fsutil::{self, write_atomic};
 use crate::gradcam::{self, Cam};
 use crate::image_io::ResizePolicy;
 use crate::{Error, Result};
@@ -81,6 +85,7 @@ pub struct InputFile {
 /// A file of a searched folder that is not an image, or a path that could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Skipped {
+    #[serde(serialize_with = "path_text")]
     pub path: PathBuf,
     pub reason: String,
 }
@@ -201,6 +206,7 @@ fn unique_name(rel: &Path, taken: &mut HashSet<PathBuf>) -> PathBuf {
 /// The outcome for one input file.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FileResult {
+    #[serde(serialize_with = "path_text")]
     pub path: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probability: Option<f64>,
@@ -209,11 +215,28 @@ pub struct FileResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub malignant: Option<bool>,
     /// The Grad-CAM PNG written for it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "optional_path_text"
+    )]
     pub heatmap: Option<PathBuf>,
     /// Why it could not be predicted (or its heatmap written).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+fn path_text<S: serde::Serializer>(path: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&fsutil::path_to_string(path))
+}
+
+fn optional_path_text<S: serde::Serializer>(
+    path: &Option<PathBuf>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match path {
+        Some(p) => path_text(p, s),
+        None => s.serialize_none(),
+    }
 }
 
 impl FileResult {
@@ -272,7 +295,7 @@ impl PredictReport {
         let paths: Vec<String> = self
             .results
             .iter()
-            .map(|r| r.path.display().to_string())
+            .map(|r| fsutil::path_to_string(&r.path))
             .collect();
         let width = paths
             .iter()
@@ -311,7 +334,7 @@ impl PredictReport {
         for r in &self.results {
             let probability = r.probability.map(|p| format!("{p:.6}")).unwrap_or_default();
             w.write_record([
-                r.path.display().to_string().as_str(),
+                fsutil::path_to_string(&r.path).as_str(),
                 &probability,
                 r.label.as_deref().unwrap_or(""),
                 &threshold,
@@ -356,18 +379,8 @@ pub fn run(opts: &PredictOptions) -> Result<PredictReport> {
 
     let inputs = collect_inputs(&opts.inputs)?;
     if let Some(dir) = &opts.explain {
+        check_heatmap_targets(dir, &opts.inputs, &inputs.files, opts.force)?;
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        if !opts.force {
-            if let Some(f) = inputs
-                .files
-                .iter()
-                .filter(|f| f.problem.is_none())
-                .map(|f| dir.join(&f.heatmap_name))
-                .find(|p| p.exists())
-            {
-                return Err(Error::OutputExists { path: f });
-            }
-        }
     }
     let mut results: HashMap<usize, FileResult> = HashMap::new();
     let bar = progress_bar(
@@ -468,6 +481,77 @@ pub fn run(opts: &PredictOptions) -> Result<PredictReport> {
     })
 }
 
+/// Refuses heatmap locations that would change an input: the `--explain` folder inside an
+/// input folder, a heatmap onto an input file; and an existing heatmap without `force`,
+/// or one that is not a PNG file (not something this command wrote) even with it.
+fn check_heatmap_targets(
+    dir: &Path,
+    args: &[PathBuf],
+    files: &[InputFile],
+    force: bool,
+) -> Result<()> {
+    let folders: Vec<(PathBuf, &PathBuf)> = args
+        .iter()
+        .filter(|a| a.is_dir())
+        .map(|a| (fsutil::resolve_path(a), a))
+        .collect();
+    let input_files: HashSet<PathBuf> = files
+        .iter()
+        .map(|f| fsutil::resolve_path(&f.path))
+        .collect();
+    let inside = |p: &Path| {
+        folders
+            .iter()
+            .find(|(f, _)| p.starts_with(f))
+            .map(|(_, a)| a)
+    };
+    if let Some(folder) = inside(&fsutil::resolve_path(dir)) {
+        return Err(Error::NotOurOutput {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "not used for heatmaps: it lies inside the input folder {}; choose a folder \
+                 outside it",
+                folder.display()
+            ),
+        });
+    }
+    for f in files.iter().filter(|f| f.problem.is_none()) {
+        let target = dir.join(&f.heatmap_name);
+        let resolved = fsutil::resolve_path(&target);
+        if input_files.contains(&resolved) || inside(&resolved).is_some() {
+            return Err(Error::NotOurOutput {
+                path: target,
+                reason: "not written: this heatmap would replace or join the inputs; choose \
+                         another --explain folder"
+                    .into(),
+            });
+        }
+        let Ok(meta) = fs::symlink_metadata(&target) else {
+            continue;
+        };
+        if !force {
+            return Err(Error::OutputExists { path: target });
+        }
+        if !(meta.is_file() && is_png(&target)) {
+            return Err(Error::NotOurOutput {
+                path: target,
+                reason: "exists and is not a heatmap (a PNG file); refusing to replace it, \
+                         with or without --force"
+                    .into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn is_png(path: &Path) -> bool {
+    let mut head = [0u8; 8];
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && head == *b"\x89PNG\r\n\x1a\n"
+}
+
 fn write_heatmap(
     predictor: &Predictor,
     image: &RgbImage,
@@ -516,6 +600,100 @@ mod tests {
             heatmap: None,
             error: None,
         }
+    }
+
+    fn refusal(err: Error) -> String {
+        assert_eq!(err.exit_code(), 2, "{err}");
+        match err {
+            Error::NotOurOutput { .. } => err.to_string(),
+            other => panic!("expected NotOurOutput, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn heatmaps_never_replace_inputs_or_foreign_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let photos = tmp.path().join("photos");
+        fs::create_dir_all(&photos).unwrap();
+        let png = b"\x89PNG\r\n\x1a\n rest";
+        fs::write(photos.join("a.jpg"), b"\xff\xd8\xff\xe0 jpeg").unwrap();
+        // A user's PNG whose name is the heatmap name of a.jpg.
+        fs::write(photos.join("a.gradcam.png"), png).unwrap();
+        let args = vec![photos.clone()];
+        let inputs = collect_inputs(&args).unwrap();
+
+        // The input folder itself, or a folder inside it.
+        for dir in [photos.clone(), photos.join("heatmaps")] {
+            for force in [false, true] {
+                let msg =
+                    refusal(check_heatmap_targets(&dir, &args, &inputs.files, force).unwrap_err());
+                assert!(msg.contains("lies inside the input folder"), "{msg}");
+            }
+        }
+        // A heatmap that would land on an input file named on the command line.
+        let file_args = vec![photos.join("a.jpg"), photos.join("a.gradcam.png")];
+        let named = collect_inputs(&file_args).unwrap();
+        let msg =
+            refusal(check_heatmap_targets(&photos, &file_args, &named.files, true).unwrap_err());
+        assert!(msg.contains("would replace or join the inputs"), "{msg}");
+        assert_eq!(fs::read(photos.join("a.gradcam.png")).unwrap(), png);
+
+        // Elsewhere: an existing heatmap needs --force, and must be a PNG to be replaced.
+        let heat = tmp.path().join("heat");
+        fs::create_dir_all(&heat).unwrap();
+        check_heatmap_targets(&heat, &args, &inputs.files, false).unwrap();
+        fs::write(heat.join("a.gradcam.png"), png).unwrap();
+        assert!(matches!(
+            check_heatmap_targets(&heat, &args, &inputs.files, false),
+            Err(Error::OutputExists { .. })
+        ));
+        check_heatmap_targets(&heat, &args, &inputs.files, true).unwrap();
+        fs::write(heat.join("a.gradcam.png"), b"my notes").unwrap();
+        let msg = refusal(check_heatmap_targets(&heat, &args, &inputs.files, true).unwrap_err());
+        assert!(msg.contains("is not a heatmap"), "{msg}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn names_that_are_not_utf8_stay_distinct_in_every_rendering() {
+        use std::os::unix::ffi::OsStrExt;
+        let name = |b: &[u8]| PathBuf::from(std::ffi::OsStr::from_bytes(b));
+        let report = PredictReport {
+            model_id: "r@0123456789ab".into(),
+            threshold: 0.5,
+            threshold_source: "0.5000".into(),
+            tta: false,
+            resize: ResizePolicy::Stretch,
+            device: "cpu".into(),
+            results: vec![
+                ok("in/é.jpg", 0.25, "Benign"),
+                FileResult {
+                    heatmap: Some(name(b"h/a\xff.gradcam.png")),
+                    ..ok("x", 0.5, "Malignant")
+                },
+                FileResult::failed(name(b"in/a\xfe.jpg"), "cannot read: x".into()),
+            ],
+            skipped: vec![Skipped {
+                path: name(b"in/b\xff.txt"),
+                reason: "not an image".into(),
+            }],
+            warnings: Vec::new(),
+        };
+        let mut report = report;
+        report.results[1].path = name(b"in/a\xff.jpg");
+        let csv = report.render(OutputFormat::Csv);
+        assert!(csv.contains("\nin/é.jpg,"), "{csv}");
+        assert!(csv.contains("\nin/a\\xFF.jpg,"), "{csv}");
+        assert!(csv.contains("\nin/a\\xFE.jpg,"), "{csv}");
+        let table = report.render(OutputFormat::Table);
+        assert!(table.contains("in/a\\xFF.jpg") && table.contains("in/a\\xFE.jpg"));
+        let json: serde_json::Value =
+            serde_json::from_str(&report.render(OutputFormat::Json)).unwrap();
+        assert_eq!(json["results"][0]["path"], "in/é.jpg");
+        assert_eq!(json["results"][1]["path"], "in/a\\xFF.jpg");
+        assert_eq!(json["results"][1]["heatmap"], "h/a\\xFF.gradcam.png");
+        assert_eq!(json["results"][2]["path"], "in/a\\xFE.jpg");
+        assert_eq!(json["skipped"][0]["path"], "in/b\\xFF.txt");
     }
 
     #[test]

@@ -2,20 +2,23 @@
 //! [`CLASS_NAMES`] case-insensitively) and lists every file below them, sorted by path, so
 //! that the processing order and therefore every source index is independent of the file
 //! system's listing order. Hidden entries are skipped and counted; loose files and
-//! unrecognised folders become warnings.
+//! unrecognised folders become warnings. Names become the manifest's text through
+//! [`fsutil::os_str_to_string`], so names that are not UTF-8 stay distinct.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::{bad_dataset, CLASS_NAMES};
 use crate::error::IoContext;
+use crate::fsutil;
 use crate::Result;
 
 /// One input file, in processing order.
 #[derive(Debug, Clone)]
 pub(super) struct InputFile {
     pub(super) abs: PathBuf,
-    /// Relative to the input folder, `/`-separated.
+    /// Relative to the input folder, `/`-separated, each name as
+    /// [`fsutil::os_str_to_string`] writes it.
     pub(super) rel: String,
     pub(super) class: u8,
 }
@@ -46,7 +49,7 @@ fn list_files(
     hidden: &mut usize,
 ) -> Result<()> {
     for e in sorted_entries(dir)? {
-        let name = e.file_name().to_string_lossy().into_owned();
+        let name = fsutil::os_str_to_string(&e.file_name());
         let path = e.path();
         if name.starts_with('.') {
             *hidden += 1;
@@ -91,7 +94,7 @@ pub(super) fn discover(input: &Path) -> Result<Discovery> {
     let mut class_dirs: Vec<Option<(String, PathBuf)>> = vec![None; CLASS_NAMES.len()];
     let mut loose_files = 0usize;
     for e in sorted_entries(input)? {
-        let name = e.file_name().to_string_lossy().into_owned();
+        let name = fsutil::os_str_to_string(&e.file_name());
         let path = e.path();
         let is_dir = fs::metadata(&path).is_ok_and(|m| m.is_dir());
         if !is_dir {

@@ -29,6 +29,10 @@
 //!
 //! This file holds the options, the summary and [`run`], which chains the passes in a
 //! staging folder, writes the manifest and commits the folder.
+//!
+//! `--force` replaces only a prepared dataset (a folder whose `manifest.json` is one prep
+//! writes, see [`OUTPUT_KIND`]) or an empty folder, and never the input folder, a folder
+//! holding it or one inside it ([`crate::fsutil::check_output`]).
 
 mod assign;
 mod discover;
@@ -43,10 +47,10 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::error::IoContext;
-use crate::fsutil::StagingDir;
+use crate::fsutil::{self, OutputKind, StagingDir};
 use crate::image_io::{self, ResizePolicy};
 use crate::manifest::{
-    DuplicateGroup, Manifest, Normalization, PrepRecord, RejectedFile, SplitCounts,
+    DuplicateGroup, Manifest, Normalization, PrepRecord, RejectedFile, SplitCounts, MANIFEST_FILE,
     MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION,
 };
 use crate::split::Split;
@@ -66,6 +70,12 @@ pub const CLASS_NAMES: [&str; 2] = ["Benign", "Malignant"];
 
 /// File name of the sample grid inside a prepared-dataset folder.
 pub const SAMPLES_FILE: &str = "samples.png";
+
+/// What prep's output is, for `--force`: a folder with a prepared-dataset manifest.
+pub const OUTPUT_KIND: OutputKind = OutputKind {
+    what: "a prepared dataset (a folder with the manifest.json lesion-prep writes)",
+    is_ours: |dir| fsutil::has_format_marker(dir, MANIFEST_FILE, MANIFEST_FORMAT),
+};
 
 /// Options of [`run`]. [`PrepOptions::new`] gives the documented defaults.
 #[derive(Debug, Clone, PartialEq)]
@@ -161,7 +171,7 @@ impl PrepOptions {
 
     fn record(&self) -> PrepRecord {
         PrepRecord {
-            input: self.input.display().to_string(),
+            input: fsutil::path_to_string(&self.input),
             image_size: self.size,
             resize: self.resize,
             val: self.val,
@@ -278,7 +288,7 @@ pub fn run(opts: &PrepOptions) -> Result<PrepSummary> {
 fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
     let start = Instant::now();
     let discovery = discover(&opts.input)?;
-    let stage = StagingDir::new(&opts.out, opts.force)?;
+    let stage = StagingDir::new(&opts.out, opts.force, OUTPUT_KIND, &[&opts.input])?;
     let staged_path = stage.path().join(STAGED_IMAGES);
     let (images, mut rejected) = stage_images(opts, &discovery.files, &staged_path)?;
     let (mut images, staged_row) = reject_conflicting_copies(opts, images, &mut rejected)?;

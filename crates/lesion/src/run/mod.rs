@@ -47,7 +47,7 @@ pub mod threshold;
 
 use std::path::Path;
 
-use crate::fsutil::{read_json, write_json_atomic};
+use crate::fsutil::{self, read_json, write_json_atomic, OutputKind};
 use crate::split::Split;
 use crate::{Error, Result};
 
@@ -81,25 +81,28 @@ pub fn eval_dir_name(split: Split, checkpoint: &Path) -> String {
     format!("eval-{}{suffix}", split.name())
 }
 
+/// What a run folder is, for `--force`: one whose `config.json` train wrote.
+pub const OUTPUT_KIND: OutputKind = OutputKind {
+    what: "a lesion run folder (one with the config.json lesion-train writes)",
+    is_ours: is_run_folder,
+};
+
+fn is_run_folder(dir: &Path) -> bool {
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Marker {
+        manifest_sha256: String,
+        train: serde_json::Value,
+    }
+    read_json::<Marker>(dir.join(CONFIG_FILE)).is_ok()
+}
+
 /// Creates an empty run folder; an existing one is replaced only with `force`, and only if
-/// it is a run folder (so that `--force` cannot delete an unrelated directory).
-pub fn create(dir: &Path, force: bool) -> Result<()> {
-    if dir.exists() {
-        if !force {
-            return Err(Error::OutputExists {
-                path: dir.to_path_buf(),
-            });
-        }
-        let is_run = dir.join(CONFIG_FILE).is_file()
-            || std::fs::read_dir(dir)
-                .map(|mut d| d.next().is_none())
-                .unwrap_or(false);
-        if !is_run {
-            return Err(Error::InvalidOption(format!(
-                "{} exists and is not a lesion run folder; refusing to replace it",
-                dir.display()
-            )));
-        }
+/// it is a run folder or empty, never when it is, holds or lies inside one of `inputs`
+/// ([`fsutil::check_output`]: `--force` cannot delete an unrelated directory).
+pub fn create(dir: &Path, force: bool, inputs: &[&Path]) -> Result<()> {
+    fsutil::check_output(dir, force, &OUTPUT_KIND, inputs)?;
+    if std::fs::symlink_metadata(dir).is_ok() {
         std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
@@ -146,19 +149,53 @@ mod tests {
     fn create_refuses_to_replace_what_is_not_a_run() {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("r");
-        create(&run, false).unwrap();
+        create(&run, false, &[]).unwrap();
+        // Empty: may be used.
+        create(&run, false, &[]).unwrap();
+        create(&run, true, &[]).unwrap();
+        std::fs::write(run.join("notes.txt"), "mine").unwrap();
+        for force in [false, true] {
+            let err = create(&run, force, &[]).unwrap_err();
+            assert!(matches!(err, Error::NotOurOutput { .. }), "{err:?}");
+            assert_eq!(err.exit_code(), 2);
+            let msg = err.to_string();
+            assert!(msg.contains("is not a lesion run folder"), "{msg}");
+        }
+        // A config.json that is not a run's does not make it one.
+        std::fs::write(run.join(CONFIG_FILE), "{}").unwrap();
+        assert!(create(&run, true, &[]).is_err());
+        assert!(run.join("notes.txt").is_file());
+        std::fs::write(
+            run.join(CONFIG_FILE),
+            r#"{"manifest_sha256": "00", "train": {}}"#,
+        )
+        .unwrap();
         assert!(matches!(
-            create(&run, false),
+            create(&run, false, &[]),
             Err(Error::OutputExists { .. })
         ));
-        // Empty: replaceable with force.
-        create(&run, true).unwrap();
-        std::fs::write(run.join("notes.txt"), "mine").unwrap();
-        let err = create(&run, true).unwrap_err().to_string();
-        assert!(err.contains("not a lesion run folder"), "{err}");
-        assert!(run.join("notes.txt").is_file());
-        std::fs::write(run.join(CONFIG_FILE), "{}").unwrap();
-        create(&run, true).unwrap();
+        create(&run, true, &[]).unwrap();
         assert!(!run.join("notes.txt").exists());
+    }
+
+    #[test]
+    fn create_never_replaces_a_run_holding_its_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("r");
+        let data = run.join("prepared");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("manifest.json"), "{}").unwrap();
+        std::fs::write(
+            run.join(CONFIG_FILE),
+            r#"{"manifest_sha256": "00", "train": {}}"#,
+        )
+        .unwrap();
+        let err = create(&run, true, &[&data]).unwrap_err();
+        assert!(matches!(err, Error::NotOurOutput { .. }), "{err:?}");
+        assert!(err.to_string().contains("holds the input"), "{err}");
+        assert!(data.join("manifest.json").is_file());
+        let err = create(&data.join("run"), true, &[&data]).unwrap_err();
+        assert!(err.to_string().contains("inside the input folder"), "{err}");
+        assert!(!data.join("run").exists());
     }
 }

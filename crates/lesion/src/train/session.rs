@@ -98,7 +98,7 @@ pub fn train(cfg: &TrainConfig, progress: bool) -> Result<TrainSummary> {
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
         train: cfg.clone(),
     };
-    run::create(&cfg.out, cfg.force)?;
+    run::create(&cfg.out, cfg.force, &[&cfg.data])?;
     run::write_config(&cfg.out, &run_cfg)?;
     session.run()
 }
@@ -188,6 +188,7 @@ impl ResumeOptions {
 /// kill while the first epoch was being saved) is the resume point.
 pub fn resume(run_dir: &Path, opts: &ResumeOptions, progress: bool) -> Result<TrainSummary> {
     let mut run_cfg = run::read_config(run_dir)?;
+    crate::fsutil::remove_stale_temps(run_dir);
     let mut cfg = run_cfg.train.clone();
     cfg.out = run_dir.to_path_buf();
     let changes = opts.apply(&mut cfg);
