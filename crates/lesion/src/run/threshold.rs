@@ -78,11 +78,14 @@ impl Threshold {
     pub fn describe(&self) -> String {
         match (self.method, self.target_sensitivity) {
             (ThresholdMethod::Sensitivity, Some(t)) => format!(
-                "{:.4} (highest reaching sensitivity {:.0}% on val)",
-                self.threshold,
+                "{} (highest reaching sensitivity {:.0}% on val)",
+                crate::display::threshold(self.threshold),
                 t * 100.0
             ),
-            _ => format!("{:.4} (Youden's J on val)", self.threshold),
+            _ => format!(
+                "{} (Youden's J on val)",
+                crate::display::threshold(self.threshold)
+            ),
         }
     }
 
