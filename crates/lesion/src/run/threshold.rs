@@ -74,7 +74,8 @@ pub struct Threshold {
 }
 
 impl Threshold {
-    /// A short description, e.g. `0.4123 (youden on val)`.
+    /// A short description, e.g. `0.4123 (Youden's J on val)`, the threshold written by
+    /// [`crate::display::threshold`].
     pub fn describe(&self) -> String {
         match (self.method, self.target_sensitivity) {
             (ThresholdMethod::Sensitivity, Some(t)) => format!(
