@@ -24,11 +24,10 @@ fi
 echo "==> prep: $images -> $prepared"
 "$bin/lesion-prep" "$images" --out "$prepared" --size 112 --views 4 --force
 
-# Random init (--weights none) keeps the demo offline; with random weights the whole
-# network must learn, so every layer trains.
-echo "==> train: $prepared -> $run"
-"$bin/lesion-train" --data "$prepared" --out "$run" --weights none --trainable all \
-  --lr-backbone 1e-3 --batch-size 32 --epochs 12 --patience 4 --monitor val_auc --force
+# The training recipe lives in scripts/demo-train.args (a test runs it too).
+mapfile -t train_args < <(sed -e 's/#.*//' scripts/demo-train.args | tr -s ' \t' '\n' | grep -v '^$')
+echo "==> train: $prepared -> $run (${train_args[*]})"
+"$bin/lesion-train" --data "$prepared" --out "$run" "${train_args[@]}" --force
 
 echo "==> eval: $run on the test split"
 "$bin/lesion-eval" --run "$run" --data "$prepared" --force

@@ -6,7 +6,7 @@
 //!
 //! | layer | module | owns |
 //! |---|---|---|
-//! | base | [`error`], [`fsutil`], [`alloc`] | the error type and exit codes; atomic writes, staged folders, SHA-256; allocator tuning |
+//! | base | [`error`], [`fsutil`], [`alloc`], [`display`] | the error type and exit codes; atomic writes, staged folders, SHA-256; allocator tuning; how probabilities and thresholds read on screen |
 //! | kernels | [`kernels`] | CPU convolution, BatchNorm, ReLU and max-pool as candle custom ops, cuDNN passes (design: `docs/kernels.md`) |
 //! | data | [`image_io`], [`transforms`], [`split`], [`synth`] | decoding and resizing; the notebook's augmentations and normalisation; the stratified split; the synthetic dataset |
 //! | prepared folder | [`manifest`], [`shard`], [`verify`] | `manifest.json`, the shard files of a prepared dataset, and checking them against each other |
@@ -24,6 +24,7 @@
 //! - every artifact is written atomically (see [`fsutil`]).
 
 pub mod alloc;
+pub mod display;
 pub mod error;
 pub mod fsutil;
 

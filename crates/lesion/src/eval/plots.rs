@@ -14,6 +14,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::{ErrorCase, EvalMetrics, CALIBRATION_FILE, CONFUSION_FILE, PR_FILE, ROC_FILE};
+use crate::display;
 use crate::metrics::{BinaryMetrics, Calibration, ConfusionMatrix, PrCurve, RocCurve};
 use crate::plot::{font_family, render_png, Canvas};
 use crate::Result;
@@ -127,6 +128,14 @@ impl Mark {
     }
 }
 
+/// The legend and panel title of the chosen threshold's operating point.
+fn chosen_label(threshold: f64) -> String {
+    format!(
+        "threshold {} (chosen on val)",
+        display::threshold(threshold)
+    )
+}
+
 /// Draws `roc.png`, `pr.png`, `confusion.png` and `calibration.png` of `m` into `dir`, the
 /// curves from `roc_curve` and `pr_curve`, with the operating points at 0.5 and at the
 /// chosen threshold.
@@ -140,11 +149,7 @@ pub(super) fn draw_metrics(
     let thr = m.threshold.threshold;
     let marks = [
         Mark::from_metrics("threshold 0.5", &m.at_default_threshold, 0),
-        Mark::from_metrics(
-            &format!("threshold {:.3} (chosen on val)", thr),
-            &m.at_chosen_threshold,
-            1,
-        ),
+        Mark::from_metrics(&chosen_label(thr), &m.at_chosen_threshold, 1),
     ];
     roc(
         roc_curve,
@@ -166,10 +171,7 @@ pub(super) fn draw_metrics(
                 "threshold 0.5".to_string(),
                 m.at_default_threshold.confusion_matrix,
             ),
-            (
-                format!("threshold {thr:.3} (chosen on val)"),
-                m.at_chosen_threshold.confusion_matrix,
-            ),
+            (chosen_label(thr), m.at_chosen_threshold.confusion_matrix),
         ],
         class_names,
         &dir.join(CONFUSION_FILE),
@@ -482,15 +484,6 @@ pub fn calibration(cal: &Calibration, path: &Path) -> Result<()> {
     )
 }
 
-/// Enough digits that a confident error does not read as exactly 0 or 1.
-fn probability(p: f64) -> String {
-    if !(0.01..=0.99).contains(&p) {
-        format!("{p:.4}")
-    } else {
-        format!("{p:.3}")
-    }
-}
-
 /// Shortens `s` to at most `max` characters, keeping both ends.
 fn ellipsize(s: &str, max: usize) -> String {
     let chars: Vec<char> = s.chars().collect();
@@ -511,6 +504,15 @@ const GAP: u32 = 14;
 const CAPTION: u32 = 40;
 const HEADING: u32 = 40;
 
+/// The headings of the error grid's two sections.
+fn error_headings(threshold: f64) -> [String; 2] {
+    let t = display::threshold(threshold);
+    [
+        format!("False negatives: malignant lesions scored below {t} (most confident first)"),
+        format!("False positives: benign lesions scored at or above {t} (most confident first)"),
+    ]
+}
+
 /// The error grid: the most confident false negatives, then the most confident false
 /// positives, each image with its malignant probability and file name. `images` maps source
 /// indices to the stored images; a missing one is drawn as a grey tile.
@@ -526,21 +528,10 @@ pub fn error_grid(
     let w = GAP + COLS * (TILE + GAP);
     let h = GAP + section_h(false_negatives.len()) + section_h(false_positives.len());
     let mut buf = white(w, h);
+    let [fn_heading, fp_heading] = error_headings(threshold);
     let sections = [
-        (
-            format!(
-                "False negatives: malignant lesions scored below {threshold:.3} (most confident first)"
-            ),
-            false_negatives,
-            FN_COLOR,
-        ),
-        (
-            format!(
-                "False positives: benign lesions scored at or above {threshold:.3} (most confident first)"
-            ),
-            false_positives,
-            FP_COLOR,
-        ),
+        (fn_heading, false_negatives, FN_COLOR),
+        (fp_heading, false_positives, FP_COLOR),
     ];
     // Tile origins, and the images pasted in before plotters draws the text.
     let mut tiles = Vec::new();
@@ -591,7 +582,7 @@ pub fn error_grid(
                 ))?;
             }
             root.draw_text(
-                &format!("p(malignant) = {}", probability(case.probability)),
+                &format!("p(malignant) = {}", display::probability(case.probability)),
                 &text_style(14, BLACK, HPos::Center, VPos::Top),
                 (x0 + t / 2, y0 + t + 5),
             )?;
@@ -611,6 +602,22 @@ pub fn error_grid(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tiny threshold keeps its value in the figures' text (not `0.000`).
+    #[test]
+    fn figure_texts_show_a_tiny_threshold() {
+        assert_eq!(chosen_label(3.3e-7), "threshold 3.3e-7 (chosen on val)");
+        assert_eq!(chosen_label(0.41234), "threshold 0.4123 (chosen on val)");
+        let [fns, fps] = error_headings(3.3e-7);
+        assert_eq!(
+            fns,
+            "False negatives: malignant lesions scored below 3.3e-7 (most confident first)"
+        );
+        assert_eq!(
+            fps,
+            "False positives: benign lesions scored at or above 3.3e-7 (most confident first)"
+        );
+    }
 
     #[test]
     fn ellipsize_keeps_both_ends() {

@@ -5,7 +5,9 @@
 //! The page is `templates/report.html` (its pieces in `macros.html`, its style in
 //! `report.css`, all compiled in), rendered with minijinja from a context built here in
 //! which every number is already formatted text (4 decimals, percentages, interval text,
-//! the UTC date); every value is HTML-escaped on output.
+//! the UTC date) except probabilities and decision thresholds: those are numbers that the
+//! templates write through the `probability` and `threshold` filters, the rule of
+//! [`crate::display`]. Every value is HTML-escaped on output.
 //!
 //! Landmarks other tools rely on (the browser test does): `table#metrics` has one
 //! `tr[data-metric]` per figure, named as in `metrics.json`; `#disclaimer` is the
@@ -20,6 +22,7 @@ use super::{
     ErrorCase, EvalMetrics, CALIBRATION_FILE, CONFUSION_FILE, ERRORS_FILE, PREDICTIONS_FILE,
     PR_FILE, REPORT_FILE, ROC_FILE,
 };
+use crate::display;
 use crate::error::IoContext;
 use crate::manifest::Manifest;
 use crate::metrics::{BinaryMetrics, BootstrapCis, ConfidenceInterval, CALIBRATION_BINS};
@@ -155,11 +158,14 @@ fn pct(v: f64) -> String {
 }
 
 /// The page's templates, with HTML auto-escaping (chosen by the `.html` extension) done
-/// by [`html_formatter`], and undefined names an error rather than empty text.
+/// by [`html_formatter`], undefined names an error rather than empty text, and the
+/// `probability` and `threshold` filters of [`crate::display`].
 fn environment() -> std::result::Result<Environment<'static>, minijinja::Error> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_formatter(html_formatter);
+    env.add_filter("probability", display::probability);
+    env.add_filter("threshold", display::threshold);
     for (name, source) in TEMPLATES {
         env.add_template(name, source)?;
     }
@@ -202,12 +208,11 @@ fn render_at(input: &ReportInput<'_>, now: u64) -> Result<String> {
         })
 }
 
-/// The figures of one threshold column (`f4` text, counts as numbers).
+/// The figures of one threshold column (`f4` text, counts and the threshold as numbers).
 fn at_threshold(b: &BinaryMetrics) -> Value {
     let cm = &b.confusion_matrix;
     context! {
-        threshold => format!("{:.4}", b.threshold),
-        threshold_short => format!("{:.3}", b.threshold),
+        threshold => b.threshold,
         roc_auc => f4(b.roc_auc),
         average_precision => f4(b.average_precision),
         brier => f4(b.brier),
@@ -243,7 +248,7 @@ fn error_rows(cases: &[ErrorCase]) -> Vec<Value> {
         .map(|e| {
             context! {
                 path => &e.path,
-                probability => format!("{:.4}", e.probability),
+                probability => e.probability,
             }
         })
         .collect()
@@ -351,7 +356,7 @@ fn page(input: &ReportInput<'_>, now: u64) -> Result<Value> {
             context! {
                 target => format!("{:.2}", p.target_sensitivity),
                 target_pct => pct(p.target_sensitivity),
-                threshold => format!("{:.4}", p.threshold),
+                threshold => p.threshold,
                 sensitivity => format!("{:.4}", p.sensitivity),
                 specificity => format!("{:.4}", p.specificity),
             }
@@ -382,7 +387,7 @@ fn page(input: &ReportInput<'_>, now: u64) -> Result<Value> {
         intervals => bc.map(|b| context! { resamples => b.n_resamples, seed => b.seed }),
         calibration_bins => CALIBRATION_BINS,
         threshold => context! {
-            value => format!("{:.4}", t.threshold),
+            value => t.threshold,
             target => t.target_sensitivity.map(pct),
             val_sensitivity => format!("{:.3}", t.val_sensitivity),
             val_specificity => format!("{:.3}", t.val_specificity),
@@ -392,7 +397,7 @@ fn page(input: &ReportInput<'_>, now: u64) -> Result<Value> {
         },
         spec_at_sens,
         youden => d.youden.as_ref().map(|y| context! {
-            threshold => format!("{:.4}", y.threshold),
+            threshold => y.threshold,
             sensitivity => format!("{:.3}", y.sensitivity),
             specificity => format!("{:.3}", y.specificity),
         }),
@@ -416,7 +421,7 @@ fn page(input: &ReportInput<'_>, now: u64) -> Result<Value> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::eval::{BootstrapPair, Threshold, ThresholdMethod};
     use crate::image_io::ResizePolicy;
@@ -478,9 +483,18 @@ mod tests {
 
     /// Every section of the page present (`full`), or every optional one left out.
     fn fixture(full: bool) -> Fixture {
+        fixture_at(full, 0.4123)
+    }
+
+    /// The metrics of the full fixture with the threshold `chosen` (for the terminal table).
+    pub(in crate::eval) fn metrics_at(chosen: f64) -> EvalMetrics {
+        fixture_at(true, chosen).metrics
+    }
+
+    /// [`fixture`] with the decision threshold `chosen`.
+    fn fixture_at(full: bool, chosen: f64) -> Fixture {
         let (labels, probs) = labels_probs();
         let thr = 0.5;
-        let chosen = 0.4123;
         let mut at_default = metrics::evaluate(&labels, &probs, thr).unwrap();
         let mut at_chosen = metrics::evaluate(&labels, &probs, chosen).unwrap();
         if full {
@@ -679,6 +693,35 @@ mod tests {
 
     /// 2023-11-14 22:13 UTC.
     const NOW: u64 = 1_700_000_000;
+
+    /// A threshold or probability outside [0.0001, 0.9999] keeps its meaning on the page:
+    /// the threshold in scientific notation, a probability as a bound, never `0.0000`.
+    #[test]
+    fn tiny_threshold_and_extreme_probabilities_read_meaningfully() {
+        let mut f = fixture_at(true, 3.3e-7);
+        f.metrics.at_default_threshold.youden = Some(OperatingPoint {
+            threshold: 1.0 - 4e-6,
+            sensitivity: 0.2,
+            specificity: 1.0,
+        });
+        f.false_negatives[1].probability = 2e-9;
+        f.false_positives[0].probability = 1.0;
+        let html = render_at(&f.input(true), NOW).unwrap();
+        for want in [
+            "Decision threshold <strong>3.3e-7</strong>",
+            "<div class=\"label\">Sensitivity at 3.3e-7</div>",
+            "<th>at 3.3e-7 (chosen)</th>",
+            "<tr data-metric=\"threshold\"><td>Threshold</td><td class=\"num\">0.5</td><td></td><td class=\"num\">3.3e-7</td>",
+            "Youden-optimal threshold on this split itself: 0.999996 ",
+            "<code>mal/b.jpg</code></td><td class=\"num\">&lt; 0.0001</td>",
+            "</code></td><td class=\"num\">&gt; 0.9999</td>",
+        ] {
+            assert!(html.contains(want), "the page lacks {want:?}");
+        }
+        for unwanted in ["0.0000 (chosen)", "at 0.000<", "<strong>0.0000</strong>"] {
+            assert!(!html.contains(unwanted), "the page shows {unwanted:?}");
+        }
+    }
 
     #[test]
     fn full_report_matches_golden() {

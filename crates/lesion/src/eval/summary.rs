@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use super::EvalMetrics;
+use crate::display;
 use crate::metrics::{self, ConfusionMatrix, CALIBRATION_BINS};
 
 /// What [`run`](super::run) returns; `Display` is the compact terminal table.
@@ -59,7 +60,7 @@ impl fmt::Display for EvalSummary {
             "{:<20} {:<28} {:<28}",
             "metric",
             "at 0.5",
-            format!("at {:.4}", c.threshold)
+            format!("at {}", display::threshold(c.threshold))
         )?;
         let row = |f: &mut fmt::Formatter<'_>, name: &str, a: String, b: String| {
             writeln!(f, "{name:<20} {a:<28} {b:<28}")
@@ -136,5 +137,39 @@ impl fmt::Display for EvalSummary {
         writeln!(f, "outputs:   {}", self.out_dir.display())?;
         writeln!(f, "threshold: {}", self.threshold_file.display())?;
         write!(f, "report:    {}", self.report.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::report::tests::metrics_at;
+
+    fn table(threshold: f64) -> String {
+        EvalSummary {
+            out_dir: "run/eval-test".into(),
+            report: "run/eval-test/report.html".into(),
+            threshold_file: "run/threshold.json".into(),
+            metrics: metrics_at(threshold),
+        }
+        .to_string()
+    }
+
+    /// A tiny threshold keeps its value in the terminal table (not `0.0000`).
+    #[test]
+    fn tiny_threshold_is_shown_with_its_value() {
+        let text = table(3.3e-7);
+        assert!(
+            text.contains("threshold 3.3e-7 (highest reaching sensitivity 95% on val)"),
+            "{text}"
+        );
+        assert!(text.contains("at 3.3e-7 "), "{text}");
+        assert!(!text.contains("0.0000 ("), "{text}");
+        let text = table(0.41234);
+        assert!(
+            text.contains("threshold 0.4123 (highest reaching"),
+            "{text}"
+        );
+        assert!(text.contains("at 0.4123 "), "{text}");
     }
 }

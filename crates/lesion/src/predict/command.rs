@@ -307,7 +307,8 @@ impl PredictReport {
         for (r, p) in self.results.iter().zip(&paths) {
             match (&r.error, r.probability, &r.label) {
                 (None, Some(prob), Some(label)) => {
-                    let _ = writeln!(s, "{p:<width$}  {prob:>11.4}  {label}");
+                    let prob = crate::display::probability(prob);
+                    let _ = writeln!(s, "{p:<width$}  {prob:>11}  {label}");
                 }
                 (error, _, _) => {
                     let e = error.as_deref().unwrap_or("no result");
@@ -724,6 +725,33 @@ mod tests {
              \"in/a,b.jpg\",0.500000,Malignant,0.375,\n\
              \"in/say \"\"hi\"\".jpg\",0.123456,Benign,0.375,\n\
              \"in/two\nlines\r.jpg\",,,0.375,\"cannot read: bad, \"\"very\"\" bad\"\n"
+        );
+    }
+
+    /// The table reads probabilities by the rule of `crate::display`: never `0.0000`.
+    #[test]
+    fn table_shows_extreme_probabilities_as_bounds() {
+        let report = PredictReport {
+            model_id: "r@0123456789ab".into(),
+            threshold: 3.3e-7,
+            threshold_source: "3.3e-7 (given with --threshold)".into(),
+            tta: false,
+            resize: ResizePolicy::Stretch,
+            device: "cpu".into(),
+            results: vec![
+                ok("a.jpg", 2e-9, "Benign"),
+                ok("b.jpg", 0.41234, "Malignant"),
+                ok("c.jpg", 1.0, "Malignant"),
+            ],
+            skipped: Vec::new(),
+            warnings: Vec::new(),
+        };
+        assert_eq!(
+            report.render(OutputFormat::Table),
+            "path   probability  label\n\
+             a.jpg     < 0.0001  Benign\n\
+             b.jpg       0.4123  Malignant\n\
+             c.jpg     > 0.9999  Malignant\n"
         );
     }
 }

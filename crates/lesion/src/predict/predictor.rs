@@ -205,7 +205,10 @@ impl Predictor {
     pub fn describe_threshold(&self) -> String {
         match &self.run_threshold {
             Some(t) if !self.threshold_overridden() => t.describe(),
-            _ => format!("{:.4} (given with --threshold)", self.threshold),
+            _ => format!(
+                "{} (given with --threshold)",
+                crate::display::threshold(self.threshold)
+            ),
         }
     }
 

@@ -74,15 +74,19 @@ pub struct Threshold {
 }
 
 impl Threshold {
-    /// A short description, e.g. `0.4123 (youden on val)`.
+    /// A short description, e.g. `0.4123 (Youden's J on val)`, the threshold written by
+    /// [`crate::display::threshold`].
     pub fn describe(&self) -> String {
         match (self.method, self.target_sensitivity) {
             (ThresholdMethod::Sensitivity, Some(t)) => format!(
-                "{:.4} (highest reaching sensitivity {:.0}% on val)",
-                self.threshold,
+                "{} (highest reaching sensitivity {:.0}% on val)",
+                crate::display::threshold(self.threshold),
                 t * 100.0
             ),
-            _ => format!("{:.4} (Youden's J on val)", self.threshold),
+            _ => format!(
+                "{} (Youden's J on val)",
+                crate::display::threshold(self.threshold)
+            ),
         }
     }
 
