@@ -556,8 +556,9 @@ fn verify_detects_a_flipped_byte() {
         "{}",
         report.problems[0]
     );
+    // A damaged prepared folder is input the user gave that is inconsistent.
     let err = report.into_result().unwrap_err();
-    assert_eq!(err.exit_code(), 1);
+    assert_eq!(err.exit_code(), 2);
 
     fs::remove_file(out.join("val/shard-00000.safetensors")).unwrap();
     let report = prep::verify(&out).unwrap();

@@ -31,6 +31,9 @@ pub struct TrainState {
     /// Number of completed epochs.
     pub epoch: usize,
     /// Best value of the monitored figure so far, and the (1-based) epoch that reached it.
+    /// Infinite (the monitor's starting value) until an epoch gives a finite figure, which
+    /// it never does when the figure is undefined (AUC of a one-class validation split).
+    #[serde(with = "non_finite")]
     pub best_metric: f64,
     pub best_epoch: usize,
     pub epochs_without_improvement: usize,
@@ -45,6 +48,36 @@ pub struct TrainState {
     /// that CSV line (JSON has no NaN, and the validation AUC can be NaN).
     #[serde(default, skip_serializing_if = "Option::is_none", with = "csv_row")]
     pub record: Option<EpochRecord>,
+}
+
+/// (De)serialises an `f64` that may be infinite or NaN, which JSON numbers cannot hold:
+/// finite values as numbers, the others as the strings `inf`, `-inf` and `NaN`.
+mod non_finite {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        match *v {
+            v if v.is_finite() => s.serialize_f64(v),
+            v if v.is_nan() => s.serialize_str("NaN"),
+            v if v > 0.0 => s.serialize_str("inf"),
+            _ => s.serialize_str("-inf"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Value {
+            Number(f64),
+            Text(String),
+        }
+        match Value::deserialize(d)? {
+            Value::Number(v) => Ok(v),
+            Value::Text(t) => t
+                .parse::<f64>()
+                .map_err(|_| serde::de::Error::custom(format!("not a number: `{t}`"))),
+        }
+    }
 }
 
 /// (De)serialises [`TrainState::record`] as a `history.csv` line.
@@ -168,6 +201,19 @@ mod tests {
         assert_eq!(st, state);
         let v: Vec<Vec<f32>> = back["fc.0.weight"].to_vec2().unwrap();
         assert_eq!(v, vec![vec![1., 2.], vec![3., 4.]]);
+    }
+
+    #[test]
+    fn an_infinite_best_metric_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("last.safetensors");
+        let t = Tensor::new(&[1f32], &Device::Cpu).unwrap();
+        for best in [f64::NEG_INFINITY, f64::INFINITY] {
+            let state = TrainState::new(7, best);
+            save(&path, &HashMap::from([("a".to_string(), t.clone())]), &state).unwrap();
+            let (_, back) = load(&path, &Device::Cpu).unwrap();
+            assert_eq!(back.best_metric, best);
+        }
     }
 
     #[test]
