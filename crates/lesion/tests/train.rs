@@ -221,7 +221,7 @@ fn bad_inputs_are_clear_errors() {
     let err = train::resume(&dir.path().join("absent"), &ResumeOptions::default(), false)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("config.json"), "{err}");
+    assert!(err.contains("absent: no such folder"), "{err}");
 }
 
 #[test]
