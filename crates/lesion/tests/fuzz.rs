@@ -326,7 +326,8 @@ fn edit(doc: &mut Value, pointer: &str, value: Option<Value>) {
         (Some(Value::Object(map)), None) => {
             map.remove(key);
         }
-        (Some(Value::Array(items)), v) => {
+        // An earlier edit may have shortened the array.
+        (Some(Value::Array(items)), v) if key.parse::<usize>().is_ok_and(|i| i < items.len()) => {
             let i: usize = key.parse().unwrap();
             match v {
                 Some(v) => items[i] = v,
