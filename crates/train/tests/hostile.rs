@@ -194,7 +194,7 @@ const CASES: &[Case] = &[
         _ => {
             let cfg = read_json(&sb.path("run/config.json"))?;
             match cfg["train"]["lr_head"].as_f64() {
-                Some(lr) if lr == 0.5 => Ok(()),
+                Some(0.5) => Ok(()),
                 other => Err(format!(
                     "--lr-head 0.5 accepted but config.json says {other:?}"
                 )),
