@@ -163,7 +163,7 @@ const CASES: &[Case] = &[
         train_with_weights("prepared", "run", "poisoned.safetensors")
     })
     .exits(2)
-    .stderr(&[&["poisoned.safetensors"], NON_FINITE, &["conv1.weight"]])
+    .stderr(&[&["poisoned.safetensors"], NON_FINITE])
     .unchanged(&["prepared", "poisoned.safetensors"])
     .check(no_run),
     Case::new("weights_file_that_is_not_safetensors", |sb| {
