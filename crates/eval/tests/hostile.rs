@@ -95,7 +95,7 @@ const CASES: &[Case] = &[
     .check(evaluated),
     Case::new("existing_evaluation_without_force", |sb| {
         run_and_data(sb);
-        sb.write("run/eval-test/my-notes.txt", "reading list");
+        lesion::eval::run(&options(sb)).unwrap();
         eval("run", "prepared")
     })
     .exits(2)
