@@ -101,8 +101,25 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         } else {
             1
         };
-        for view in 0..views {
-            let rows: usize = manifest.shards_of(c.split, view).map(|s| s.count).sum();
+        // A manifest may claim any number of views; only those its shards hold are counted,
+        // so that an absurd claim is one problem rather than billions.
+        let held = manifest
+            .shards
+            .iter()
+            .filter(|s| s.split == c.split)
+            .map(|s| s.view.saturating_add(1))
+            .max()
+            .unwrap_or(0);
+        if views > held.max(1) {
+            problems.push(format!(
+                "{}: the manifest says {views} views, the shards hold {held}",
+                c.split.name()
+            ));
+        }
+        for view in 0..views.min(held.max(1)) {
+            let rows = manifest
+                .shards_of(c.split, view)
+                .fold(0usize, |sum, s| sum.saturating_add(s.count));
             if rows != c.total {
                 problems.push(format!(
                     "{} view {view}: shards hold {rows} rows, counts say {}",
