@@ -114,24 +114,6 @@ const CASES: &[Case] = &[
         })
     })
     .timeout_s(120),
-    // The "also" list: a stalled request body gets 408.
-    Case::new("stalled_body_gets_408", |sb| {
-        serving(sb).args(["--timeout", "2"]).during(|server| {
-            let addr = address(server)?;
-            let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-            s.write_all(
-                b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n\
-                  Content-Length: 100000\r\nConnection: close\r\n\r\n0123456789",
-            )
-            .map_err(|e| e.to_string())?;
-            let reply = read_reply(s, Duration::from_secs(30))?;
-            match reply.status {
-                408 => Ok(()),
-                other => Err(format!("a stalled body got {other}: {reply:?}")),
-            }
-        })
-    })
-    .timeout_s(90),
     // Defect 5: bad input exits 2.
     Case::new("run_missing", |_| {
         Invocation::new([

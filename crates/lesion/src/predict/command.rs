@@ -128,10 +128,19 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Result<Inputs> {
                                 problem: None,
                             });
                         }
-                        Ok(false) => inputs.skipped.push(Skipped {
-                            path,
-                            reason: "not an image (unrecognised content)".into(),
-                        }),
+                        Ok(false) => {
+                            // The words prep uses for the same files.
+                            let empty = fs::metadata(&path).is_ok_and(|m| m.len() == 0);
+                            let reason = if empty {
+                                "empty file"
+                            } else {
+                                "not an image (unrecognised content)"
+                            };
+                            inputs.skipped.push(Skipped {
+                                path,
+                                reason: reason.into(),
+                            })
+                        }
                         Err(e) => inputs.files.push(unreadable(&path, e)),
                     }
                 }

@@ -210,7 +210,12 @@ mod tests {
         let t = Tensor::new(&[1f32], &Device::Cpu).unwrap();
         for best in [f64::NEG_INFINITY, f64::INFINITY] {
             let state = TrainState::new(7, best);
-            save(&path, &HashMap::from([("a".to_string(), t.clone())]), &state).unwrap();
+            save(
+                &path,
+                &HashMap::from([("a".to_string(), t.clone())]),
+                &state,
+            )
+            .unwrap();
             let (_, back) = load(&path, &Device::Cpu).unwrap();
             assert_eq!(back.best_metric, best);
         }
