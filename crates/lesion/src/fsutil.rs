@@ -164,15 +164,22 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: impl AsRef<Path>) -> Resu
     })
 }
 
-/// Why `dir` cannot be used as an input folder — it does not exist, or is a file — or
-/// `None` when it is a folder.
-pub fn missing_folder_reason(dir: &Path) -> Option<String> {
-    match fs::metadata(dir) {
-        Ok(m) if m.is_dir() => None,
-        Ok(_) => Some("not a folder".into()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("no such folder".into()),
-        Err(e) => Some(format!("cannot read: {e}")),
-    }
+/// `<dir>/<file>`, the file that makes `dir` an artifact folder of ours (a prepared
+/// dataset's manifest, a run's config), or [`Error::BadArtifact`] naming `dir` and why:
+/// no such folder, not a folder, or `not_ours()` (what the folder is not, and what writes
+/// one) when the file is absent.
+pub fn marker_file(dir: &Path, file: &str, not_ours: impl FnOnce() -> String) -> Result<PathBuf> {
+    let reason = match fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => "not a folder".into(),
+        Ok(_) if dir.join(file).is_file() => return Ok(dir.join(file)),
+        Ok(_) => not_ours(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => "no such folder".into(),
+        Err(e) => format!("cannot read: {e}"),
+    };
+    Err(Error::BadArtifact {
+        path: dir.to_path_buf(),
+        reason,
+    })
 }
 
 /// A kind of output folder, so that an existing one is replaced only when the stage that

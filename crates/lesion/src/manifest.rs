@@ -147,19 +147,13 @@ impl Manifest {
     /// Reads `<dir>/manifest.json` and checks its format and version.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        let path = dir.join(MANIFEST_FILE);
-        if !path.is_file() {
-            return Err(Error::BadArtifact {
-                path: dir.to_path_buf(),
-                reason: fsutil::missing_folder_reason(dir).unwrap_or_else(|| {
-                    format!(
-                        "not a prepared dataset (no {MANIFEST_FILE}); \
-                         `lesion-prep IMAGES --out {}` writes one",
-                        dir.display()
-                    )
-                }),
-            });
-        }
+        let path = fsutil::marker_file(dir, MANIFEST_FILE, || {
+            format!(
+                "not a prepared dataset (no {MANIFEST_FILE}); \
+                 `lesion-prep IMAGES --out {}` writes one",
+                dir.display()
+            )
+        })?;
         let m: Manifest = fsutil::read_json(&path)?;
         if m.format != MANIFEST_FORMAT {
             return Err(Error::BadArtifact {

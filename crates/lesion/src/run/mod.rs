@@ -116,15 +116,9 @@ pub fn write_config(dir: &Path, config: &RunConfig) -> Result<()> {
 /// Reads `<dir>/config.json` as it is, without the checks of [`Run::open`] and
 /// [`Run::resolve`] (resuming reads its own run).
 pub fn read_config(dir: &Path) -> Result<RunConfig> {
-    let path = dir.join(CONFIG_FILE);
-    if !path.is_file() {
-        return Err(Error::BadArtifact {
-            path: dir.to_path_buf(),
-            reason: crate::fsutil::missing_folder_reason(dir).unwrap_or_else(|| {
-                format!("not a lesion run folder (no {CONFIG_FILE}; lesion-train writes it)")
-            }),
-        });
-    }
+    let path = fsutil::marker_file(dir, CONFIG_FILE, || {
+        format!("not a lesion run folder (no {CONFIG_FILE}; lesion-train writes it)")
+    })?;
     read_json(path)
 }
 

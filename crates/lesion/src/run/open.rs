@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::threshold::{read_threshold_file, threshold_path, Threshold};
-use super::{eval_dir_name, RunConfig, BEST_FILE, CONFIG_FILE};
+use super::{eval_dir_name, read_config, RunConfig, BEST_FILE, CONFIG_FILE};
 use crate::fsutil::read_json;
 use crate::image_io::ResizePolicy;
 use crate::loader::PreparedDataset;
@@ -78,21 +78,8 @@ impl Run {
     /// describe a model prediction can run (two classes, images of at least
     /// [`MIN_IMAGE_SIZE`] px, a positive std).
     pub fn open(dir: &Path) -> Result<Self> {
-        if let Some(reason) = crate::fsutil::missing_folder_reason(dir) {
-            return Err(Error::BadArtifact {
-                path: dir.to_path_buf(),
-                reason: format!("{reason}: pass a run folder written by lesion-train"),
-            });
-        }
-        let config_path = dir.join(CONFIG_FILE);
-        if !config_path.is_file() {
-            return Err(Error::BadArtifact {
-                path: config_path,
-                reason: "missing: this is not a lesion run folder (lesion-train writes it)".into(),
-            });
-        }
-        let config: RunConfig = read_json(&config_path)?;
-        check_config(&config, &config_path)?;
+        let config = read_config(dir)?;
+        check_config(&config, &dir.join(CONFIG_FILE))?;
         let checkpoint = dir.join(BEST_FILE);
         if !checkpoint.is_file() {
             return Err(Error::BadArtifact {

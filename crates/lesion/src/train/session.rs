@@ -189,9 +189,9 @@ impl ResumeOptions {
 pub fn resume(run_dir: &Path, opts: &ResumeOptions, progress: bool) -> Result<TrainSummary> {
     let mut run_cfg = run::read_config(run_dir)?;
     crate::fsutil::remove_stale_temps(run_dir);
+    let changes = opts.apply(&mut run_cfg.train);
     let mut cfg = run_cfg.train.clone();
     cfg.out = run_dir.to_path_buf();
-    let changes = opts.apply(&mut cfg);
     cfg.validate()?;
     let data = open_data(&cfg.data)?;
     if crate::manifest::manifest_sha256(data.dir())? != run_cfg.manifest_sha256 {
@@ -231,13 +231,6 @@ pub fn resume(run_dir: &Path, opts: &ResumeOptions, progress: bool) -> Result<Tr
     session.write_history()?;
 
     if !changes.is_empty() {
-        run_cfg.train.epochs = cfg.epochs;
-        run_cfg.train.patience = cfg.patience;
-        run_cfg.train.lr_head = cfg.lr_head;
-        run_cfg.train.lr_layer4 = cfg.lr_layer4;
-        run_cfg.train.lr_layer3 = cfg.lr_layer3;
-        run_cfg.train.lr_backbone = cfg.lr_backbone;
-        run_cfg.train.device = cfg.device.clone();
         run::write_config(run_dir, &run_cfg)?;
         eprintln!(
             "resuming {} after epoch {} with {} (recorded in {CONFIG_FILE})",
