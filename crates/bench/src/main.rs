@@ -188,7 +188,11 @@ fn measure(cli: &Cli) -> anyhow::Result<Report> {
     let device = lesion::device::parse_device(&cli.device)?;
 
     let varmap = VarMap::new();
-    let mut net = ResNet18::new(VarBuilder::from_varmap(&varmap, DType::F32, &device), 0.25)?;
+    let mut net = ResNet18::new(
+        VarBuilder::from_varmap(&varmap, DType::F32, &device),
+        0.25,
+        1,
+    )?;
     model::init_seeded(&varmap, cli.seed)?;
     net.set_dropout_seed(cli.seed);
     let (x, y) = synthetic_batch(cli.batch_size, cli.size, cli.seed, &device)?;
@@ -292,6 +296,7 @@ mod tests {
         let mut net = ResNet18::new(
             VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
             0.25,
+            1,
         )
         .unwrap();
         model::init_seeded(&varmap, cli.seed).unwrap();

@@ -334,7 +334,7 @@ fn bench_elementwise_ops() {
 fn network(trainable: Trainable) -> (VarMap, ResNet18, Adam) {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let mut model = ResNet18::new(vb, 0.25).unwrap();
+    let mut model = ResNet18::new(vb, 0.25, 1).unwrap();
     model::init_seeded(&varmap, 1).unwrap();
     model.set_trainable(trainable);
     model.set_dropout_seed(1);

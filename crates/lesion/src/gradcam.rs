@@ -301,6 +301,7 @@ mod tests {
         let model = ResNet18::new(
             VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
             0.0,
+            1,
         )
         .unwrap();
         crate::model::init_seeded(&varmap, 3).unwrap();
@@ -314,7 +315,7 @@ mod tests {
             assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
         }
         let logits = crate::infer::eval_logits(&model, &x, false).unwrap();
-        let logits: Vec<f32> = logits.to_vec1().unwrap();
+        let logits: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
         assert!((logits[0] - cams[0].logit).abs() < 1e-4);
     }
 }

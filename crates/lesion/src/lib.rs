@@ -8,9 +8,9 @@
 //! |---|---|---|
 //! | base | [`error`], [`fsutil`], [`alloc`], [`display`] | the error type and exit codes; atomic writes, staged folders, SHA-256; allocator tuning; how probabilities and thresholds read on screen |
 //! | kernels | [`kernels`] | CPU convolution, BatchNorm, ReLU and max-pool as candle custom ops, cuDNN passes (design: `docs/kernels.md`) |
-//! | data | [`image_io`], [`transforms`], [`split`], [`synth`] | decoding and resizing; the notebook's augmentations and normalisation; the stratified split; the synthetic dataset |
+//! | data | [`classes`], [`image_io`], [`transforms`], [`split`], [`synth`] | class names, head width and class probabilities; decoding and resizing; the notebook's augmentations and normalisation; the stratified split; the synthetic dataset |
 //! | prepared folder | [`manifest`], [`shard`], [`verify`] | `manifest.json`, the shard files of a prepared dataset, and checking them against each other |
-//! | model | [`device`], [`ops`], [`model`], [`optim`], [`weights`] | device choice; the loss; ResNet-18 and its head; Adam; pretrained weights (Hub or file) |
+//! | model | [`device`], [`ops`], [`loss`], [`model`], [`optim`], [`weights`] | device choice; tensor ops PyTorch has and candle lacks; the training loss; ResNet-18 and its head; Adam; pretrained weights (Hub or file) |
 //! | figures | [`metrics`], [`plot`] | binary metrics checked against scikit-learn; PNG grids and curves |
 //! | data in batches | [`loader`], [`infer`], [`gradcam`] | batches from shards; batched inference over a split; Grad-CAM |
 //! | run folder | [`run`] | `config.json`, checkpoints, `history.csv`, `threshold.json`: the run's layout, written by `train`, read by `eval` and `predict` |
@@ -20,7 +20,8 @@
 //! Conventions used throughout:
 //! - images in memory are `image::RgbImage` (u8, HWC); in shards and batches they are
 //!   CHW/NCHW (`u8` on disk, `f32` normalised in batches);
-//! - labels are class indices (`0` = benign, `1` = malignant);
+//! - labels are class indices into the dataset's class list (two classes: `1` is the
+//!   positive class, `Malignant` for the notebook's folders; see [`classes`]);
 //! - every artifact is written atomically (see [`fsutil`]).
 
 pub mod alloc;
@@ -37,11 +38,13 @@ pub mod split;
 pub mod synth;
 pub mod transforms;
 
+pub mod classes;
 pub mod manifest;
 pub mod shard;
 pub mod verify;
 
 pub mod device;
+pub mod loss;
 pub mod model;
 pub mod ops;
 pub mod optim;

@@ -30,6 +30,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::classes::Classes;
 use crate::manifest::Manifest;
 use crate::shard::Shard;
 use crate::split::Split;
@@ -106,6 +107,11 @@ impl PreparedDataset {
     /// Class names; a class's position is its label.
     pub fn class_names(&self) -> &[String] {
         &self.manifest.classes
+    }
+
+    /// The classes and their positive group, checked.
+    pub fn classes(&self) -> Result<Classes> {
+        self.manifest.classes()
     }
 
     /// Number of augmented views of the train split.
@@ -460,6 +466,7 @@ mod tests {
             format_version: MANIFEST_FORMAT_VERSION,
             crate_version: "test".into(),
             classes: vec!["Benign".into(), "Malignant".into()],
+            malignant: Vec::new(),
             image_size: S,
             resize: ResizePolicy::Stretch,
             views: 2,

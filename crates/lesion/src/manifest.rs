@@ -22,6 +22,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::classes::Classes;
 use crate::fsutil;
 use crate::image_io::ResizePolicy;
 use crate::split::Split;
@@ -126,8 +127,13 @@ pub struct Manifest {
     pub format_version: u32,
     /// Version of the `lesion` crate that wrote it.
     pub crate_version: String,
-    /// Class names; a class's position is its label.
+    /// Class names; a class's position is its label. With two classes label 1 is the
+    /// positive class.
     pub classes: Vec<String>,
+    /// For more than two classes, the ones that form the malignant group (binary view of
+    /// evaluation and prediction); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub malignant: Vec<String>,
     pub image_size: u32,
     pub resize: ResizePolicy,
     /// Number of augmented views of each training image (1 when augmentation is off).
@@ -188,6 +194,11 @@ impl Manifest {
     /// Writes `<dir>/manifest.json` atomically.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
         fsutil::write_json_atomic(dir.as_ref().join(MANIFEST_FILE), self)
+    }
+
+    /// The classes and their positive group, checked.
+    pub fn classes(&self) -> Result<Classes> {
+        Classes::new(self.classes.clone(), &self.malignant)
     }
 
     /// Counts of one split.

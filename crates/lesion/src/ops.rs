@@ -2,7 +2,9 @@
 //! kernels (those are in [`crate::kernels`]: ReLU, the max-pool, convolutions, BatchNorm).
 //!
 //! - [`bce_with_logits`]: mean binary cross-entropy on logits, stable for any logit
-//!   (candle's version takes the log of a sigmoid and overflows beyond |logit| ≈ 17).
+//!   (candle's version takes the log of a sigmoid and overflows beyond |logit| ≈ 17);
+//! - [`cross_entropy`]: mean softmax cross-entropy against target distributions (N-class
+//!   head), with [`one_hot`] targets.
 
 use candle_core::Tensor;
 
@@ -29,6 +31,37 @@ pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> candle_core::Result
     let softplus_tail = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?;
     let per_item = ((logits.relu()? - (logits * &targets)?)? + softplus_tail)?;
     per_item.mean_all()
+}
+
+/// Mean cross-entropy of logits `[b, N]` against target distributions `[b, N]` (one-hot rows
+/// for plain labels): `mean_b(-sum_k t_bk * log_softmax(x_b)_k)`, as PyTorch's
+/// `cross_entropy(x, t)` with probability targets.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+    if targets.dims() != logits.dims() {
+        candle_core::bail!(
+            "cross_entropy: targets {:?} do not match logits {:?}",
+            targets.shape(),
+            logits.shape()
+        )
+    }
+    let log_p = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
+    (targets.to_dtype(logits.dtype())? * log_p)?
+        .sum(candle_core::D::Minus1)?
+        .neg()?
+        .mean_all()
+}
+
+/// One-hot rows `[b, n]` (f32) of class indices, on `device`.
+pub fn one_hot(
+    labels: &[u8],
+    n: usize,
+    device: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
+    let mut t = vec![0f32; labels.len() * n];
+    for (row, &y) in labels.iter().enumerate() {
+        t[row * n + usize::from(y)] = 1.0;
+    }
+    Tensor::from_vec(t, (labels.len(), n), device)
 }
 
 #[cfg(test)]

@@ -110,7 +110,7 @@ impl Fixture {
     fn model(&self, dtype: DType, dropout: f32) -> (VarMap, ResNet18) {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, dtype, &self.device);
-        let model = ResNet18::new(vb, dropout).unwrap();
+        let model = ResNet18::new(vb, dropout, 1).unwrap();
         let report = model::load_state_dict(&varmap, self.weights.clone(), true).unwrap();
         assert!(report.head_kept.is_empty(), "{report:?}");
         assert!(report.unknown.is_empty(), "{report:?}");

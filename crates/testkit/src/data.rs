@@ -120,6 +120,7 @@ pub fn write_weights(path: &Path, poison: bool) -> PathBuf {
     lesion::model::ResNet18::new(
         candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
         0.25,
+        1,
     )
     .unwrap();
     lesion::model::init_seeded(&varmap, 3).unwrap();

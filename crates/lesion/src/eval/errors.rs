@@ -107,6 +107,8 @@ mod tests {
             logits: vec![0.0; labels.len()],
             labels,
             probs,
+            outputs: 1,
+            ..SplitPredictions::default()
         }
     }
 

@@ -8,6 +8,7 @@ use candle_core::Device;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::EvalOptions;
+use crate::classes::Classes;
 use crate::device::{describe, parse_device};
 use crate::fsutil::sha256_file;
 use crate::infer::{predict_split, SplitPredictions};
@@ -37,6 +38,7 @@ pub(super) fn check_data(opts: &EvalOptions, data: &PreparedDataset) -> Result<(
 
 /// The checkpoint on its device, and what identifies it and the data.
 pub(super) struct Loaded {
+    pub classes: Classes,
     pub device: Device,
     pub model: ResNet18,
     /// Epoch after which the checkpoint was saved.
@@ -58,18 +60,22 @@ pub(super) fn load(
     let checkpoint_sha256 = sha256_file(checkpoint)?;
     let manifest_sha256 = crate::manifest::manifest_sha256(data.dir())?;
     let (tensors, state) = checkpoint::load(checkpoint, &Device::Cpu)?;
+    let classes = cfg.classes()?;
     let stored_val = if opts.tta || opts.recompute_val || manifest_sha256 != cfg.manifest_sha256 {
         None
     } else {
-        SplitPredictions::val_from_tensors(&tensors, data)?
+        SplitPredictions::val_from_tensors(&tensors, data, &classes)?
     };
-    let model =
-        ResNet18::from_tensors(tensors, &device, cfg.train.head_dropout as f32).map_err(|e| {
-            Error::BadArtifact {
-                path: checkpoint.to_path_buf(),
-                reason: format!("not a ResNet-18 checkpoint of this pipeline: {e}"),
-            }
-        })?;
+    let model = ResNet18::from_tensors(
+        tensors,
+        &device,
+        cfg.train.head_dropout as f32,
+        classes.outputs(),
+    )
+    .map_err(|e| Error::BadArtifact {
+        path: checkpoint.to_path_buf(),
+        reason: format!("not a ResNet-18 checkpoint of this pipeline: {e}"),
+    })?;
     if opts.progress {
         eprintln!(
             "evaluating {} (epoch {}) on the {} split of {} ({} images), {}{}",
@@ -83,6 +89,7 @@ pub(super) fn load(
         );
     }
     let loaded = Loaded {
+        classes,
         device,
         model,
         epoch: state.epoch,
@@ -113,6 +120,7 @@ pub(super) fn predict(
         let pb = progress_bar(opts.progress, data.len(split) as u64, split.name());
         let p = predict_split(
             &loaded.model,
+            &loaded.classes,
             data,
             split,
             opts.batch_size,

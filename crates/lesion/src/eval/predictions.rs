@@ -93,6 +93,8 @@ mod tests {
             labels: vec![0],
             logits: vec![-1.0],
             probs: vec![0.25],
+            outputs: 1,
+            ..SplitPredictions::default()
         };
         let classes = ["benign".to_string(), "malignant".to_string()];
         let csv = predictions_csv(&p, &[path.to_string()], &classes, 0.5).unwrap();
@@ -117,6 +119,8 @@ mod tests {
             labels: vec![0, 1, 1],
             logits: vec![-1.25, 0.1, -16.118_095],
             probs: vec![0.2227, 0.525, 1e-7],
+            outputs: 1,
+            ..SplitPredictions::default()
         };
         let paths: Vec<String> = vec![
             "a,b \"c\"\nd.jpg".into(),

@@ -22,7 +22,8 @@ pub struct DropoutRngState {
 }
 
 /// The notebook's head: `fc.0` Linear(512, 256), ReLU, Dropout(p), `fc.3` Linear(256, 32),
-/// ReLU, Dropout(p), `fc.6` Linear(32, 1). Input `[b, 512]`, output `[b, 1]`.
+/// ReLU, Dropout(p), `fc.6` Linear(32, K). Input `[b, 512]`, output `[b, K]`: K = 1 for two
+/// classes (the notebook), the number of classes otherwise.
 ///
 /// Dropout masks come from a seeded ChaCha8 RNG on the CPU (candle's CPU RNG cannot be
 /// seeded), so training is reproducible and resumable.
@@ -36,7 +37,7 @@ pub struct Head {
 }
 
 impl Head {
-    pub fn new(dropout: f32, vb: VarBuilder) -> Result<Self> {
+    pub fn new(dropout: f32, outputs: usize, vb: VarBuilder) -> Result<Self> {
         if !(0.0..1.0).contains(&dropout) {
             return Err(Error::InvalidOption(format!(
                 "head dropout must be in [0, 1), got {dropout}"
@@ -45,7 +46,7 @@ impl Head {
         Ok(Self {
             fc0: Linear::new(512, 256, vb.pp("0"))?,
             fc3: Linear::new(256, 32, vb.pp("3"))?,
-            fc6: Linear::new(32, 1, vb.pp("6"))?,
+            fc6: Linear::new(32, outputs, vb.pp("6"))?,
             dropout,
             rng: Mutex::new((0, ChaCha8Rng::seed_from_u64(0))),
         })

@@ -3,10 +3,11 @@
 //! - Input: `[b, 3, h, w]` f32 NCHW, ImageNet-normalised (224x224 in the notebook; any size
 //!   works, but train mode needs more than one value per channel in every BatchNorm, i.e.
 //!   `b * (h/32) * (w/32) > 1`).
-//! - Output: logits `[b, 1]` f32 (malignant = positive).
+//! - Output: logits `[b, K]` f32: K = 1 for two classes (the positive class's logit), K = N
+//!   for N > 2 (see [`crate::classes`]).
 //! - Parameters: exactly torchvision's state-dict names and shapes (`conv1.weight`
 //!   `[64, 3, 7, 7]`, `layer2.0.downsample.1.running_var` `[128]`, ...), plus the head
-//!   `fc.0` Linear(512, 256), `fc.3` Linear(256, 32), `fc.6` Linear(32, 1) (indices of the
+//!   `fc.0` Linear(512, 256), `fc.3` Linear(256, 32), `fc.6` Linear(32, K) (indices of the
 //!   notebook's `nn.Sequential`; ReLU and Dropout sit between them). No `num_batches_tracked`.
 //!   BatchNorm running statistics are `Var`s too (they are updated in train mode) but must
 //!   never reach the optimizer: see [`is_running_stat`] and [`trainable_vars`].
@@ -47,8 +48,8 @@ pub use block::{BasicBlock, Downsample, ResLayer, Stem};
 pub use head::{DropoutRngState, Head};
 pub use layers::{BatchNorm2d, Conv2d, ConvBn, Linear};
 pub use params::{
-    init_seeded, load_state_dict, param_specs, snapshot, trainable_param_names, trainable_vars,
-    LoadReport, ParamSpec, VarGroup,
+    init_seeded, load_state_dict, param_specs, shape_for, snapshot, trainable_param_names,
+    trainable_vars, LoadReport, ParamSpec, VarGroup,
 };
 
 /// How much of the network trains; everything before it is frozen.
@@ -166,7 +167,7 @@ impl ResNet18 {
     /// initialised as torchvision's (Kaiming-normal fan-out convs, BatchNorm 1/0, running
     /// stats 0/1, PyTorch-default Linear), from candle's unseeded RNG; see [`init_seeded`]
     /// for a reproducible init. `trainable` starts as [`Trainable::All`].
-    pub fn new(vb: VarBuilder, head_dropout: f32) -> Result<Self> {
+    pub fn new(vb: VarBuilder, head_dropout: f32, outputs: usize) -> Result<Self> {
         Ok(Self {
             stem: Stem::new(vb.clone())?,
             layers: [
@@ -175,7 +176,7 @@ impl ResNet18 {
                 ResLayer::new(128, 256, 2, vb.pp("layer3"))?,
                 ResLayer::new(256, 512, 2, vb.pp("layer4"))?,
             ],
-            head: Head::new(head_dropout, vb.pp("fc"))?,
+            head: Head::new(head_dropout, outputs, vb.pp("fc"))?,
             trainable: Trainable::All,
         })
     }
@@ -189,6 +190,7 @@ impl ResNet18 {
         tensors: HashMap<String, Tensor>,
         device: &Device,
         head_dropout: f32,
+        outputs: usize,
     ) -> Result<Self> {
         let mut map = HashMap::with_capacity(param_specs().len());
         for spec in param_specs() {
@@ -197,10 +199,11 @@ impl ResNet18 {
                 .ok_or_else(|| Error::MissingTensor {
                     name: spec.name.clone(),
                 })?;
-            if t.dims() != spec.shape.as_slice() {
+            let expected = shape_for(spec, outputs);
+            if t.dims() != expected.as_slice() {
                 return Err(Error::TensorShape {
                     name: spec.name.clone(),
-                    expected: spec.shape.clone(),
+                    expected,
                     actual: t.dims().to_vec(),
                 });
             }
@@ -209,6 +212,7 @@ impl ResNet18 {
         Self::new(
             VarBuilder::from_tensors(map, DType::F32, device),
             head_dropout,
+            outputs,
         )
     }
 
@@ -279,7 +283,7 @@ impl ResNet18 {
 }
 
 impl ModuleT for ResNet18 {
-    /// `[b, 3, h, w]` -> `[b, 1]`. Train: backward graph for [`ResNet18::trainable`] only.
+    /// `[b, 3, h, w]` -> `[b, K]`. Train: backward graph for [`ResNet18::trainable`] only.
     /// Eval: no backward graph.
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let grad = train.then_some(self.trainable);
@@ -304,7 +308,7 @@ mod tests {
     pub(super) fn tiny_model() -> (VarMap, ResNet18) {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let model = ResNet18::new(vb, 0.25).unwrap();
+        let model = ResNet18::new(vb, 0.25, 1).unwrap();
         init_seeded(&varmap, 7).unwrap();
         (varmap, model)
     }
@@ -420,7 +424,7 @@ mod tests {
         let (varmap, model) = tiny_model();
         let x = input(2, 64);
         let inference =
-            ResNet18::from_tensors(snapshot(&varmap).unwrap(), &Device::Cpu, 0.25).unwrap();
+            ResNet18::from_tensors(snapshot(&varmap).unwrap(), &Device::Cpu, 0.25, 1).unwrap();
         let a = model.forward_t(&x, false).unwrap();
         let b = inference
             .forward_with(&x, false, Some(Trainable::All))
@@ -429,7 +433,7 @@ mod tests {
         assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
         let mut partial = snapshot(&varmap).unwrap();
         partial.remove("layer1.1.bn1.weight");
-        let err = ResNet18::from_tensors(partial, &Device::Cpu, 0.0).unwrap_err();
+        let err = ResNet18::from_tensors(partial, &Device::Cpu, 0.0, 1).unwrap_err();
         assert!(err.to_string().contains("layer1.1.bn1.weight"));
     }
 }

@@ -23,7 +23,18 @@ pub struct ParamSpec {
     pub init: Init,
 }
 
-/// Every tensor of the model (parameters and running statistics) in construction order.
+/// The shape of `spec`'s tensor in a model whose head has `outputs` logits (only `fc.6`
+/// depends on it).
+pub fn shape_for(spec: &ParamSpec, outputs: usize) -> Vec<usize> {
+    match spec.name.as_str() {
+        "fc.6.weight" => vec![outputs, spec.shape[1]],
+        "fc.6.bias" => vec![outputs],
+        _ => spec.shape.clone(),
+    }
+}
+
+/// Every tensor of the model (parameters and running statistics) in construction order,
+/// with the shapes of the binary head (one logit; see [`shape_for`]).
 pub fn param_specs() -> &'static [ParamSpec] {
     static SPECS: OnceLock<Vec<ParamSpec>> = OnceLock::new();
     SPECS.get_or_init(|| {
@@ -33,7 +44,7 @@ pub fn param_specs() -> &'static [ParamSpec] {
             DType::F32,
             Device::Cpu,
         );
-        ResNet18::new(vb, 0.0).expect("recording the architecture cannot fail");
+        ResNet18::new(vb, 0.0, 1).expect("recording the architecture cannot fail");
         let specs = recorded.lock().unwrap().clone();
         specs
     })
@@ -128,7 +139,9 @@ pub fn init_seeded(varmap: &VarMap, seed: u64) -> Result<()> {
         let var = data.get(&spec.name).ok_or_else(|| Error::MissingTensor {
             name: spec.name.clone(),
         })?;
-        let n: usize = spec.shape.iter().product();
+        // The var's own shape: the head's last layer is as wide as the run's classes.
+        let shape = var.dims().to_vec();
+        let n: usize = shape.iter().product();
         let values: Vec<f32> = match spec.init {
             Init::Const(c) => vec![c as f32; n],
             Init::Uniform { lo, up } => (0..n)
@@ -142,7 +155,7 @@ pub fn init_seeded(varmap: &VarMap, seed: u64) -> Result<()> {
                 fan,
                 non_linearity,
             } => {
-                let fan = fan.for_shape(&Shape::from(spec.shape.clone()));
+                let fan = fan.for_shape(&Shape::from(shape.clone()));
                 let std = non_linearity.gain() / (fan as f64).sqrt();
                 match dist {
                     NormalOrUniform::Normal => (0..n)
@@ -157,7 +170,7 @@ pub fn init_seeded(varmap: &VarMap, seed: u64) -> Result<()> {
                 }
             }
         };
-        let t = Tensor::from_vec(values, spec.shape.as_slice(), &Device::Cpu)?
+        let t = Tensor::from_vec(values, shape.as_slice(), &Device::Cpu)?
             .to_device(var.device())?
             .to_dtype(var.dtype())?;
         var.set(&t)?;

@@ -126,11 +126,20 @@ impl Predictor {
         let (resize, warning) = run.resize_policy();
         warnings.extend(warning);
         let tensors = checkpoint::load_model(best, device)?;
-        let model = ResNet18::from_tensors(tensors, device, run.config.train.head_dropout as f32)
-            .map_err(|e| Error::BadArtifact {
-            path: best.clone(),
-            reason: format!("not a checkpoint of this model: {e}"),
-        })?;
+        let classes = run.config.classes()?;
+        if !classes.is_binary() {
+            return Err(Error::InvalidOption(format!(
+                "{}: prediction with {} classes is not available in this build",
+                run_dir.display(),
+                classes.len()
+            )));
+        }
+        let model =
+            ResNet18::from_tensors(tensors, device, run.config.train.head_dropout as f32, 1)
+                .map_err(|e| Error::BadArtifact {
+                    path: best.clone(),
+                    reason: format!("not a checkpoint of this model: {e}"),
+                })?;
         let name = run_dir
             .canonicalize()
             .ok()
@@ -297,6 +306,7 @@ impl Predictor {
         for chunk in inputs.chunks(self.batch_size) {
             let x = self.batch_tensor(chunk)?;
             let logits: Vec<f32> = eval_logits(&self.model, &x, tta)?
+                .flatten_all()?
                 .to_dtype(DType::F32)?
                 .to_vec1()?;
             out.extend(logits.into_iter().map(|l| self.prediction_from_logit(l)));

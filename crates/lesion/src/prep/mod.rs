@@ -308,6 +308,7 @@ fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
         format_version: MANIFEST_FORMAT_VERSION,
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
         classes: CLASS_NAMES.iter().map(|c| c.to_string()).collect(),
+        malignant: Vec::new(),
         image_size: opts.size,
         resize: opts.resize,
         views,

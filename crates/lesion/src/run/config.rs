@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::classes::Classes;
 use crate::image_io::ResizePolicy;
 use crate::model::Trainable;
 use crate::{Error, Result};
@@ -172,6 +173,9 @@ pub struct RunConfig {
     /// SHA-256 of the prepared dataset's `manifest.json`.
     pub manifest_sha256: String,
     pub class_names: Vec<String>,
+    /// For more than two classes, the malignant group (as in the manifest); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub malignant: Vec<String>,
     pub image_size: usize,
     /// How the prepared images were made square (`"stretch"` or `"crop"`, as in the
     /// manifest). `None` when `config.json` has no `resize` field (an older run folder);
@@ -190,6 +194,13 @@ pub struct RunConfig {
     pub crate_version: String,
 }
 
+impl RunConfig {
+    /// The run's classes and their positive group, checked.
+    pub fn classes(&self) -> Result<Classes> {
+        Classes::new(self.class_names.clone(), &self.malignant)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +210,7 @@ mod tests {
             train: TrainConfig::default(),
             manifest_sha256: "0".repeat(64),
             class_names: vec!["Benign".into(), "Malignant".into()],
+            malignant: Vec::new(),
             image_size: 32,
             resize,
             mean: [0.5; 3],

@@ -32,6 +32,7 @@ pub fn write_untrained_run(
     ResNet18::new(
         candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
         0.25,
+        1,
     )?;
     model::init_seeded(&varmap, seed)?;
     let tensors = model::snapshot(&varmap)?;
@@ -47,6 +48,7 @@ pub fn write_untrained_run(
         train,
         manifest_sha256: "0".repeat(64),
         class_names: vec!["Benign".into(), "Malignant".into()],
+        malignant: Vec::new(),
         image_size,
         resize: Some(ResizePolicy::Stretch),
         mean: crate::transforms::IMAGENET_MEAN,

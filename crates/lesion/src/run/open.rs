@@ -202,12 +202,7 @@ fn check_config(config: &RunConfig, path: &Path) -> Result<()> {
         path: path.to_path_buf(),
         reason,
     };
-    if config.class_names.len() != 2 {
-        return Err(bad(format!(
-            "the run has {} classes; the binary model needs exactly two (benign, malignant)",
-            config.class_names.len()
-        )));
-    }
+    config.classes().map_err(|e| bad(e.to_string()))?;
     if config.image_size < MIN_IMAGE_SIZE as usize {
         return Err(bad(format!(
             "image_size {} is below ResNet-18's minimum of {MIN_IMAGE_SIZE}",

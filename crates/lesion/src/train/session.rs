@@ -7,13 +7,15 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::classes::Classes;
 use crate::device::{describe, parse_device};
 use crate::infer::{predict_split, SplitPredictions};
 use crate::loader::{LoaderOptions, PreparedDataset};
+use crate::loss::Loss;
 use crate::model::{self, ResNet18};
 use crate::optim::{Adam, ParamGroup};
 use crate::run::checkpoint::{self, TrainState};
@@ -24,7 +26,7 @@ use crate::run::{
 };
 use crate::split::Split;
 use crate::weights::{self, WeightsSource};
-use crate::{metrics, ops, run, Error, Result};
+use crate::{metrics, run, Error, Result};
 
 /// What a finished (or early-stopped) run reports.
 #[derive(Debug, Clone)]
@@ -85,6 +87,7 @@ pub fn train(cfg: &TrainConfig, progress: bool) -> Result<TrainSummary> {
     let run_cfg = RunConfig {
         manifest_sha256: crate::manifest::manifest_sha256(data.dir())?,
         class_names: data.class_names().to_vec(),
+        malignant: data.manifest().malignant.clone(),
         image_size: data.image_size() as usize,
         resize: Some(data.manifest().resize),
         mean: data.manifest().normalization.mean,
@@ -395,6 +398,8 @@ fn dropout_seed(seed: u64, epoch: usize) -> u64 {
 struct Session {
     cfg: TrainConfig,
     data: PreparedDataset,
+    classes: Classes,
+    loss: Loss,
     device: Device,
     varmap: VarMap,
     model: ResNet18,
@@ -412,17 +417,21 @@ impl Session {
         device: Device,
         progress: bool,
     ) -> Result<Self> {
+        let classes = data.classes()?;
         let varmap = VarMap::new();
         let mut model = ResNet18::new(
             VarBuilder::from_varmap(&varmap, DType::F32, &device),
             cfg.head_dropout as f32,
+            classes.outputs(),
         )?;
         model.set_trainable(cfg.trainable);
         let opt = build_optimizer(&varmap, &cfg)?;
         let state = TrainState::new(cfg.seed, cfg.monitor.worst());
         Ok(Session {
+            loss: Loss::new(&classes, None, 0.0)?,
             cfg,
             data,
+            classes,
             device,
             varmap,
             model,
@@ -536,9 +545,8 @@ impl Session {
             }
             let logits = self
                 .model
-                .forward_with(&batch.images, true, Some(self.cfg.trainable))?
-                .squeeze(D::Minus1)?;
-            let loss = ops::bce_with_logits(&logits, &batch.labels)?;
+                .forward_with(&batch.images, true, Some(self.cfg.trainable))?;
+            let loss = self.loss.forward(&logits, &batch.label_u8)?;
             let loss_value = loss.to_scalar::<f32>()?;
             if !loss_value.is_finite() {
                 pb.abandon();
@@ -553,11 +561,12 @@ impl Session {
             let grads = loss.backward()?;
             self.opt.step(&grads)?;
             let b = batch.len();
-            let logits: Vec<f32> = logits.to_vec1()?;
+            let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+            let k = self.classes.outputs();
             correct += logits
-                .iter()
+                .chunks(k)
                 .zip(&batch.label_u8)
-                .filter(|(&x, &y)| u8::from(x >= 0.0) == y)
+                .filter(|(row, &y)| Self::predicted_class(row) == usize::from(y))
                 .count();
             loss_sum += f64::from(loss_value) * b as f64;
             seen += b;
@@ -580,9 +589,9 @@ impl Session {
             epoch: epoch + 1,
             train_loss: loss_sum / seen.max(1) as f64,
             train_acc: correct as f64 / seen.max(1) as f64,
-            val_loss: val.mean_bce(),
+            val_loss: val.mean_loss(),
             val_acc: val.accuracy(metrics::DEFAULT_THRESHOLD),
-            val_auc: metrics::roc_auc(&val.labels, &val.probs).unwrap_or(f64::NAN),
+            val_auc: val.auc().unwrap_or(f64::NAN),
             lr_head: lr("head"),
             lr_layer4: lr("layer4"),
             lr_layer3: lr("layer3"),
@@ -593,16 +602,30 @@ impl Session {
         Ok((record, val))
     }
 
+    /// The class a row of training logits predicts: the positive class when its logit is
+    /// non-negative (one logit), else the largest logit.
+    fn predicted_class(row: &[f32]) -> usize {
+        match row {
+            [x] => usize::from(*x >= 0.0),
+            _ => row
+                .iter()
+                .enumerate()
+                .fold(0, |best, (i, &x)| if x > row[best] { i } else { best }),
+        }
+    }
+
     /// Eval-mode predictions on the validation split from a detached view of the weights.
     fn validate(&self) -> Result<SplitPredictions> {
         let eval_model = ResNet18::from_tensors(
             self.model_tensors(),
             &self.device,
             self.cfg.head_dropout as f32,
+            self.classes.outputs(),
         )?;
         let pb = self.bar(self.data.len(Split::Val) as u64, "validation".into());
         let preds = predict_split(
             &eval_model,
+            &self.classes,
             &self.data,
             Split::Val,
             self.cfg.batch_size,
