@@ -24,16 +24,20 @@
 //! on logits `[0, x]`, whose softmax is `[1 - σ(x), σ(x)]`. The scale differs: the binary
 //! loss divides by `b`, so it equals `sum_i w_{y_i} l_i / (b * w_0)`, where the N-class
 //! loss divides by `sum_i w_{y_i}`. The ratio, `sum_i w_{y_i} / (b * w_0)`, is the same for
-//! every item of a batch, so the gradient's direction is that of the weighted mean; under
-//! `balanced` weights a batch with the training set's class mix has `sum_i w_{y_i} = b`, so
-//! the binary loss is `1 / w_0` times the weighted mean there. Adam, the optimizer, is
-//! invariant to a constant scale of the loss (up to its epsilon).
+//! every item of a batch, so each batch's gradient points the same way as the weighted
+//! mean's; under `balanced` weights a batch with the training set's class mix has
+//! `sum_i w_{y_i} = b`, so there the binary loss is `1 / w_0 = 2 n_0 / n` times the weighted
+//! mean (`12 / 7` for 6:1 data). A constant factor on the loss does not change Adam's
+//! steps (up to its epsilon); the batch-to-batch part of the ratio means items are weighted
+//! by their class alone, not by the batch's mix.
 //!
 //! Label smoothing for two classes moves each target `eps / 2` towards the other class, the
 //! same soft targets as PyTorch's `CrossEntropyLoss(label_smoothing=eps)` on two classes
 //! (`(1 - eps) + eps / 2` on the true class); torch's `BCEWithLogitsLoss` has no smoothing
 //! option, so this is `BCEWithLogitsLoss` on smoothed targets. With `pos_weight` the
-//! weight multiplies the positive term `t * (-log σ(x))` of every item, as in PyTorch.
+//! weight multiplies the positive term `t * (-log σ(x))` of every item, as in PyTorch; that
+//! is still the 2-class weighted, smoothed softmax cross-entropy on `[0, x]` up to the scale
+//! above.
 
 use candle_core::{Tensor, D};
 
