@@ -13,6 +13,10 @@
 //! State tensors ([`Adam::state_tensors`]): `optim.exp_avg.<param>` and
 //! `optim.exp_avg_sq.<param>` (param's shape, f32), `optim.step.<param>` (`[1]` i64) for each
 //! parameter that has taken a step, and `optim.lr.<group>` (`[1]` f64).
+//!
+//! [`LrSchedule`] gives each group's learning rate at every optimizer step of a run, as a
+//! multiple of the group's own base rate: constant, linear warm-up then cosine decay, or
+//! PyTorch's one-cycle policy.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -20,6 +24,8 @@ use std::sync::Mutex;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Tensor, Var};
 use rayon::prelude::*;
+
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
@@ -300,6 +306,155 @@ impl Adam {
     }
 }
 
+/// How every group's learning rate moves over a run (`--schedule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Each group keeps its base rate (the notebook).
+    #[default]
+    Constant,
+    /// Linear warm-up over the warm-up epochs, then cosine decay towards 0.
+    Cosine,
+    /// PyTorch's `OneCycleLR` with the group's base rate as `max_lr`.
+    OneCycle,
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "constant" => Ok(Schedule::Constant),
+            "cosine" => Ok(Schedule::Cosine),
+            "onecycle" => Ok(Schedule::OneCycle),
+            _ => Err(Error::InvalidOption(format!(
+                "unknown schedule `{s}`; expected constant, cosine or onecycle"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Schedule::Constant => "constant",
+            Schedule::Cosine => "cosine",
+            Schedule::OneCycle => "onecycle",
+        })
+    }
+}
+
+/// The learning rate of every optimizer step of a run, per step (not per epoch): step `k`
+/// (0-based, counted over the whole run, `epoch * steps_per_epoch + batch`) uses
+/// [`LrSchedule::lr`]`(base, k)`, where `base` is the group's rate (`--lr-head`, ...).
+/// With `T = epochs * steps_per_epoch` steps and `w = warmup_epochs * steps_per_epoch`:
+///
+/// - `Constant`: `base`.
+/// - `Cosine`: `base * (k + 1) / w` for `k < w`, then `base * (1 + cos(pi * (k - w) /
+///   (T - w))) / 2`: PyTorch's `SequentialLR` of `LinearLR(start_factor=1/w,
+///   total_iters=w-1)` and `CosineAnnealingLR(T_max=T-w, eta_min=0)` with milestone `w`, so
+///   the first step already trains and the last warm-up step reaches `base`.
+/// - `OneCycle`: PyTorch's `OneCycleLR(max_lr=base, total_steps=T, pct_start,
+///   anneal_strategy="cos", div_factor=25, final_div_factor=1e4, three_phase=False)` with
+///   `pct_start = warmup_epochs / epochs`, or 0.3 without warm-up epochs. Adam's beta1 is
+///   not cycled (`cycle_momentum=False`): lesion's Adam keeps PyTorch's fixed betas.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LrSchedule {
+    kind: Schedule,
+    total_steps: usize,
+    warmup_steps: usize,
+    pct_start: f64,
+}
+
+impl LrSchedule {
+    /// `OneCycleLR`'s `pct_start` when no warm-up epochs are given.
+    pub const ONE_CYCLE_PCT_START: f64 = 0.3;
+    /// `OneCycleLR`'s `div_factor`: the first step's rate is `base / 25`.
+    pub const ONE_CYCLE_DIV: f64 = 25.0;
+    /// `OneCycleLR`'s `final_div_factor`: the last rate approaches `base / 25 / 1e4`.
+    pub const ONE_CYCLE_FINAL_DIV: f64 = 1e4;
+
+    /// The schedule of a run of `epochs` epochs of `steps_per_epoch` steps. Errors unless
+    /// both are at least 1 and a warm-up, where given, is shorter than the run.
+    pub fn new(
+        kind: Schedule,
+        epochs: usize,
+        steps_per_epoch: usize,
+        warmup_epochs: Option<usize>,
+    ) -> Result<Self> {
+        if epochs == 0 || steps_per_epoch == 0 {
+            return Err(Error::InvalidOption(format!(
+                "a learning-rate schedule needs at least one step (epochs {epochs}, \
+                 steps per epoch {steps_per_epoch})"
+            )));
+        }
+        if let Some(w) = warmup_epochs {
+            if kind != Schedule::Constant && w >= epochs {
+                return Err(Error::InvalidOption(format!(
+                    "--warmup-epochs {w} must be less than --epochs {epochs}"
+                )));
+            }
+        }
+        let w = warmup_epochs.unwrap_or(0);
+        Ok(Self {
+            kind,
+            total_steps: epochs * steps_per_epoch,
+            warmup_steps: w * steps_per_epoch,
+            pct_start: match warmup_epochs {
+                Some(w) => w as f64 / epochs as f64,
+                None => Self::ONE_CYCLE_PCT_START,
+            },
+        })
+    }
+
+    pub fn kind(&self) -> Schedule {
+        self.kind
+    }
+
+    /// Steps in the whole run.
+    pub fn total_steps(&self) -> usize {
+        self.total_steps
+    }
+
+    /// The rate of a group whose base rate is `base` at step `step` (0-based); steps past
+    /// the end keep the last step's rate.
+    pub fn lr(&self, base: f64, step: usize) -> f64 {
+        let k = step.min(self.total_steps - 1);
+        match self.kind {
+            Schedule::Constant => base,
+            Schedule::Cosine => {
+                let (w, t) = (self.warmup_steps, self.total_steps);
+                if k < w {
+                    base * (k + 1) as f64 / w as f64
+                } else {
+                    let progress = std::f64::consts::PI * (k - w) as f64 / (t - w) as f64;
+                    base * (1.0 + progress.cos()) / 2.0
+                }
+            }
+            Schedule::OneCycle => {
+                // Phase boundaries and arithmetic as in OneCycleLR.get_lr, in f64.
+                let initial = base / Self::ONE_CYCLE_DIV;
+                let min = initial / Self::ONE_CYCLE_FINAL_DIV;
+                let end_warm = self.pct_start * self.total_steps as f64 - 1.0;
+                let end = (self.total_steps - 1) as f64;
+                let step = k as f64;
+                let (start_step, end_step, from, to) = if step <= end_warm {
+                    (0.0, end_warm, initial, base)
+                } else {
+                    (end_warm, end, base, min)
+                };
+                // A one-step phase (PyTorch divides by zero there) ends at its target.
+                let pct = if end_step > start_step {
+                    (step - start_step) / (end_step - start_step)
+                } else {
+                    1.0
+                };
+                let cos_out = (std::f64::consts::PI * pct).cos() + 1.0;
+                to + (from - to) / 2.0 * cos_out
+            }
+        }
+    }
+}
+
 fn check_lr(group: &str, lr: f64) -> Result<()> {
     if lr.is_finite() && lr >= 0.0 {
         Ok(())
@@ -558,6 +713,69 @@ mod tests {
                 b.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
             );
         }
+    }
+
+    /// Every group's rate at every step, against PyTorch's schedulers stepped once per
+    /// batch (`scripts/fixtures/make_schedule_fixture.py`).
+    #[test]
+    fn schedules_match_pytorch() {
+        let fixture: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/fixtures/schedule_lrs.json")).unwrap();
+        let groups = fixture["groups"].as_object().unwrap();
+        let cases = fixture["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), 8);
+        for case in cases {
+            let kind: Schedule = case["schedule"].as_str().unwrap().parse().unwrap();
+            let epochs = case["epochs"].as_u64().unwrap() as usize;
+            let spe = case["steps_per_epoch"].as_u64().unwrap() as usize;
+            let warmup = case["warmup_epochs"].as_u64().map(|w| w as usize);
+            let schedule = LrSchedule::new(kind, epochs, spe, warmup).unwrap();
+            assert_eq!(schedule.total_steps(), epochs * spe);
+            for (group, base) in groups {
+                let base = base.as_f64().unwrap();
+                let want = case["lrs"][group].as_array().unwrap();
+                assert_eq!(want.len(), epochs * spe);
+                for (k, want) in want.iter().enumerate() {
+                    let (want, got) = (want.as_f64().unwrap(), schedule.lr(base, k));
+                    assert!(
+                        (got - want).abs() <= 1e-12,
+                        "{kind} epochs {epochs} x {spe} warm-up {warmup:?}, {group} step {k}: \
+                         {got} vs PyTorch {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn constant_schedule_is_the_base_rate_bit_for_bit() {
+        let s = LrSchedule::new(Schedule::Constant, 3, 4, None).unwrap();
+        for k in 0..20 {
+            assert_eq!(s.lr(1e-3, k).to_bits(), 1e-3f64.to_bits());
+        }
+    }
+
+    #[test]
+    fn schedule_edges() {
+        // Steps past the end keep the last rate; a warm-up as long as the run is refused.
+        let s = LrSchedule::new(Schedule::Cosine, 2, 3, Some(1)).unwrap();
+        assert_eq!(s.lr(1.0, 5), s.lr(1.0, 99));
+        assert_eq!(s.lr(1.0, 2), 1.0, "the last warm-up step reaches the base rate");
+        assert_eq!(s.lr(1.0, 0), 1.0 / 3.0);
+        for kind in [Schedule::Cosine, Schedule::OneCycle] {
+            let err = LrSchedule::new(kind, 2, 3, Some(2)).unwrap_err().to_string();
+            assert!(err.contains("--warmup-epochs 2") && err.contains("--epochs 2"), "{err}");
+        }
+        assert!(LrSchedule::new(Schedule::Cosine, 2, 0, None).is_err());
+        // One warm-up step: PyTorch would divide by zero; the step trains at the peak.
+        let one = LrSchedule::new(Schedule::OneCycle, 4, 1, Some(1)).unwrap();
+        assert_eq!(one.lr(0.5, 0), 0.5);
+        assert!(one.lr(0.5, 3) < 0.5 / 25.0);
+        for name in ["constant", "cosine", "onecycle"] {
+            assert_eq!(name.parse::<Schedule>().unwrap().to_string(), name);
+        }
+        let err = "linear".parse::<Schedule>().unwrap_err().to_string();
+        assert!(err.contains("`linear`") && err.contains("onecycle"), "{err}");
     }
 
     #[test]
