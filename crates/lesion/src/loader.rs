@@ -12,6 +12,15 @@
 //! Everything is a function of `(seed, epoch, split)`. Train batches come from view
 //! `epoch % views`, so with `--views K` each of K consecutive epochs sees other augmentations.
 //!
+//! With [`Sampler::Balanced`] a pass instead draws as many rows as the split holds, with
+//! replacement, each draw a class chosen uniformly among the classes present and then a row
+//! of that class chosen uniformly: the distribution of PyTorch's
+//! `WeightedRandomSampler(weights=1/count[y], num_samples=n, replacement=True)`, seeded by
+//! `(seed, epoch, split)` through its own ChaCha8 stream. Rows then come from anywhere in
+//! the split, so reads are not windowed; every row is still released after it is copied, so
+//! the process's memory does not grow with the dataset (only the `(shard, row)` order, 8
+//! bytes a draw, is held, as for shuffling).
+//!
 //! A background thread builds the next host batches (normalisation is the costly part) while
 //! the caller computes; one finished batch waits in the channel while the thread holds the
 //! next. A batch of 128 at 224 px is 77 MB of f32, so the queue is kept short: one waiting
@@ -27,8 +36,9 @@ use std::thread::JoinHandle;
 
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 use crate::classes::Classes;
 use crate::manifest::Manifest;
@@ -159,8 +169,16 @@ impl PreparedDataset {
             return Err(Error::InvalidOption("batch size must be at least 1".into()));
         }
         let shards = self.epoch_shards(split, opts.epoch);
-        let lens: Vec<usize> = shards.iter().map(|s| s.len()).collect();
-        let order = epoch_order(&lens, split, &opts);
+        let order = match opts.sampler {
+            Sampler::Shuffle => {
+                let lens: Vec<usize> = shards.iter().map(|s| s.len()).collect();
+                epoch_order(&lens, split, &opts)
+            }
+            Sampler::Balanced => {
+                let labels: Vec<&[u8]> = shards.iter().map(|s| s.labels()).collect();
+                balanced_order(&labels, split, &opts)
+            }
+        };
         let num_batches = if opts.drop_last {
             order.len() / opts.batch_size
         } else {
@@ -214,16 +232,51 @@ impl PreparedDataset {
     }
 }
 
+/// Which rows a training epoch visits (`--sampler`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampler {
+    /// Every row once, in the shuffled order of the module docs.
+    #[default]
+    Shuffle,
+    /// As many draws as rows, with replacement, classes equally likely (module docs).
+    Balanced,
+}
+
+impl std::str::FromStr for Sampler {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "shuffle" => Ok(Sampler::Shuffle),
+            "balanced" => Ok(Sampler::Balanced),
+            _ => Err(Error::InvalidOption(format!(
+                "unknown sampler `{s}`; expected shuffle or balanced"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Sampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sampler::Shuffle => "shuffle",
+            Sampler::Balanced => "balanced",
+        })
+    }
+}
+
 /// How one pass over a split is ordered and cut into batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoaderOptions {
     pub batch_size: usize,
+    /// Shuffle (with [`Sampler::Shuffle`]); [`Sampler::Balanced`] draws at random anyway.
     pub shuffle: bool,
     pub seed: u64,
     /// Selects the shuffle permutation and, for train, the view (`epoch % views`).
     pub epoch: u64,
     /// Skip the last batch when it is smaller than `batch_size`.
     pub drop_last: bool,
+    pub sampler: Sampler,
 }
 
 impl LoaderOptions {
@@ -235,6 +288,7 @@ impl LoaderOptions {
             seed: 0,
             epoch: 0,
             drop_last: false,
+            sampler: Sampler::Shuffle,
         }
     }
 
@@ -246,7 +300,13 @@ impl LoaderOptions {
             seed,
             epoch,
             drop_last: false,
+            sampler: Sampler::Shuffle,
         }
+    }
+
+    /// These options with `sampler`.
+    pub fn with_sampler(self, sampler: Sampler) -> Self {
+        Self { sampler, ..self }
     }
 }
 
@@ -275,6 +335,39 @@ pub fn epoch_order(shard_lens: &[usize], split: Split, opts: &LoaderOptions) -> 
         out[start..].shuffle(&mut rng);
     }
     out
+}
+
+/// The rows a [`Sampler::Balanced`] pass draws (see the module docs), given the labels of
+/// each shard's rows: as many `(shard, row)` draws as there are rows.
+pub fn balanced_order(
+    shard_labels: &[&[u8]],
+    split: Split,
+    opts: &LoaderOptions,
+) -> Vec<(u32, u32)> {
+    let mut by_class: Vec<Vec<(u32, u32)>> = Vec::new();
+    for (s, labels) in shard_labels.iter().enumerate() {
+        for (r, &y) in labels.iter().enumerate() {
+            let y = usize::from(y);
+            if by_class.len() <= y {
+                by_class.resize_with(y + 1, Vec::new);
+            }
+            by_class[y].push((s as u32, r as u32));
+        }
+    }
+    by_class.retain(|rows| !rows.is_empty());
+    let n: usize = by_class.iter().map(Vec::len).sum();
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&opts.seed.to_le_bytes());
+    key[8..16].copy_from_slice(&opts.epoch.to_le_bytes());
+    key[16] = split as u8;
+    key[24..32].copy_from_slice(b"lesionBS");
+    let mut rng = ChaCha8Rng::from_seed(key);
+    (0..n)
+        .map(|_| {
+            let rows = &by_class[rng.random_range(0..by_class.len())];
+            rows[rng.random_range(0..rows.len())]
+        })
+        .collect()
 }
 
 /// One batch; see the module docs for shapes.
@@ -515,6 +608,143 @@ mod tests {
         // The first window draws only from SHUFFLE_WINDOW_SHARDS distinct shards.
         let first: std::collections::BTreeSet<u32> = a[..16].iter().map(|p| p.0).collect();
         assert!(first.len() <= SHUFFLE_WINDOW_SHARDS);
+    }
+
+    #[test]
+    fn the_default_shuffle_order_is_pinned() {
+        let o = LoaderOptions::train(8, 42, 3);
+        assert_eq!(o.sampler, Sampler::Shuffle);
+        let order = epoch_order(&[3, 2, 4], Split::Train, &o);
+        assert_eq!(order, GOLDEN_SHUFFLE);
+    }
+
+    /// Pinned: a run's results depend on this order staying as it is.
+    const GOLDEN_SHUFFLE: [(u32, u32); 9] = [
+        (0, 1),
+        (0, 2),
+        (1, 1),
+        (2, 3),
+        (2, 2),
+        (1, 0),
+        (0, 0),
+        (2, 0),
+        (2, 1),
+    ];
+
+    /// 900 rows of class 0 and 100 of class 1 in 10 shards of 100.
+    fn nine_to_one() -> Vec<Vec<u8>> {
+        (0..10)
+            .map(|s| {
+                (0..100)
+                    .map(|r| u8::from((s * 100 + r) % 10 == 3))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn balanced_draws_classes_evenly_with_replacement() {
+        let labels = nine_to_one();
+        let refs: Vec<&[u8]> = labels.iter().map(Vec::as_slice).collect();
+        let opts = LoaderOptions::train(32, 7, 0).with_sampler(Sampler::Balanced);
+        let order = balanced_order(&refs, Split::Train, &opts);
+        assert_eq!(order.len(), 1000, "as many draws as rows");
+        let class = |&(s, r): &(u32, u32)| labels[s as usize][r as usize];
+        let minority: Vec<&(u32, u32)> = order.iter().filter(|p| class(p) == 1).collect();
+        // Binomial(1000, 1/2): mean 500, sd 15.8; 5 sd either side.
+        assert!(
+            (421..=579).contains(&minority.len()),
+            "{} minority draws of 1000",
+            minority.len()
+        );
+        // With replacement: rows repeat, and the 100 minority rows are nearly all drawn
+        // (each is missed with probability (1 - 1/200)^1000, about 0.7%).
+        let distinct: std::collections::BTreeSet<_> = minority.iter().collect();
+        assert!(
+            distinct.len() < minority.len() && distinct.len() >= 90,
+            "{}",
+            distinct.len()
+        );
+        assert_eq!(
+            order,
+            balanced_order(&refs, Split::Train, &opts),
+            "same (seed, epoch)"
+        );
+        for other in [
+            LoaderOptions::train(32, 7, 1),
+            LoaderOptions::train(32, 8, 0),
+        ] {
+            let other = other.with_sampler(Sampler::Balanced);
+            assert_ne!(order, balanced_order(&refs, Split::Train, &other));
+        }
+    }
+
+    #[test]
+    fn balanced_skips_classes_without_rows() {
+        // Classes 0 and 2 only (class 1 has no row): each about half of the draws.
+        let labels: Vec<Vec<u8>> = vec![vec![0; 50], vec![2; 10]];
+        let refs: Vec<&[u8]> = labels.iter().map(Vec::as_slice).collect();
+        let opts = LoaderOptions::train(4, 1, 0).with_sampler(Sampler::Balanced);
+        let order = balanced_order(&refs, Split::Train, &opts);
+        assert_eq!(order.len(), 60);
+        let twos = order.iter().filter(|&&(s, _)| s == 1).count();
+        // Binomial(60, 1/2): sd 3.9; 5 sd either side.
+        assert!((11..=49).contains(&twos), "{twos}");
+        assert!(order
+            .iter()
+            .all(|&(s, r)| (r as usize) < labels[s as usize].len()));
+    }
+
+    #[test]
+    fn a_balanced_loader_yields_the_drawn_rows() {
+        let (_dir, ds) = tiny_dataset();
+        let opts = LoaderOptions::train(3, 5, 1).with_sampler(Sampler::Balanced);
+        let loader = ds.loader(Split::Train, opts, &Device::Cpu).unwrap();
+        assert_eq!(loader.len(), 4);
+        let mut seen = Vec::new();
+        for b in loader {
+            let b = b.unwrap();
+            let px = b.images.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let per = 3 * (S * S) as usize;
+            for (row, &si) in b.source_index.iter().enumerate() {
+                // View 1 (epoch 1 of 2 views), the row's own label.
+                let want = (value(si, 1) as f32 / 255.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0];
+                assert!((px[row * per] - want).abs() < 1e-6);
+                assert_eq!(b.label_u8[row] as u32, si % 2);
+            }
+            seen.extend(b.source_index);
+        }
+        assert_eq!(seen.len(), 10);
+        let again: Vec<u32> = ds
+            .loader(Split::Train, opts, &Device::Cpu)
+            .unwrap()
+            .flat_map(|b| b.unwrap().source_index)
+            .collect();
+        assert_eq!(seen, again);
+        let shuffled: Vec<u32> = ds
+            .loader(Split::Train, LoaderOptions::train(3, 5, 1), &Device::Cpu)
+            .unwrap()
+            .flat_map(|b| b.unwrap().source_index)
+            .collect();
+        let mut once = shuffled.clone();
+        once.sort();
+        assert_eq!(
+            once,
+            (0..10).collect::<Vec<u32>>(),
+            "shuffle visits every row once"
+        );
+    }
+
+    #[test]
+    fn sampler_names() {
+        for name in ["shuffle", "balanced"] {
+            assert_eq!(name.parse::<Sampler>().unwrap().to_string(), name);
+        }
+        let err = "weighted".parse::<Sampler>().unwrap_err().to_string();
+        assert!(
+            err.contains("`weighted`") && err.contains("balanced"),
+            "{err}"
+        );
     }
 
     #[test]

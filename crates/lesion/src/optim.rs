@@ -760,11 +760,20 @@ mod tests {
         // Steps past the end keep the last rate; a warm-up as long as the run is refused.
         let s = LrSchedule::new(Schedule::Cosine, 2, 3, Some(1)).unwrap();
         assert_eq!(s.lr(1.0, 5), s.lr(1.0, 99));
-        assert_eq!(s.lr(1.0, 2), 1.0, "the last warm-up step reaches the base rate");
+        assert_eq!(
+            s.lr(1.0, 2),
+            1.0,
+            "the last warm-up step reaches the base rate"
+        );
         assert_eq!(s.lr(1.0, 0), 1.0 / 3.0);
         for kind in [Schedule::Cosine, Schedule::OneCycle] {
-            let err = LrSchedule::new(kind, 2, 3, Some(2)).unwrap_err().to_string();
-            assert!(err.contains("--warmup-epochs 2") && err.contains("--epochs 2"), "{err}");
+            let err = LrSchedule::new(kind, 2, 3, Some(2))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("--warmup-epochs 2") && err.contains("--epochs 2"),
+                "{err}"
+            );
         }
         assert!(LrSchedule::new(Schedule::Cosine, 2, 0, None).is_err());
         // One warm-up step: PyTorch would divide by zero; the step trains at the peak.
@@ -775,7 +784,10 @@ mod tests {
             assert_eq!(name.parse::<Schedule>().unwrap().to_string(), name);
         }
         let err = "linear".parse::<Schedule>().unwrap_err().to_string();
-        assert!(err.contains("`linear`") && err.contains("onecycle"), "{err}");
+        assert!(
+            err.contains("`linear`") && err.contains("onecycle"),
+            "{err}"
+        );
     }
 
     #[test]

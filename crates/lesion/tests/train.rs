@@ -8,9 +8,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use lesion::model::Trainable;
+use lesion::optim::LrSchedule;
 use lesion::prep::{self, PrepOptions};
 use lesion::run::checkpoint;
-use lesion::train::{self, ResumeOptions, TrainConfig};
+use lesion::split::Split;
+use lesion::train::{
+    self, ClassWeights, Monitor, Recipe, ResumeOptions, Sampler, Schedule, TrainConfig,
+};
 use lesion::Error;
 
 /// A synthetic dataset prepared at 32 px (the smallest size ResNet-18 takes).
@@ -463,4 +467,198 @@ fn resume_applies_epochs_patience_and_learning_rates_and_records_them() {
     assert!(matches!(err, Error::InvalidOption(_)), "{err:?}");
     assert!(err.to_string().contains("--lr-head"), "{err}");
     assert_eq!(hashes(&run), before);
+}
+
+/// A scheduled run with the balanced sampler, selected on balanced accuracy: its history
+/// records the schedule's rates, and stopping after epoch 1 (patience 0) and resuming gives
+/// the uninterrupted run bit for bit: sampler and schedule are functions of (seed, epoch,
+/// step), not of the session.
+#[test]
+fn a_scheduled_balanced_run_resumes_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = prepared(dir.path(), 12);
+    let scheduled = |out: &Path, patience: usize| TrainConfig {
+        patience,
+        sampler: Sampler::Balanced,
+        schedule: Schedule::OneCycle,
+        warmup_epochs: Some(1),
+        monitor: Monitor::ValBalancedAcc,
+        ..config(&data, out, 3)
+    };
+    let full = dir.path().join("full");
+    let summary = train::train(&scheduled(&full, 10), false).unwrap();
+    assert_eq!(summary.epochs_completed, 3);
+
+    let n_train = lesion::loader::PreparedDataset::open(&data)
+        .unwrap()
+        .len(Split::Train);
+    let steps = n_train.div_ceil(8);
+    let schedule = LrSchedule::new(Schedule::OneCycle, 3, steps, Some(1)).unwrap();
+    for r in &summary.history {
+        let last_step = r.epoch * steps - 1;
+        assert_eq!(r.lr_head, schedule.lr(1e-2, last_step), "epoch {}", r.epoch);
+        assert_eq!(r.lr_layer4, schedule.lr(1e-3, last_step));
+        assert_eq!(r.lr_layer3, schedule.lr(1e-3, last_step));
+        assert!((0.0..=1.0).contains(&r.val_balanced_acc), "{r:?}");
+    }
+    // The rate peaks at the end of the warm-up epoch and falls after it.
+    let heads: Vec<f64> = summary.history.iter().map(|r| r.lr_head).collect();
+    assert!(
+        heads[0] == 1e-2 && heads[1] < heads[0] && heads[2] < heads[1],
+        "{heads:?}"
+    );
+    let best = summary
+        .history
+        .iter()
+        .map(|r| r.val_balanced_acc)
+        .fold(f64::NEG_INFINITY, f64::max);
+    assert_eq!(summary.best_metric, best);
+    assert_eq!(
+        summary.history[summary.best_epoch - 1].val_balanced_acc,
+        best
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(full.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["train"]["sampler"], "balanced");
+    assert_eq!(cfg["train"]["schedule"], "onecycle");
+    assert_eq!(cfg["train"]["warmup_epochs"], 1);
+    assert_eq!(cfg["train"]["monitor"], "val_balanced_acc");
+    let (_, state) = checkpoint::load(&full.join("last.safetensors"), &Device::Cpu).unwrap();
+    let recorded = state.schedule.unwrap();
+    assert_eq!(
+        (recorded.steps_per_epoch, recorded.total_steps),
+        (steps, 3 * steps)
+    );
+
+    let split = dir.path().join("split");
+    let first = train::train(&scheduled(&split, 0), false).unwrap();
+    assert!(
+        first.stopped_early && first.epochs_completed == 1,
+        "{first}"
+    );
+    let resumed = train::resume(
+        &split,
+        &ResumeOptions {
+            patience: Some(10),
+            ..ResumeOptions::default()
+        },
+        false,
+    )
+    .unwrap();
+    assert_eq!(resumed.epochs_completed, 3);
+    let diff = max_abs_diff(
+        &load(&full.join("last.safetensors")),
+        &load(&split.join("last.safetensors")),
+    );
+    assert_eq!(diff, 0.0, "the resumed run differs by {diff}");
+    assert_eq!(
+        history_without_timings(&split),
+        history_without_timings(&full)
+    );
+
+    // The schedule is laid out over the run's epochs: a new total is refused.
+    let before = hashes(&split);
+    let err = train::resume(&split, &epochs(5), false).unwrap_err();
+    assert!(matches!(err, Error::InvalidOption(_)), "{err:?}");
+    assert!(err.to_string().contains("--epochs 5"), "{err}");
+    assert_eq!(hashes(&split), before);
+}
+
+/// The balanced sampler draws other images than shuffling, reproducibly.
+#[test]
+fn the_balanced_sampler_changes_the_epochs_and_is_seeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = prepared(dir.path(), 8);
+    let run = |name: &str, sampler| {
+        let out = dir.path().join(name);
+        let cfg = TrainConfig {
+            sampler,
+            ..config(&data, &out, 1)
+        };
+        train::train(&cfg, false).unwrap();
+        load(&out.join("last.safetensors"))
+    };
+    let (a, b, shuffled) = (
+        run("a", Sampler::Balanced),
+        run("b", Sampler::Balanced),
+        run("c", Sampler::Shuffle),
+    );
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+    assert!(max_abs_diff(&a, &shuffled) > 0.0);
+}
+
+/// With every learning rate 0 the weights never move (train-mode BatchNorm statistics do,
+/// identically), so class weights and label smoothing change the training loss only: the
+/// validation figures stay those of the unweighted run.
+#[test]
+fn class_weights_and_label_smoothing_reach_the_training_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    // 12 benign to 4 malignant: balanced weights are not all 1.
+    lesion::synth::generate(&images, 12, 7, false, false).unwrap();
+    for i in 0..8 {
+        std::fs::remove_file(images.join(format!("Malignant/malignant_{i:05}.jpg"))).unwrap();
+    }
+    let prepared = dir.path().join("prepared");
+    let mut opts = PrepOptions::new(&images, &prepared);
+    opts.size = 32;
+    opts.progress = false;
+    prep::run(&opts).unwrap();
+    let run = |name: &str, class_weights, label_smoothing| {
+        let out = dir.path().join(name);
+        let cfg = TrainConfig {
+            class_weights,
+            label_smoothing,
+            lr_head: 0.0,
+            lr_layer4: 0.0,
+            lr_layer3: 0.0,
+            ..config(&prepared, &out, 1)
+        };
+        let summary = train::train(&cfg, false).unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        (summary.history[0].clone(), cfg)
+    };
+    let (plain, _) = run("plain", ClassWeights::None, 0.0);
+    let (weighted, cfg) = run("weighted", ClassWeights::Balanced, 0.0);
+    assert_eq!(cfg["train"]["class_weights"], "balanced");
+    let (smoothed, cfg) = run("smoothed", ClassWeights::None, 0.1);
+    assert_eq!(cfg["train"]["label_smoothing"], 0.1);
+    for other in [&weighted, &smoothed] {
+        assert_ne!(other.train_loss, plain.train_loss);
+        assert_eq!(other.val_loss, plain.val_loss);
+        assert_eq!(other.val_acc, plain.val_acc);
+    }
+}
+
+/// `--recipe recommended` end to end: it trains, and `config.json` names the recipe and
+/// records its values.
+#[test]
+fn the_recommended_recipe_trains_and_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = prepared(dir.path(), 8);
+    let out = dir.path().join("run");
+    let cfg = TrainConfig {
+        data: data.clone(),
+        out: out.clone(),
+        epochs: 2,
+        batch_size: 8,
+        weights: "none".into(),
+        device: "cpu".into(),
+        ..TrainConfig::for_recipe(Recipe::Recommended)
+    };
+    let summary = train::train(&cfg, false).unwrap();
+    assert_eq!(summary.monitor, Monitor::ValLoss);
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    let t = &cfg["train"];
+    assert_eq!(t["recipe"], "recommended");
+    assert_eq!(t["monitor"], "val_loss");
+    assert_eq!(t["class_weights"], "balanced");
+    assert_eq!(t["schedule"], "cosine");
+    assert_eq!(t["warmup_epochs"], 1);
+    assert_eq!(t["label_smoothing"], 0.1);
+    // Cosine with a one-epoch warm-up: the full rate at the end of epoch 1.
+    assert_eq!(summary.history[0].lr_head, 1e-2);
+    assert!(summary.history[1].lr_head < 1e-2);
 }

@@ -5,16 +5,19 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Parser;
 use lesion::model::Trainable;
-use lesion::train::{Monitor, ResumeOptions, TrainConfig};
+use lesion::train::{ClassWeights, Monitor, Recipe, ResumeOptions, Sampler, Schedule, TrainConfig};
 
 /// Fine-tune ResNet-18 (ImageNet weights by default) on a folder written by `lesion-prep`.
 ///
-/// Defaults reproduce the notebook: batch 128, Adam with head 1e-2 / layer4 1e-3 /
-/// layer3 1e-3, stem to layer2 frozen, up to 50 epochs, best validation accuracy kept,
-/// early stopping after 5 epochs without improvement; validation runs in eval mode.
+/// Defaults reproduce the notebook (`--recipe notebook`): batch 128, Adam with head 1e-2 /
+/// layer4 1e-3 / layer3 1e-3, stem to layer2 frozen, up to 50 epochs, best validation
+/// accuracy kept, early stopping after 5 epochs without improvement; validation runs in
+/// eval mode. `--recipe recommended` sets options for imbalanced data instead; options given
+/// explicitly override the recipe's.
 //
-// Options are `Option`s, their defaults written into the help (and checked against
-// `TrainConfig::default()` by a test), so that `--resume` can tell what was given.
+// Options are `Option`s, their defaults (the notebook recipe's) written into the help (and
+// checked against `TrainConfig::default()` by a test), so that the recipe and `--resume`
+// can tell what was given.
 #[derive(Debug, Parser)]
 #[command(name = "lesion-train", version, about, long_about = None)]
 pub struct Cli {
@@ -27,6 +30,9 @@ pub struct Cli {
     /// Continue an interrupted run from its last.safetensors; only --epochs, --patience, the learning rates and --device may be given (the rest comes from its config.json).
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["data", "out", "force"])]
     resume: Option<PathBuf>,
+    /// Named defaults: notebook (the notebook's recipe) or recommended (for imbalanced data: --monitor val_loss, --class-weights balanced, --schedule cosine --warmup-epochs 1, --label-smoothing 0.1); options given explicitly override it [default: notebook]
+    #[arg(long, value_name = "RECIPE")]
+    recipe: Option<Recipe>,
     /// Maximum number of epochs (with --resume: a new total) [default: 50]
     #[arg(long, value_name = "EPOCHS")]
     epochs: Option<usize>,
@@ -36,7 +42,7 @@ pub struct Cli {
     /// Stop after this many epochs without improvement of --monitor [default: 5]
     #[arg(long, value_name = "PATIENCE")]
     patience: Option<usize>,
-    /// Figure that selects the best checkpoint and drives early stopping: val_acc, val_loss or val_auc [default: val_acc]
+    /// Figure that selects the best checkpoint and drives early stopping: val_acc, val_loss, val_auc (macro one-vs-rest for N classes) or val_balanced_acc [default: val_acc]
     #[arg(long, value_name = "MONITOR")]
     monitor: Option<Monitor>,
     /// Learning rate of the head (fc.*) [default: 0.01]
@@ -66,6 +72,21 @@ pub struct Cli {
     /// Initial weights: imagenet (Hugging Face Hub, cached; LESION_HUB_TIMEOUT_SECS sets the Hub timeouts), none (random init) or a safetensors file [default: imagenet]
     #[arg(long, value_name = "imagenet|none|PATH")]
     weights: Option<String>,
+    /// Loss weight of each class: none, or balanced (scikit-learn's n / (classes x count), from the train split) [default: none]
+    #[arg(long, value_name = "WEIGHTS")]
+    class_weights: Option<ClassWeights>,
+    /// How each epoch draws its images: shuffle (every image once) or balanced (as many draws as images, with replacement, classes equally likely) [default: shuffle]
+    #[arg(long, value_name = "SAMPLER")]
+    sampler: Option<Sampler>,
+    /// Label smoothing of the training loss, in [0, 1) [default: 0]
+    #[arg(long, value_name = "EPS")]
+    label_smoothing: Option<f64>,
+    /// Learning rate per step of every group, from its own rate: constant, cosine (linear warm-up, then cosine decay to 0) or onecycle (PyTorch's OneCycleLR) [default: constant]
+    #[arg(long, value_name = "SCHEDULE")]
+    schedule: Option<Schedule>,
+    /// Warm-up epochs of --schedule cosine, or the rising part of onecycle (default there: 30% of the run)
+    #[arg(long, value_name = "EPOCHS")]
+    warmup_epochs: Option<usize>,
     /// Replace an existing run folder.
     #[arg(long)]
     force: bool,
@@ -81,7 +102,7 @@ pub struct Cli {
 impl Cli {
     /// The library configuration these options describe (for a new run).
     pub fn config(&self) -> TrainConfig {
-        let d = TrainConfig::default();
+        let d = TrainConfig::for_recipe(self.recipe.unwrap_or_default());
         TrainConfig {
             data: self.data.clone().unwrap_or(d.data),
             out: self.out.clone().unwrap_or(d.out),
@@ -100,6 +121,15 @@ impl Cli {
             weights: self.weights.clone().unwrap_or(d.weights),
             force: self.force,
             winograd_4x4: self.winograd_4x4,
+            recipe: d.recipe,
+            class_weights: self.class_weights.unwrap_or(d.class_weights),
+            sampler: self.sampler.unwrap_or(d.sampler),
+            label_smoothing: self.label_smoothing.unwrap_or(d.label_smoothing),
+            schedule: self.schedule.unwrap_or(d.schedule),
+            // A recipe's warm-up belongs to its schedule.
+            warmup_epochs: self.warmup_epochs.or(d
+                .warmup_epochs
+                .filter(|_| self.schedule.unwrap_or(d.schedule) == d.schedule)),
         }
     }
 
@@ -116,6 +146,12 @@ impl Cli {
             ("--seed", self.seed.is_some()),
             ("--weights", self.weights.is_some()),
             ("--winograd-4x4", self.winograd_4x4),
+            ("--recipe", self.recipe.is_some()),
+            ("--class-weights", self.class_weights.is_some()),
+            ("--sampler", self.sampler.is_some()),
+            ("--label-smoothing", self.label_smoothing.is_some()),
+            ("--schedule", self.schedule.is_some()),
+            ("--warmup-epochs", self.warmup_epochs.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, given)| given.then_some(name))
@@ -197,6 +233,11 @@ mod tests {
             ("--seed", d.seed.to_string()),
             ("--device", d.device.clone()),
             ("--weights", d.weights.clone()),
+            ("--recipe", d.recipe.to_string()),
+            ("--class-weights", d.class_weights.to_string()),
+            ("--sampler", d.sampler.to_string()),
+            ("--label-smoothing", d.label_smoothing.to_string()),
+            ("--schedule", d.schedule.to_string()),
         ] {
             let line = help
                 .lines()
@@ -246,6 +287,12 @@ mod tests {
             (&["--seed", "42"], "--seed"),
             (&["--weights", "none"], "--weights"),
             (&["--winograd-4x4"], "--winograd-4x4"),
+            (&["--recipe", "notebook"], "--recipe"),
+            (&["--class-weights", "balanced"], "--class-weights"),
+            (&["--sampler", "balanced"], "--sampler"),
+            (&["--label-smoothing", "0.1"], "--label-smoothing"),
+            (&["--schedule", "cosine"], "--schedule"),
+            (&["--warmup-epochs", "1"], "--warmup-epochs"),
         ] {
             let cli = Cli::try_parse_from(
                 ["lesion-train", "--resume", "r", "--lr-head", "0.5"]
@@ -274,6 +321,130 @@ mod tests {
         .unwrap();
         let msg = cli.resume_options().unwrap_err().to_string();
         assert!(msg.contains("--batch-size, --seed"), "{msg}");
+    }
+
+    fn parse(args: &[&str]) -> TrainConfig {
+        let base = ["lesion-train", "--data", "d", "--out", "r"];
+        Cli::try_parse_from(base.iter().chain(args))
+            .unwrap()
+            .config()
+    }
+
+    #[test]
+    fn the_notebook_recipe_is_the_default() {
+        assert_eq!(parse(&["--recipe", "notebook"]), parse(&[]));
+        let cfg = parse(&[]);
+        assert_eq!(
+            cfg,
+            TrainConfig {
+                data: "d".into(),
+                out: "r".into(),
+                ..TrainConfig::default()
+            }
+        );
+        assert_eq!(cfg.recipe, Recipe::Notebook);
+    }
+
+    #[test]
+    fn the_recommended_recipe_sets_its_values_and_explicit_options_win() {
+        let cfg = parse(&["--recipe", "recommended"]);
+        assert_eq!(cfg.recipe, Recipe::Recommended);
+        assert_eq!(cfg.monitor, Monitor::ValLoss);
+        assert_eq!(cfg.class_weights, ClassWeights::Balanced);
+        assert_eq!(
+            (cfg.schedule, cfg.warmup_epochs),
+            (Schedule::Cosine, Some(1))
+        );
+        assert_eq!(
+            (cfg.label_smoothing, cfg.sampler, cfg.patience),
+            (0.1, Sampler::Shuffle, 5)
+        );
+        assert_eq!((cfg.lr_head, cfg.batch_size, cfg.epochs), (1e-2, 128, 50));
+
+        let cfg = parse(&[
+            "--recipe",
+            "recommended",
+            "--monitor",
+            "val_auc",
+            "--class-weights",
+            "none",
+            "--label-smoothing",
+            "0",
+            "--sampler",
+            "balanced",
+            "--warmup-epochs",
+            "3",
+            "--patience",
+            "9",
+        ]);
+        assert_eq!(cfg.recipe, Recipe::Recommended);
+        assert_eq!(cfg.monitor, Monitor::ValAuc);
+        assert_eq!(cfg.class_weights, ClassWeights::None);
+        assert_eq!((cfg.label_smoothing, cfg.sampler), (0.0, Sampler::Balanced));
+        assert_eq!(
+            (cfg.schedule, cfg.warmup_epochs, cfg.patience),
+            (Schedule::Cosine, Some(3), 9)
+        );
+
+        // Another schedule drops the recipe's warm-up, unless one is given.
+        let cfg = parse(&["--recipe", "recommended", "--schedule", "constant"]);
+        assert_eq!(
+            (cfg.schedule, cfg.warmup_epochs),
+            (Schedule::Constant, None)
+        );
+        cfg.validate().unwrap();
+        let cfg = parse(&["--recipe", "recommended", "--schedule", "onecycle"]);
+        assert_eq!(
+            (cfg.schedule, cfg.warmup_epochs),
+            (Schedule::OneCycle, None)
+        );
+        let cfg = parse(&["--schedule", "onecycle", "--warmup-epochs", "2"]);
+        assert_eq!(
+            (cfg.schedule, cfg.warmup_epochs),
+            (Schedule::OneCycle, Some(2))
+        );
+        assert_eq!(cfg.recipe, Recipe::Notebook);
+    }
+
+    #[test]
+    fn option_values_parse() {
+        let cfg = parse(&[
+            "--monitor",
+            "val_balanced_acc",
+            "--class-weights",
+            "balanced",
+            "--sampler",
+            "balanced",
+            "--label-smoothing",
+            "0.2",
+            "--schedule",
+            "onecycle",
+        ]);
+        assert_eq!(cfg.monitor, Monitor::ValBalancedAcc);
+        assert_eq!(
+            (cfg.class_weights, cfg.sampler),
+            (ClassWeights::Balanced, Sampler::Balanced)
+        );
+        assert_eq!(
+            (cfg.label_smoothing, cfg.schedule),
+            (0.2, Schedule::OneCycle)
+        );
+        for (flag, value) in [
+            ("--recipe", "best"),
+            ("--class-weights", "inverse"),
+            ("--sampler", "weighted"),
+            ("--schedule", "linear"),
+            ("--monitor", "val_f1"),
+            ("--label-smoothing", "lots"),
+            ("--warmup-epochs", "-1"),
+        ] {
+            let arg = format!("{flag}={value}");
+            let err = Cli::try_parse_from(["lesion-train", "--data", "d", "--out", "r", &arg])
+                .unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{flag} {value}");
+            let msg = err.to_string();
+            assert!(msg.contains(flag) && msg.contains(value), "{flag}: {msg}");
+        }
     }
 
     #[test]

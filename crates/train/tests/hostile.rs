@@ -296,6 +296,121 @@ const CASES: &[Case] = &[
     .exits(2)
     .stderr(&[&["--lr-head"]])
     .check(no_run),
+    // Options for imbalanced data: a bad value exits 2 naming the option, before any run.
+    Case::new("label_smoothing_of_one", |sb| {
+        sb.prepared("prepared");
+        train_with("prepared", "run", &[("--label-smoothing", "1")])
+    })
+    .exits(2)
+    .stderr(&[&["--label-smoothing"], &["[0, 1)"]])
+    .check(no_run),
+    Case::new("label_smoothing_not_a_number", |sb| {
+        sb.prepared("prepared");
+        train_with("prepared", "run", &[("--label-smoothing", "NaN")])
+    })
+    .exits(2)
+    .stderr(&[&["--label-smoothing"]])
+    .check(no_run),
+    Case::new("unknown_schedule", |sb| {
+        sb.prepared("prepared");
+        train_with("prepared", "run", &[("--schedule", "linear")])
+    })
+    .exits(2)
+    .stderr(&[&["--schedule"], &["linear"]])
+    .check(no_run),
+    Case::new("unknown_sampler", |sb| {
+        sb.prepared("prepared");
+        train_with("prepared", "run", &[("--sampler", "weighted")])
+    })
+    .exits(2)
+    .stderr(&[&["--sampler"], &["weighted"]])
+    .check(no_run),
+    Case::new("unknown_class_weights", |sb| {
+        sb.prepared("prepared");
+        train_with("prepared", "run", &[("--class-weights", "inverse")])
+    })
+    .exits(2)
+    .stderr(&[&["--class-weights"], &["inverse"]])
+    .check(no_run),
+    Case::new("unknown_recipe", |sb| {
+        sb.prepared("prepared");
+        train_with("prepared", "run", &[("--recipe", "best")])
+    })
+    .exits(2)
+    .stderr(&[&["--recipe"], &["best"]])
+    .check(no_run),
+    Case::new("unknown_monitor", |sb| {
+        sb.prepared("prepared");
+        train_with("prepared", "run", &[("--monitor", "val_f1")])
+    })
+    .exits(2)
+    .stderr(&[&["--monitor"], &["val_f1"]])
+    .check(no_run),
+    Case::new("warmup_without_a_schedule", |sb| {
+        sb.prepared("prepared");
+        train_with("prepared", "run", &[("--warmup-epochs", "1")])
+    })
+    .exits(2)
+    .stderr(&[&["--warmup-epochs"], &["--schedule"]])
+    .check(no_run),
+    Case::new("warmup_as_long_as_the_run", |sb| {
+        sb.prepared("prepared");
+        train_with(
+            "prepared",
+            "run",
+            &[("--schedule", "cosine"), ("--warmup-epochs", "1")],
+        )
+    })
+    .exits(2)
+    .stderr(&[&["--warmup-epochs 1"], &["--epochs 1"]])
+    .check(no_run),
+    Case::new("resume_refuses_a_new_schedule", |sb| {
+        sb.trained_run("run");
+        resume("run").args(["--epochs", "2", "--schedule", "cosine"])
+    })
+    .exits(2)
+    .stderr(&[&["--schedule"], &["--resume"]])
+    .unchanged(&["run"]),
+    Case::new("resume_of_a_scheduled_run_refuses_new_epochs", |sb| {
+        sb.trained_run("run");
+        let path = sb.path("run/config.json");
+        let mut cfg = read_json(&path).unwrap();
+        cfg["train"]["schedule"] = "cosine".into();
+        sb.write("run/config.json", serde_json::to_vec_pretty(&cfg).unwrap());
+        resume("run").args(["--epochs", "3"])
+    })
+    .exits(2)
+    .stderr(&[&["--epochs 3"], &["cosine"]])
+    .unchanged(&["run"]),
+    Case::new("trains_with_a_balanced_sampler_and_a_schedule", |sb| {
+        sb.prepared("prepared");
+        train_with(
+            "prepared",
+            "run",
+            &[
+                ("--epochs", "2"),
+                ("--sampler", "balanced"),
+                ("--schedule", "onecycle"),
+                ("--monitor", "val_balanced_acc"),
+            ],
+        )
+    })
+    .output(&[&["val_balanced_acc"]])
+    .unchanged(&["prepared"])
+    .check(|sb, out| {
+        run_complete(sb, out)?;
+        let cfg = read_json(&sb.path("run/config.json"))?;
+        let t = &cfg["train"];
+        match (&t["sampler"], &t["schedule"], &t["monitor"]) {
+            (s, k, m) if s == "balanced" && k == "onecycle" && m == "val_balanced_acc" => {}
+            other => return Err(format!("config.json records {other:?}")),
+        }
+        let history = fs::read_to_string(sb.path("run/history.csv")).map_err(|e| e.to_string())?;
+        match history.lines().next() {
+            Some(h) if h.contains(",val_balanced_acc,") && history.lines().count() == 3 => Ok(()),
+            _ => Err(format!("history.csv:\n{history}")),
+        }
+    }),
     Case::new("device_not_in_this_build", |sb| {
         sb.prepared("prepared");
         train_with("prepared", "run", &[("--device", "metal")])

@@ -627,6 +627,7 @@ pub(super) mod tests {
             val_loss: 0.7,
             val_acc: 0.61,
             val_auc,
+            val_balanced_acc: 0.6,
             lr_head: 1e-2,
             lr_layer4: 1e-3,
             lr_layer3: 1e-3,

@@ -48,6 +48,17 @@ pub struct TrainState {
     /// that CSV line (JSON has no NaN, and the validation AUC can be NaN).
     #[serde(default, skip_serializing_if = "Option::is_none", with = "csv_row")]
     pub record: Option<EpochRecord>,
+    /// The length of the run's learning-rate schedule, for schedules other than constant:
+    /// the rate of a step depends on it, so resuming checks that it has not changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSteps>,
+}
+
+/// How many optimizer steps a scheduled run takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleSteps {
+    pub steps_per_epoch: usize,
+    pub total_steps: usize,
 }
 
 /// (De)serialises an `f64` that may be infinite or NaN, which JSON numbers cannot hold:
@@ -108,6 +119,7 @@ impl TrainState {
             seed,
             finished: false,
             record: None,
+            schedule: None,
         }
     }
 }
@@ -236,6 +248,7 @@ mod tests {
             val_loss: 0.625,
             val_acc: 0.8125,
             val_auc: f64::NAN,
+            val_balanced_acc: 0.625,
             lr_head: 1e-2,
             lr_layer4: 1e-3,
             lr_layer3: 1e-3,
@@ -252,6 +265,37 @@ mod tests {
         );
         assert!(got.val_auc.is_nan() && got.seconds.is_nan());
         assert_eq!(got.val_acc, 0.8125);
+        assert_eq!(got.val_balanced_acc, 0.625);
+    }
+
+    #[test]
+    fn a_train_state_from_an_older_checkpoint_still_reads() {
+        // A 12-field history row (no balanced accuracy) and no schedule.
+        let json = r#"{"format":"lesion-checkpoint-v1","epoch":2,"best_metric":0.75,
+            "best_epoch":2,"epochs_without_improvement":0,"seed":7,"finished":false,
+            "record":"2,0.500000,0.750000,0.625000,0.812500,NaN,1e-2,1e-3,1e-3,0e0,NaN,NaN"}"#;
+        let state: TrainState = serde_json::from_str(json).unwrap();
+        let record = state.record.unwrap();
+        assert_eq!((record.val_acc, record.lr_head), (0.8125, 1e-2));
+        assert!(record.val_balanced_acc.is_nan() && record.val_auc.is_nan());
+        assert_eq!(state.schedule, None);
+        // A scheduled run's state keeps its schedule's length.
+        let mut scheduled = TrainState::new(7, f64::INFINITY);
+        scheduled.schedule = Some(ScheduleSteps {
+            steps_per_epoch: 3,
+            total_steps: 12,
+        });
+        let text = serde_json::to_string(&scheduled).unwrap();
+        assert!(
+            text.contains(r#""schedule":{"steps_per_epoch":3,"total_steps":12}"#),
+            "{text}"
+        );
+        assert_eq!(
+            serde_json::from_str::<TrainState>(&text).unwrap(),
+            scheduled
+        );
+        let plain = serde_json::to_string(&TrainState::new(7, 0.0)).unwrap();
+        assert!(!plain.contains("schedule"), "{plain}");
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! Per-epoch training history: `history.csv` in the run folder and the data for
 //! `curves.png`.
+//!
+//! Columns: `epoch,train_loss,train_acc,val_loss,val_acc,val_auc,val_balanced_acc,lr_head,
+//! lr_layer4,lr_layer3,lr_backbone,seconds,images_per_s`. Files without `val_balanced_acc`
+//! (written before it was recorded) are read with it NaN.
 
 use std::path::Path;
 
@@ -20,6 +24,11 @@ pub struct EpochRecord {
     pub val_acc: f64,
     /// NaN when the validation split holds a single class.
     pub val_auc: f64,
+    /// Mean recall of the classes present in the validation split (scikit-learn's
+    /// `balanced_accuracy_score`), at threshold 0.5 for two classes, of the most probable
+    /// class otherwise; NaN in rows read from a file that lacks the column.
+    pub val_balanced_acc: f64,
+    /// The learning rate of each group at the epoch's last step.
     pub lr_head: f64,
     pub lr_layer4: f64,
     pub lr_layer3: f64,
@@ -31,8 +40,13 @@ pub struct EpochRecord {
     pub images_per_s: f64,
 }
 
-const HEADER: &str = "epoch,train_loss,train_acc,val_loss,val_acc,val_auc,lr_head,lr_layer4,\
-lr_layer3,lr_backbone,seconds,images_per_s";
+const HEADER: &str = "epoch,train_loss,train_acc,val_loss,val_acc,val_auc,val_balanced_acc,\
+lr_head,lr_layer4,lr_layer3,lr_backbone,seconds,images_per_s";
+/// The header of files written before `val_balanced_acc` was recorded.
+const HEADER_WITHOUT_BALANCED_ACC: &str = "epoch,train_loss,train_acc,val_loss,val_acc,val_auc,\
+lr_head,lr_layer4,lr_layer3,lr_backbone,seconds,images_per_s";
+/// Fields of a row.
+const FIELDS: usize = 13;
 
 /// Renders the records as CSV with a header line.
 pub fn to_csv(records: &[EpochRecord]) -> String {
@@ -48,13 +62,14 @@ pub fn to_csv(records: &[EpochRecord]) -> String {
 /// One record as a CSV line of `history.csv` (without the line break).
 pub fn to_row(r: &EpochRecord) -> String {
     format!(
-        "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:e},{:e},{:e},{:e},{:.3},{:.2}",
+        "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:e},{:e},{:e},{:e},{:.3},{:.2}",
         r.epoch,
         r.train_loss,
         r.train_acc,
         r.val_loss,
         r.val_acc,
         r.val_auc,
+        r.val_balanced_acc,
         r.lr_head,
         r.lr_layer4,
         r.lr_layer3,
@@ -64,11 +79,15 @@ pub fn to_row(r: &EpochRecord) -> String {
     )
 }
 
-/// Parses a line written by [`to_row`]; the error says which field is wrong.
+/// Parses a line written by [`to_row`], or one without `val_balanced_acc` (12 fields, as
+/// older files and checkpoints hold); the error says which field is wrong.
 pub fn parse_row(line: &str) -> std::result::Result<EpochRecord, String> {
-    let f: Vec<&str> = line.split(',').collect();
-    if f.len() != 12 {
-        return Err(format!("expected 12 fields, found {}", f.len()));
+    let mut f: Vec<&str> = line.split(',').collect();
+    if f.len() == FIELDS - 1 {
+        f.insert(6, "NaN");
+    }
+    if f.len() != FIELDS {
+        return Err(format!("expected {FIELDS} fields, found {}", f.len()));
     }
     let num = |k: usize| -> std::result::Result<f64, String> {
         f[k].parse::<f64>()
@@ -81,12 +100,13 @@ pub fn parse_row(line: &str) -> std::result::Result<EpochRecord, String> {
         val_loss: num(3)?,
         val_acc: num(4)?,
         val_auc: num(5)?,
-        lr_head: num(6)?,
-        lr_layer4: num(7)?,
-        lr_layer3: num(8)?,
-        lr_backbone: num(9)?,
-        seconds: num(10)?,
-        images_per_s: num(11)?,
+        val_balanced_acc: num(6)?,
+        lr_head: num(7)?,
+        lr_layer4: num(8)?,
+        lr_layer3: num(9)?,
+        lr_backbone: num(10)?,
+        seconds: num(11)?,
+        images_per_s: num(12)?,
     })
 }
 
@@ -103,12 +123,18 @@ pub fn read(path: &Path) -> Result<Vec<EpochRecord>> {
         reason: format!("line {line}: {why}"),
     };
     let mut lines = text.lines();
-    if lines.next() != Some(HEADER) {
-        return Err(bad(1, "unexpected header".into()));
-    }
+    let fields = match lines.next() {
+        Some(HEADER) => FIELDS,
+        Some(HEADER_WITHOUT_BALANCED_ACC) => FIELDS - 1,
+        _ => return Err(bad(1, "unexpected header".into())),
+    };
     lines
         .enumerate()
-        .map(|(i, line)| parse_row(line).map_err(|why| bad(i + 2, why)))
+        .map(|(i, line)| match line.split(',').count() {
+            // A row must have its header's columns.
+            n if n != fields => Err(bad(i + 2, format!("expected {fields} fields, found {n}"))),
+            _ => parse_row(line).map_err(|why| bad(i + 2, why)),
+        })
         .collect()
 }
 
@@ -125,6 +151,7 @@ mod tests {
             val_loss: 0.625,
             val_acc: 0.8125,
             val_auc: f64::NAN,
+            val_balanced_acc: 0.6875,
             lr_head: 1e-2,
             lr_layer4: 1e-3,
             lr_layer3: 1e-3,
@@ -140,7 +167,56 @@ mod tests {
         assert_eq!(back[0].epoch, 3);
         assert_eq!(back[0].val_acc, 0.8125);
         assert!(back[0].val_auc.is_nan());
+        assert_eq!(back[0].val_balanced_acc, 0.6875);
         assert_eq!(back[0].lr_head, 1e-2);
+        assert_eq!(back[0].images_per_s, 40.25);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with(
+                "epoch,train_loss,train_acc,val_loss,val_acc,val_auc,val_balanced_acc,lr_head,"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_file_without_balanced_accuracy_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.csv");
+        std::fs::write(
+            &path,
+            "epoch,train_loss,train_acc,val_loss,val_acc,val_auc,lr_head,lr_layer4,lr_layer3,\
+             lr_backbone,seconds,images_per_s\n\
+             1,0.693000,0.500000,0.690000,0.550000,0.600000,1e-2,1e-3,1e-3,0e0,12.500,40.25\n",
+        )
+        .unwrap();
+        let back = read(&path).unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!((back[0].val_acc, back[0].val_auc), (0.55, 0.6));
+        assert!(back[0].val_balanced_acc.is_nan());
+        assert_eq!((back[0].lr_head, back[0].lr_backbone), (1e-2, 0.0));
+        assert_eq!(back[0].images_per_s, 40.25);
+        // Rewritten, it gains the column.
+        write(&path, &back).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("1,0.693000,0.500000,0.690000,0.550000,0.600000,NaN,1e-2,"),
+            "{text}"
+        );
+        // A row with the other layout's width is refused by line.
+        std::fs::write(
+            &path,
+            format!("{HEADER}\n{}\n", "1,2,3,4,5,6,7,8,9,10,11,12"),
+        )
+        .unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("line 2") && err.contains("expected 13 fields"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,10 +6,19 @@
 //! prepared manifest), and every epoch saves the checkpoints ([`crate::run::checkpoint`]),
 //! then adds a row to `history.csv` ([`crate::run::history`]) and redraws `curves.png`.
 //!
-//! Batches are NCHW f32 normalised images with f32 labels (0 benign, 1 malignant); the model
-//! produces logits `[b, 1]`.
+//! Batches are NCHW f32 normalised images with their `u8` class labels; the model produces
+//! logits `[b, 1]` for two classes and `[b, N]` for N.
+//!
+//! Options for imbalanced data, all recorded in `config.json`: loss class weights
+//! (`--class-weights`), label smoothing, a class-balanced sampler ([`Sampler`]), a per-step
+//! learning-rate schedule of every group ([`crate::optim::LrSchedule`]), the
+//! `val_balanced_acc` monitor ([`monitor`]); and named sets of defaults ([`Recipe`]).
 
+pub mod monitor;
 mod session;
 
+pub use crate::loader::Sampler;
+pub use crate::optim::Schedule;
+pub use crate::run::config::{ClassWeights, Recipe};
 pub use crate::run::{Monitor, TrainConfig};
 pub use session::{resume, train, ResumeOptions, TrainSummary};

@@ -15,10 +15,11 @@ use crate::classes::Classes;
 use crate::device::{describe, parse_device};
 use crate::infer::{predict_split, SplitPredictions};
 use crate::loader::{LoaderOptions, PreparedDataset};
-use crate::loss::Loss;
+use crate::loss::{self, Loss};
 use crate::model::{self, ResNet18};
-use crate::optim::{Adam, ParamGroup};
-use crate::run::checkpoint::{self, TrainState};
+use crate::optim::{Adam, LrSchedule, ParamGroup, Schedule};
+use crate::run::checkpoint::{self, ScheduleSteps, TrainState};
+use crate::run::config::ClassWeights;
 use crate::run::history::{self, EpochRecord};
 use crate::run::{
     Monitor, RunConfig, TrainConfig, BEST_FILE, CONFIG_FILE, CURVES_FILE, HISTORY_FILE, LAST_FILE,
@@ -56,8 +57,8 @@ impl fmt::Display for TrainSummary {
         if let Some(best) = self.history.iter().find(|r| r.epoch == self.best_epoch) {
             writeln!(
                 f,
-                "best epoch: val_loss {:.4}, val_acc {:.4}, val_auc {:.4}",
-                best.val_loss, best.val_acc, best.val_auc
+                "best epoch: val_loss {:.4}, val_acc {:.4}, val_balanced_acc {:.4}, val_auc {:.4}",
+                best.val_loss, best.val_acc, best.val_balanced_acc, best.val_auc
             )?;
         }
         write!(f, "run folder: {}", self.run_dir.display())
@@ -192,6 +193,17 @@ impl ResumeOptions {
 pub fn resume(run_dir: &Path, opts: &ResumeOptions, progress: bool) -> Result<TrainSummary> {
     let mut run_cfg = run::read_config(run_dir)?;
     crate::fsutil::remove_stale_temps(run_dir);
+    let schedule = run_cfg.train.schedule;
+    if let Some(e) = opts.epochs.filter(|&e| e != run_cfg.train.epochs) {
+        if schedule != Schedule::Constant {
+            return Err(Error::InvalidOption(format!(
+                "--epochs {e} cannot be given when resuming {}: its --schedule {schedule} is \
+                 laid out over the {} epochs it started with (start a new run to train longer)",
+                run_dir.display(),
+                run_cfg.train.epochs
+            )));
+        }
+    }
     let changes = opts.apply(&mut run_cfg.train);
     let mut cfg = run_cfg.train.clone();
     cfg.out = run_dir.to_path_buf();
@@ -224,6 +236,18 @@ pub fn resume(run_dir: &Path, opts: &ResumeOptions, progress: bool) -> Result<Tr
         state.finished =
             state.epochs_without_improvement >= cfg.patience && state.epoch < cfg.epochs;
     }
+    let steps = session.schedule_steps();
+    if state.schedule.is_some() && state.schedule != steps {
+        return Err(Error::BadArtifact {
+            path: last,
+            reason: format!(
+                "the checkpoint's learning-rate schedule has {:?} steps, this run now {:?} \
+                 (the schedule cannot change mid-run)",
+                state.schedule, steps
+            ),
+        });
+    }
+    state.schedule = steps;
     session.history = history_for_checkpoint(run_dir, &state)?;
     session.state = state;
     if last.file_name() != Some(LAST_FILE.as_ref()) {
@@ -395,11 +419,39 @@ fn dropout_seed(seed: u64, epoch: usize) -> u64 {
     seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+/// The loss weights `cfg.class_weights` asks for, from the train split's class counts.
+fn class_weights(cfg: &TrainConfig, data: &PreparedDataset) -> Result<Option<Vec<f64>>> {
+    match cfg.class_weights {
+        ClassWeights::None => Ok(None),
+        ClassWeights::Balanced => {
+            let mut counts = data
+                .manifest()
+                .counts(Split::Train)
+                .map(|c| c.per_class.clone())
+                .unwrap_or_default();
+            counts.resize(data.class_names().len(), 0);
+            if let Some(k) = counts.iter().position(|&c| c == 0) {
+                return Err(Error::BadArtifact {
+                    path: data.dir().to_path_buf(),
+                    reason: format!(
+                        "--class-weights balanced needs every class in the train split; `{}` \
+                         has no image there",
+                        data.class_names()[k]
+                    ),
+                });
+            }
+            loss::balanced_class_weights(&counts).map(Some)
+        }
+    }
+}
+
 struct Session {
     cfg: TrainConfig,
     data: PreparedDataset,
     classes: Classes,
     loss: Loss,
+    /// `None` for the constant schedule, which leaves the optimizer's rates alone.
+    schedule: Option<LrSchedule>,
     device: Device,
     varmap: VarMap,
     model: ResNet18,
@@ -426,9 +478,28 @@ impl Session {
         )?;
         model.set_trainable(cfg.trainable);
         let opt = build_optimizer(&varmap, &cfg)?;
-        let state = TrainState::new(cfg.seed, cfg.monitor.worst());
+        let weights = class_weights(&cfg, &data)?;
+        if let Some(w) = &weights {
+            let w: Vec<String> = w.iter().map(|w| format!("{w:.4}")).collect();
+            eprintln!("class weights (balanced): {}", w.join(", "));
+        }
+        let schedule = match cfg.schedule {
+            Schedule::Constant => None,
+            kind => Some(LrSchedule::new(
+                kind,
+                cfg.epochs,
+                data.len(Split::Train).div_ceil(cfg.batch_size),
+                cfg.warmup_epochs,
+            )?),
+        };
+        let mut state = TrainState::new(cfg.seed, cfg.monitor.worst());
+        state.schedule = schedule.map(|s| ScheduleSteps {
+            steps_per_epoch: s.total_steps() / cfg.epochs,
+            total_steps: s.total_steps(),
+        });
         Ok(Session {
-            loss: Loss::new(&classes, None, 0.0)?,
+            loss: Loss::new(&classes, weights, cfg.label_smoothing)?,
+            schedule,
             cfg,
             data,
             classes,
@@ -470,6 +541,7 @@ impl Session {
                 Monitor::ValAcc => record.val_acc,
                 Monitor::ValLoss => record.val_loss,
                 Monitor::ValAuc => record.val_auc,
+                Monitor::ValBalancedAcc => record.val_balanced_acc,
             };
             let improved = self.cfg.monitor.improves(value, self.state.best_metric);
             self.state.epoch = record.epoch;
@@ -484,14 +556,15 @@ impl Session {
                 && self.state.epoch < self.cfg.epochs;
             self.state.finished = stopped_early;
             eprintln!(
-                "epoch {:>3}/{}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} auc {:.4} | \
-                 {:.1} img/s, {:.0} s{}",
+                "epoch {:>3}/{}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} \
+                 bal acc {:.4} auc {:.4} | {:.1} img/s, {:.0} s{}",
                 record.epoch,
                 self.cfg.epochs,
                 record.train_loss,
                 record.train_acc,
                 record.val_loss,
                 record.val_acc,
+                record.val_balanced_acc,
                 record.val_auc,
                 record.images_per_s,
                 record.seconds,
@@ -529,7 +602,9 @@ impl Session {
         );
         self.model
             .set_dropout_seed(dropout_seed(self.cfg.seed, epoch));
-        let opts = LoaderOptions::train(self.cfg.batch_size, self.cfg.seed, epoch as u64);
+        let opts = LoaderOptions::train(self.cfg.batch_size, self.cfg.seed, epoch as u64)
+            .with_sampler(self.cfg.sampler);
+        let steps_per_epoch = n_train.div_ceil(self.cfg.batch_size);
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         for (step, batch) in self
             .data
@@ -537,6 +612,9 @@ impl Session {
             .enumerate()
         {
             let batch = batch?;
+            if let Some(schedule) = self.schedule {
+                self.schedule_lrs(&schedule, epoch * steps_per_epoch + step)?;
+            }
             // Train-mode BatchNorm needs two values per channel; at small image sizes a
             // trailing batch of one image has a single value in layer4. Shuffling puts a
             // different image there each epoch.
@@ -592,6 +670,7 @@ impl Session {
             val_loss: val.mean_loss(),
             val_acc: val.accuracy(metrics::DEFAULT_THRESHOLD),
             val_auc: val.auc().unwrap_or(f64::NAN),
+            val_balanced_acc: super::monitor::val_balanced_accuracy(&val),
             lr_head: lr("head"),
             lr_layer4: lr("layer4"),
             lr_layer3: lr("layer3"),
@@ -600,6 +679,28 @@ impl Session {
             images_per_s: seen as f64 / train_secs,
         };
         Ok((record, val))
+    }
+
+    /// Sets every group's rate to the schedule's rate at `step` (0-based, over the run).
+    fn schedule_lrs(&mut self, schedule: &LrSchedule, step: usize) -> Result<()> {
+        let groups: Vec<(String, f64)> = self
+            .opt
+            .groups()
+            .iter()
+            .map(|g| (g.name.clone(), group_lr(&self.cfg, &g.name)))
+            .collect();
+        for (name, base) in groups {
+            self.opt.set_lr(&name, schedule.lr(base, step))?;
+        }
+        Ok(())
+    }
+
+    /// The schedule's length, as the train state records it.
+    fn schedule_steps(&self) -> Option<ScheduleSteps> {
+        self.schedule.map(|s| ScheduleSteps {
+            steps_per_epoch: s.total_steps() / self.cfg.epochs,
+            total_steps: s.total_steps(),
+        })
     }
 
     /// The class a row of training logits predicts: the positive class when its logit is
