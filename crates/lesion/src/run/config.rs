@@ -200,9 +200,9 @@ impl fmt::Display for Recipe {
     }
 }
 
-/// Whether `v` is its type's default: the new options are left out of `config.json` then,
-/// so that a run with the notebook's options writes the same `config.json` (which
-/// `report.html` embeds) as before they existed, and reading such a file gives them back.
+/// Whether `v` is its type's default: the imbalance options are left out of `config.json`
+/// then, so that a run with the notebook's options writes a `config.json` (which
+/// `report.html` embeds) without them, and a file without them reads as the notebook's.
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }

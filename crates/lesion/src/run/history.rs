@@ -2,8 +2,8 @@
 //! `curves.png`.
 //!
 //! Columns: `epoch,train_loss,train_acc,val_loss,val_acc,val_auc,val_balanced_acc,lr_head,
-//! lr_layer4,lr_layer3,lr_backbone,seconds,images_per_s`. Files without `val_balanced_acc`
-//! (written before it was recorded) are read with it NaN.
+//! lr_layer4,lr_layer3,lr_backbone,seconds,images_per_s`. Files without the
+//! `val_balanced_acc` column are read with it NaN.
 
 use std::path::Path;
 
@@ -42,7 +42,7 @@ pub struct EpochRecord {
 
 const HEADER: &str = "epoch,train_loss,train_acc,val_loss,val_acc,val_auc,val_balanced_acc,\
 lr_head,lr_layer4,lr_layer3,lr_backbone,seconds,images_per_s";
-/// The header of files written before `val_balanced_acc` was recorded.
+/// The header of files without the `val_balanced_acc` column.
 const HEADER_WITHOUT_BALANCED_ACC: &str = "epoch,train_loss,train_acc,val_loss,val_acc,val_auc,\
 lr_head,lr_layer4,lr_layer3,lr_backbone,seconds,images_per_s";
 /// Fields of a row.
@@ -80,7 +80,7 @@ pub fn to_row(r: &EpochRecord) -> String {
 }
 
 /// Parses a line written by [`to_row`], or one without `val_balanced_acc` (12 fields, as
-/// older files and checkpoints hold); the error says which field is wrong.
+/// files and checkpoints without the column hold); the error says which field is wrong.
 pub fn parse_row(line: &str) -> std::result::Result<EpochRecord, String> {
     let mut f: Vec<&str> = line.split(',').collect();
     if f.len() == FIELDS - 1 {
