@@ -16,10 +16,11 @@
 //! replacement, each draw a class chosen uniformly among the classes present and then a row
 //! of that class chosen uniformly: the distribution of PyTorch's
 //! `WeightedRandomSampler(weights=1/count[y], num_samples=n, replacement=True)`, seeded by
-//! `(seed, epoch, split)` through its own ChaCha8 stream. Rows then come from anywhere in
-//! the split, so reads are not windowed; every row is still released after it is copied, so
-//! the process's memory does not grow with the dataset (only the `(shard, row)` order, 8
-//! bytes a draw, is held, as for shuffling).
+//! `(seed, epoch, split)` through its own ChaCha8 stream. The draws are then ordered as
+//! shuffling orders rows: by windows of [`SHUFFLE_WINDOW_SHARDS`] shards in a permuted shard
+//! order, shuffled within each window, so that a pass reads a few shards at a time and the
+//! shards' pages do not accumulate in memory. Which rows are drawn, and how often, is the
+//! sampler's; only their order is windowed.
 //!
 //! A background thread builds the next host batches (normalisation is the costly part) while
 //! the caller computes; one finished batch waits in the channel while the thread holds the
@@ -192,6 +193,14 @@ impl PreparedDataset {
             .name(format!("lesion-loader-{}", split.name()))
             .spawn(move || {
                 let per = 3 * size * size;
+                // Once a shard's last row of the pass is read, the whole shard is released:
+                // the kernel maps pages around those it reads, and a balanced pass leaves
+                // rows undrawn, so releasing only the rows read would leave pages behind.
+                let mut last_read = vec![usize::MAX; shards.len()];
+                for (i, &(s, _)) in order.iter().enumerate() {
+                    last_read[s as usize] = i;
+                }
+                let mut position = 0;
                 for rows in order.chunks(batch_size).take(num_batches) {
                     let b = rows.len();
                     let mut images = vec![0f32; b * per];
@@ -209,6 +218,10 @@ impl PreparedDataset {
                         shard.release(r);
                         label_u8.push(shard.labels()[r]);
                         source_index.push(shard.source_index()[r]);
+                        if last_read[s as usize] == position {
+                            (0..shard.len()).for_each(|row| shard.release(row));
+                        }
+                        position += 1;
                     }
                     let batch = HostBatch {
                         images,
@@ -362,12 +375,29 @@ pub fn balanced_order(
     key[16] = split as u8;
     key[24..32].copy_from_slice(b"lesionBS");
     let mut rng = ChaCha8Rng::from_seed(key);
-    (0..n)
+    let draws: Vec<(u32, u32)> = (0..n)
         .map(|_| {
             let rows = &by_class[rng.random_range(0..by_class.len())];
             rows[rng.random_range(0..rows.len())]
         })
-        .collect()
+        .collect();
+    drop(by_class);
+    let mut shards: Vec<usize> = (0..shard_labels.len()).collect();
+    shards.shuffle(&mut rng);
+    let mut window_of = vec![0; shard_labels.len()];
+    for (position, &s) in shards.iter().enumerate() {
+        window_of[s] = position / SHUFFLE_WINDOW_SHARDS;
+    }
+    let mut windows = vec![Vec::new(); shards.len().div_ceil(SHUFFLE_WINDOW_SHARDS)];
+    for draw in draws {
+        windows[window_of[draw.0 as usize]].push(draw);
+    }
+    let mut out = Vec::with_capacity(n);
+    for mut window in windows {
+        window.shuffle(&mut rng);
+        out.extend(window);
+    }
+    out
 }
 
 /// One batch; see the module docs for shapes.
@@ -670,6 +700,11 @@ mod tests {
             balanced_order(&refs, Split::Train, &opts),
             "same (seed, epoch)"
         );
+        // Read by windows of shards, as shuffling reads.
+        let first: std::collections::BTreeSet<u32> = order[..200].iter().map(|p| p.0).collect();
+        assert!(first.len() <= SHUFFLE_WINDOW_SHARDS, "{first:?}");
+        let all: std::collections::BTreeSet<u32> = order.iter().map(|p| p.0).collect();
+        assert_eq!(all.len(), 10);
         for other in [
             LoaderOptions::train(32, 7, 1),
             LoaderOptions::train(32, 8, 0),

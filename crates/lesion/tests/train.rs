@@ -662,3 +662,50 @@ fn the_recommended_recipe_trains_and_is_recorded() {
     assert_eq!(summary.history[0].lr_head, 1e-2);
     assert!(summary.history[1].lr_head < 1e-2);
 }
+
+/// A field of this process's `/proc/self/status` in KiB: `RssFile` is the resident part of
+/// its file mappings, where the shards' pages count.
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A balanced epoch reads rows from anywhere in the split, each released after it is
+/// copied: the shards' pages do not accumulate in the process's memory. Ignored by default
+/// (it measures the whole process, so it must run alone:
+/// `cargo test -p lesion --test train -- --ignored balanced_epochs_stream`).
+#[test]
+#[ignore = "measures this process's memory; run it alone"]
+fn balanced_epochs_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    lesion::synth::generate(&images, 600, 7, false, false).unwrap();
+    let out = dir.path().join("prepared");
+    let mut opts = PrepOptions::new(&images, &out);
+    opts.size = 128;
+    opts.shard_size = 32;
+    opts.progress = false;
+    prep::run(&opts).unwrap();
+    let data = lesion::loader::PreparedDataset::open(&out).unwrap();
+    let split_mib = (data.len(Split::Train) * 3 * 128 * 128) as f64 / (1 << 20) as f64;
+    for sampler in [Sampler::Shuffle, Sampler::Balanced] {
+        let opts = lesion::loader::LoaderOptions::train(8, 1, 0).with_sampler(sampler);
+        let (file0, anon0) = (status_kib("RssFile:"), status_kib("RssAnon:"));
+        let (mut file, mut anon) = (file0, anon0);
+        for batch in data.loader(Split::Train, opts, &Device::Cpu).unwrap() {
+            drop(batch.unwrap());
+            file = file.max(status_kib("RssFile:"));
+            anon = anon.max(status_kib("RssAnon:"));
+        }
+        let mib = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1024.0;
+        let (file_mib, anon_mib) = (mib(file, file0), mib(anon, anon0));
+        println!(
+            "{sampler}: file-backed RSS grew {file_mib:.1} MiB, anonymous {anon_mib:.1} MiB, \
+             over a {split_mib:.1} MiB split"
+        );
+        // About 23 shards: a window of 4 is a sixth of the split, and released shards leave
+        // nothing behind.
+        assert!(file_mib < split_mib / 5.0, "{sampler}: {file_mib:.1} MiB");
+    }
+}
