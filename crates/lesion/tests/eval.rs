@@ -238,13 +238,13 @@ fn check_outputs(out: &Path, n_images: usize) -> EvalMetrics {
 /// name real input files; returns the labels and probabilities.
 fn check_against_predictions(out: &Path, m: &EvalMetrics, input: &Path) -> (Vec<usize>, Vec<f64>) {
     let rows = read_predictions(&out.join("predictions.csv"));
-    assert_eq!(rows.len() as u64, bin(&m).at_default_threshold.n);
+    assert_eq!(rows.len() as u64, bin(m).at_default_threshold.n);
     let labels: Vec<usize> = rows.iter().map(|r| r["label"].parse().unwrap()).collect();
     let probs: Vec<f64> = rows
         .iter()
         .map(|r| r["probability"].parse().unwrap())
         .collect();
-    let thr = bin(&m).threshold.threshold;
+    let thr = bin(m).threshold.threshold;
     for (r, &p) in rows.iter().zip(&probs) {
         assert_eq!(r["prediction"], if p >= thr { "1" } else { "0" });
         assert!(r["path"].starts_with("Benign/") || r["path"].starts_with("Malignant/"));
@@ -255,15 +255,15 @@ fn check_against_predictions(out: &Path, m: &EvalMetrics, input: &Path) -> (Vec<
         assert!(input.join(&r["path"]).is_file(), "{}", r["path"]);
     }
     assert_metrics_match(
-        &bin(&m).at_default_threshold,
+        &bin(m).at_default_threshold,
         &metrics::evaluate(&labels, &probs, 0.5).unwrap(),
     );
     assert_metrics_match(
-        &bin(&m).at_chosen_threshold,
+        &bin(m).at_chosen_threshold,
         &metrics::evaluate(&labels, &probs, thr).unwrap(),
     );
     let cal = metrics::calibration(&labels, &probs, 10).unwrap();
-    assert!(close(cal.ece, bin(&m).calibration.ece));
+    assert!(close(cal.ece, bin(m).calibration.ece));
     (labels, probs)
 }
 

@@ -262,3 +262,77 @@ pub(super) fn warnings(
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::report::tests::metrics_at;
+
+    /// The two-class layout with every field at the top level, as `metrics.json` was
+    /// written before N classes: the flattened [`BinaryView`] must give the same bytes.
+    #[derive(Serialize)]
+    struct TopLevel<'a> {
+        format: &'a str,
+        format_version: u32,
+        crate_version: &'a str,
+        split: Split,
+        tta: bool,
+        device: &'a str,
+        run_dir: &'a Path,
+        checkpoint: &'a Path,
+        checkpoint_sha256: &'a str,
+        checkpoint_epoch: usize,
+        data_dir: &'a Path,
+        manifest_sha256: &'a str,
+        trained_on_manifest_sha256: &'a str,
+        class_names: &'a [String],
+        image_size: u32,
+        threshold: &'a Threshold,
+        val_from_checkpoint: bool,
+        at_default_threshold: &'a BinaryMetrics,
+        at_chosen_threshold: &'a BinaryMetrics,
+        bootstrap: &'a Option<BootstrapPair>,
+        calibration: &'a Calibration,
+        warnings: &'a [String],
+        seconds: f64,
+    }
+
+    #[test]
+    fn two_class_metrics_json_keeps_its_layout_and_reads_back() {
+        for chosen in [0.41234, 3.3e-7] {
+            let mut m = metrics_at(chosen);
+            // The report's fixture has a NaN, which JSON cannot carry back.
+            m.binary.as_mut().unwrap().at_default_threshold.mcc = 0.25;
+            let b = m.binary.as_ref().unwrap();
+            let flat = TopLevel {
+                format: &m.format,
+                format_version: m.format_version,
+                crate_version: &m.crate_version,
+                split: m.split,
+                tta: m.tta,
+                device: &m.device,
+                run_dir: &m.run_dir,
+                checkpoint: &m.checkpoint,
+                checkpoint_sha256: &m.checkpoint_sha256,
+                checkpoint_epoch: m.checkpoint_epoch,
+                data_dir: &m.data_dir,
+                manifest_sha256: &m.manifest_sha256,
+                trained_on_manifest_sha256: &m.trained_on_manifest_sha256,
+                class_names: &m.class_names,
+                image_size: m.image_size,
+                threshold: &b.threshold,
+                val_from_checkpoint: b.val_from_checkpoint,
+                at_default_threshold: &b.at_default_threshold,
+                at_chosen_threshold: &b.at_chosen_threshold,
+                bootstrap: &b.bootstrap,
+                calibration: &b.calibration,
+                warnings: &m.warnings,
+                seconds: m.seconds,
+            };
+            let ours = serde_json::to_string_pretty(&m).unwrap();
+            assert_eq!(ours, serde_json::to_string_pretty(&flat).unwrap());
+            let back: EvalMetrics = serde_json::from_str(&ours).unwrap();
+            assert_eq!(back, m);
+        }
+    }
+}

@@ -589,6 +589,20 @@ pub fn roc_per_class(curves: &[(String, RocCurve)], title: &str, path: &Path) ->
 
 /// The side of the square N×N confusion matrix's grid, in px.
 const GRID_PX: i32 = 640;
+/// Class names of the N×N confusion matrix are shortened to this many characters.
+const NAME_CHARS: usize = 20;
+/// Size of the class names of the N×N confusion matrix.
+const NAME_PX: u32 = 15;
+
+/// Where the N×N grid starts and its cell size: room on the left for the row names and
+/// above for the column names (written upwards), from the longest name (DejaVu Sans
+/// averages about 0.62 em per character).
+fn confusion_layout(names: &[String]) -> (i32, i32, i32) {
+    let longest = names.iter().map(|n| n.chars().count()).max().unwrap_or(1);
+    let text = (longest as f64 * f64::from(NAME_PX) * 0.62).ceil() as i32;
+    let cell = GRID_PX / names.len().max(1) as i32;
+    ((text + 30).max(80), (text + 70).max(110), cell)
+}
 
 /// The N×N confusion matrix: rows the true class, columns the prediction; each cell is
 /// shaded by its share of the row (`normalized`) and shows its count, with the share
@@ -601,20 +615,18 @@ pub fn confusion_n(
     path: &Path,
 ) -> Result<()> {
     let n = counts.len().max(1) as i32;
-    let cell = GRID_PX / n;
-    let (x0, y0) = (200i32, 230i32);
+    let short = |k: usize| {
+        ellipsize(
+            &class_names.get(k).cloned().unwrap_or_else(|| k.to_string()),
+            NAME_CHARS,
+        )
+    };
+    let (x0, y0, cell) = confusion_layout(&(0..n as usize).map(short).collect::<Vec<_>>());
     let (w, h) = ((x0 + cell * n + 40) as u32, (y0 + cell * n + 50) as u32);
     // Font sizes scale with the cell: 34 px counts in a 213 px cell (3 classes), 20 px in
     // an 80 px cell (8 classes).
     let count_px = (cell as f64 * 0.25).clamp(12.0, 34.0) as u32;
     let share_px = (cell as f64 * 0.15).clamp(10.0, 15.0) as u32;
-    let name_px = 15u32;
-    let short = |k: usize| {
-        ellipsize(
-            &class_names.get(k).cloned().unwrap_or_else(|| k.to_string()),
-            20,
-        )
-    };
     render_png(
         white(w, h),
         (w, h),
@@ -638,7 +650,7 @@ pub fn confusion_n(
             for t in 0..n as usize {
                 root.draw_text(
                     &short(t),
-                    &text_style(name_px, BLACK, HPos::Right, VPos::Center),
+                    &text_style(NAME_PX, BLACK, HPos::Right, VPos::Center),
                     (x0 - 10, y0 + t as i32 * cell + cell / 2),
                 )?;
                 // Column names run upwards above the grid, so that long names of many
@@ -646,7 +658,7 @@ pub fn confusion_n(
                 root.draw(&Text::new(
                     short(t),
                     (x0 + t as i32 * cell + cell / 2, y0 - 8),
-                    TextStyle::from((font_family(), name_px).into_font())
+                    TextStyle::from((font_family(), NAME_PX).into_font())
                         .transform(FontTransform::Rotate270)
                         .pos(Pos::new(HPos::Left, VPos::Center)),
                 ))?;
@@ -878,10 +890,13 @@ mod tests {
             std::fs::copy(&path, std::path::Path::new(&keep).join("confusion-8.png")).unwrap();
         }
         let img = image::open(&path).unwrap().to_rgb8();
-        assert_eq!((img.width(), img.height()), (880, 920));
-        // A diagonal cell is dark blue (share > 0.8) with white digits in it.
-        let cell = GRID_PX / 8;
-        let (cx, cy) = (200 + 3 * cell, 230 + 3 * cell);
+        // "squamous c…carcinoma": 20 characters, 186 px of text.
+        let short: Vec<String> = names.iter().map(|n| ellipsize(n, NAME_CHARS)).collect();
+        let (x0, y0, cell) = confusion_layout(&short);
+        assert_eq!((x0, y0, cell), (216, 256, 80));
+        assert_eq!((img.width(), img.height()), (896, 946));
+        // A diagonal cell is shaded by its share, with its count written in white.
+        let (cx, cy) = (x0 + 3 * cell, y0 + 3 * cell);
         let px = |x: i32, y: i32| img.get_pixel(x as u32, y as u32).0;
         assert_eq!(
             px(cx + 3, cy + 3),

@@ -204,29 +204,22 @@ fn multiclass_table(
         .max()
         .unwrap_or(5)
         .clamp(5, 24);
-    writeln!(
-        f,
-        "{:<width$} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "class", "n", "recall", "spec", "prec", "F1", "AUC"
-    )?;
     for (k, (c, name)) in x.per_class.iter().zip(&mc.class_names).enumerate() {
-        let recall = match b.and_then(|b| b.per_class[k].recall.as_ref()) {
-            Some(ci) => format!(" [{:.3}, {:.3}]", ci.lower, ci.upper),
-            None => String::new(),
+        let ci = b.map(|b| &b.per_class[k]);
+        let auc = match c.roc_auc {
+            Some(a) => with_ci(a, ci.and_then(|i| i.roc_auc.as_ref())),
+            None => "n/a".into(),
         };
-        let auc = c
-            .roc_auc
-            .map_or_else(|| "n/a".into(), |a| format!("{a:.4}"));
         writeln!(
             f,
-            "{:<width$} {:>6} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8}{recall}",
+            "{:<width$} n {:<5} recall {:<24} specificity {:.4}, precision {:.4}, F1 {:.4}, \
+             AUC {auc}",
             super::plots::ellipsize(name, width),
             c.support,
-            c.recall,
+            with_ci(c.recall, ci.and_then(|i| i.recall.as_ref())),
             c.specificity,
             c.precision,
             c.f1,
-            auc
         )?;
     }
     Ok(())

@@ -629,7 +629,7 @@ mod tests {
         let p: Vec<Vec<f64>> = (0..n)
             .map(|i| {
                 let noise = ((i * 37) % 10) as f64 / 20.0;
-                let mut r = vec![0.25 - noise / 4.0; 3];
+                let mut r = [0.25 - noise / 4.0; 3];
                 r[y[i]] += 0.25 + noise / 2.0;
                 if i % 7 == 0 {
                     r.rotate_left(1);
