@@ -1016,3 +1016,64 @@ fn the_malignant_group_can_be_replaced_or_dropped_at_evaluation() {
     assert_eq!(err.exit_code(), 2);
     assert!(err.to_string().contains("melanoma"), "{err}");
 }
+
+#[test]
+#[ignore = "needs chromium"]
+fn three_class_report_renders_in_headless_chromium() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run) = three_class(tmp.path());
+    let summary = eval::run(&EvalOptions {
+        bootstrap: 50,
+        ..options(&run, &data)
+    })
+    .unwrap();
+    let browser = Browser::start(1366, 900);
+    browser.open(&format!("file://{}", summary.report.display()));
+    let script = r#"
+        const imgs = Array.from(document.images);
+        const cells = t => Array.from(document.querySelectorAll(t)).map(e => e.innerText.trim());
+        return {
+          images: imgs.map(i => ({complete: i.complete, w: i.naturalWidth})),
+          classes: Array.from(document.querySelectorAll('table#per-class tr[data-class]')).map(r => r.dataset.class),
+          recall: cells('table#per-class td[data-metric="recall"]'),
+          confusion: Array.from(document.querySelectorAll('table#confusion tbody tr')).map(r => r.querySelectorAll('td').length),
+          order: ['per-class', 'confusion', 'overall', 'malignant-heading', 'metrics'].map(id => document.getElementById(id).getBoundingClientRect().top),
+        };"#;
+    let mut page = serde_json::Value::Null;
+    for _ in 0..50 {
+        page = browser.execute(script);
+        let all_done = page["images"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|i| i["complete"] == true));
+        if all_done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let images = page["images"].as_array().unwrap();
+    assert_eq!(images.len(), 8, "{page}");
+    assert!(
+        images.iter().all(|i| i["w"].as_u64().unwrap() > 0),
+        "{page}"
+    );
+    assert_eq!(page["classes"], serde_json::json!(["bcc", "mel", "nv"]));
+    let mc = summary.metrics.multiclass.as_ref().unwrap();
+    let recall: Vec<String> = mc
+        .metrics
+        .per_class
+        .iter()
+        .map(|c| format!("{:.4}", c.recall))
+        .collect();
+    assert_eq!(page["recall"], serde_json::json!(recall));
+    assert_eq!(page["confusion"], serde_json::json!([3, 3, 3]));
+    let tops: Vec<f64> = page["order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(
+        tops.windows(2).all(|w| w[0] < w[1]),
+        "sections out of order: {tops:?}"
+    );
+}
