@@ -11,7 +11,11 @@
 //!
 //! Landmarks other tools rely on (the browser test does): `table#metrics` has one
 //! `tr[data-metric]` per figure, named as in `metrics.json`; `#disclaimer` is the
-//! research-use notice.
+//! research-use notice. An N-class page (`templates/report_multiclass.html`, which extends
+//! the two-class page block by block) has `table#per-class` with one `tr[data-class]` per
+//! class whose cells `td[data-metric]` are `recall`, `specificity`, `precision`, `f1` and
+//! `roc_auc`, then `table#confusion` and `table#overall`; where a malignant group exists,
+//! `#malignant-heading` and the two-class page's sections follow.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
