@@ -294,6 +294,12 @@ impl FeatureCache {
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         crate::fsutil::remove_stale_temps(&self.dir);
+        eprintln!(
+            "caching the frozen layers' output of {} images ({} split, view {view}) in {}",
+            source_index.len(),
+            split.name(),
+            path.display()
+        );
         build(
             &path,
             key.clone(),
@@ -577,6 +583,7 @@ impl Iterator for CachedBatches {
 
 /// The training batches of an epoch: cached prefix outputs when `cache` is on, else the
 /// loader's images (stage 0).
+#[derive(Debug)]
 pub enum TrainBatches {
     Images(BatchLoader),
     Cached(CachedBatches),
