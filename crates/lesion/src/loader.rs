@@ -127,10 +127,19 @@ impl PreparedDataset {
     /// Source indices and labels of `split` in the order an evaluation pass
     /// ([`LoaderOptions::eval`]) yields them, from the shards' index arrays (no image is read).
     pub fn eval_order(&self, split: Split) -> (Vec<u32>, Vec<u8>) {
-        let opts = LoaderOptions::eval(1);
+        self.epoch_rows(split, &LoaderOptions::eval(1))
+    }
+
+    /// Source indices and labels of the rows a [`PreparedDataset::loader`] pass with `opts`
+    /// yields, in its order, from the shards' index arrays (no image is read).
+    pub fn epoch_rows(&self, split: Split, opts: &LoaderOptions) -> (Vec<u32>, Vec<u8>) {
         let shards = self.epoch_shards(split, opts.epoch);
         let lens: Vec<usize> = shards.iter().map(|s| s.len()).collect();
-        epoch_order(&lens, split, &opts)
+        let mut order = epoch_order(&lens, split, opts);
+        if opts.drop_last && opts.batch_size > 0 {
+            order.truncate(order.len() / opts.batch_size * opts.batch_size);
+        }
+        order
             .into_iter()
             .map(|(s, r)| {
                 let shard = &shards[s as usize];

@@ -73,6 +73,11 @@ pub struct Cli {
     /// 224 px; gradients about 10x further from PyTorch's, so results change; off by default).
     #[arg(long)]
     winograd_4x4: bool,
+    /// Frozen layers' BatchNorm in eval mode (ImageNet statistics); their output is then
+    /// cached per image in RUN_DIR/cache/ and later epochs run only the trainable layers.
+    /// Does nothing with --trainable all.
+    #[arg(long)]
+    freeze_bn: bool,
     /// No progress bars.
     #[arg(long, short)]
     quiet: bool,
@@ -100,6 +105,7 @@ impl Cli {
             weights: self.weights.clone().unwrap_or(d.weights),
             force: self.force,
             winograd_4x4: self.winograd_4x4,
+            freeze_bn: self.freeze_bn,
         }
     }
 
@@ -116,6 +122,7 @@ impl Cli {
             ("--seed", self.seed.is_some()),
             ("--weights", self.weights.is_some()),
             ("--winograd-4x4", self.winograd_4x4),
+            ("--freeze-bn", self.freeze_bn),
         ]
         .into_iter()
         .filter_map(|(name, given)| given.then_some(name))
@@ -170,6 +177,10 @@ mod tests {
         );
         assert_eq!(cfg.trainable, Trainable::Layer3);
         assert_eq!(cfg.weights, "imagenet");
+        assert!(!cfg.freeze_bn);
+        let cli = Cli::try_parse_from(["lesion-train", "--data", "d", "--out", "r", "--freeze-bn"])
+            .unwrap();
+        assert!(cli.config().freeze_bn);
     }
 
     #[test]
@@ -246,6 +257,7 @@ mod tests {
             (&["--seed", "42"], "--seed"),
             (&["--weights", "none"], "--weights"),
             (&["--winograd-4x4"], "--winograd-4x4"),
+            (&["--freeze-bn"], "--freeze-bn"),
         ] {
             let cli = Cli::try_parse_from(
                 ["lesion-train", "--resume", "r", "--lr-head", "0.5"]

@@ -9,6 +9,7 @@
 //! Batches are NCHW f32 normalised images with f32 labels (0 benign, 1 malignant); the model
 //! produces logits `[b, 1]`.
 
+pub mod feature_cache;
 mod session;
 
 pub use crate::run::{Monitor, TrainConfig};
