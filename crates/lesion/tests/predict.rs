@@ -116,18 +116,18 @@ fn labels_follow_the_threshold() {
     };
     let mid = at(0.5);
     for p in &mid {
-        assert!((0.0..=1.0).contains(&p.probability));
-        assert!((p.probability - sigmoid(f64::from(p.logit))).abs() < 1e-12);
-        assert_eq!(p.malignant, p.probability >= 0.5);
-        assert_eq!(p.label, if p.malignant { "Malignant" } else { "Benign" });
+        assert!((0.0..=1.0).contains(&p.probability.unwrap()));
+        assert!((p.probability.unwrap() - sigmoid(f64::from(p.logits[0]))).abs() < 1e-12);
+        assert_eq!(p.malignant.unwrap(), p.probability.unwrap() >= 0.5);
+        assert_eq!(p.label, if p.malignant.unwrap() { "Malignant" } else { "Benign" });
     }
     assert!(at(0.0)
         .iter()
-        .all(|p| p.malignant && p.label == "Malignant"));
-    assert!(at(1.0).iter().all(|p| !p.malignant || p.probability == 1.0));
+        .all(|p| p.malignant.unwrap() && p.label == "Malignant"));
+    assert!(at(1.0).iter().all(|p| !p.malignant.unwrap() || p.probability.unwrap() == 1.0));
     // A threshold exactly at an image's probability calls it malignant (>=, as lesion-eval).
-    let exact = at(mid[0].probability);
-    assert!(exact[0].malignant);
+    let exact = at(mid[0].probability.unwrap());
+    assert!(exact[0].malignant.unwrap());
     let (e, msg) = err_text(Predictor::load(&t.run, &cpu(), Some(1.5)));
     assert!(matches!(e, Error::InvalidOption(_)), "{msg}");
     assert!(msg.contains("[0, 1]"), "{msg}");
@@ -144,7 +144,7 @@ fn run_without_threshold_is_a_clear_error_unless_one_is_given() {
     assert!(msg.contains("lesion-eval"), "{msg}");
     assert!(msg.contains("--threshold"), "{msg}");
     let p = Predictor::load(&t.run, &cpu(), Some(0.3)).unwrap();
-    assert_eq!(p.threshold(), 0.3);
+    assert_eq!(p.threshold(), Some(0.3));
     assert!(p.threshold_overridden());
     assert_eq!(p.describe_threshold(), "0.3000 (given with --threshold)");
     assert!(!p.default_tta());
@@ -155,7 +155,7 @@ fn the_run_s_threshold_is_used_and_checked_against_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let run = fixtures::write_untrained_run(&dir.path().join("r"), 32, 1, Some(0.37)).unwrap();
     let p = Predictor::load(&run, &cpu(), None).unwrap();
-    assert_eq!(p.threshold(), 0.37);
+    assert_eq!(p.threshold(), Some(0.37));
     assert!(!p.threshold_overridden());
     assert!(
         p.describe_threshold().contains("Youden"),
@@ -181,7 +181,7 @@ fn the_run_s_threshold_is_used_and_checked_against_the_checkpoint() {
         Predictor::load(&run, &cpu(), Some(0.9))
             .unwrap()
             .threshold(),
-        0.9
+        Some(0.9)
     );
 
     // A threshold chosen for another checkpoint is refused.
@@ -290,19 +290,19 @@ fn tta_is_the_mean_logit_of_the_image_and_its_flips() {
     let hp = p.predict_images(&h, false).unwrap();
     let vp = p.predict_images(&v, false).unwrap();
     for i in 0..imgs.len() {
-        let mean = (plain[i].logit + hp[i].logit + vp[i].logit) / 3.0;
+        let mean = (plain[i].logits[0] + hp[i].logits[0] + vp[i].logits[0]) / 3.0;
         assert!(
-            (with[i].logit - mean).abs() < 1e-4,
+            (with[i].logits[0] - mean).abs() < 1e-4,
             "image {i}: tta {} vs mean {mean}",
-            with[i].logit
+            with[i].logits[0]
         );
-        assert!((with[i].probability - sigmoid(f64::from(mean))).abs() < 1e-4);
+        assert!((with[i].probability.unwrap() - sigmoid(f64::from(mean))).abs() < 1e-4);
     }
     // Not trivially equal: the flips do change the logits of an asymmetric image.
-    assert!((0..3).any(|i| (plain[i].logit - hp[i].logit).abs() > 1e-6));
+    assert!((0..3).any(|i| (plain[i].logits[0] - hp[i].logits[0]).abs() > 1e-6));
     // Batching does not change results.
     let one = p.predict_images(&imgs[1..2], true).unwrap();
-    assert!((one[0].logit - with[1].logit).abs() < 1e-4);
+    assert!((one[0].logits[0] - with[1].logits[0]).abs() < 1e-4);
 }
 
 #[test]
@@ -326,7 +326,7 @@ fn predict_bytes_reports_bad_files_and_keeps_the_good_ones() {
     let direct = p
         .predict_images(&[lesion::synth::render(0, 1, 1)], false)
         .unwrap();
-    assert!((direct[0].logit - out[0].as_ref().unwrap().logit).abs() < 1e-5);
+    assert!((direct[0].logits[0] - out[0].as_ref().unwrap().logits[0]).abs() < 1e-5);
 }
 
 fn png(img: &RgbImage) -> Vec<u8> {
@@ -567,7 +567,7 @@ fn grad_cam_puts_the_heat_on_the_blob_that_defines_the_class() {
             .unwrap();
         println!(
             "corner {corner}: heat shares {shares:.2?}, p = {:.3}",
-            e.prediction.probability
+            e.prediction.probability.unwrap()
         );
         // Most heat: the blob's quadrant holds the largest share by a clear margin (on a
         // 2x2 grid one hot cell alone would give 0.77, a flat map 0.25 each), and the
@@ -591,7 +591,7 @@ fn grad_cam_puts_the_heat_on_the_blob_that_defines_the_class() {
             "corner {corner}: hottest pixel at ({px}, {py})"
         );
         assert!(
-            e.prediction.probability > 0.5,
+            e.prediction.probability.unwrap() > 0.5,
             "corner {corner}: {:?}",
             e.prediction
         );
@@ -600,5 +600,5 @@ fn grad_cam_puts_the_heat_on_the_blob_that_defines_the_class() {
     let plain = p
         .predict_images(&[corner_image(None, &mut rng)], false)
         .unwrap();
-    assert!(plain[0].probability < 0.5, "{:?}", plain[0]);
+    assert!(plain[0].probability.unwrap() < 0.5, "{:?}", plain[0]);
 }
