@@ -1001,4 +1001,137 @@ mod tests {
              c.jpg     > 0.9999  Malignant\n"
         );
     }
+
+    fn three(path: &str, p: [f64; 3], label: &str, malignant: Option<bool>) -> FileResult {
+        let names = ["mel", "nev", "sk"];
+        FileResult {
+            path: PathBuf::from(path),
+            probability: malignant.map(|_| p[0]),
+            label: Some(label.into()),
+            malignant,
+            probabilities: Some(ClassProbabilities(
+                names.iter().map(|n| n.to_string()).zip(p).collect(),
+            )),
+            explained: None,
+            heatmap: None,
+            error: None,
+        }
+    }
+
+    fn three_class_report(threshold: Option<f64>, results: Vec<FileResult>) -> PredictReport {
+        PredictReport {
+            model_id: "r@0123456789ab".into(),
+            classes: vec!["mel".into(), "nev".into(), "sk".into()],
+            threshold,
+            threshold_source: "x".into(),
+            tta: false,
+            resize: ResizePolicy::Stretch,
+            device: "cpu".into(),
+            results,
+            skipped: Vec::new(),
+            warnings: Vec::new(),
+            top_k: None,
+        }
+    }
+
+    #[test]
+    fn a_malignant_group_adds_its_probability_and_the_decision() {
+        let mut report = three_class_report(
+            Some(0.25),
+            vec![
+                three("a.jpg", [0.3, 0.6, 0.1], "mel", Some(true)),
+                three("bb.jpg", [0.2, 0.3, 0.5], "sk", Some(false)),
+                FileResult::failed(PathBuf::from("c.jpg"), "cannot read: gone".into()),
+            ],
+        );
+        assert_eq!(
+            report.render(OutputFormat::Table),
+            "path    probability  class  p(malignant)  decision\n\
+             a.jpg        0.6000  nev          0.3000  malignant (mel)\n\
+             bb.jpg       0.5000  sk           0.2000  benign (sk)\n\
+             c.jpg   error: cannot read: gone\n"
+        );
+        assert_eq!(
+            report.render(OutputFormat::Csv),
+            "path,label,p_mel,p_nev,p_sk,malignant_probability,threshold,error\n\
+             a.jpg,mel,0.300000,0.600000,0.100000,0.300000,0.25,\n\
+             bb.jpg,sk,0.200000,0.300000,0.500000,0.200000,0.25,\n\
+             c.jpg,,,,,,0.25,cannot read: gone\n"
+        );
+        let json = report.render(OutputFormat::Json);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["threshold"], 0.25);
+        assert_eq!(v["classes"], serde_json::json!(["mel", "nev", "sk"]));
+        assert_eq!(v["results"][0]["probability"], 0.3);
+        assert_eq!(v["results"][0]["malignant"], true);
+        assert_eq!(v["results"][1]["probabilities"]["sk"], 0.5);
+        // The object keeps class order, not alphabetical order of some other kind.
+        let a = json.find("\"mel\": 0.3").unwrap();
+        let b = json.find("\"nev\": 0.6").unwrap();
+        let c = json.find("\"sk\": 0.1").unwrap();
+        assert!(a < b && b < c, "{json}");
+
+        report.top_k = Some(2);
+        assert_eq!(
+            report.render(OutputFormat::Table),
+            "path    top 2                   p(malignant)  decision\n\
+             a.jpg   nev 0.6000, mel 0.3000        0.3000  malignant (mel)\n\
+             bb.jpg  sk 0.5000, nev 0.3000         0.2000  benign (sk)\n\
+             c.jpg   error: cannot read: gone\n"
+        );
+    }
+
+    #[test]
+    fn without_a_group_only_the_classes_show() {
+        let mut report = three_class_report(
+            None,
+            vec![three("a.jpg", [0.2, 0.2, 0.6], "sk", None)],
+        );
+        assert_eq!(
+            report.render(OutputFormat::Table),
+            "path   probability  class\na.jpg       0.6000  sk\n"
+        );
+        assert_eq!(
+            report.render(OutputFormat::Csv),
+            "path,label,p_mel,p_nev,p_sk,error\na.jpg,sk,0.200000,0.200000,0.600000,\n"
+        );
+        // Equal probabilities rank in class order.
+        report.top_k = Some(3);
+        assert_eq!(
+            report.render(OutputFormat::Table),
+            "path   top 3\na.jpg  sk 0.6000, mel 0.2000, nev 0.2000\n"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&report.render(OutputFormat::Json)).unwrap();
+        assert!(v.get("threshold").is_none());
+        assert!(v["results"][0].get("probability").is_none());
+    }
+
+    /// A two-class run with --top-k lists both classes and keeps its label.
+    #[test]
+    fn two_classes_with_top_k() {
+        let mut report = PredictReport {
+            model_id: "r@0123456789ab".into(),
+            classes: vec!["Benign".into(), "Malignant".into()],
+            threshold: Some(0.5),
+            threshold_source: "0.5000".into(),
+            tta: false,
+            resize: ResizePolicy::Stretch,
+            device: "cpu".into(),
+            results: vec![ok("a.jpg", 0.75, "Malignant")],
+            skipped: Vec::new(),
+            warnings: Vec::new(),
+            top_k: Some(2),
+        };
+        assert_eq!(
+            report.render(OutputFormat::Table),
+            "path   top 2                            p(malignant)  decision\n\
+             a.jpg  Malignant 0.7500, Benign 0.2500        0.7500  Malignant\n"
+        );
+        report.top_k = None;
+        assert_eq!(
+            report.render(OutputFormat::Table),
+            "path   probability  label\na.jpg       0.7500  Malignant\n"
+        );
+    }
 }
