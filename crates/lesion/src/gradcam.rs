@@ -339,9 +339,21 @@ mod tests {
             .unwrap()
             .mean_keepdim((2, 3))
             .unwrap();
-        let map = var.as_tensor().broadcast_mul(&alpha).unwrap().sum(1).unwrap();
+        let map = var
+            .as_tensor()
+            .broadcast_mul(&alpha)
+            .unwrap()
+            .sum(1)
+            .unwrap();
         (0..x.dim(0).unwrap())
-            .map(|i| map.get(i).unwrap().flatten_all().unwrap().to_vec1().unwrap())
+            .map(|i| {
+                map.get(i)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
             .collect()
     }
 
@@ -352,7 +364,10 @@ mod tests {
     fn assert_close(a: &[f32], b: &[f32], what: &str) {
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(b) {
-            assert!((x - y).abs() <= 1e-5 * x.abs().max(y.abs()).max(1e-3), "{what}: {a:?} vs {b:?}");
+            assert!(
+                (x - y).abs() <= 1e-5 * x.abs().max(y.abs()).max(1e-3),
+                "{what}: {a:?} vs {b:?}"
+            );
         }
     }
 
@@ -369,7 +384,14 @@ mod tests {
             // The malignant map is exactly the plain sum-of-logits gradient's.
             assert_eq!(malignant[i].values, relu(&plus[i]), "image {i}");
             assert_eq!(malignant[i].target, POSITIVE);
-            assert_eq!(benign[i].target, CamTarget { class: 0, output: 0, negate: true });
+            assert_eq!(
+                benign[i].target,
+                CamTarget {
+                    class: 0,
+                    output: 0,
+                    negate: true
+                }
+            );
             let minus: Vec<f32> = plus[i].iter().map(|v| -v).collect();
             assert_close(&benign[i].values, &relu(&minus), "benign");
             for (m, b) in malignant[i].values.iter().zip(&benign[i].values) {
@@ -392,7 +414,14 @@ mod tests {
         for (k, per_class) in cams.iter().enumerate() {
             let reference = reference_map(&model, &x, k, 1.0);
             for (i, cam) in per_class.iter().enumerate() {
-                assert_eq!(cam.target, CamTarget { class: k, output: k, negate: false });
+                assert_eq!(
+                    cam.target,
+                    CamTarget {
+                        class: k,
+                        output: k,
+                        negate: false
+                    }
+                );
                 assert_close(&cam.values, &relu(&reference[i]), "class map");
             }
         }

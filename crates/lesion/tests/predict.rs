@@ -119,12 +119,21 @@ fn labels_follow_the_threshold() {
         assert!((0.0..=1.0).contains(&p.probability.unwrap()));
         assert!((p.probability.unwrap() - sigmoid(f64::from(p.logits[0]))).abs() < 1e-12);
         assert_eq!(p.malignant.unwrap(), p.probability.unwrap() >= 0.5);
-        assert_eq!(p.label, if p.malignant.unwrap() { "Malignant" } else { "Benign" });
+        assert_eq!(
+            p.label,
+            if p.malignant.unwrap() {
+                "Malignant"
+            } else {
+                "Benign"
+            }
+        );
     }
     assert!(at(0.0)
         .iter()
         .all(|p| p.malignant.unwrap() && p.label == "Malignant"));
-    assert!(at(1.0).iter().all(|p| !p.malignant.unwrap() || p.probability.unwrap() == 1.0));
+    assert!(at(1.0)
+        .iter()
+        .all(|p| !p.malignant.unwrap() || p.probability.unwrap() == 1.0));
     // A threshold exactly at an image's probability calls it malignant (>=, as lesion-eval).
     let exact = at(mid[0].probability.unwrap());
     assert!(exact[0].malignant.unwrap());
@@ -641,7 +650,10 @@ fn three_class_run(dir: &Path, size: usize, malignant: &[&str], threshold: Optio
 /// softmax in f64, written out for the test.
 fn softmax(x: &[f32]) -> Vec<f64> {
     let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let e: Vec<f64> = x.iter().map(|&v| (f64::from(v) - f64::from(m)).exp()).collect();
+    let e: Vec<f64> = x
+        .iter()
+        .map(|&v| (f64::from(v) - f64::from(m)).exp())
+        .collect();
     let s: f64 = e.iter().sum();
     e.iter().map(|v| v / s).collect()
 }
@@ -663,7 +675,10 @@ fn n_class_predictions_carry_every_class_and_the_top_one() {
     assert_eq!(p.class_names(), THREE);
     let (e, msg) = err_text(Predictor::load(&run, &cpu(), Some(0.5)));
     assert!(matches!(e, Error::InvalidOption(_)), "{msg}");
-    assert!(msg.contains("--threshold") && msg.contains("melanoma, nevus"), "{msg}");
+    assert!(
+        msg.contains("--threshold") && msg.contains("melanoma, nevus"),
+        "{msg}"
+    );
 
     let imgs = photos(6);
     let preds = p.predict_images(&imgs, false).unwrap();
@@ -712,8 +727,12 @@ fn n_class_predictions_carry_every_class_and_the_top_one() {
     // TTA averages all three logits over the flips (at the model's own size resizing is
     // the identity, so flipping the photo is flipping the tensor).
     let small = imageops::resize(&imgs[0], 32, 32, imageops::Triangle);
-    let with = p.predict_images(std::slice::from_ref(&small), true).unwrap();
-    let plain = p.predict_images(std::slice::from_ref(&small), false).unwrap();
+    let with = p
+        .predict_images(std::slice::from_ref(&small), true)
+        .unwrap();
+    let plain = p
+        .predict_images(std::slice::from_ref(&small), false)
+        .unwrap();
     let h = p
         .predict_images(&[imageops::flip_horizontal(&small)], false)
         .unwrap();
@@ -722,7 +741,10 @@ fn n_class_predictions_carry_every_class_and_the_top_one() {
         .unwrap();
     for k in 0..3 {
         let mean = (plain[0].logits[k] + h[0].logits[k] + v[0].logits[k]) / 3.0;
-        assert!((with[0].logits[k] - mean).abs() < 1e-4, "{with:?} vs {mean}");
+        assert!(
+            (with[0].logits[k] - mean).abs() < 1e-4,
+            "{with:?} vs {mean}"
+        );
     }
     assert_eq!(with[0].probabilities, softmax(&with[0].logits));
     println!("top classes seen: {tops:?}");
@@ -734,7 +756,10 @@ fn with_a_malignant_group_the_threshold_decides_on_its_summed_probability() {
     // Without threshold.json the run needs one, as a two-class run does.
     let bare = three_class_run(&dir.path().join("bare"), 32, &["melanoma"], None);
     let (_, msg) = err_text(Predictor::load(&bare, &cpu(), None));
-    assert!(msg.contains("lesion-eval") && msg.contains("--threshold"), "{msg}");
+    assert!(
+        msg.contains("lesion-eval") && msg.contains("--threshold"),
+        "{msg}"
+    );
 
     let run = three_class_run(
         &dir.path().join("r"),
@@ -772,8 +797,12 @@ fn with_a_malignant_group_the_threshold_decides_on_its_summed_probability() {
             .predict_images(&imgs, false)
             .unwrap()
     };
-    assert!(at(0.0).iter().all(|p| p.malignant == Some(true) && p.class != 1));
-    assert!(at(1.0).iter().all(|p| p.malignant == Some(false) && p.label == "nevus"));
+    assert!(at(0.0)
+        .iter()
+        .all(|p| p.malignant == Some(true) && p.class != 1));
+    assert!(at(1.0)
+        .iter()
+        .all(|p| p.malignant == Some(false) && p.label == "nevus"));
 }
 
 #[test]
@@ -806,7 +835,10 @@ fn predict_command_reports_n_classes_in_every_format() {
     // Table: the most probable class and its probability.
     let table = report.render(OutputFormat::Table);
     let lines: Vec<&str> = table.lines().collect();
-    assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["path", "probability", "class"]);
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["path", "probability", "class"]
+    );
     assert!(lines[1].contains("error: "), "{table}");
     for (i, d) in direct.iter().enumerate() {
         let cells: Vec<&str> = lines[i + 2].split_whitespace().collect();
@@ -822,7 +854,10 @@ fn predict_command_reports_n_classes_in_every_format() {
         rows[0],
         "path,label,p_melanoma,p_nevus,p_seborrheic_keratosis,error"
     );
-    assert!(rows[1].contains("bad.jpg,,,,,") && !rows[1].ends_with(','), "{csv}");
+    assert!(
+        rows[1].contains("bad.jpg,,,,,") && !rows[1].ends_with(','),
+        "{csv}"
+    );
     for (i, d) in direct.iter().enumerate() {
         let f: Vec<&str> = rows[i + 2].split(',').collect();
         assert_eq!(f[1], THREE[d.top]);
@@ -842,7 +877,10 @@ fn predict_command_reports_n_classes_in_every_format() {
     for (i, d) in direct.iter().enumerate() {
         let r = &json["results"][i + 1];
         assert_eq!(r["label"], THREE[d.top]);
-        assert!(r.get("probability").is_none() && r.get("malignant").is_none(), "{r}");
+        assert!(
+            r.get("probability").is_none() && r.get("malignant").is_none(),
+            "{r}"
+        );
         for k in 0..3 {
             // Batches of different sizes agree to float rounding.
             let got = r["probabilities"][THREE[k]].as_f64().unwrap();
@@ -855,7 +893,10 @@ fn predict_command_reports_n_classes_in_every_format() {
     let report2 = predict::run(&opts).unwrap();
     let table = report2.render(OutputFormat::Table);
     let lines: Vec<&str> = table.lines().collect();
-    assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["path", "top", "2"]);
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["path", "top", "2"]
+    );
     for (i, d) in direct.iter().enumerate() {
         let ranked = d.top_k(2);
         let expect = format!(
@@ -881,11 +922,20 @@ fn predict_command_reports_n_classes_in_every_format() {
     opts.explain_class = Some(THREE[other].to_uppercase());
     opts.force = true;
     let report = predict::run(&opts).unwrap();
-    assert!(report.results.iter().all(|r| r.explained.as_deref() == Some(THREE[other])));
+    assert!(report
+        .results
+        .iter()
+        .all(|r| r.explained.as_deref() == Some(THREE[other])));
     let asked = fs::read(dir.path().join("heat/p0.gradcam.png")).unwrap();
     let img = lesion::synth::render(0, 0, 21);
-    let e = p.explain_images(std::slice::from_ref(&img), Some(other)).unwrap().remove(0);
-    let d = p.explain_images(std::slice::from_ref(&img), None).unwrap().remove(0);
+    let e = p
+        .explain_images(std::slice::from_ref(&img), Some(other))
+        .unwrap()
+        .remove(0);
+    let d = p
+        .explain_images(std::slice::from_ref(&img), None)
+        .unwrap()
+        .remove(0);
     assert_eq!((e.class, e.cam.target.class), (other, other));
     assert_eq!(d.class, direct[0].top);
     assert_ne!(e.cam.values, d.cam.values, "two classes, one map");
@@ -927,7 +977,10 @@ fn two_class_heatmaps_explain_the_malignant_logit_unless_benign_is_asked() {
     // The default keeps the two-class report as it is: no `explained` field.
     assert_eq!(report.results[0].explained, None);
     let json = report.render(OutputFormat::Json);
-    assert!(!json.contains("explained") && !json.contains("probabilities"), "{json}");
+    assert!(
+        !json.contains("explained") && !json.contains("probabilities"),
+        "{json}"
+    );
     opts.explain_class = Some("benign".into());
     opts.force = true;
     let report = predict::run(&opts).unwrap();

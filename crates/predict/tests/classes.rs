@@ -38,7 +38,9 @@ fn three_classes_print_the_top_class_top_k_and_every_probability() {
             .map(|c| res["probabilities"][c].as_f64().unwrap())
             .collect();
         assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-12, "{res}");
-        let top = (0..3).max_by(|&a, &b| probs[a].total_cmp(&probs[b])).unwrap();
+        let top = (0..3)
+            .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
+            .unwrap();
         assert_eq!(res["label"], ISIC2017[top]);
         rows.push((top, probs));
     }
@@ -98,7 +100,17 @@ fn three_classes_print_the_top_class_top_k_and_every_probability() {
     assert_eq!(thr.code, Some(2), "{}", thr.all());
     assert!(thr.stderr.contains("--threshold"), "{}", thr.stderr);
 
-    let ok = predict(&["--run", r, s, "--explain", h, "--explain-class", "Nevus", "--format", "json"]);
+    let ok = predict(&[
+        "--run",
+        r,
+        s,
+        "--explain",
+        h,
+        "--explain-class",
+        "Nevus",
+        "--format",
+        "json",
+    ]);
     assert_eq!(ok.code, Some(0), "{}", ok.all());
     let j: serde_json::Value = serde_json::from_str(&ok.stdout).unwrap();
     for res in j["results"].as_array().unwrap() {
@@ -121,6 +133,10 @@ fn help_describes_classes_top_k_and_the_explained_class() {
         "most probable class",
         "malignant classes",
     ] {
-        assert!(text.contains(needle), "help lacks {needle}:\n{}", out.stdout);
+        assert!(
+            text.contains(needle),
+            "help lacks {needle}:\n{}",
+            out.stdout
+        );
     }
 }

@@ -178,11 +178,8 @@ fn predict_and_explain_accept_raw_and_multipart_uploads() {
     let p = Predictor::load(&run, &cpu(), None).unwrap();
     let direct = p.predict_bytes(&[(Path::new("x"), &jpeg)], false);
     let direct = direct[0].as_ref().unwrap();
-    assert!(
-        (direct.probability - prob).abs() < 1e-6,
-        "{} vs {prob}",
-        direct.probability
-    );
+    let direct_prob = direct.probability.unwrap();
+    assert!((direct_prob - prob).abs() < 1e-6, "{direct_prob} vs {prob}");
 
     let (ct, body) = multipart("image", Some("lesion.jpg"), &jpeg);
     let mp = post(&url("/v1/predict"), Some(&ct), &body);
@@ -452,6 +449,7 @@ fn concurrent_requests_are_batched_and_answered_correctly() {
                 .as_ref()
                 .unwrap()
                 .probability
+                .unwrap()
         })
         .collect();
 
@@ -788,7 +786,8 @@ fn two_class_answers_add_only_the_class_probabilities() {
 fn n_class_answers_carry_every_class_the_top_one_and_no_threshold_without_a_group() {
     let dir = tempfile::tempdir().unwrap();
     let names = testkit::classes::ISIC2017;
-    let run = testkit::classes::untrained_class_run(&dir.path().join("r"), 32, 5, &names, &[], None);
+    let run =
+        testkit::classes::untrained_class_run(&dir.path().join("r"), 32, 5, &names, &[], None);
     let server = start(&options(&run));
     let url = |p: &str| format!("{}{p}", server.url());
     let m = get(&url("/v1/model")).json();
@@ -875,7 +874,10 @@ fn n_class_answers_with_a_malignant_group_decide_at_the_threshold() {
     };
     assert_eq!(j["label"], expect, "{j}");
     let ex = post(&url("/v1/explain"), Some("image/jpeg"), &jpeg);
-    assert_eq!(ex.header("x-lesion-malignant").unwrap(), malignant.to_string());
+    assert_eq!(
+        ex.header("x-lesion-malignant").unwrap(),
+        malignant.to_string()
+    );
     assert_eq!(ex.header("x-lesion-threshold").unwrap(), "0.3");
 
     // The page has the class bar chart and its accessible name.

@@ -166,7 +166,7 @@ fn page_shows_every_class_as_bars_sorted_by_probability_with_the_decision() {
         &format!("/element/{input}/value"),
         Some(json!({"text": photo_path.to_string_lossy()})),
     );
-    let script = r#"
+    let script = r##"
         const $ = (id) => document.getElementById(id);
         const h = $("heatmap");
         const rows = [...document.querySelectorAll("#class-bars li")].map((li) => ({
@@ -188,7 +188,7 @@ fn page_shows_every_class_as_bars_sorted_by_probability_with_the_decision() {
           error: $("error").textContent,
           heatmap: {complete: h.complete, w: h.naturalWidth},
           heatmapCaption: $("heatmap-caption").textContent,
-        };"#;
+        };"##;
     let deadline = Instant::now() + Duration::from_secs(90);
     let page = loop {
         let page = browser.execute(script);
@@ -248,7 +248,11 @@ fn page_shows_every_class_as_bars_sorted_by_probability_with_the_decision() {
     let malignant = api["malignant"].as_bool().unwrap();
     assert!(decision.contains("threshold 0.3000"), "{decision}");
     assert!(
-        decision.contains(if malignant { "→ malignant" } else { "→ benign" }),
+        decision.contains(if malignant {
+            "→ malignant"
+        } else {
+            "→ benign"
+        }),
         "{decision}"
     );
     assert_eq!(

@@ -25,7 +25,10 @@ pub fn untrained_class_run(
     malignant: &[&str],
     threshold: Option<f64>,
 ) -> PathBuf {
-    assert!(names.len() > 2, "two classes: use fixtures::write_untrained_run");
+    assert!(
+        names.len() > 2,
+        "two classes: use fixtures::write_untrained_run"
+    );
     let run = fixtures::write_untrained_run(dir, size, seed, threshold).unwrap();
     let varmap = VarMap::new();
     ResNet18::new(

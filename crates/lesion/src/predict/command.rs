@@ -407,7 +407,10 @@ impl PredictReport {
             };
             Some((p(prob), text))
         };
-        let cells: Vec<Option<(String, Option<(String, String)>)>> = self
+        // Per file: the classes cell and, with a malignant group, (p(malignant), decision);
+        // `None` for a failed file.
+        type Row = (String, Option<(String, String)>);
+        let cells: Vec<Option<Row>> = self
             .results
             .iter()
             .map(|r| {
@@ -451,7 +454,10 @@ impl PredictReport {
         for ((r, path), cell) in self.results.iter().zip(&paths).zip(&cells) {
             match cell {
                 Some((classes, Some((prob, text)))) if grouped => {
-                    let _ = writeln!(s, "{path:<width$}  {classes:<class_width$}  {prob:>12}  {text}");
+                    let _ = writeln!(
+                        s,
+                        "{path:<width$}  {classes:<class_width$}  {prob:>12}  {text}"
+                    );
                 }
                 Some((classes, _)) => {
                     let _ = writeln!(s, "{path:<width$}  {classes}");
@@ -1083,10 +1089,8 @@ mod tests {
 
     #[test]
     fn without_a_group_only_the_classes_show() {
-        let mut report = three_class_report(
-            None,
-            vec![three("a.jpg", [0.2, 0.2, 0.6], "sk", None)],
-        );
+        let mut report =
+            three_class_report(None, vec![three("a.jpg", [0.2, 0.2, 0.6], "sk", None)]);
         assert_eq!(
             report.render(OutputFormat::Table),
             "path   probability  class\na.jpg       0.6000  sk\n"

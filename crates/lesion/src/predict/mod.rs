@@ -35,7 +35,7 @@ mod command;
 mod predictor;
 
 pub use command::{
-    collect_inputs, run, ClassProbabilities, FileResult, InputFile, Inputs, OutputFormat, PredictOptions,
-    PredictReport, Skipped,
+    collect_inputs, run, ClassProbabilities, FileResult, InputFile, Inputs, OutputFormat,
+    PredictOptions, PredictReport, Skipped,
 };
 pub use predictor::{Explanation, Prediction, Predictor, DEFAULT_BATCH_SIZE, MALIGNANT};

@@ -385,9 +385,7 @@ impl Predictor {
         let probabilities = self.classes.probabilities(logits);
         let top = argmax(&probabilities);
         let probability = self.classes.positive_probability(&probabilities);
-        let malignant = probability
-            .zip(self.threshold)
-            .map(|(p, t)| p >= t);
+        let malignant = probability.zip(self.threshold).map(|(p, t)| p >= t);
         let class = match malignant {
             None => top,
             // The most probable class on the decided side (the first of equal ones).
