@@ -357,6 +357,21 @@ mod tests {
             .collect()
     }
 
+    /// A fixed pseudo-random `[b, 3, side, side]` input (the same in every run, unlike
+    /// candle's unseedable CPU RNG).
+    fn input(b: usize, side: usize) -> Tensor {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let v: Vec<f32> = (0..b * 3 * side * side)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, (b, 3, side, side), &Device::Cpu).unwrap()
+    }
+
     fn relu(v: &[f32]) -> Vec<f32> {
         v.iter().map(|&x| x.max(0.0)).collect()
     }
@@ -375,7 +390,7 @@ mod tests {
     fn two_class_cams_are_the_logit_s_and_its_negation_s() {
         let (_vm, model) = seeded(1, 3);
         let classes = Classes::benign_malignant();
-        let x = Tensor::randn(0f32, 1.0, (3, 3, 64, 64), &Device::Cpu).unwrap();
+        let x = input(3, 128);
         let malignant = grad_cam(&model, &x, &|_| CamTarget::of_class(&classes, 1)).unwrap();
         let benign = grad_cam(&model, &x, &|_| CamTarget::of_class(&classes, 0)).unwrap();
         let plus = reference_map(&model, &x, 0, 1.0);
@@ -407,7 +422,7 @@ mod tests {
     fn n_class_cam_of_class_k_is_logit_k_s_and_follows_a_swapped_head() {
         let (varmap, model) = seeded(3, 5);
         let classes = Classes::new(vec!["a".into(), "b".into(), "c".into()], &[]).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (2, 3, 64, 64), &Device::Cpu).unwrap();
+        let x = input(2, 64);
         let cams: Vec<Vec<Cam>> = (0..3)
             .map(|k| grad_cam(&model, &x, &|_| CamTarget::of_class(&classes, k)).unwrap())
             .collect();
