@@ -855,8 +855,8 @@ fn synthetic_data_is_prepared_without_warnings_about_its_marker() {
 // Classes from the folders.
 
 /// A two-class input whose bytes depend on no compressing encoder (BMP): 9 benign and 7
-/// malignant pictures, a byte-identical pair inside Benign, a copy filed in both classes
-/// and an unreadable file.
+/// malignant pictures, a byte-identical pair inside Benign, a copy filed in both classes,
+/// an unreadable file, and a folder of notes beside the classes (as ISIC's `meta/`).
 fn binary_golden_input(root: &Path) -> PathBuf {
     for (k, folder) in ["Benign", "Malignant"].into_iter().enumerate() {
         let dir = root.join(folder);
@@ -883,6 +883,8 @@ fn binary_golden_input(root: &Path) -> PathBuf {
     )
     .unwrap();
     fs::write(root.join("Malignant/notes.bmp"), b"not a picture").unwrap();
+    fs::create_dir(root.join("meta")).unwrap();
+    fs::write(root.join("meta/duplicates.txt"), b"B03 B03-copy\n").unwrap();
     root.to_path_buf()
 }
 
@@ -918,6 +920,10 @@ fn benign_malignant_output_is_unchanged() {
     let summary = prep::run(&o).unwrap();
     assert_eq!(summary.classes, ["Benign", "Malignant"]);
     assert_eq!((summary.files, summary.images), (19, 16));
+    assert_eq!(
+        summary.warnings,
+        ["ignored folder meta/ (none of its 1 file(s) is an image)"]
+    );
     let (manifest, samples) = golden_hashes(&input, &out);
     println!("manifest {manifest}\nsamples {samples}");
     assert_eq!(manifest, GOLDEN_MANIFEST, "manifest.json changed");
@@ -1442,4 +1448,45 @@ fn a_binary_manifest_without_class_extras_still_loads() {
         ),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_folder_without_images_is_a_class_only_when_mapped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = make_folders(&tmp.path().join("in"), &[("mel", 5), ("nv", 5)]);
+    fs::create_dir(input.join("docs")).unwrap();
+    fs::write(input.join("docs/README.md"), b"# photos").unwrap();
+    let summary = prep::run(&options(&input, &tmp.path().join("a"))).unwrap();
+    assert_eq!(summary.classes, ["mel", "nv"]);
+    assert_eq!(
+        summary.warnings,
+        ["ignored folder docs/ (none of its 1 file(s) is an image)"]
+    );
+    // Named by the mapping, it is a class, and one without images.
+    let mut o = options(&input, &tmp.path().join("b"));
+    o.groups = vec!["docs=Documents".into()];
+    assert_eq!(
+        refused(tmp.path(), &o),
+        format!(
+            "{}: no usable images in class Documents (all files rejected)",
+            input.join("docs").display()
+        )
+    );
+    // Skipped, it is not even listed.
+    let mut o = options(&input, &tmp.path().join("c"));
+    o.groups = vec!["docs=-".into()];
+    let summary = prep::run(&o).unwrap();
+    assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+    assert_eq!(summary.folders[0].folder, "docs");
+    assert_eq!(summary.folders[0].class, None);
+    // An empty folder is a mistake to point out, not a folder to ignore.
+    fs::create_dir(input.join("bcc")).unwrap();
+    let o = options(&input, &tmp.path().join("d"));
+    assert_eq!(
+        refused(tmp.path(), &o),
+        format!(
+            "{}: class folder is empty (skip it with --group bcc=-)",
+            input.join("bcc").display()
+        )
+    );
 }

@@ -17,14 +17,18 @@ use lesion::prep::PrepOptions;
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
     after_help = "Classes: every folder inside INPUT_DIR is a class, named as the folder is \
-                  written; names are sorted and a class's position is its label. With two \
+                  written (a folder holding no image, such as meta/, is ignored); names are \
+                  sorted and a class's position is its label. With two \
                   classes the positive one is label 1: --positive NAME, else the one named \
                   Malignant (any case), else the second name.\n\n\
-                  Class mapping (--classes FILE, one mapping a line; --group adds one):\n  \
-                  # comment lines and blank lines are ignored\n  \
-                  mel = Malignant     # folder mel/ is filed under class Malignant\n  \
+                  Class mapping (--classes FILE: one `folder = class` a line; --group \
+                  FOLDER=CLASS adds one):\n  \
+                  # HAM10000 as Benign / Malignant (a line starting with # is a comment)\n  \
+                  mel = Malignant\n  \
+                  bcc = Malignant\n  \
                   nv = Benign\n  \
-                  vasc = -            # class - skips the folder\n\
+                  # class - skips the folder\n  \
+                  vasc = -\n\
                   Folders are matched ignoring case; a mapped folder that does not exist is an \
                   error; folders not mentioned keep their own name as class; at least two \
                   classes must remain.\n\n\

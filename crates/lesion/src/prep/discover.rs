@@ -4,8 +4,10 @@
 //!
 //! Classes: every folder directly inside the input is a class named as the folder is
 //! written, unless the class mapping ([`super::mapping`]) files it under another class or
-//! skips it. Folder names that differ only in ASCII case are refused (they would be one
-//! class on a case-insensitive file system). Class names are sorted by their bytes (the
+//! skips it. A folder the mapping does not name and that holds files but no image (no file
+//! with an image extension or starting like an image, such as a `meta/` folder of notes)
+//! is ignored with a warning; an empty one is an error. Folder names that differ only in
+//! ASCII case are refused (they would be one class on a case-insensitive file system). Class names are sorted by their bytes (the
 //! order of PyTorch's `ImageFolder`); with two classes the positive one is moved to label 1:
 //! `--positive`, else the class named `Malignant` ignoring case, else the second.
 //!
@@ -116,6 +118,37 @@ struct Folder {
     path: PathBuf,
     /// Its class after the mapping; `None` when skipped.
     class: Option<String>,
+    /// Named by the mapping (then it is a class even without images, or skipped).
+    mapped: bool,
+    /// Holds files but no image, and the mapping does not name it: not a class.
+    ignored: bool,
+    /// The files below it, listed once it is known not to be skipped.
+    files: Vec<InputFile>,
+}
+
+/// Extensions of the formats the decoder reads (matched ignoring case).
+const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp"];
+
+/// Whether any of `files` has an image extension or starts like an image (extensions are
+/// checked first, so a folder of photos costs no read).
+fn holds_images(files: &[InputFile]) -> bool {
+    let by_name = files.iter().any(|f| {
+        f.abs
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+    });
+    by_name || files.iter().any(|f| sniff(&f.abs))
+}
+
+/// Whether a file starts like an image format the `image` crate knows.
+fn sniff(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(64);
+    fs::File::open(path)
+        .and_then(|f| f.take(64).read_to_end(&mut head))
+        .is_ok()
+        && image::guess_format(&head).is_ok()
 }
 
 /// Pass 0: finds the folders, decides the classes and lists the files.
@@ -153,6 +186,9 @@ pub(super) fn discover(input: &Path, choice: &ClassChoice<'_>) -> Result<Discove
             class: Some(name.clone()),
             name,
             path,
+            mapped: false,
+            ignored: false,
+            files: Vec::new(),
         });
     }
     if loose_files > 0 {
@@ -162,39 +198,61 @@ pub(super) fn discover(input: &Path, choice: &ClassChoice<'_>) -> Result<Discove
         ));
     }
     apply_map(input, choice.map, &mut folders)?;
+
+    // Each class folder's files (skipped folders are not read); folders without images
+    // that the mapping does not name are not classes.
+    let mut hidden = 0;
+    for f in folders.iter_mut().filter(|f| f.class.is_some()) {
+        let mut hidden_here = 0;
+        list_files(&f.path, &f.name, 0, 0, &mut f.files, &mut hidden_here)?;
+        if f.files.is_empty() {
+            return Err(bad_dataset(
+                &f.path,
+                format!(
+                    "class folder is empty (skip it with --group {}=-)",
+                    shell_word(&f.name)
+                ),
+            ));
+        }
+        if f.mapped || holds_images(&f.files) {
+            hidden += hidden_here;
+        } else {
+            warnings.push(format!(
+                "ignored folder {}/ (none of its {} file(s) is an image)",
+                f.name,
+                f.files.len()
+            ));
+            f.ignored = true;
+        }
+    }
+    folders.retain(|f| !f.ignored);
     let classes = choose_classes(input, choice, &folders)?;
     let names = classes.names();
 
-    let mut files = Vec::new();
-    let mut class_dirs = Vec::with_capacity(names.len());
-    let mut records: Vec<FolderClass> = folders
+    let records: Vec<FolderClass> = folders
         .iter()
         .map(|f| FolderClass {
             folder: f.name.clone(),
             class: f.class.clone(),
-            files: 0,
+            files: f.files.len(),
             images: 0,
         })
         .collect();
-    let mut hidden = 0;
+    let mut files = Vec::new();
+    let mut class_dirs = Vec::with_capacity(names.len());
     for (k, class) in names.iter().enumerate() {
         let members: Vec<usize> = (0..folders.len())
             .filter(|&i| folders[i].class.as_ref() == Some(class))
             .collect();
         for &i in &members {
-            let f = &folders[i];
-            let before = files.len();
-            list_files(&f.path, &f.name, k as u8, 0, &mut files, &mut hidden)?;
-            if files.len() == before {
-                return Err(bad_dataset(
-                    &f.path,
-                    format!(
-                        "class folder is empty (skip it with --group {}=-)",
-                        shell_word(&f.name)
-                    ),
-                ));
-            }
-            records[i].files = files.len() - before;
+            files.extend(
+                std::mem::take(&mut folders[i].files)
+                    .into_iter()
+                    .map(|mut f| {
+                        f.class = k as u8;
+                        f
+                    }),
+            );
         }
         class_dirs.push(match members[..] {
             [only] => folders[only].path.clone(),
@@ -235,6 +293,7 @@ fn apply_map(input: &Path, map: &ClassMap, folders: &mut [Folder]) -> Result<()>
             ));
         };
         f.class = entry.class.clone();
+        f.mapped = true;
     }
     Ok(())
 }

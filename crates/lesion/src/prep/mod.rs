@@ -3,8 +3,9 @@
 //! [`crate::manifest`]).
 //!
 //! Classes: every folder directly inside the input is a class, named as the folder is
-//! written; the names are sorted by their bytes and a class's position is its label (`u8`
-//! in shards, so at most 256). A class mapping (`--classes FILE`, `--group FOLDER=CLASS`,
+//! written (a folder holding files but no image, such as `meta/`, is ignored with a
+//! warning; an empty one is an error); the names are sorted by their bytes and a class's
+//! position is its label (`u8` in shards, so at most 256). A class mapping (`--classes FILE`, `--group FOLDER=CLASS`,
 //! format in [`mapping`]) files folders under other classes, merging them, or skips them;
 //! folders it does not mention keep their own name. With two classes the positive class
 //! is label 1: `--positive NAME`, else the class named `Malignant` (any case), else the
