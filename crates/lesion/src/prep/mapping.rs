@@ -155,8 +155,11 @@ fn parse_entry(line: &str, origin: String) -> std::result::Result<ClassMapEntry,
             "`{folder}` is a path, not the name of a folder inside the input folder"
         ));
     }
-    if class.chars().any(char::is_control) {
-        return Err("the class name holds a control character".into());
+    if class
+        .chars()
+        .any(|c| c.is_control() || c == '/' || c == '\\')
+    {
+        return Err("a class name cannot hold a slash, backslash or control character".into());
     }
     Ok(ClassMapEntry {
         folder: folder.to_string(),
@@ -206,6 +209,11 @@ mod tests {
             ("# c\n\n = Benign\n", 3, "no folder name before `=`"),
             ("nv =\n", 1, "no class after `=`"),
             ("a/b = x\n", 1, "`a/b` is a path"),
+            (
+                "mel = Malignant/Melanoma\n",
+                1,
+                "a class name cannot hold a slash",
+            ),
         ] {
             let err = ClassMap::default()
                 .parse_text(text, Path::new("dir/map.txt"))
