@@ -476,6 +476,7 @@ mod tests {
             crate_version: "test".into(),
             classes: vec!["Benign".into(), "Malignant".into()],
             malignant: Vec::new(),
+            folders: Vec::new(),
             image_size: S,
             resize: ResizePolicy::Stretch,
             views: 2,

@@ -735,6 +735,7 @@ pub(super) mod tests {
             crate_version: "0.9.7".into(),
             classes,
             malignant: Vec::new(),
+            folders: Vec::new(),
             image_size: 112,
             resize: ResizePolicy::Crop,
             views: 1,
