@@ -60,6 +60,11 @@ pub struct Cli {
     /// validation predictions lesion-train selected it on.
     #[arg(long)]
     recompute_val: bool,
+    /// N classes: the classes whose summed probability is the probability of malignancy,
+    /// replacing the run's own group (comma-separated class names, e.g. `mel,bcc`). Adds the
+    /// malignant-vs-rest view with a threshold chosen on validation.
+    #[arg(long, value_name = "CLASS,CLASS", value_delimiter = ',')]
+    malignant: Option<Vec<String>>,
     /// No progress bars or stage messages (the result table is still printed).
     #[arg(long, short)]
     quiet: bool,
@@ -107,6 +112,7 @@ impl Cli {
             force: self.force,
             recompute_val: self.recompute_val,
             progress: !self.quiet,
+            malignant: self.malignant.clone(),
         })
     }
 }
@@ -144,6 +150,16 @@ mod tests {
         assert_eq!(o.threshold_method, ThresholdMethod::Youden);
         assert_eq!((o.bootstrap, o.seed, o.batch_size), (1000, 42, 64));
         assert!(!o.tta && !o.force && o.progress);
+        assert_eq!(o.malignant, None);
+    }
+
+    #[test]
+    fn malignant_takes_a_comma_separated_list() {
+        let o = parse(&["--malignant", "mel,bcc"]).options().unwrap();
+        assert_eq!(
+            o.malignant,
+            Some(vec!["mel".to_string(), "bcc".to_string()])
+        );
     }
 
     #[test]

@@ -152,6 +152,13 @@ const CASES: &[Case] = &[
     .exits(2)
     .stderr(&[&["--target-sensitivity"]])
     .unchanged(&["run", "prepared"]),
+    Case::new("malignant_names_a_class_the_run_lacks", |sb| {
+        run_and_data(sb);
+        eval("run", "prepared").args(["--malignant", "melanoma"])
+    })
+    .exits(2)
+    .stderr(&[&["melanoma"], &["Benign, Malignant"]])
+    .unchanged(&["run", "prepared"]),
     Case::new("missing_data_option", |_| Invocation::new(["--run", "run"]))
         .exits(2)
         .stderr(&[&["--data"]]),

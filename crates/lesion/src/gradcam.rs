@@ -1,11 +1,15 @@
-//! Grad-CAM (Selvaraju et al. 2017) of the malignant logit on `layer4`, and its rendering
+//! Grad-CAM (Selvaraju et al. 2017) of one class's logit on `layer4`, and its rendering
 //! as a colour overlay on the input photo.
 //!
 //! - Input: an NCHW f32 batch `[b, 3, S, S]`, normalised as the model was trained.
 //! - The model runs in eval mode up to `layer4`, whose activation `A` `[b, 512, h, w]`
 //!   (`h = w = ceil(S / 32)`, e.g. 4x4 at 112 px, 7x7 at 224 px) becomes a
-//!   [`candle_core::Var`]; mean-pool and head follow, and `d(sum of logits)/dA` gives every
-//!   image's own gradient at once (in eval mode the images of a batch do not interact).
+//!   [`candle_core::Var`]; mean-pool and head follow (logits `[b, outputs]`).
+//! - The explained score of each image is chosen from its logits ([`CamTarget`]): for N > 2
+//!   classes class `k`'s logit `y_k`; for the two-class head (one logit `y`) the malignant
+//!   class is `y` and the benign class `-y` (its log-odds). `d(sum over images of the
+//!   chosen scores)/dA` gives every image's own gradient at once (in eval mode the images
+//!   of a batch do not interact).
 //! - CAM = `ReLU(sum_c alpha_c A_c)` with `alpha_c` the spatial mean of the gradient of
 //!   channel `c`: a `[h, w]` f32 map per image, in the logit's units (not normalised).
 //! - [`overlay`] upsamples it bilinearly (PyTorch's `align_corners=False`) to the photo,
@@ -20,6 +24,7 @@
 use candle_core::{Tensor, Var};
 use image::{imageops, Rgb, RgbImage};
 
+use crate::classes::Classes;
 use crate::image_io::ResizePolicy;
 use crate::model::{Mode, ResNet18};
 use crate::{Error, Result};
@@ -41,12 +46,56 @@ pub struct Cam {
     pub height: usize,
     /// `height * width` non-negative values, row-major, in logit units.
     pub values: Vec<f32>,
-    /// The malignant logit of the image (no test-time augmentation).
-    pub logit: f32,
+    /// The image's logits `[outputs]` (no test-time augmentation).
+    pub logits: Vec<f32>,
+    /// The score the map explains.
+    pub target: CamTarget,
+}
+
+/// The score a CAM explains: head output `output`, negated for the benign class of the
+/// two-class head (whose one logit is the malignant class's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CamTarget {
+    /// The class explained (its label).
+    pub class: usize,
+    /// The head output whose gradient is used.
+    pub output: usize,
+    /// Whether the score is minus that output.
+    pub negate: bool,
+}
+
+impl CamTarget {
+    /// The target of class `label`: output `label` for N > 2 classes; for two classes the
+    /// one logit, negated for label 0.
+    pub fn of_class(classes: &Classes, label: usize) -> Self {
+        if classes.is_binary() {
+            Self {
+                class: label,
+                output: 0,
+                negate: label == 0,
+            }
+        } else {
+            Self {
+                class: label,
+                output: label,
+                negate: false,
+            }
+        }
+    }
+
+    /// The explained score among an image's logits.
+    pub fn score(&self, logits: &[f32]) -> f32 {
+        let y = logits[self.output];
+        if self.negate {
+            -y
+        } else {
+            y
+        }
+    }
 }
 
 impl Cam {
-    /// Largest value of the map (0 when nothing in the image raises the malignant logit).
+    /// Largest value of the map (0 when nothing in the image raises the explained score).
     pub fn max(&self) -> f32 {
         self.values.iter().copied().fold(0.0, f32::max)
     }
@@ -94,8 +143,13 @@ fn axis_taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
         .collect()
 }
 
-/// Grad-CAM of the malignant logit for every image of `images` `[b, 3, S, S]`.
-pub fn grad_cam(model: &ResNet18, images: &Tensor) -> Result<Vec<Cam>> {
+/// Grad-CAM for every image of `images` `[b, 3, S, S]`, of the score `target` chooses
+/// from each image's logits.
+pub fn grad_cam(
+    model: &ResNet18,
+    images: &Tensor,
+    target: &dyn Fn(&[f32]) -> CamTarget,
+) -> Result<Vec<Cam>> {
     let eval = Mode {
         train: false,
         grad: false,
@@ -110,8 +164,27 @@ pub fn grad_cam(model: &ResNet18, images: &Tensor) -> Result<Vec<Cam>> {
     let activation = Var::from_tensor(&x)?;
     let a = activation.as_tensor();
     let pooled = a.mean((2, 3))?;
-    let logits = model.head().forward_mode(&pooled, eval)?; // [b, 1]
-    let grads = logits.sum_all()?.backward()?;
+    let logits = model.head().forward_mode(&pooled, eval)?; // [b, outputs]
+    let outputs = logits.dim(1)?;
+    let values: Vec<f32> = logits
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1()?;
+    let targets: Vec<CamTarget> = values.chunks_exact(outputs).map(target).collect();
+    if let Some(t) = targets.iter().find(|t| t.output >= outputs) {
+        return Err(Error::InvalidOption(format!(
+            "Grad-CAM: output {} of a head with {outputs}",
+            t.output
+        )));
+    }
+    // +1 or -1 at each image's chosen output, 0 elsewhere: the gradient of the summed
+    // scores is each image's own score's gradient, and multiplying by 1 is exact.
+    let mut mask = vec![0f32; b * outputs];
+    for (i, t) in targets.iter().enumerate() {
+        mask[i * outputs + t.output] = if t.negate { -1.0 } else { 1.0 };
+    }
+    let mask = Tensor::from_vec(mask, (b, outputs), logits.device())?.to_dtype(logits.dtype())?;
+    let grads = logits.mul(&mask)?.sum_all()?.backward()?;
     let grad = grads.get(a).ok_or_else(|| {
         Error::Candle(candle_core::Error::Msg(
             "Grad-CAM: no gradient reached layer4".into(),
@@ -123,19 +196,17 @@ pub fn grad_cam(model: &ResNet18, images: &Tensor) -> Result<Vec<Cam>> {
         .flatten_all()?
         .to_dtype(candle_core::DType::F32)?
         .to_vec1()?;
-    let logits: Vec<f32> = logits
-        .flatten_all()?
-        .to_dtype(candle_core::DType::F32)?
-        .to_vec1()?;
     Ok(cam
         .chunks_exact(h * w)
-        .zip(logits)
+        .zip(values.chunks_exact(outputs))
+        .zip(targets)
         .take(b)
-        .map(|(values, logit)| Cam {
+        .map(|((values, logits), target)| Cam {
             width: w,
             height: h,
             values: values.to_vec(),
-            logit,
+            logits: logits.to_vec(),
+            target,
         })
         .collect())
 }
@@ -224,6 +295,182 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
     use candle_nn::{VarBuilder, VarMap};
+    use std::collections::HashMap;
+
+    const POSITIVE: CamTarget = CamTarget {
+        class: 1,
+        output: 0,
+        negate: false,
+    };
+
+    fn seeded(outputs: usize, seed: u64) -> (VarMap, ResNet18) {
+        let varmap = VarMap::new();
+        let model = ResNet18::new(
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+            0.0,
+            outputs,
+        )
+        .unwrap();
+        crate::model::init_seeded(&varmap, seed).unwrap();
+        (varmap, model)
+    }
+
+    /// Grad-CAM written out independently: the gradient of `sign * sum over images of
+    /// logits[:, output]` (a column taken with `narrow`), without ReLU, so that the sign of
+    /// the map is visible.
+    fn reference_map(model: &ResNet18, x: &Tensor, output: usize, sign: f64) -> Vec<Vec<f32>> {
+        let eval = Mode {
+            train: false,
+            grad: false,
+        };
+        let mut a = model.stem().forward_mode(x, eval).unwrap();
+        for n in 1..=4 {
+            a = model.layer(n).forward_mode(&a, eval).unwrap();
+        }
+        let var = Var::from_tensor(&a).unwrap();
+        let logits = model
+            .head()
+            .forward_mode(&var.as_tensor().mean((2, 3)).unwrap(), eval)
+            .unwrap();
+        let score = logits.narrow(1, output, 1).unwrap().sum_all().unwrap();
+        let grads = (score * sign).unwrap().backward().unwrap();
+        let alpha = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .mean_keepdim((2, 3))
+            .unwrap();
+        let map = var
+            .as_tensor()
+            .broadcast_mul(&alpha)
+            .unwrap()
+            .sum(1)
+            .unwrap();
+        (0..x.dim(0).unwrap())
+            .map(|i| {
+                map.get(i)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    /// A fixed pseudo-random `[b, 3, side, side]` input (the same in every run, unlike
+    /// candle's unseedable CPU RNG).
+    fn input(b: usize, side: usize) -> Tensor {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let v: Vec<f32> = (0..b * 3 * side * side)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, (b, 3, side, side), &Device::Cpu).unwrap()
+    }
+
+    fn relu(v: &[f32]) -> Vec<f32> {
+        v.iter().map(|&x| x.max(0.0)).collect()
+    }
+
+    fn assert_close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x - y).abs() <= 1e-5 * x.abs().max(y.abs()).max(1e-3),
+                "{what}: {a:?} vs {b:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn two_class_cams_are_the_logit_s_and_its_negation_s() {
+        let (_vm, model) = seeded(1, 3);
+        let classes = Classes::benign_malignant();
+        let x = input(3, 128);
+        let malignant = grad_cam(&model, &x, &|_| CamTarget::of_class(&classes, 1)).unwrap();
+        let benign = grad_cam(&model, &x, &|_| CamTarget::of_class(&classes, 0)).unwrap();
+        let plus = reference_map(&model, &x, 0, 1.0);
+        let mut signs = (0, 0);
+        for i in 0..3 {
+            // The malignant map is exactly the plain sum-of-logits gradient's.
+            assert_eq!(malignant[i].values, relu(&plus[i]), "image {i}");
+            assert_eq!(malignant[i].target, POSITIVE);
+            assert_eq!(
+                benign[i].target,
+                CamTarget {
+                    class: 0,
+                    output: 0,
+                    negate: true
+                }
+            );
+            let minus: Vec<f32> = plus[i].iter().map(|v| -v).collect();
+            assert_close(&benign[i].values, &relu(&minus), "benign");
+            for (m, b) in malignant[i].values.iter().zip(&benign[i].values) {
+                assert!(*m == 0.0 || *b == 0.0, "a cell feeds both classes: {m} {b}");
+                signs.0 += usize::from(*m > 0.0);
+                signs.1 += usize::from(*b > 0.0);
+            }
+        }
+        assert!(signs.0 > 0 && signs.1 > 0, "both maps have heat: {signs:?}");
+    }
+
+    #[test]
+    fn n_class_cam_of_class_k_is_logit_k_s_and_follows_a_swapped_head() {
+        let (varmap, model) = seeded(3, 5);
+        let classes = Classes::new(vec!["a".into(), "b".into(), "c".into()], &[]).unwrap();
+        let x = input(2, 64);
+        let cams: Vec<Vec<Cam>> = (0..3)
+            .map(|k| grad_cam(&model, &x, &|_| CamTarget::of_class(&classes, k)).unwrap())
+            .collect();
+        for (k, per_class) in cams.iter().enumerate() {
+            let reference = reference_map(&model, &x, k, 1.0);
+            for (i, cam) in per_class.iter().enumerate() {
+                assert_eq!(
+                    cam.target,
+                    CamTarget {
+                        class: k,
+                        output: k,
+                        negate: false
+                    }
+                );
+                assert_close(&cam.values, &relu(&reference[i]), "class map");
+            }
+        }
+        assert_ne!(cams[0][0].values, cams[2][0].values, "classes differ");
+        let logits = crate::infer::eval_logits(&model, &x, false).unwrap();
+        let logits: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
+        assert_close(&cams[1][1].logits, &logits[3..6], "logits");
+
+        // The same network with the rows of classes 0 and 2 swapped in the last layer:
+        // its class 0 is the original class 2.
+        let mut tensors: HashMap<String, Tensor> = crate::model::snapshot(&varmap).unwrap();
+        for name in ["fc.6.weight", "fc.6.bias"] {
+            let t = &tensors[name];
+            let rows = [2usize, 1, 0].map(|r| t.narrow(0, r, 1).unwrap());
+            let swapped = Tensor::cat(&rows, 0).unwrap();
+            tensors.insert(name.into(), swapped);
+        }
+        let swapped = ResNet18::from_tensors(tensors, &Device::Cpu, 0.0, 3).unwrap();
+        let s0 = grad_cam(&swapped, &x, &|_| CamTarget::of_class(&classes, 0)).unwrap();
+        for i in 0..2 {
+            assert_close(&s0[i].values, &cams[2][i].values, "swapped head");
+            assert_eq!(s0[i].logits[0], cams[2][i].logits[2]);
+        }
+
+        // A target chosen per image from its logits: the most probable class.
+        let argmax = |l: &[f32]| {
+            let k = (0..3).fold(0, |b, k| if l[k] > l[b] { k } else { b });
+            CamTarget::of_class(&classes, k)
+        };
+        let chosen = grad_cam(&model, &x, &argmax).unwrap();
+        for (i, cam) in chosen.iter().enumerate() {
+            assert_eq!(cam.values, cams[cam.target.class][i].values);
+        }
+    }
 
     #[test]
     fn upsample_matches_pytorch_bilinear() {
@@ -233,7 +480,8 @@ mod tests {
             width: 2,
             height: 2,
             values: vec![1.0, 2.0, 3.0, 4.0],
-            logit: 0.0,
+            logits: vec![0.0],
+            target: POSITIVE,
         };
         let up = cam.upsample(4, 4);
         let expect = [
@@ -271,7 +519,8 @@ mod tests {
             width: 2,
             height: 2,
             values: vec![0.0, 0.0, 0.0, 5.0],
-            logit: 1.0,
+            logits: vec![1.0],
+            target: POSITIVE,
         };
         let out = overlay(&photo, &cam, ResizePolicy::Stretch);
         assert_eq!(out.dimensions(), (300, 300));
@@ -297,25 +546,18 @@ mod tests {
     fn grad_cam_equals_weighted_activation_for_gap_head() {
         // With global average pooling, alpha_c = dlogit/dpooled_c / (h*w); the CAM is then
         // ReLU(sum_c alpha_c A_c). Check shapes, non-negativity and batch independence.
-        let varmap = VarMap::new();
-        let model = ResNet18::new(
-            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-            0.0,
-            1,
-        )
-        .unwrap();
-        crate::model::init_seeded(&varmap, 3).unwrap();
+        let (_varmap, model) = seeded(1, 3);
         let x = Tensor::randn(0f32, 1.0, (2, 3, 64, 64), &Device::Cpu).unwrap();
-        let cams = grad_cam(&model, &x).unwrap();
+        let cams = grad_cam(&model, &x, &|_| POSITIVE).unwrap();
         assert_eq!(cams.len(), 2);
         assert_eq!((cams[0].width, cams[0].height), (2, 2));
         assert!(cams.iter().all(|c| c.values.iter().all(|&v| v >= 0.0)));
-        let single = grad_cam(&model, &x.narrow(0, 1, 1).unwrap()).unwrap();
+        let single = grad_cam(&model, &x.narrow(0, 1, 1).unwrap(), &|_| POSITIVE).unwrap();
         for (a, b) in single[0].values.iter().zip(&cams[1].values) {
             assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
         }
         let logits = crate::infer::eval_logits(&model, &x, false).unwrap();
         let logits: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
-        assert!((logits[0] - cams[0].logit).abs() < 1e-4);
+        assert!((logits[0] - cams[0].logits[0]).abs() < 1e-4);
     }
 }

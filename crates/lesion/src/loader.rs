@@ -138,10 +138,18 @@ impl PreparedDataset {
     /// Source indices and labels of `split` in the order an evaluation pass
     /// ([`LoaderOptions::eval`]) yields them, from the shards' index arrays (no image is read).
     pub fn eval_order(&self, split: Split) -> (Vec<u32>, Vec<u8>) {
-        let opts = LoaderOptions::eval(1);
+        self.epoch_rows(split, &LoaderOptions::eval(1))
+    }
+
+    /// Source indices and labels of the rows a [`PreparedDataset::loader`] pass with `opts`
+    /// yields, in its order, from the shards' index arrays (no image is read).
+    pub fn epoch_rows(&self, split: Split, opts: &LoaderOptions) -> (Vec<u32>, Vec<u8>) {
         let shards = self.epoch_shards(split, opts.epoch);
-        let lens: Vec<usize> = shards.iter().map(|s| s.len()).collect();
-        epoch_order(&lens, split, &opts)
+        let mut order = pass_order(&shards, split, opts);
+        if opts.drop_last && opts.batch_size > 0 {
+            order.truncate(order.len() / opts.batch_size * opts.batch_size);
+        }
+        order
             .into_iter()
             .map(|(s, r)| {
                 let shard = &shards[s as usize];
@@ -170,16 +178,7 @@ impl PreparedDataset {
             return Err(Error::InvalidOption("batch size must be at least 1".into()));
         }
         let shards = self.epoch_shards(split, opts.epoch);
-        let order = match opts.sampler {
-            Sampler::Shuffle => {
-                let lens: Vec<usize> = shards.iter().map(|s| s.len()).collect();
-                epoch_order(&lens, split, &opts)
-            }
-            Sampler::Balanced => {
-                let labels: Vec<&[u8]> = shards.iter().map(|s| s.labels()).collect();
-                balanced_order(&labels, split, &opts)
-            }
-        };
+        let order = pass_order(&shards, split, &opts);
         let num_batches = if opts.drop_last {
             order.len() / opts.batch_size
         } else {
@@ -320,6 +319,20 @@ impl LoaderOptions {
     /// These options with `sampler`.
     pub fn with_sampler(self, sampler: Sampler) -> Self {
         Self { sampler, ..self }
+    }
+}
+
+/// The `(shard, row)` pairs a pass over `shards` visits, in order, by `opts.sampler`.
+fn pass_order(shards: &[Arc<Shard>], split: Split, opts: &LoaderOptions) -> Vec<(u32, u32)> {
+    match opts.sampler {
+        Sampler::Shuffle => {
+            let lens: Vec<usize> = shards.iter().map(|s| s.len()).collect();
+            epoch_order(&lens, split, opts)
+        }
+        Sampler::Balanced => {
+            let labels: Vec<&[u8]> = shards.iter().map(|s| s.labels()).collect();
+            balanced_order(&labels, split, opts)
+        }
     }
 }
 
@@ -590,6 +603,7 @@ mod tests {
             crate_version: "test".into(),
             classes: vec!["Benign".into(), "Malignant".into()],
             malignant: Vec::new(),
+            folders: Vec::new(),
             image_size: S,
             resize: ResizePolicy::Stretch,
             views: 2,
@@ -756,6 +770,12 @@ mod tests {
             .flat_map(|b| b.unwrap().source_index)
             .collect();
         assert_eq!(seen, again);
+        let (rows, labels) = ds.epoch_rows(Split::Train, &opts);
+        assert_eq!(rows, seen, "epoch_rows follows the sampler");
+        assert!(rows
+            .iter()
+            .zip(&labels)
+            .all(|(&si, &y)| u32::from(y) == si % 2));
         let shuffled: Vec<u32> = ds
             .loader(Split::Train, LoaderOptions::train(3, 5, 1), &Device::Cpu)
             .unwrap()

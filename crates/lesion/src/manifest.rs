@@ -120,6 +120,20 @@ pub struct DuplicateGroup {
     pub split: Split,
 }
 
+/// How one folder of the input became a class: recorded for every folder when a class
+/// mapping (`--classes`, `--group`) is given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderClass {
+    /// The folder's name, as [`crate::fsutil::os_str_to_string`] writes it.
+    pub folder: String,
+    /// The class its images were filed under; `None` (`null`) when it was skipped.
+    pub class: Option<String>,
+    /// Files found below it, rejected ones included (0 when skipped: it is not read).
+    pub files: usize,
+    /// Images accepted from it.
+    pub images: usize,
+}
+
 /// The whole manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -134,6 +148,10 @@ pub struct Manifest {
     /// evaluation and prediction); empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub malignant: Vec<String>,
+    /// With a class mapping, every folder of the input (in name order) with its class or
+    /// `None` when skipped; empty when the classes are the folders themselves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub folders: Vec<FolderClass>,
     pub image_size: u32,
     pub resize: ResizePolicy,
     /// Number of augmented views of each training image (1 when augmentation is off).
@@ -176,6 +194,19 @@ impl Manifest {
                 ),
             });
         }
+        for f in &m.folders {
+            if let Some(class) = f.class.as_ref().filter(|c| !m.classes.contains(c)) {
+                return Err(Error::BadArtifact {
+                    path,
+                    reason: format!(
+                        "folder `{}` is filed under class `{class}`, which is not one of the \
+                         classes {}",
+                        f.folder,
+                        m.classes.join(", ")
+                    ),
+                });
+            }
+        }
         for (k, entry) in m.shards.iter().enumerate() {
             if let Err(why) = check_shard_path(&entry.file) {
                 return Err(Error::BadArtifact {
@@ -199,6 +230,14 @@ impl Manifest {
     /// The classes and their positive group, checked.
     pub fn classes(&self) -> Result<Classes> {
         Classes::new(self.classes.clone(), &self.malignant)
+    }
+
+    /// The folders a class mapping skipped, in name order.
+    pub fn skipped_folders(&self) -> impl Iterator<Item = &str> {
+        self.folders
+            .iter()
+            .filter(|f| f.class.is_none())
+            .map(|f| f.folder.as_str())
     }
 
     /// Counts of one split.

@@ -113,6 +113,13 @@ fn read_predictions(path: &Path) -> Vec<HashMap<String, String>> {
         .collect()
 }
 
+/// The malignant-vs-benign figures every two-class evaluation has.
+fn bin(m: &EvalMetrics) -> &eval::BinaryView {
+    m.binary
+        .as_ref()
+        .expect("a two-class evaluation has its binary figures")
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-12 * a.abs().max(1.0)
 }
@@ -191,17 +198,26 @@ fn check_outputs(out: &Path, n_images: usize) -> EvalMetrics {
 
     let m: EvalMetrics = lesion::fsutil::read_json(out.join("metrics.json")).unwrap();
     assert_eq!(m.format, eval::METRICS_FORMAT);
-    assert_eq!(m.at_default_threshold.n as usize, n_images);
+    assert_eq!(bin(&m).at_default_threshold.n as usize, n_images);
     assert_eq!(m.checkpoint_sha256.len(), 64);
     assert_eq!(m.manifest_sha256.len(), 64);
     assert_eq!(
         m.checkpoint_sha256,
         lesion::fsutil::sha256_file(&m.checkpoint).unwrap()
     );
-    assert_eq!(m.at_default_threshold.threshold, 0.5);
-    assert_eq!(m.at_chosen_threshold.threshold, m.threshold.threshold);
-    assert_eq!(m.at_default_threshold.specificity_at_sensitivity.len(), 3);
-    assert_eq!(m.calibration.bins.len(), 10);
+    assert_eq!(bin(&m).at_default_threshold.threshold, 0.5);
+    assert_eq!(
+        bin(&m).at_chosen_threshold.threshold,
+        bin(&m).threshold.threshold
+    );
+    assert_eq!(
+        bin(&m)
+            .at_default_threshold
+            .specificity_at_sensitivity
+            .len(),
+        3
+    );
+    assert_eq!(bin(&m).calibration.bins.len(), 10);
 
     let html = fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("id=\"disclaimer\""));
@@ -222,13 +238,13 @@ fn check_outputs(out: &Path, n_images: usize) -> EvalMetrics {
 /// name real input files; returns the labels and probabilities.
 fn check_against_predictions(out: &Path, m: &EvalMetrics, input: &Path) -> (Vec<usize>, Vec<f64>) {
     let rows = read_predictions(&out.join("predictions.csv"));
-    assert_eq!(rows.len() as u64, m.at_default_threshold.n);
+    assert_eq!(rows.len() as u64, bin(m).at_default_threshold.n);
     let labels: Vec<usize> = rows.iter().map(|r| r["label"].parse().unwrap()).collect();
     let probs: Vec<f64> = rows
         .iter()
         .map(|r| r["probability"].parse().unwrap())
         .collect();
-    let thr = m.threshold.threshold;
+    let thr = bin(m).threshold.threshold;
     for (r, &p) in rows.iter().zip(&probs) {
         assert_eq!(r["prediction"], if p >= thr { "1" } else { "0" });
         assert!(r["path"].starts_with("Benign/") || r["path"].starts_with("Malignant/"));
@@ -239,15 +255,15 @@ fn check_against_predictions(out: &Path, m: &EvalMetrics, input: &Path) -> (Vec<
         assert!(input.join(&r["path"]).is_file(), "{}", r["path"]);
     }
     assert_metrics_match(
-        &m.at_default_threshold,
+        &bin(m).at_default_threshold,
         &metrics::evaluate(&labels, &probs, 0.5).unwrap(),
     );
     assert_metrics_match(
-        &m.at_chosen_threshold,
+        &bin(m).at_chosen_threshold,
         &metrics::evaluate(&labels, &probs, thr).unwrap(),
     );
     let cal = metrics::calibration(&labels, &probs, 10).unwrap();
-    assert!(close(cal.ece, m.calibration.ece));
+    assert!(close(cal.ece, bin(m).calibration.ece));
     (labels, probs)
 }
 
@@ -272,10 +288,10 @@ fn writes_every_output_and_the_runs_threshold() {
 
     let (labels, probs) = check_against_predictions(&out, &m, &tiny().images);
     assert_eq!(labels.len(), n_test);
-    let thr = m.threshold.threshold;
+    let thr = bin(&m).threshold.threshold;
 
     // Bootstrap: the intervals are lesion::metrics' for this seed, and bracket the estimate.
-    let b = m.bootstrap.as_ref().unwrap();
+    let b = bin(&m).bootstrap.as_ref().unwrap();
     let direct = metrics::bootstrap_ci(&labels, &probs, 200, 42, thr).unwrap();
     assert_eq!(b.at_chosen_threshold.roc_auc.lower, direct.roc_auc.lower);
     assert_eq!(
@@ -290,12 +306,12 @@ fn writes_every_output_and_the_runs_threshold() {
     }
     assert!(close(
         b.at_default_threshold.roc_auc.estimate,
-        m.at_default_threshold.roc_auc
+        bin(&m).at_default_threshold.roc_auc
     ));
 
     // The threshold is the run's, readable by prediction, tied to the checkpoint and data.
     let t = eval::read_threshold(&run).unwrap();
-    assert_eq!(t, m.threshold);
+    assert_eq!(t, bin(&m).threshold);
     assert_eq!(t.split, Split::Val);
     assert_eq!(t.method, ThresholdMethod::Youden);
     assert_eq!(t.target_sensitivity, None);
@@ -332,7 +348,8 @@ fn writes_every_output_and_the_runs_threshold() {
     a.seconds = 0.0;
     b2.seconds = 0.0;
     assert_eq!(
-        a.bootstrap, b2.bootstrap,
+        bin(&a).bootstrap,
+        bin(&b2).bootstrap,
         "bootstrap not deterministic for a seed"
     );
     assert_eq!(a, b2);
@@ -345,12 +362,20 @@ fn writes_every_output_and_the_runs_threshold() {
     assert_ne!(
         other_seed
             .metrics
+            .binary
+            .as_ref()
+            .unwrap()
             .bootstrap
             .as_ref()
             .unwrap()
             .at_default_threshold
             .roc_auc,
-        m.bootstrap.as_ref().unwrap().at_default_threshold.roc_auc
+        bin(&m)
+            .bootstrap
+            .as_ref()
+            .unwrap()
+            .at_default_threshold
+            .roc_auc
     );
 }
 
@@ -370,11 +395,11 @@ fn stored_validation_predictions_replace_a_second_pass_only_where_they_apply() {
 
     // The predictions lesion-train stored with the checkpoint...
     let stored = eval::run(&on_val(false)).unwrap();
-    assert!(stored.metrics.val_from_checkpoint);
+    assert!(bin(&stored.metrics).val_from_checkpoint);
     let p_stored = preds();
     // ... are those of a new pass over the same images with the same weights.
     let fresh = eval::run(&on_val(true)).unwrap();
-    assert!(!fresh.metrics.val_from_checkpoint);
+    assert!(!bin(&fresh.metrics).val_from_checkpoint);
     let p_fresh = preds();
     let n_val = lesion::loader::PreparedDataset::open(data)
         .unwrap()
@@ -388,7 +413,10 @@ fn stored_validation_predictions_replace_a_second_pass_only_where_they_apply() {
         );
         assert!((pa - pb).abs() < 1e-6, "{}: {pa} vs {pb}", a["path"]);
     }
-    let (ta, tb) = (&stored.metrics.threshold, &fresh.metrics.threshold);
+    let (ta, tb) = (
+        &bin(&stored.metrics).threshold,
+        &bin(&fresh.metrics).threshold,
+    );
     assert!(
         (ta.threshold - tb.threshold).abs() < 1e-6,
         "{ta:?} vs {tb:?}"
@@ -403,7 +431,7 @@ fn stored_validation_predictions_replace_a_second_pass_only_where_they_apply() {
         ..on_val(false)
     })
     .unwrap();
-    assert!(!tta.metrics.val_from_checkpoint);
+    assert!(!bin(&tta.metrics).val_from_checkpoint);
     let other = tmp.path().join("other");
     let mut opts = PrepOptions::new(&tiny().images, &other);
     (opts.size, opts.seed, opts.progress) = (32, 43, false);
@@ -413,7 +441,7 @@ fn stored_validation_predictions_replace_a_second_pass_only_where_they_apply() {
         ..on_val(false)
     })
     .unwrap();
-    assert!(!elsewhere.metrics.val_from_checkpoint);
+    assert!(!bin(&elsewhere.metrics).val_from_checkpoint);
 }
 
 #[test]
@@ -446,8 +474,14 @@ fn sensitivity_target_tta_and_other_splits() {
     assert!(t.tta);
     assert!(t.val_sensitivity >= 0.9, "{t:?}");
     // Evaluated on val itself, the chosen point is the validation point.
-    assert!(close(m.at_chosen_threshold.sensitivity, t.val_sensitivity));
-    assert!(close(m.at_chosen_threshold.specificity, t.val_specificity));
+    assert!(close(
+        bin(&m).at_chosen_threshold.sensitivity,
+        t.val_sensitivity
+    ));
+    assert!(close(
+        bin(&m).at_chosen_threshold.specificity,
+        t.val_specificity
+    ));
     assert!(summary.to_string().contains("TTA on"));
 
     // Without TTA the probabilities differ (the flips change the logits), row for row.
@@ -460,7 +494,7 @@ fn sensitivity_target_tta_and_other_splits() {
         ..options(&run, data)
     })
     .unwrap();
-    assert!(plain.metrics.bootstrap.is_none());
+    assert!(bin(&plain.metrics).bootstrap.is_none());
     assert!(!plain.metrics.tta);
     let p_plain = read_predictions(&out.join("predictions.csv"));
     assert!(p_tta
@@ -481,8 +515,8 @@ fn sensitivity_target_tta_and_other_splits() {
     })
     .unwrap();
     assert_eq!(s.out_dir, run.join("eval-test-epoch2"));
-    assert_eq!(s.threshold_file, run.join("threshold-epoch2.json"));
-    assert!(eval::read_threshold_file(&s.threshold_file).is_ok());
+    assert_eq!(s.threshold_file, Some(run.join("threshold-epoch2.json")));
+    assert!(eval::read_threshold_file(s.threshold_file.as_ref().unwrap()).is_ok());
     // ...and the best checkpoint's threshold is untouched.
     assert_eq!(
         eval::read_threshold(&run).unwrap().method,
@@ -691,9 +725,9 @@ fn isic_chain_at_112_px_produces_every_file() {
         let out = r.run.join(dir);
         let m = check_outputs(&out, 550);
         check_against_predictions(&out, &m, &r.input);
-        assert_eq!(m.at_default_threshold.n_positive, 104);
+        assert_eq!(bin(&m).at_default_threshold.n_positive, 104);
         assert_eq!(m.tta, dir.ends_with("tta"));
-        let b = m.bootstrap.as_ref().unwrap();
+        let b = bin(&m).bootstrap.as_ref().unwrap();
         assert_eq!(b.at_chosen_threshold.n_resamples, 1000);
         for ci in [
             b.at_chosen_threshold.roc_auc,
@@ -780,5 +814,266 @@ fn report_renders_in_headless_chromium() {
     println!(
         "screenshot: {} (and /tmp/lesion-report-screenshot.png)",
         dest.display()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// N classes
+
+/// Synthetic images (20 per folder) prepared at 32 px and relabelled into three classes, the
+/// first two malignant, with an untrained three-output run that fits them.
+fn three_class(dir: &Path) -> (PathBuf, PathBuf) {
+    let images = dir.join("images");
+    lesion::synth::generate(&images, 20, 3, false, false).unwrap();
+    let data = dir.join("prepared");
+    let mut opts = PrepOptions::new(&images, &data);
+    opts.size = 32;
+    opts.progress = false;
+    prep::run(&opts).unwrap();
+    let names: Vec<String> = ["bcc", "mel", "nv"].map(String::from).to_vec();
+    let malignant = names[..2].to_vec();
+    lesion::run::fixtures::relabel_prepared(&data, &names, &malignant).unwrap();
+    let run = dir.join("run");
+    lesion::run::fixtures::write_untrained_run_with(&run, 32, 5, None, &names, &malignant).unwrap();
+    (data, run)
+}
+
+#[test]
+fn three_classes_give_per_class_figures_that_predictions_csv_reproduces() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run) = three_class(tmp.path());
+    let summary = eval::run(&EvalOptions {
+        bootstrap: 50,
+        ..options(&run, &data)
+    })
+    .unwrap();
+    let out = run.join("eval-test");
+    let m: EvalMetrics = lesion::fsutil::read_json(out.join("metrics.json")).unwrap();
+    assert_eq!(m, summary.metrics, "metrics.json reads back as written");
+    assert_eq!(m.malignant, vec!["bcc".to_string(), "mel".to_string()]);
+    let mc = m.multiclass.as_ref().expect("an N-class section");
+    assert_eq!(mc.class_names, vec!["bcc", "mel", "nv"]);
+    assert_eq!(mc.metrics.per_class.len(), 3);
+    assert_eq!(mc.bootstrap.as_ref().unwrap().per_class.len(), 3);
+
+    // predictions.csv carries everything the per-class figures are computed from.
+    let rows = read_predictions(&out.join("predictions.csv"));
+    let text = fs::read_to_string(out.join("predictions.csv")).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    assert_eq!(
+        header,
+        [
+            "path",
+            "label",
+            "class",
+            "p_bcc",
+            "p_mel",
+            "p_nv",
+            "predicted",
+            "predicted_class",
+            "predicted_probability",
+            "malignant_probability",
+            "malignant_prediction",
+            "source_index"
+        ]
+    );
+    assert_eq!(rows.len() as u64, mc.metrics.n);
+    let labels: Vec<usize> = rows.iter().map(|r| r["label"].parse().unwrap()).collect();
+    let probs: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|r| {
+            ["p_bcc", "p_mel", "p_nv"]
+                .iter()
+                .map(|k| r[*k].parse::<f64>().unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        metrics::evaluate_multiclass(&labels, &probs).unwrap(),
+        mc.metrics,
+        "metrics.json's N-class figures are not those of predictions.csv"
+    );
+    let b = bin(&m);
+    for (r, p) in rows.iter().zip(&probs) {
+        let k: usize = r["predicted"].parse().unwrap();
+        assert_eq!(k, lesion::infer::argmax(p));
+        assert_eq!(r["predicted_probability"].parse::<f64>().unwrap(), p[k]);
+        let pm: f64 = r["malignant_probability"].parse().unwrap();
+        assert!((pm - (p[0] + p[1])).abs() < 1e-12, "{pm} vs {p:?}");
+        let called = pm >= b.threshold.threshold;
+        assert_eq!(r["malignant_prediction"], if called { "1" } else { "0" });
+    }
+    // The malignant view is the binary evaluation of the summed probability.
+    let is_malignant: Vec<usize> = labels.iter().map(|&y| usize::from(y < 2)).collect();
+    let pm: Vec<f64> = rows
+        .iter()
+        .map(|r| r["malignant_probability"].parse().unwrap())
+        .collect();
+    assert_metrics_match(
+        &b.at_chosen_threshold,
+        &metrics::evaluate(&is_malignant, &pm, b.threshold.threshold).unwrap(),
+    );
+    assert!(summary.threshold_file.as_ref().unwrap().is_file());
+
+    // The figures, and a report with the per-class table first.
+    for f in [
+        "roc.png",
+        "confusion.png",
+        "calibration.png",
+        "malignant-roc.png",
+        "malignant-pr.png",
+        "malignant-confusion.png",
+        "malignant-calibration.png",
+        "errors.png",
+        "report.html",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    assert!(!out.join("pr.png").exists());
+    let (_, _, ink) = png_dims(&out.join("confusion.png"));
+    assert!(ink > 5_000, "confusion.png: only {ink} drawn pixels");
+    let html = fs::read_to_string(out.join("report.html")).unwrap();
+    let per_class = html.find("id=\"per-class\"").expect("per-class table");
+    let confusion = html.find("id=\"confusion\"").expect("confusion table");
+    let overall = html.find("id=\"overall\"").expect("overall table");
+    let malignant = html
+        .find("id=\"malignant-heading\"")
+        .expect("malignant view");
+    assert!(per_class < confusion && confusion < overall && overall < malignant);
+    for class in ["bcc", "mel", "nv"] {
+        assert!(html.contains(&format!("<tr data-class=\"{class}\"><td>{class}</td>")));
+    }
+    assert!(
+        html.contains("id=\"metrics\""),
+        "the malignant view's table"
+    );
+    // Three N-class figures, four of the malignant view, the errors; no training curves.
+    assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 8);
+
+    // The terminal summary: overall figures, then a line per class.
+    let table = summary.to_string();
+    for needle in [
+        "accuracy",
+        "balanced accuracy",
+        "macro ROC AUC",
+        "\nbcc ",
+        "\nmel ",
+        "\nnv ",
+        "malignant (bcc, mel) vs the rest",
+    ] {
+        assert!(table.contains(needle), "{needle} not in\n{table}");
+    }
+}
+
+#[test]
+fn the_malignant_group_can_be_replaced_or_dropped_at_evaluation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run) = three_class(tmp.path());
+    // No group: no binary view, no threshold for prediction.
+    let s = eval::run(&EvalOptions {
+        bootstrap: 0,
+        malignant: Some(Vec::new()),
+        ..options(&run, &data)
+    })
+    .unwrap();
+    assert!(s.metrics.binary.is_none() && s.metrics.malignant.is_empty());
+    assert!(s.threshold_file.is_none());
+    assert!(!run.join("threshold.json").exists());
+    let out = run.join("eval-test");
+    assert!(!out.join("malignant-roc.png").exists() && !out.join("errors.png").exists());
+    let json = fs::read_to_string(out.join("metrics.json")).unwrap();
+    assert!(!json.contains("\"threshold\"") && json.contains("\"multiclass\""));
+    let header = fs::read_to_string(out.join("predictions.csv")).unwrap();
+    assert!(header.starts_with(
+        "path,label,class,p_bcc,p_mel,p_nv,predicted,predicted_class,predicted_probability,source_index\n"
+    ));
+    let html = fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(!html.contains("malignant-heading"));
+    assert!(s.to_string().contains("no intervals"));
+
+    // Another group: only nv.
+    let s = eval::run(&EvalOptions {
+        bootstrap: 0,
+        force: true,
+        malignant: Some(vec!["nv".into()]),
+        ..options(&run, &data)
+    })
+    .unwrap();
+    assert_eq!(s.metrics.malignant, vec!["nv".to_string()]);
+    let b = bin(&s.metrics);
+    let n_nv = s.metrics.multiclass.as_ref().unwrap().metrics.per_class[2].support;
+    assert_eq!(b.at_default_threshold.n_positive, n_nv);
+    assert!(run.join("threshold.json").is_file());
+
+    // A name that is not a class: refused before anything is written (exit code 2).
+    let err = eval::run(&EvalOptions {
+        force: true,
+        malignant: Some(vec!["melanoma".into()]),
+        ..options(&run, &data)
+    })
+    .unwrap_err();
+    assert!(matches!(err, Error::InvalidOption(_)), "{err:?}");
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("melanoma"), "{err}");
+}
+
+#[test]
+#[ignore = "needs chromium"]
+fn three_class_report_renders_in_headless_chromium() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run) = three_class(tmp.path());
+    let summary = eval::run(&EvalOptions {
+        bootstrap: 50,
+        ..options(&run, &data)
+    })
+    .unwrap();
+    let browser = Browser::start(1366, 900);
+    browser.open(&format!("file://{}", summary.report.display()));
+    let script = r#"
+        const imgs = Array.from(document.images);
+        const cells = t => Array.from(document.querySelectorAll(t)).map(e => e.innerText.trim());
+        return {
+          images: imgs.map(i => ({complete: i.complete, w: i.naturalWidth})),
+          classes: Array.from(document.querySelectorAll('table#per-class tr[data-class]')).map(r => r.dataset.class),
+          recall: cells('table#per-class td[data-metric="recall"]'),
+          confusion: Array.from(document.querySelectorAll('table#confusion tbody tr')).map(r => r.querySelectorAll('td').length),
+          order: ['per-class', 'confusion', 'overall', 'malignant-heading', 'metrics'].map(id => document.getElementById(id).getBoundingClientRect().top),
+        };"#;
+    let mut page = serde_json::Value::Null;
+    for _ in 0..50 {
+        page = browser.execute(script);
+        let all_done = page["images"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|i| i["complete"] == true));
+        if all_done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let images = page["images"].as_array().unwrap();
+    assert_eq!(images.len(), 8, "{page}");
+    assert!(
+        images.iter().all(|i| i["w"].as_u64().unwrap() > 0),
+        "{page}"
+    );
+    assert_eq!(page["classes"], serde_json::json!(["bcc", "mel", "nv"]));
+    let mc = summary.metrics.multiclass.as_ref().unwrap();
+    let recall: Vec<String> = mc
+        .metrics
+        .per_class
+        .iter()
+        .map(|c| format!("{:.4}", c.recall))
+        .collect();
+    assert_eq!(page["recall"], serde_json::json!(recall));
+    assert_eq!(page["confusion"], serde_json::json!([3, 3, 3]));
+    let tops: Vec<f64> = page["order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(
+        tops.windows(2).all(|w| w[0] < w[1]),
+        "sections out of order: {tops:?}"
     );
 }

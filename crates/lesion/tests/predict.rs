@@ -116,18 +116,27 @@ fn labels_follow_the_threshold() {
     };
     let mid = at(0.5);
     for p in &mid {
-        assert!((0.0..=1.0).contains(&p.probability));
-        assert!((p.probability - sigmoid(f64::from(p.logit))).abs() < 1e-12);
-        assert_eq!(p.malignant, p.probability >= 0.5);
-        assert_eq!(p.label, if p.malignant { "Malignant" } else { "Benign" });
+        assert!((0.0..=1.0).contains(&p.probability.unwrap()));
+        assert!((p.probability.unwrap() - sigmoid(f64::from(p.logits[0]))).abs() < 1e-12);
+        assert_eq!(p.malignant.unwrap(), p.probability.unwrap() >= 0.5);
+        assert_eq!(
+            p.label,
+            if p.malignant.unwrap() {
+                "Malignant"
+            } else {
+                "Benign"
+            }
+        );
     }
     assert!(at(0.0)
         .iter()
-        .all(|p| p.malignant && p.label == "Malignant"));
-    assert!(at(1.0).iter().all(|p| !p.malignant || p.probability == 1.0));
+        .all(|p| p.malignant.unwrap() && p.label == "Malignant"));
+    assert!(at(1.0)
+        .iter()
+        .all(|p| !p.malignant.unwrap() || p.probability.unwrap() == 1.0));
     // A threshold exactly at an image's probability calls it malignant (>=, as lesion-eval).
-    let exact = at(mid[0].probability);
-    assert!(exact[0].malignant);
+    let exact = at(mid[0].probability.unwrap());
+    assert!(exact[0].malignant.unwrap());
     let (e, msg) = err_text(Predictor::load(&t.run, &cpu(), Some(1.5)));
     assert!(matches!(e, Error::InvalidOption(_)), "{msg}");
     assert!(msg.contains("[0, 1]"), "{msg}");
@@ -144,7 +153,7 @@ fn run_without_threshold_is_a_clear_error_unless_one_is_given() {
     assert!(msg.contains("lesion-eval"), "{msg}");
     assert!(msg.contains("--threshold"), "{msg}");
     let p = Predictor::load(&t.run, &cpu(), Some(0.3)).unwrap();
-    assert_eq!(p.threshold(), 0.3);
+    assert_eq!(p.threshold(), Some(0.3));
     assert!(p.threshold_overridden());
     assert_eq!(p.describe_threshold(), "0.3000 (given with --threshold)");
     assert!(!p.default_tta());
@@ -155,7 +164,7 @@ fn the_run_s_threshold_is_used_and_checked_against_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let run = fixtures::write_untrained_run(&dir.path().join("r"), 32, 1, Some(0.37)).unwrap();
     let p = Predictor::load(&run, &cpu(), None).unwrap();
-    assert_eq!(p.threshold(), 0.37);
+    assert_eq!(p.threshold(), Some(0.37));
     assert!(!p.threshold_overridden());
     assert!(
         p.describe_threshold().contains("Youden"),
@@ -181,7 +190,7 @@ fn the_run_s_threshold_is_used_and_checked_against_the_checkpoint() {
         Predictor::load(&run, &cpu(), Some(0.9))
             .unwrap()
             .threshold(),
-        0.9
+        Some(0.9)
     );
 
     // A threshold chosen for another checkpoint is refused.
@@ -290,19 +299,19 @@ fn tta_is_the_mean_logit_of_the_image_and_its_flips() {
     let hp = p.predict_images(&h, false).unwrap();
     let vp = p.predict_images(&v, false).unwrap();
     for i in 0..imgs.len() {
-        let mean = (plain[i].logit + hp[i].logit + vp[i].logit) / 3.0;
+        let mean = (plain[i].logits[0] + hp[i].logits[0] + vp[i].logits[0]) / 3.0;
         assert!(
-            (with[i].logit - mean).abs() < 1e-4,
+            (with[i].logits[0] - mean).abs() < 1e-4,
             "image {i}: tta {} vs mean {mean}",
-            with[i].logit
+            with[i].logits[0]
         );
-        assert!((with[i].probability - sigmoid(f64::from(mean))).abs() < 1e-4);
+        assert!((with[i].probability.unwrap() - sigmoid(f64::from(mean))).abs() < 1e-4);
     }
     // Not trivially equal: the flips do change the logits of an asymmetric image.
-    assert!((0..3).any(|i| (plain[i].logit - hp[i].logit).abs() > 1e-6));
+    assert!((0..3).any(|i| (plain[i].logits[0] - hp[i].logits[0]).abs() > 1e-6));
     // Batching does not change results.
     let one = p.predict_images(&imgs[1..2], true).unwrap();
-    assert!((one[0].logit - with[1].logit).abs() < 1e-4);
+    assert!((one[0].logits[0] - with[1].logits[0]).abs() < 1e-4);
 }
 
 #[test]
@@ -326,7 +335,7 @@ fn predict_bytes_reports_bad_files_and_keeps_the_good_ones() {
     let direct = p
         .predict_images(&[lesion::synth::render(0, 1, 1)], false)
         .unwrap();
-    assert!((direct[0].logit - out[0].as_ref().unwrap().logit).abs() < 1e-5);
+    assert!((direct[0].logits[0] - out[0].as_ref().unwrap().logits[0]).abs() < 1e-5);
 }
 
 fn png(img: &RgbImage) -> Vec<u8> {
@@ -567,7 +576,7 @@ fn grad_cam_puts_the_heat_on_the_blob_that_defines_the_class() {
             .unwrap();
         println!(
             "corner {corner}: heat shares {shares:.2?}, p = {:.3}",
-            e.prediction.probability
+            e.prediction.probability.unwrap()
         );
         // Most heat: the blob's quadrant holds the largest share by a clear margin (on a
         // 2x2 grid one hot cell alone would give 0.77, a flat map 0.25 each), and the
@@ -591,7 +600,7 @@ fn grad_cam_puts_the_heat_on_the_blob_that_defines_the_class() {
             "corner {corner}: hottest pixel at ({px}, {py})"
         );
         assert!(
-            e.prediction.probability > 0.5,
+            e.prediction.probability.unwrap() > 0.5,
             "corner {corner}: {:?}",
             e.prediction
         );
@@ -600,5 +609,380 @@ fn grad_cam_puts_the_heat_on_the_blob_that_defines_the_class() {
     let plain = p
         .predict_images(&[corner_image(None, &mut rng)], false)
         .unwrap();
-    assert!(plain[0].probability < 0.5, "{:?}", plain[0]);
+    assert!(plain[0].probability.unwrap() < 0.5, "{:?}", plain[0]);
+}
+
+// ------------------------------------------------------------------------------------
+// Runs with more than two classes.
+
+const THREE: [&str; 3] = ["melanoma", "nevus", "seborrheic_keratosis"];
+
+/// An untrained run at `size` px with the classes [`THREE`] (3 logits, seeded weights) and
+/// the malignant group `malignant`; with `threshold`, a `threshold.json` for its checkpoint.
+fn three_class_run(dir: &Path, size: usize, malignant: &[&str], threshold: Option<f64>) -> PathBuf {
+    use candle_nn::{VarBuilder, VarMap};
+    use lesion::run::checkpoint::{self, TrainState};
+    let run = fixtures::write_untrained_run(dir, size, 4, threshold).unwrap();
+    let varmap = VarMap::new();
+    lesion::model::ResNet18::new(
+        VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &Device::Cpu),
+        0.25,
+        3,
+    )
+    .unwrap();
+    lesion::model::init_seeded(&varmap, 4).unwrap();
+    let best = run.join(run_folder::BEST_FILE);
+    let tensors = lesion::model::snapshot(&varmap).unwrap();
+    checkpoint::save(&best, &tensors, &TrainState::new(4, 0.0)).unwrap();
+    let mut config = run_folder::read_config(&run).unwrap();
+    config.class_names = THREE.iter().map(|s| s.to_string()).collect();
+    config.malignant = malignant.iter().map(|s| s.to_string()).collect();
+    run_folder::write_config(&run, &config).unwrap();
+    let t = run.join(run_folder::THRESHOLD_FILE);
+    if t.exists() {
+        let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&t).unwrap()).unwrap();
+        v["checkpoint_sha256"] = lesion::fsutil::sha256_file(&best).unwrap().into();
+        fs::write(&t, serde_json::to_vec(&v).unwrap()).unwrap();
+    }
+    run
+}
+
+/// softmax in f64, written out for the test.
+fn softmax(x: &[f32]) -> Vec<f64> {
+    let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let e: Vec<f64> = x
+        .iter()
+        .map(|&v| (f64::from(v) - f64::from(m)).exp())
+        .collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+fn photos(n: usize) -> Vec<RgbImage> {
+    (0..n)
+        .map(|i| lesion::synth::render(i % 2, i, 13))
+        .collect()
+}
+
+#[test]
+fn n_class_predictions_carry_every_class_and_the_top_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = three_class_run(&dir.path().join("r"), 32, &[], None);
+    // No malignant group: no threshold needed, none accepted.
+    let p = Predictor::load(&run, &cpu(), None).unwrap();
+    assert_eq!(p.threshold(), None);
+    assert!(p.describe_threshold().contains("most probable class"));
+    assert_eq!(p.class_names(), THREE);
+    let (e, msg) = err_text(Predictor::load(&run, &cpu(), Some(0.5)));
+    assert!(matches!(e, Error::InvalidOption(_)), "{msg}");
+    assert!(
+        msg.contains("--threshold") && msg.contains("melanoma, nevus"),
+        "{msg}"
+    );
+
+    let imgs = photos(6);
+    let preds = p.predict_images(&imgs, false).unwrap();
+    let mut tops = std::collections::HashSet::new();
+    for pred in &preds {
+        assert_eq!(pred.logits.len(), 3);
+        let expect = softmax(&pred.logits);
+        for (a, b) in pred.probabilities.iter().zip(&expect) {
+            assert!((a - b).abs() < 1e-12, "{pred:?}");
+        }
+        assert!((pred.probabilities.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        let top = (0..3)
+            .max_by(|&a, &b| expect[a].total_cmp(&expect[b]))
+            .unwrap();
+        assert_eq!(pred.top, top);
+        assert_eq!(pred.class, top);
+        assert_eq!(pred.label, THREE[top]);
+        assert_eq!(pred.top_probability(), pred.probabilities[top]);
+        assert_eq!((pred.probability, pred.malignant), (None, None));
+        let ranked = pred.top_k(5);
+        assert_eq!(ranked.len(), 3);
+        assert_eq!(ranked[0], (top, pred.probabilities[top]));
+        assert!(ranked[0].1 >= ranked[1].1 && ranked[1].1 >= ranked[2].1);
+        tops.insert(top);
+    }
+    // The logits are the model's: the same as the evaluation path's for the same input.
+    let x = p.preprocess(&imgs[0]);
+    let s = p.image_size() as usize;
+    let model = lesion::model::ResNet18::from_tensors(
+        lesion::run::checkpoint::load_model(p.checkpoint(), &cpu()).unwrap(),
+        &cpu(),
+        0.25,
+        3,
+    )
+    .unwrap();
+    let t = candle_core::Tensor::from_vec(x, (1, 3, s, s), &cpu()).unwrap();
+    let direct: Vec<f32> = lesion::infer::eval_logits(&model, &t, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    for (a, b) in direct.iter().zip(&preds[0].logits) {
+        assert!((a - b).abs() < 1e-5, "{direct:?} vs {:?}", preds[0].logits);
+    }
+    // TTA averages all three logits over the flips (at the model's own size resizing is
+    // the identity, so flipping the photo is flipping the tensor).
+    let small = imageops::resize(&imgs[0], 32, 32, imageops::Triangle);
+    let with = p
+        .predict_images(std::slice::from_ref(&small), true)
+        .unwrap();
+    let plain = p
+        .predict_images(std::slice::from_ref(&small), false)
+        .unwrap();
+    let h = p
+        .predict_images(&[imageops::flip_horizontal(&small)], false)
+        .unwrap();
+    let v = p
+        .predict_images(&[imageops::flip_vertical(&small)], false)
+        .unwrap();
+    for k in 0..3 {
+        let mean = (plain[0].logits[k] + h[0].logits[k] + v[0].logits[k]) / 3.0;
+        assert!(
+            (with[0].logits[k] - mean).abs() < 1e-4,
+            "{with:?} vs {mean}"
+        );
+    }
+    assert_eq!(with[0].probabilities, softmax(&with[0].logits));
+    println!("top classes seen: {tops:?}");
+}
+
+#[test]
+fn with_a_malignant_group_the_threshold_decides_on_its_summed_probability() {
+    let dir = tempfile::tempdir().unwrap();
+    // Without threshold.json the run needs one, as a two-class run does.
+    let bare = three_class_run(&dir.path().join("bare"), 32, &["melanoma"], None);
+    let (_, msg) = err_text(Predictor::load(&bare, &cpu(), None));
+    assert!(
+        msg.contains("lesion-eval") && msg.contains("--threshold"),
+        "{msg}"
+    );
+
+    let run = three_class_run(
+        &dir.path().join("r"),
+        32,
+        &["melanoma", "seborrheic_keratosis"],
+        Some(0.4),
+    );
+    let p = Predictor::load(&run, &cpu(), None).unwrap();
+    assert_eq!(p.threshold(), Some(0.4));
+    let imgs = photos(6);
+    let preds = p.predict_images(&imgs, false).unwrap();
+    for pred in &preds {
+        let q = &pred.probabilities;
+        let group = q[0] + q[2];
+        assert!((pred.probability.unwrap() - group).abs() < 1e-15);
+        let malignant = pred.probability.unwrap() >= 0.4;
+        assert_eq!(pred.malignant, Some(malignant));
+        // The answer is the most probable class on the decided side.
+        let expect = if malignant {
+            if q[2] > q[0] {
+                2
+            } else {
+                0
+            }
+        } else {
+            1
+        };
+        assert_eq!(pred.class, expect, "{pred:?}");
+        assert_eq!(pred.label, THREE[expect]);
+    }
+    // At the extremes every image is called one way.
+    let at = |t: f64| {
+        Predictor::load(&run, &cpu(), Some(t))
+            .unwrap()
+            .predict_images(&imgs, false)
+            .unwrap()
+    };
+    assert!(at(0.0)
+        .iter()
+        .all(|p| p.malignant == Some(true) && p.class != 1));
+    assert!(at(1.0)
+        .iter()
+        .all(|p| p.malignant == Some(false) && p.label == "nevus"));
+}
+
+#[test]
+fn predict_command_reports_n_classes_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    // 64 px: layer4's grid is 2x2, so maps of different classes can differ.
+    let run = three_class_run(&dir.path().join("r"), 64, &[], None);
+    let input = dir.path().join("in");
+    fs::create_dir_all(&input).unwrap();
+    for i in 0..3 {
+        fs::write(
+            input.join(format!("p{i}.png")),
+            png(&lesion::synth::render(i % 2, i, 21)),
+        )
+        .unwrap();
+    }
+    fs::write(input.join("bad.jpg"), b"\xff\xd8\xff\xe0 cut").unwrap();
+    let mut opts = PredictOptions::new(&run, vec![input.clone()]);
+    opts.device = "cpu".into();
+    let report = predict::run(&opts).unwrap();
+    assert_eq!(report.failures(), 1);
+    let p = Predictor::load(&run, &cpu(), None).unwrap();
+    let direct: Vec<_> = (0..3)
+        .map(|i| {
+            let img = lesion::synth::render(i % 2, i, 21);
+            p.predict_images(&[img], false).unwrap().remove(0)
+        })
+        .collect();
+
+    // Table: the most probable class and its probability.
+    let table = report.render(OutputFormat::Table);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["path", "probability", "class"]
+    );
+    assert!(lines[1].contains("error: "), "{table}");
+    for (i, d) in direct.iter().enumerate() {
+        let cells: Vec<&str> = lines[i + 2].split_whitespace().collect();
+        assert!(cells[0].ends_with(&format!("p{i}.png")), "{table}");
+        assert_eq!(cells[1], format!("{:.4}", d.top_probability()), "{table}");
+        assert_eq!(cells[2], THREE[d.top], "{table}");
+    }
+
+    // CSV: one p_<class> column per class, in class order.
+    let csv = report.render(OutputFormat::Csv);
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        rows[0],
+        "path,label,p_melanoma,p_nevus,p_seborrheic_keratosis,error"
+    );
+    assert!(
+        rows[1].contains("bad.jpg,,,,,") && !rows[1].ends_with(','),
+        "{csv}"
+    );
+    for (i, d) in direct.iter().enumerate() {
+        let f: Vec<&str> = rows[i + 2].split(',').collect();
+        assert_eq!(f[1], THREE[d.top]);
+        for k in 0..3 {
+            assert_eq!(f[2 + k], format!("{:.6}", d.probabilities[k]), "{csv}");
+        }
+        assert_eq!(f[5], "");
+    }
+
+    // JSON: an object class -> probability, in class order; no threshold.
+    let json: serde_json::Value = serde_json::from_str(&report.render(OutputFormat::Json)).unwrap();
+    assert_eq!(json["classes"], serde_json::json!(THREE));
+    assert!(json.get("threshold").is_none(), "{json}");
+    let text = report.render(OutputFormat::Json);
+    let first = text.find("\"melanoma\": ").unwrap();
+    assert!(first < text[first..].find("\"nevus\": ").unwrap() + first);
+    for (i, d) in direct.iter().enumerate() {
+        let r = &json["results"][i + 1];
+        assert_eq!(r["label"], THREE[d.top]);
+        assert!(
+            r.get("probability").is_none() && r.get("malignant").is_none(),
+            "{r}"
+        );
+        for k in 0..3 {
+            // Batches of different sizes agree to float rounding.
+            let got = r["probabilities"][THREE[k]].as_f64().unwrap();
+            assert!((got - d.probabilities[k]).abs() < 1e-6, "{got} vs {d:?}");
+        }
+    }
+
+    // --top-k: the K most probable, most probable first.
+    opts.top_k = Some(2);
+    let report2 = predict::run(&opts).unwrap();
+    let table = report2.render(OutputFormat::Table);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["path", "top", "2"]
+    );
+    for (i, d) in direct.iter().enumerate() {
+        let ranked = d.top_k(2);
+        let expect = format!(
+            "{} {:.4}, {} {:.4}",
+            THREE[ranked[0].0], ranked[0].1, THREE[ranked[1].0], ranked[1].1
+        );
+        assert!(lines[i + 2].ends_with(&expect), "{table}\nwanted {expect}");
+    }
+    opts.top_k = Some(0);
+    let (_, msg) = err_text(predict::run(&opts));
+    assert!(msg.contains("--top-k"), "{msg}");
+    opts.top_k = None;
+
+    // Heatmaps explain each image's class, or the one asked for.
+    opts.inputs = vec![input.join("p0.png"), input.join("p1.png")];
+    opts.explain = Some(dir.path().join("heat"));
+    let report = predict::run(&opts).unwrap();
+    for (i, r) in report.results.iter().enumerate() {
+        assert_eq!(r.explained.as_deref(), Some(THREE[direct[i].top]), "{r:?}");
+    }
+    let default_png = fs::read(dir.path().join("heat/p0.gradcam.png")).unwrap();
+    let other = (direct[0].top + 1) % 3;
+    opts.explain_class = Some(THREE[other].to_uppercase());
+    opts.force = true;
+    let report = predict::run(&opts).unwrap();
+    assert!(report
+        .results
+        .iter()
+        .all(|r| r.explained.as_deref() == Some(THREE[other])));
+    let asked = fs::read(dir.path().join("heat/p0.gradcam.png")).unwrap();
+    let img = lesion::synth::render(0, 0, 21);
+    let e = p
+        .explain_images(std::slice::from_ref(&img), Some(other))
+        .unwrap()
+        .remove(0);
+    let d = p
+        .explain_images(std::slice::from_ref(&img), None)
+        .unwrap()
+        .remove(0);
+    assert_eq!((e.class, e.cam.target.class), (other, other));
+    assert_eq!(d.class, direct[0].top);
+    assert_ne!(e.cam.values, d.cam.values, "two classes, one map");
+    assert_ne!(asked, default_png, "the heatmap of another class");
+    opts.explain_class = Some("basal_cell".into());
+    let (e, msg) = err_text(predict::run(&opts));
+    assert_eq!(e.exit_code(), 2, "{msg}");
+    assert!(
+        msg.contains("--explain-class") && msg.contains("melanoma, nevus, seborrheic_keratosis"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn two_class_heatmaps_explain_the_malignant_logit_unless_benign_is_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = fixtures::write_untrained_run(&dir.path().join("r"), 32, 2, Some(0.5)).unwrap();
+    let p = Predictor::load(&run, &cpu(), None).unwrap();
+    let imgs = photos(3);
+    let default = p.explain_images(&imgs, None).unwrap();
+    let malignant = p.explain_images(&imgs, Some(1)).unwrap();
+    let benign = p.explain_images(&imgs, Some(0)).unwrap();
+    for i in 0..3 {
+        assert_eq!(default[i].class, 1);
+        assert_eq!(default[i].cam, malignant[i].cam);
+        assert_eq!(benign[i].class, 0);
+        assert!(benign[i].cam.target.negate);
+        // Opposite evidence: no cell is positive in both maps.
+        for (a, b) in default[i].cam.values.iter().zip(&benign[i].cam.values) {
+            assert!(*a == 0.0 || *b == 0.0);
+        }
+        assert_eq!(benign[i].prediction, default[i].prediction);
+    }
+    let mut opts = PredictOptions::new(&run, vec![dir.path().join("x.png")]);
+    fs::write(dir.path().join("x.png"), png(&imgs[0])).unwrap();
+    opts.device = "cpu".into();
+    opts.explain = Some(dir.path().join("heat"));
+    let report = predict::run(&opts).unwrap();
+    // The default keeps the two-class report as it is: no `explained` field.
+    assert_eq!(report.results[0].explained, None);
+    let json = report.render(OutputFormat::Json);
+    assert!(
+        !json.contains("explained") && !json.contains("probabilities"),
+        "{json}"
+    );
+    opts.explain_class = Some("benign".into());
+    opts.force = true;
+    let report = predict::run(&opts).unwrap();
+    assert_eq!(report.results[0].explained.as_deref(), Some("Benign"));
 }

@@ -377,14 +377,14 @@ fn missing_folder_is_a_usage_error() {
 #[test]
 fn one_class_is_a_usage_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = make_dataset(&tmp.path().join("in"), ["benign", "other"], [5, 5]);
+    // A hidden folder is not a class.
+    let input = make_dataset(&tmp.path().join("in"), ["benign", ".other"], [5, 5]);
     let err = prep::run(&options(&input, &tmp.path().join("out"))).unwrap_err();
     assert_eq!(
         bad_dataset_reason(&err),
         (
             input.as_path(),
-            "need at least two class folders, found only benign/ \
-             (expected Benign/ and Malignant/, matched case-insensitively)"
+            "need at least two class folders, found only benign/"
         )
     );
     assert_eq!(err.exit_code(), 2);
@@ -399,7 +399,10 @@ fn empty_class_is_a_usage_error() {
     let mal = input.join("Malignant");
     assert_eq!(
         bad_dataset_reason(&err),
-        (mal.as_path(), "class folder is empty")
+        (
+            mal.as_path(),
+            "class folder is empty (skip it with --group Malignant=-)"
+        )
     );
     assert_eq!(err.exit_code(), 2);
 
@@ -470,9 +473,9 @@ fn refuses_to_overwrite_without_force() {
 #[test]
 fn duplicates_are_kept_in_one_split() {
     let tmp = tempfile::tempdir().unwrap();
-    // Folder names in any case; a stray folder is ignored with a warning.
+    // Folder names in any case: class names as written, `malignant` is label 1.
     let input = make_dataset(&tmp.path().join("in"), ["BENIGN", "malignant"], [12, 10]);
-    fs::create_dir(input.join("notes")).unwrap();
+    fs::write(input.join("README.txt"), b"photos by class").unwrap();
     for (src, dst) in [
         ("BENIGN/b00.png", "BENIGN/b00-copy.png"),
         ("BENIGN/b01.jpg", "BENIGN/b01-copy.jpg"),
@@ -489,7 +492,7 @@ fn duplicates_are_kept_in_one_split() {
         summary
             .warnings
             .iter()
-            .any(|w| w.starts_with("ignored folder notes/")),
+            .any(|w| w.starts_with("ignored 1 file(s) directly inside the input folder")),
         "{:?}",
         summary.warnings
     );
@@ -507,6 +510,7 @@ fn duplicates_are_kept_in_one_split() {
         ]
     );
     let m = Manifest::load(&out).unwrap();
+    assert_eq!(m.classes, ["BENIGN", "malignant"]);
     let groups: Vec<Vec<String>> = m.duplicates.iter().map(|d| d.paths.clone()).collect();
     assert_eq!(
         groups,
@@ -845,4 +849,644 @@ fn synthetic_data_is_prepared_without_warnings_about_its_marker() {
     let summary = prep::run(&options(&images, &tmp.path().join("prepared"))).unwrap();
     assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
     assert_eq!(summary.files, 12);
+}
+
+// ---------------------------------------------------------------------------------------
+// Classes from the folders.
+
+/// A two-class input whose bytes depend on no compressing encoder (BMP): 9 benign and 7
+/// malignant pictures, a byte-identical pair inside Benign, a copy filed in both classes,
+/// an unreadable file, and a folder of notes beside the classes (as ISIC's `meta/`).
+fn binary_golden_input(root: &Path) -> PathBuf {
+    for (k, folder) in ["Benign", "Malignant"].into_iter().enumerate() {
+        let dir = root.join(folder);
+        fs::create_dir_all(&dir).unwrap();
+        let n = [9, 7][k];
+        for i in 0..n {
+            let (w, h) = (40 + (i % 3) * 8, 36 + (i % 2) * 12);
+            let img = picture(k as u8, i + 100 * k as u32, w, h);
+            fs::write(
+                dir.join(format!("{}{i:02}.bmp", &folder[..1])),
+                encode(&img, ImageFormat::Bmp),
+            )
+            .unwrap();
+        }
+    }
+    fs::copy(
+        root.join("Benign/B03.bmp"),
+        root.join("Benign/B03-copy.bmp"),
+    )
+    .unwrap();
+    fs::copy(
+        root.join("Benign/B05.bmp"),
+        root.join("Malignant/M05-also.bmp"),
+    )
+    .unwrap();
+    fs::write(root.join("Malignant/notes.bmp"), b"not a picture").unwrap();
+    fs::create_dir(root.join("meta")).unwrap();
+    fs::write(root.join("meta/duplicates.txt"), b"B03 B03-copy\n").unwrap();
+    root.to_path_buf()
+}
+
+/// SHA-256 of `manifest.json` with the input path and crate version replaced by fixed
+/// words (the manifest lists every shard's SHA-256, so this covers the shards too), and
+/// of `samples.png`.
+fn golden_hashes(input: &Path, out: &Path) -> (String, String) {
+    let text = fs::read_to_string(out.join("manifest.json")).unwrap();
+    let text = text.replace(&input.display().to_string(), "INPUT").replace(
+        &format!("\"crate_version\": \"{}\"", env!("CARGO_PKG_VERSION")),
+        "\"crate_version\": \"VERSION\"",
+    );
+    assert!(text.contains("\"input\": \"INPUT\"") && text.contains("VERSION"));
+    let samples = fs::read(out.join("samples.png")).unwrap();
+    (
+        lesion::fsutil::sha256_hex(text.as_bytes()),
+        lesion::fsutil::sha256_hex(&samples),
+    )
+}
+
+/// Two folders `Benign/` and `Malignant/` with default class options give, byte for byte,
+/// the manifest, shards and sample grid that prep wrote before classes came from the
+/// folders (hashes recorded from that version; a change to decoding, resizing or
+/// augmentation changes them too and must be a deliberate one).
+#[test]
+fn benign_malignant_output_is_unchanged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = binary_golden_input(&tmp.path().join("in"));
+    let out = tmp.path().join("prepared");
+    let mut o = options(&input, &out);
+    o.views = 2;
+    o.shard_size = 3;
+    let summary = prep::run(&o).unwrap();
+    assert_eq!(summary.classes, ["Benign", "Malignant"]);
+    assert_eq!((summary.files, summary.images), (19, 16));
+    assert_eq!(
+        summary.warnings,
+        ["ignored folder meta/ (none of its 1 file(s) is an image)"]
+    );
+    let (manifest, samples) = golden_hashes(&input, &out);
+    println!("manifest {manifest}\nsamples {samples}");
+    assert_eq!(manifest, GOLDEN_MANIFEST, "manifest.json changed");
+    assert_eq!(samples, GOLDEN_SAMPLES, "samples.png changed");
+    prep::verify(&out).unwrap().into_result().unwrap();
+}
+
+const GOLDEN_MANIFEST: &str = "15021200b6193e7b5532c868d6e29b95b041f7887aa2cd75678c0312c5e71702";
+const GOLDEN_SAMPLES: &str = "7e7517a4332a15d8d99165b77ce1c6a55b419c6009ae3608e67a199412d674e0";
+
+/// A picture of folder `k`, image `i`: the disc's colour depends on `k`, and the corner
+/// pixel holds `(k, i)`, so that no two files are alike.
+fn folder_picture(k: usize, i: u32) -> Vec<u8> {
+    let mut img = picture(0, i, 40 + (i % 3) * 8, 36 + (i % 2) * 12);
+    for p in img.pixels_mut() {
+        if p[0] > 100 && p[0] < 200 {
+            p[1] = p[1].wrapping_add(40 * k as u8);
+        }
+    }
+    img.put_pixel(0, 0, Rgb([k as u8, i as u8, 77]));
+    encode(&img, ImageFormat::Png)
+}
+
+/// Writes `n` PNG pictures into `<root>/<folder>/` for every `(folder, n)`.
+fn make_folders(root: &Path, folders: &[(&str, u32)]) -> PathBuf {
+    for (k, &(folder, n)) in folders.iter().enumerate() {
+        let dir = root.join(folder);
+        fs::create_dir_all(&dir).unwrap();
+        for i in 0..n {
+            fs::write(dir.join(format!("{i:02}.png")), folder_picture(k, i)).unwrap();
+        }
+    }
+    root.to_path_buf()
+}
+
+/// Every image's label is the class its folder is filed under (`None`: no image may come
+/// from it), in the manifest and in the shards.
+fn assert_labels(out: &Path, class_of_folder: &[(&str, Option<&str>)]) {
+    let m = Manifest::load(out).unwrap();
+    let label = |path: &str| -> u8 {
+        let folder = path.split('/').next().unwrap();
+        let (_, class) = class_of_folder
+            .iter()
+            .find(|(f, _)| *f == folder)
+            .unwrap_or_else(|| panic!("{path}: folder not expected"));
+        let class = class.unwrap_or_else(|| panic!("{path}: from a skipped folder"));
+        m.classes.iter().position(|c| c == class).unwrap() as u8
+    };
+    for im in &m.images {
+        assert_eq!(im.class, label(&im.path), "{}", im.path);
+    }
+    let ds = PreparedDataset::open(out).unwrap();
+    let mut rows = 0;
+    for split in Split::ALL {
+        for batch in ds
+            .loader(split, LoaderOptions::eval(4), &Device::Cpu)
+            .unwrap()
+        {
+            let batch = batch.unwrap();
+            for (row, &si) in batch.source_index.iter().enumerate() {
+                let im = &m.images[si as usize];
+                assert_eq!(batch.label_u8[row], label(&im.path), "{}", im.path);
+                rows += 1;
+            }
+        }
+    }
+    assert_eq!(rows, m.images.len());
+}
+
+#[test]
+fn three_folders_are_three_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = make_folders(
+        &tmp.path().join("in"),
+        &[
+            ("nevus", 10),
+            ("melanoma", 10),
+            ("seborrheic_keratosis", 10),
+        ],
+    );
+    let out = tmp.path().join("prepared");
+    let mut o = options(&input, &out);
+    o.malignant = vec!["MELANOMA".into()];
+    let summary = prep::run(&o).unwrap();
+    let names = ["melanoma", "nevus", "seborrheic_keratosis"];
+    assert_eq!(summary.classes, names);
+    assert_eq!(summary.malignant, ["melanoma"]);
+    assert!(summary.folders.is_empty());
+    // scikit-learn's counts for 10 + 10 + 10 (scripts/fixtures/split_counts_nclass.json).
+    assert_eq!(
+        common::split_counts(&summary),
+        [
+            (Split::Train, vec![6, 6, 6]),
+            (Split::Val, vec![2, 2, 2]),
+            (Split::Test, vec![2, 2, 2])
+        ]
+    );
+    let text = summary.to_string();
+    assert!(
+        text.contains("classes: 0 melanoma (malignant), 1 nevus, 2 seborrheic_keratosis\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  split    melanoma      nevus seborrheic_keratosis    total\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  train           6          6                    6       18\n"),
+        "{text}"
+    );
+
+    let m = Manifest::load(&out).unwrap();
+    assert_eq!(m.classes, names);
+    assert_eq!(m.malignant, ["melanoma"]);
+    let classes = m.classes().unwrap();
+    assert_eq!(classes.outputs(), 3);
+    assert_eq!(classes.positive_group(), Some(&[0usize][..]));
+    // Files are listed class by class in label order.
+    assert_eq!(m.images[0].path, "melanoma/00.png");
+    assert_eq!(m.images[10].path, "nevus/00.png");
+    assert_eq!(m.images[29].path, "seborrheic_keratosis/09.png");
+    assert_labels(
+        &out,
+        &[
+            ("melanoma", Some("melanoma")),
+            ("nevus", Some("nevus")),
+            ("seborrheic_keratosis", Some("seborrheic_keratosis")),
+        ],
+    );
+    // No mapping: nothing about folders in the manifest.
+    let text = fs::read_to_string(out.join("manifest.json")).unwrap();
+    assert!(!text.contains("\"folders\""));
+    // The sample grid has a row of three per class.
+    let grid = image::open(out.join("samples.png")).unwrap();
+    assert!(grid.height() > 3 * 100, "{}", grid.height());
+    prep::verify(&out).unwrap().into_result().unwrap();
+}
+
+/// The HAM10000-like tree of the grouping tests and its mapping as `--group` values.
+fn seven_folders(root: &Path) -> PathBuf {
+    let input = make_folders(
+        root,
+        &[
+            ("akiec", 3),
+            ("bcc", 4),
+            ("bkl", 4),
+            ("df", 3),
+            ("mel", 5),
+            ("nv", 12),
+            ("vasc", 2),
+        ],
+    );
+    // The same picture in two folders of one class is a duplicate; in folders of two
+    // classes a contradiction.
+    fs::copy(input.join("mel/00.png"), input.join("bcc/mel-00.png")).unwrap();
+    fs::copy(input.join("nv/03.png"), input.join("akiec/nv-03.png")).unwrap();
+    input
+}
+
+const HAM_GROUPS: [&str; 7] = [
+    "mel=Malignant",
+    "bcc=Malignant",
+    "AKIEC = Malignant",
+    "nv=Benign",
+    "bkl=Benign",
+    "df=Benign",
+    "vasc=-",
+];
+
+#[test]
+fn groups_merge_folders_into_classes_and_skip_some() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = seven_folders(&tmp.path().join("in"));
+    let out = tmp.path().join("prepared");
+    let mut o = options(&input, &out);
+    o.groups = HAM_GROUPS.iter().map(|g| g.to_string()).collect();
+    let summary = prep::run(&o).unwrap();
+    assert_eq!(summary.classes, ["Benign", "Malignant"]);
+    assert!(summary.malignant.is_empty());
+    // 33 files (vasc/ is not read); the copy of mel/00.png in bcc/ is a duplicate within
+    // Malignant, the nv/ picture copied into akiec/ a contradiction rejected in both places.
+    assert_eq!((summary.files, summary.images), (33, 31));
+    let rejected: Vec<&str> = summary.rejected.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(rejected, ["nv/03.png", "akiec/nv-03.png"]);
+    let dups: Vec<Vec<String>> = summary.duplicates.iter().map(|d| d.paths.clone()).collect();
+    assert_eq!(dups, [vec!["bcc/mel-00.png", "mel/00.png"]]);
+    let per_class: Vec<usize> = (0..2)
+        .map(|k| summary.counts.iter().map(|c| c.per_class[k]).sum())
+        .collect();
+    assert_eq!(per_class, [18, 13]);
+
+    let m = Manifest::load(&out).unwrap();
+    let folders: Vec<(&str, Option<&str>, usize, usize)> = m
+        .folders
+        .iter()
+        .map(|f| (f.folder.as_str(), f.class.as_deref(), f.files, f.images))
+        .collect();
+    assert_eq!(
+        folders,
+        [
+            ("akiec", Some("Malignant"), 4, 3),
+            ("bcc", Some("Malignant"), 5, 5),
+            ("bkl", Some("Benign"), 4, 4),
+            ("df", Some("Benign"), 3, 3),
+            ("mel", Some("Malignant"), 5, 5),
+            ("nv", Some("Benign"), 12, 11),
+            ("vasc", None, 0, 0),
+        ]
+    );
+    assert_eq!(m.skipped_folders().collect::<Vec<_>>(), ["vasc"]);
+    assert!(m.classes().unwrap().is_binary());
+    assert!(m.malignant.is_empty());
+    assert_labels(
+        &out,
+        &[
+            ("akiec", Some("Malignant")),
+            ("bcc", Some("Malignant")),
+            ("mel", Some("Malignant")),
+            ("bkl", Some("Benign")),
+            ("df", Some("Benign")),
+            ("nv", Some("Benign")),
+            ("vasc", None),
+        ],
+    );
+    let text = fs::read_to_string(out.join("manifest.json")).unwrap();
+    assert!(
+        text.contains("\"folder\": \"vasc\",\n      \"class\": null,"),
+        "{text}"
+    );
+
+    let text = summary.to_string();
+    for line in [
+        "classes: 0 Benign, 1 Malignant (positive)\n",
+        "class mapping (folder: images):\n",
+        "  Benign    <- bkl/: 4, df/: 3, nv/: 11\n",
+        "  Malignant <- akiec/: 3, bcc/: 5, mel/: 5\n",
+        "  skipped: vasc/ (not read)\n",
+    ] {
+        assert!(text.contains(line), "{line:?} not in\n{text}");
+    }
+}
+
+#[test]
+fn a_classes_file_maps_like_groups() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = seven_folders(&tmp.path().join("in"));
+    let by_groups = tmp.path().join("by-groups");
+    let mut o = options(&input, &by_groups);
+    o.groups = HAM_GROUPS.iter().map(|g| g.to_string()).collect();
+    prep::run(&o).unwrap();
+
+    let map = tmp.path().join("ham.txt");
+    let mut text = String::from("# HAM10000 as benign / malignant\n\n");
+    for g in &HAM_GROUPS[..6] {
+        text.push_str(&format!("  {}\n", g.replace('=', " = ")));
+    }
+    fs::write(&map, text).unwrap();
+    let by_file = tmp.path().join("by-file");
+    let mut o = options(&input, &by_file);
+    o.classes_file = Some(map);
+    o.groups = vec![HAM_GROUPS[6].to_string()];
+    prep::run(&o).unwrap();
+    assert_eq!(tree(&by_groups), tree(&by_file));
+}
+
+#[test]
+fn merging_into_more_than_two_classes_with_a_malignant_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = seven_folders(&tmp.path().join("in"));
+    let out = tmp.path().join("prepared");
+    let mut o = options(&input, &out);
+    // Rare classes merged: akiec and df into `other`; vasc skipped.
+    o.groups = ["akiec=other", "df=other", "vasc=-"]
+        .map(String::from)
+        .to_vec();
+    o.malignant = vec!["mel".into(), "bcc".into()];
+    let summary = prep::run(&o).unwrap();
+    assert_eq!(summary.classes, ["bcc", "bkl", "mel", "nv", "other"]);
+    assert_eq!(summary.malignant, ["bcc", "mel"]);
+    let m = Manifest::load(&out).unwrap();
+    assert_eq!(m.malignant, ["bcc", "mel"]);
+    assert_eq!(
+        m.classes().unwrap().positive_group(),
+        Some(&[0usize, 2][..])
+    );
+    let counts: Vec<usize> = (0..5)
+        .map(|k| m.counts.iter().map(|c| c.per_class[k]).sum())
+        .collect();
+    // The copy of mel/00.png in bcc/ now spans two classes: both are rejected.
+    assert_eq!(counts, [4, 4, 4, 11, 6]);
+    assert!(summary
+        .to_string()
+        .contains("  other <- akiec/: 3, df/: 3\n"));
+}
+
+#[test]
+fn the_positive_class_of_two_is_label_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |folders: &[(&str, u32)], positive: Option<&str>| -> Vec<String> {
+        let root = tempfile::tempdir_in(tmp.path()).unwrap();
+        let input = make_folders(&root.path().join("in"), folders);
+        let out = root.path().join("prepared");
+        let mut o = options(&input, &out);
+        o.positive = positive.map(String::from);
+        let summary = prep::run(&o).unwrap();
+        let pairs: Vec<(&str, Option<&str>)> = folders.iter().map(|f| (f.0, Some(f.0))).collect();
+        assert_labels(&out, &pairs);
+        assert!(Manifest::load(&out).unwrap().malignant.is_empty());
+        summary.classes
+    };
+    let mel_nev = [("melanoma", 5), ("nevus", 6)];
+    // Neither is called Malignant: the second name is positive, unless --positive says.
+    assert_eq!(run(&mel_nev, None), ["melanoma", "nevus"]);
+    assert_eq!(run(&mel_nev, Some("melanoma")), ["nevus", "melanoma"]);
+    assert_eq!(run(&mel_nev, Some("Nevus")), ["melanoma", "nevus"]);
+    // Malignant in any case is positive, though it sorts first.
+    assert_eq!(
+        run(&[("MALIGNANT", 5), ("benign", 5)], None),
+        ["benign", "MALIGNANT"]
+    );
+    assert_eq!(
+        run(&[("Malignant", 5), ("Benign", 5)], Some("Benign")),
+        ["Malignant", "Benign"]
+    );
+}
+
+/// The `BadDataset` or `InvalidOption` message of a prep that must fail before writing.
+fn refused(tmp: &Path, o: &PrepOptions) -> String {
+    let err = prep::run(o).unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    assert!(!o.out.exists(), "{err}");
+    assert!(
+        !fs::read_dir(tmp).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains(".partial")),
+        "{err}"
+    );
+    err.to_string()
+}
+
+#[test]
+fn class_options_that_cannot_work_are_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = seven_folders(&tmp.path().join("in"));
+    let out = tmp.path().join("prepared");
+    let with = |groups: &[&str], positive: Option<&str>, malignant: &[&str]| {
+        let mut o = options(&input, &out);
+        o.groups = groups.iter().map(|g| g.to_string()).collect();
+        o.positive = positive.map(String::from);
+        o.malignant = malignant.iter().map(|m| m.to_string()).collect();
+        refused(tmp.path(), &o)
+    };
+    let i = input.display();
+    assert_eq!(
+        with(&["mel=Malignant", "mell=Malignant"], None, &[]),
+        format!(
+            "{i}: --group mell=Malignant maps folder `mell`, which is not a folder of the \
+             input (its folders: akiec/, bcc/, bkl/, df/, mel/, nv/, vasc/)"
+        )
+    );
+    let all_benign: Vec<String> = ["akiec", "bcc", "bkl", "df", "mel", "nv"]
+        .iter()
+        .map(|f| format!("{f}=Lesion"))
+        .collect();
+    let mut groups: Vec<&str> = all_benign.iter().map(String::as_str).collect();
+    groups.push("vasc=-");
+    assert_eq!(
+        with(&groups, None, &[]),
+        format!(
+            "{i}: the class mapping leaves only class `Lesion` (from akiec/, bcc/, bkl/, df/, \
+             mel/, nv/) (1 folder(s) skipped); a classifier needs at least two classes"
+        )
+    );
+    assert_eq!(
+        with(&["mel=Malignant", "bcc=malignant"], None, &[]),
+        "invalid option: classes `Malignant` (from mel/) and `malignant` (from bcc/) differ \
+         only in case; give them one spelling"
+    );
+    assert_eq!(
+        with(&["mel=-", "MEL=x"], None, &[]),
+        "invalid option: folder `MEL` is mapped twice: by --group mel=- and by --group MEL=x"
+    );
+    assert_eq!(
+        with(&[], Some("mel"), &[]),
+        "invalid option: --positive `mel` is for two classes; with 7 (akiec, bcc, bkl, df, \
+         mel, nv, vasc) name the malignant ones with --malignant"
+    );
+    assert_eq!(
+        with(&[], None, &["mel", "melanoma"]),
+        "invalid option: --malignant `melanoma` is not one of the classes akiec, bcc, bkl, \
+         df, mel, nv, vasc"
+    );
+    let binary = &HAM_GROUPS[..];
+    assert_eq!(
+        with(binary, None, &["Malignant"]),
+        "invalid option: --malignant is for more than two classes; with two (Benign, \
+         Malignant) name the positive class with --positive"
+    );
+    assert_eq!(
+        with(binary, Some("nevus"), &[]),
+        "invalid option: --positive `nevus` is not one of the classes Benign, Malignant"
+    );
+    assert_eq!(
+        with(&[], Some("mel"), &["bcc"]),
+        "invalid option: --positive (two classes) and --malignant (more than two) exclude \
+         each other"
+    );
+    // A class too small to split, among many: the message says how to merge or skip it.
+    assert_eq!(
+        with(&[], None, &[]),
+        format!(
+            "{i}: too few images for the split fractions: class df has only 3 image(s): a \
+             split with validation fraction 0.2 and test fraction 0.2 would give it train 2, \
+             val 0, test 1; every split needs at least one image of each class; skip a \
+             class's folders with --group FOLDER=- or merge them into another class with \
+             --group FOLDER=CLASS"
+        )
+    );
+}
+
+#[test]
+fn a_malformed_classes_file_is_named_with_its_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = seven_folders(&tmp.path().join("in"));
+    let map = tmp.path().join("groups.txt");
+    fs::write(&map, "# groups\nmel = Malignant\nnv Benign\n").unwrap();
+    let mut o = options(&input, &tmp.path().join("prepared"));
+    o.classes_file = Some(map.clone());
+    assert_eq!(
+        refused(tmp.path(), &o),
+        format!(
+            "{}: line 3 (`nv Benign`): no `=`; each line is `folder = class` (class `-` \
+             skips the folder), `#` starts a comment line",
+            map.display()
+        )
+    );
+    o.classes_file = Some(tmp.path().join("missing.txt"));
+    let msg = refused(tmp.path(), &o);
+    assert!(
+        msg.starts_with(&format!("{}: ", tmp.path().join("missing.txt").display())),
+        "{msg}"
+    );
+}
+
+#[test]
+fn folders_differing_only_in_case_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = make_folders(
+        &tmp.path().join("in"),
+        &[("Benign", 5), ("Malignant", 5), ("benign", 5)],
+    );
+    let o = options(&input, &tmp.path().join("prepared"));
+    assert_eq!(
+        refused(tmp.path(), &o),
+        format!(
+            "{}: two folders for class Benign: Benign/ and benign/ (class folders are matched \
+             ignoring case)",
+            input.display()
+        )
+    );
+}
+
+/// A manifest as prep wrote it for two classes before class lists were configurable: no
+/// `malignant`, no `folders`.
+const BINARY_MANIFEST: &str = r#"{
+  "format": "lesion-prepared-dataset",
+  "format_version": 1,
+  "crate_version": "0.1.0",
+  "classes": ["Benign", "Malignant"],
+  "image_size": 32,
+  "resize": "stretch",
+  "views": 1,
+  "augment": true,
+  "seed": 42,
+  "options": {
+    "input": "in", "image_size": 32, "resize": "stretch", "val": 0.2, "test": 0.2,
+    "seed": 42, "shard_size": 4, "views": 1, "augment": true, "strict": false,
+    "max_pixels": 100000000
+  },
+  "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+  "counts": [
+    {"split": "train", "per_class": [6, 6], "total": 12},
+    {"split": "val", "per_class": [2, 2], "total": 4},
+    {"split": "test", "per_class": [2, 2], "total": 4}
+  ],
+  "shards": [],
+  "images": [],
+  "rejected": [],
+  "duplicates": []
+}"#;
+
+#[test]
+fn a_binary_manifest_without_class_extras_still_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("manifest.json"), BINARY_MANIFEST).unwrap();
+    let m = Manifest::load(tmp.path()).unwrap();
+    assert_eq!(m.classes, ["Benign", "Malignant"]);
+    assert!(m.malignant.is_empty() && m.folders.is_empty());
+    assert_eq!(m.skipped_folders().count(), 0);
+    let classes = m.classes().unwrap();
+    assert!(classes.is_binary());
+    assert_eq!(classes.positive_group(), Some(&[1usize][..]));
+    assert_eq!(m.counts(Split::Val).unwrap().per_class, [2, 2]);
+    // Saving it again adds nothing.
+    m.save(tmp.path()).unwrap();
+    let again = fs::read_to_string(tmp.path().join("manifest.json")).unwrap();
+    assert!(!again.contains("malignant\"") && !again.contains("folders"));
+
+    // A folder filed under a class the manifest does not list is an inconsistency.
+    let mut v: serde_json::Value = serde_json::from_str(BINARY_MANIFEST).unwrap();
+    v["folders"] = serde_json::json!([
+        {"folder": "mel", "class": "Melanoma", "files": 3, "images": 3}
+    ]);
+    fs::write(tmp.path().join("manifest.json"), v.to_string()).unwrap();
+    match Manifest::load(tmp.path()).unwrap_err() {
+        Error::BadArtifact { reason, .. } => assert_eq!(
+            reason,
+            "folder `mel` is filed under class `Melanoma`, which is not one of the classes \
+             Benign, Malignant"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_folder_without_images_is_a_class_only_when_mapped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = make_folders(&tmp.path().join("in"), &[("mel", 5), ("nv", 5)]);
+    fs::create_dir(input.join("docs")).unwrap();
+    fs::write(input.join("docs/README.md"), b"# photos").unwrap();
+    let summary = prep::run(&options(&input, &tmp.path().join("a"))).unwrap();
+    assert_eq!(summary.classes, ["mel", "nv"]);
+    assert_eq!(
+        summary.warnings,
+        ["ignored folder docs/ (none of its 1 file(s) is an image)"]
+    );
+    // Named by the mapping, it is a class, and one without images.
+    let mut o = options(&input, &tmp.path().join("b"));
+    o.groups = vec!["docs=Documents".into()];
+    assert_eq!(
+        refused(tmp.path(), &o),
+        format!(
+            "{}: no usable images in class Documents (all files rejected)",
+            input.join("docs").display()
+        )
+    );
+    // Skipped, it is not even listed.
+    let mut o = options(&input, &tmp.path().join("c"));
+    o.groups = vec!["docs=-".into()];
+    let summary = prep::run(&o).unwrap();
+    assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+    assert_eq!(summary.folders[0].folder, "docs");
+    assert_eq!(summary.folders[0].class, None);
+    // An empty folder is a mistake to point out, not a folder to ignore.
+    fs::create_dir(input.join("bcc")).unwrap();
+    let o = options(&input, &tmp.path().join("d"));
+    assert_eq!(
+        refused(tmp.path(), &o),
+        format!(
+            "{}: class folder is empty (skip it with --group bcc=-)",
+            input.join("bcc").display()
+        )
+    );
 }

@@ -9,8 +9,12 @@ use clap::{Parser, ValueEnum};
 use lesion::cli::DeviceArg;
 use lesion::predict::{OutputFormat, PredictOptions, PredictReport};
 
-/// Classify skin-lesion photos with a trained run: the probability of malignancy and the
-/// label at the run's decision threshold (chosen by lesion-eval on the validation split).
+/// Classify skin-lesion photos with a trained run. A two-class run gives the probability of
+/// malignancy and the label at the run's decision threshold (chosen by lesion-eval on the
+/// validation split). A run with more classes gives the most probable class and its
+/// probability (--top-k K: the K most probable), and every class's probability in CSV and
+/// JSON; where the run has malignant classes, also their summed probability and the
+/// decision at the threshold.
 ///
 /// Images are decoded, resized and normalised exactly as lesion-prep prepared the run's
 /// validation and test images. A research tool, not a diagnosis.
@@ -21,7 +25,10 @@ use lesion::predict::{OutputFormat, PredictOptions, PredictReport};
     about,
     after_help = "Examples:\n  lesion-predict --run runs/demo photo.jpg\n  \
                   lesion-predict --run runs/demo photos/ --format csv > predictions.csv\n  \
-                  lesion-predict --run runs/demo photos/ --explain heatmaps/\n\n\
+                  lesion-predict --run runs/demo photos/ --explain heatmaps/\n  \
+                  lesion-predict --run runs/isic3 photo.jpg --top-k 3\n  \
+                  lesion-predict --run runs/isic3 photos/ --explain heatmaps/ \
+                  --explain-class melanoma\n\n\
                   Exit status: 0 all predicted, 1 some file failed (the others are still \
                   predicted) or another error, 2 bad usage or input."
 )]
@@ -37,7 +44,8 @@ pub struct Cli {
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
-    /// Decision threshold on the malignant probability, instead of the run's threshold.json.
+    /// Decision threshold on the malignant probability, instead of the run's threshold.json
+    /// (not for a run with more than two classes and no malignant ones).
     #[arg(long, value_name = "PROBABILITY")]
     threshold: Option<f64>,
     /// Test-time augmentation: average the logits of each image and its horizontal and
@@ -49,10 +57,17 @@ pub struct Cli {
     no_tta: bool,
     #[command(flatten)]
     device: DeviceArg,
-    /// Write a Grad-CAM heatmap (where the malignant score came from) per image, as PNG,
-    /// into this folder.
+    /// Write a Grad-CAM heatmap per image, as PNG, into this folder: where the evidence for
+    /// the predicted class came from (two classes: the malignant score).
     #[arg(long, value_name = "OUT_DIR")]
     explain: Option<PathBuf>,
+    /// The class the heatmaps explain, instead of each image's predicted class.
+    #[arg(long, value_name = "CLASS", requires = "explain")]
+    explain_class: Option<String>,
+    /// List the K most probable classes of each image, with their probabilities, in the
+    /// table.
+    #[arg(long, value_name = "K")]
+    top_k: Option<usize>,
     /// Images per forward pass.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
@@ -86,6 +101,8 @@ impl Cli {
             batch_size: self.batch_size,
             force: self.force,
             progress: !self.quiet,
+            top_k: self.top_k,
+            explain_class: self.explain_class.clone(),
             ..PredictOptions::new(&self.run, self.inputs.clone())
         }
     }
@@ -178,6 +195,24 @@ mod tests {
         assert_eq!(parse(&["--tta"]).unwrap().options().tta, Some(true));
         assert_eq!(parse(&["--no-tta"]).unwrap().options().tta, Some(false));
         assert!(parse(&["--tta", "--no-tta"]).is_err());
+    }
+
+    #[test]
+    fn class_options() {
+        let parse = |args: &[&str]| {
+            let mut v = vec!["lesion-predict", "--run", "r", "x"];
+            v.extend_from_slice(args);
+            Cli::try_parse_from(v)
+        };
+        let o = parse(&["--top-k", "3"]).unwrap().options();
+        assert_eq!((o.top_k, o.explain_class), (Some(3), None));
+        let o = parse(&["--explain", "h", "--explain-class", "nevus"])
+            .unwrap()
+            .options();
+        assert_eq!(o.explain_class.as_deref(), Some("nevus"));
+        // A class to explain without heatmaps to write is a mistake.
+        assert!(parse(&["--explain-class", "nevus"]).is_err());
+        assert!(parse(&["--top-k", "-1"]).is_err());
     }
 
     #[test]

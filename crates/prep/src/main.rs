@@ -16,7 +16,25 @@ use lesion::prep::PrepOptions;
     version,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    after_help = "Examples:\n  lesion-prep data/isic --out data/prepared\n  \
+    after_help = "Classes: every folder inside INPUT_DIR is a class, named as the folder is \
+                  written (a folder holding no image, such as meta/, is ignored); names are \
+                  sorted and a class's position is its label. With two \
+                  classes the positive one is label 1: --positive NAME, else the one named \
+                  Malignant (any case), else the second name.\n\n\
+                  Class mapping (--classes FILE: one `folder = class` a line; --group \
+                  FOLDER=CLASS adds one):\n  \
+                  # HAM10000 as Benign / Malignant (a line starting with # is a comment)\n  \
+                  mel = Malignant\n  \
+                  bcc = Malignant\n  \
+                  nv = Benign\n  \
+                  # class - skips the folder\n  \
+                  vasc = -\n\
+                  Folders are matched ignoring case; a mapped folder that does not exist is an \
+                  error; folders not mentioned keep their own name as class; at least two \
+                  classes must remain.\n\n\
+                  Examples:\n  lesion-prep data/isic --out data/prepared\n  \
+                  lesion-prep ham10000 --out data/ham3 --group vasc=- --malignant mel,bcc,akiec\n  \
+                  lesion-prep ham10000 --out data/ham2 --classes benign-malignant.txt\n  \
                   lesion-prep verify data/prepared\n  \
                   lesion-prep synth --out data/synthetic --per-class 200"
 )]
@@ -29,7 +47,8 @@ struct Cli {
 
 #[derive(Debug, Args)]
 struct PrepArgs {
-    /// Input folder with one sub-folder per class (Benign/, Malignant/; any case).
+    /// Input folder with one sub-folder per class (e.g. Benign/ and Malignant/, or one
+    /// folder per diagnosis).
     #[arg(value_name = "INPUT_DIR", required = true)]
     input: Option<PathBuf>,
     /// Prepared-dataset folder to create.
@@ -77,6 +96,22 @@ struct PrepArgs {
     /// No progress bars.
     #[arg(long, short)]
     quiet: bool,
+    /// Class mapping file: lines `folder = class` (class `-` skips the folder; `#` starts a
+    /// comment line). Folders not mentioned keep their own name as class.
+    #[arg(long = "classes", value_name = "FILE")]
+    classes_file: Option<PathBuf>,
+    /// Files folder FOLDER under class CLASS (repeatable; CLASS `-` skips the folder), after
+    /// the mappings of --classes.
+    #[arg(long = "group", value_name = "FOLDER=CLASS")]
+    groups: Vec<String>,
+    /// With two classes, the positive one (label 1). Default: the one named Malignant (any
+    /// case), else the second in sorted order.
+    #[arg(long, value_name = "NAME")]
+    positive: Option<String>,
+    /// With more than two classes, the ones forming the malignant group (the binary view of
+    /// evaluation and prediction).
+    #[arg(long, value_name = "NAME[,NAME...]", value_delimiter = ',')]
+    malignant: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -167,6 +202,10 @@ impl Cli {
                 o.max_pixels = a.max_pixels;
                 o.threads = a.threads;
                 o.progress = !a.quiet;
+                o.classes_file = a.classes_file.clone();
+                o.groups = a.groups.clone();
+                o.positive = a.positive.clone();
+                o.malignant = a.malignant.clone();
                 Action::Prep(o)
             }
         }
@@ -270,6 +309,33 @@ mod tests {
         assert!(o.augment && o.strict && o.force && !o.progress);
         assert_eq!((o.max_pixels, o.threads), (1000, Some(2)));
         assert!(!prep(&["p", "in", "--out", "o", "--no-augment"]).augment);
+    }
+
+    #[test]
+    fn class_options_are_passed_through() {
+        let o = prep(&[
+            "lesion-prep",
+            "in",
+            "--out",
+            "o",
+            "--classes",
+            "map.txt",
+            "--group",
+            "mel=Malignant",
+            "--group",
+            "vasc=-",
+            "--malignant",
+            "mel,bcc",
+            "--malignant",
+            "akiec",
+        ]);
+        assert_eq!(o.classes_file, Some(PathBuf::from("map.txt")));
+        assert_eq!(o.groups, ["mel=Malignant", "vasc=-"]);
+        assert_eq!(o.malignant, ["mel", "bcc", "akiec"]);
+        assert_eq!(o.positive, None);
+        let o = prep(&["lesion-prep", "in", "--out", "o", "--positive", "melanoma"]);
+        assert_eq!(o.positive.as_deref(), Some("melanoma"));
+        assert!(o.groups.is_empty() && o.malignant.is_empty() && o.classes_file.is_none());
     }
 
     #[test]

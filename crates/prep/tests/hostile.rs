@@ -259,13 +259,127 @@ const CASES: &[Case] = &[
             false => Err(format!("a failed run left {left:?}")),
         }
     }),
-    Case::new("stray_folder_is_reported", |sb| {
+    // Every folder is a class: a stray one too small to split says how to leave it out.
+    Case::new("stray_folder_is_a_class_too_small_to_split", |sb| {
         sb.photos("my-photos");
         sb.write("my-photos/Unsorted/x.jpg", jpeg(0, 60));
         prep("my-photos", "prepared")
     })
-    .output(&[&["Unsorted"], &["ignored"]])
+    .exits(2)
+    .stderr(&[&["Unsorted"], &["only 1 image"], &["--group FOLDER=-"]])
     .unchanged(&["my-photos"]),
+    Case::new("stray_folder_skipped_with_group", |sb| {
+        sb.photos("my-photos");
+        sb.write("my-photos/Unsorted/x.jpg", jpeg(0, 60));
+        prep("my-photos", "prepared").args(["--group", "unsorted=-"])
+    })
+    .output(&[&["skipped: Unsorted/"]])
+    .unchanged(&["my-photos"])
+    .check(|sb, _| {
+        let m = read_json(&sb.path("prepared/manifest.json"))?;
+        expect_classes(&m, &["Benign", "Malignant"])?;
+        let skipped = &m["folders"][2];
+        match (skipped["folder"].as_str(), skipped["class"].is_null()) {
+            (Some("Unsorted"), true) => Ok(()),
+            _ => Err(format!("folders recorded as {}", m["folders"])),
+        }
+    }),
+    // Classes from the folders, grouped, reordered.
+    Case::new("three_class_folders_are_three_classes", |sb| {
+        data::write_class_photos(
+            &sb.path("derm"),
+            &[("nevus", 8), ("melanoma", 8), ("sk", 8)],
+        );
+        prep("derm", "prepared").args(["--malignant", "melanoma"])
+    })
+    .output(&[&["0 melanoma (malignant), 1 nevus, 2 sk"]])
+    .unchanged(&["derm"])
+    .check(|sb, _| {
+        let m = read_json(&sb.path("prepared/manifest.json"))?;
+        expect_classes(&m, &["melanoma", "nevus", "sk"])?;
+        match m["malignant"].as_array().map(Vec::as_slice) {
+            Some([v]) if v == "melanoma" => Ok(()),
+            _ => Err(format!("malignant recorded as {}", m["malignant"])),
+        }
+    }),
+    Case::new("group_merges_two_folders_into_one_class", |sb| {
+        data::write_class_photos(&sb.path("derm"), &[("mel", 6), ("bcc", 6), ("nv", 8)]);
+        prep("derm", "prepared").args(["--group", "mel=Malignant", "--group", "bcc=Malignant"])
+    })
+    .output(&[
+        &["Malignant <- bcc/: 6, mel/: 6"],
+        &["1 Malignant (positive)"],
+    ])
+    .unchanged(&["derm"])
+    .check(|sb, _| {
+        let m = read_json(&sb.path("prepared/manifest.json"))?;
+        expect_classes(&m, &["nv", "Malignant"])
+    }),
+    Case::new("positive_makes_a_class_label_one", |sb| {
+        data::write_class_photos(&sb.path("derm"), &[("melanoma", 8), ("nevus", 8)]);
+        prep("derm", "prepared").args(["--positive", "melanoma"])
+    })
+    .output(&[&["0 nevus, 1 melanoma (positive)"]])
+    .check(|sb, _| {
+        let m = read_json(&sb.path("prepared/manifest.json"))?;
+        expect_classes(&m, &["nevus", "melanoma"])
+    }),
+    Case::new("group_names_a_folder_that_does_not_exist", |sb| {
+        sb.photos("my-photos");
+        prep("my-photos", "prepared").args(["--group", "Malignent=-"])
+    })
+    .exits(2)
+    .stderr(&[&["Malignent"], &["not a folder of the input"]])
+    .unchanged(&["my-photos"])
+    .check(nothing_prepared),
+    Case::new("mapping_that_leaves_one_class", |sb| {
+        sb.photos("my-photos");
+        prep("my-photos", "prepared").args([
+            "--group",
+            "Benign=Lesion",
+            "--group",
+            "Malignant=Lesion",
+        ])
+    })
+    .exits(2)
+    .stderr(&[&["only class `Lesion`"], &["at least two"]])
+    .unchanged(&["my-photos"])
+    .check(nothing_prepared),
+    Case::new("malformed_classes_file", |sb| {
+        sb.photos("my-photos");
+        sb.write(
+            "groups.txt",
+            "# two classes\nBenign = Benign\nMalignant: Malignant\n",
+        );
+        prep("my-photos", "prepared").args(["--classes", "groups.txt"])
+    })
+    .exits(2)
+    .stderr(&[&["groups.txt"], &["line 3"], &["folder = class"]])
+    .unchanged(&["my-photos", "groups.txt"])
+    .check(nothing_prepared),
+    Case::new("missing_classes_file", |sb| {
+        sb.photos("my-photos");
+        prep("my-photos", "prepared").args(["--classes", "groups.txt"])
+    })
+    .exits(2)
+    .stderr(&[&["groups.txt"], MISSING])
+    .check(nothing_prepared),
+    Case::new("folders_differing_only_in_case", |sb| {
+        sb.photos("my-photos");
+        sb.write("my-photos/benign/x.jpg", jpeg(0, 60));
+        prep("my-photos", "prepared")
+    })
+    .exits(2)
+    .stderr(&[&["Benign/ and benign/"], &["case"]])
+    .unchanged(&["my-photos"])
+    .check(nothing_prepared),
+    Case::new("malignant_with_two_classes", |sb| {
+        sb.photos("my-photos");
+        prep("my-photos", "prepared").args(["--malignant", "Malignant"])
+    })
+    .exits(2)
+    .stderr(&[&["--malignant"], &["--positive"]])
+    .check(nothing_prepared),
     Case::new("missing_input_folder", |_| prep("nowhere", "prepared"))
         .exits(2)
         .stderr(&[&["nowhere"], MISSING]),
@@ -384,6 +498,29 @@ fn set_first_shard_file(sb: &Sandbox, file: &str) {
 fn read_json(path: &Path) -> Result<serde_json::Value, String> {
     let bytes = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The manifest lists exactly `want` as its classes.
+fn expect_classes(manifest: &serde_json::Value, want: &[&str]) -> Result<(), String> {
+    let got: Vec<&str> = manifest["classes"]
+        .as_array()
+        .ok_or("manifest has no classes")?
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    match got == want {
+        true => Ok(()),
+        false => Err(format!("classes {got:?}, expected {want:?}")),
+    }
+}
+
+/// A refused run leaves no output and no staging folder.
+fn nothing_prepared(sb: &Sandbox, _: &Output) -> Result<(), String> {
+    let left = entries_containing(sb.root(), "prepared");
+    match left.is_empty() {
+        true => Ok(()),
+        false => Err(format!("a refused run left {left:?}")),
+    }
 }
 
 fn has_manifest(sb: &Sandbox, _: &Output) -> Result<(), String> {

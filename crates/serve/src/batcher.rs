@@ -110,7 +110,7 @@ fn inference_loop(
         });
         run_jobs(explain, |x| {
             predictor
-                .cams_preprocessed(x)
+                .cams_preprocessed(x, None)
                 .map(|v| v.into_iter().map(Output::Cam).collect())
                 .map_err(|e| e.to_string())
         });

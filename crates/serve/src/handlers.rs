@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use image::RgbImage;
 use lesion::gradcam;
-use lesion::predict::Predictor;
+use lesion::predict::{ClassProbabilities, Prediction, Predictor};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -98,7 +98,7 @@ pub(crate) fn model_info(p: &Predictor, tta: bool, limits: &Limits, batching: &B
                 "warnings": pick("warnings"),
             })
         });
-    json!({
+    let mut info = json!({
         "model_id": p.model_id(),
         "run_dir": p.run_dir(),
         "checkpoint_sha256": p.checkpoint_sha256(),
@@ -124,7 +124,11 @@ pub(crate) fn model_info(p: &Predictor, tta: bool, limits: &Limits, batching: &B
             "max_batch": batching.max_batch,
         },
         "disclaimer": DISCLAIMER,
-    })
+    });
+    if !p.classes().is_binary() {
+        info["malignant_classes"] = json!(p.classes().positive_names());
+    }
+    info
 }
 
 /// Milliseconds since `t`, rounded to microseconds.
@@ -132,13 +136,29 @@ fn ms(t: Instant) -> f64 {
     (t.elapsed().as_secs_f64() * 1e6).round() / 1e3
 }
 
+/// The answer of `/v1/predict`. Two classes: `probability` (malignant), `logit`,
+/// `malignant`, `label`, `probabilities`, `threshold`. More: `label`, `top_class`,
+/// `top_probability`, `logits`, `probabilities` and, with a malignant group,
+/// `probability` (the group's), `malignant` and `threshold`.
 #[derive(Serialize)]
 struct PredictResponse {
-    probability: f64,
-    logit: f32,
-    malignant: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    probability: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logit: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logits: Option<Vec<f32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    malignant: Option<bool>,
     label: String,
-    threshold: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_class: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_probability: Option<f64>,
+    /// Every class's probability, in class order.
+    probabilities: ClassProbabilities,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    threshold: Option<f64>,
     tta: bool,
     model_id: String,
     timing_ms: Timing,
@@ -152,6 +172,35 @@ struct Timing {
     /// Waiting for a batch and the forward pass.
     inference: f64,
     total: f64,
+}
+
+impl PredictResponse {
+    /// The prediction's part of the answer; the rest is filled by the caller.
+    fn new(p: &Predictor, pred: Prediction) -> Self {
+        let names = p.class_names();
+        let binary = p.classes().is_binary();
+        Self {
+            probability: pred.probability,
+            logit: binary.then(|| pred.logits[0]),
+            logits: (!binary).then(|| pred.logits.clone()),
+            malignant: pred.malignant,
+            top_class: (!binary).then(|| names[pred.top].clone()),
+            top_probability: (!binary).then(|| pred.top_probability()),
+            probabilities: ClassProbabilities(
+                names.iter().cloned().zip(pred.probabilities).collect(),
+            ),
+            label: pred.label,
+            threshold: p.threshold(),
+            tta: false,
+            model_id: p.model_id().to_string(),
+            timing_ms: Timing {
+                decode: 0.0,
+                inference: 0.0,
+                total: 0.0,
+            },
+            disclaimer: DISCLAIMER,
+        }
+    }
 }
 
 async fn predict(State(s): State<AppState>, req: Request) -> Response {
@@ -168,19 +217,13 @@ async fn predict(State(s): State<AppState>, req: Request) -> Response {
         };
         let inference = ms(t);
         Ok(Json(PredictResponse {
-            probability: pred.probability,
-            logit: pred.logit,
-            malignant: pred.malignant,
-            label: pred.label,
-            threshold: state.0.predictor.threshold(),
             tta: state.0.tta,
-            model_id: state.0.predictor.model_id().to_string(),
             timing_ms: Timing {
                 decode: decoded,
                 inference,
                 total: ms(start),
             },
-            disclaimer: DISCLAIMER,
+            ..PredictResponse::new(&state.0.predictor, pred)
         })
         .into_response())
     })
@@ -199,10 +242,10 @@ async fn explain(State(s): State<AppState>, req: Request) -> Response {
         };
         let image = image.expect("kept for explain");
         let p = state.0.predictor.clone();
-        let (png, pred) = tokio::task::spawn_blocking(move || {
+        let (png, pred, class) = tokio::task::spawn_blocking(move || {
             let e = p.explanation(&image, cam);
             gradcam::encode_png(&e.overlay)
-                .map(|png| (png, e.prediction))
+                .map(|png| (png, e.prediction, e.class))
                 .map_err(|e| e.to_string())
         })
         .await
@@ -216,13 +259,20 @@ async fn explain(State(s): State<AppState>, req: Request) -> Response {
         };
         put("content-type", "image/png".into());
         put("cache-control", "no-store".into());
-        put("x-lesion-probability", format!("{:.6}", pred.probability));
+        let p = &state.0.predictor;
+        if let Some(probability) = pred.probability {
+            put("x-lesion-probability", format!("{probability:.6}"));
+        }
         put("x-lesion-label", pred.label.clone());
-        put("x-lesion-malignant", pred.malignant.to_string());
-        put(
-            "x-lesion-threshold",
-            state.0.predictor.threshold().to_string(),
-        );
+        if let Some(malignant) = pred.malignant {
+            put("x-lesion-malignant", malignant.to_string());
+        }
+        if let Some(threshold) = p.threshold() {
+            put("x-lesion-threshold", threshold.to_string());
+        }
+        if !p.classes().is_binary() {
+            put("x-lesion-explained-class", p.class_names()[class].clone());
+        }
         put("x-lesion-model", state.0.predictor.model_id().to_string());
         put("x-lesion-time-ms", ms(start).to_string());
         Ok((headers, png).into_response())

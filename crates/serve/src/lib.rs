@@ -4,9 +4,15 @@
 //! - `POST /v1/predict`: an image as `multipart/form-data` (exactly one part, named `image`;
 //!   its file name, if any, is not used) or as the raw body (`Content-Type: image/*` or
 //!   `application/octet-stream`) →
-//!   `{probability, logit, malignant, label, threshold, tta, model_id, timing_ms}`;
-//! - `POST /v1/explain`: the same input → `image/png`, the Grad-CAM heatmap of the malignant
-//!   logit over the photo; the prediction is in the `x-lesion-*` headers;
+//!   for two classes `{probability, logit, malignant, label, probabilities, threshold, tta,
+//!   model_id, timing_ms}` (`probability`: malignant; `probabilities`: an object class →
+//!   probability, in class order); for more classes `{label, top_class, top_probability,
+//!   logits, probabilities, tta, model_id, timing_ms}` plus, where the run has malignant
+//!   classes, their summed `probability`, the decision `malignant` and the `threshold` (the
+//!   `label` is then the most probable class of the decided side);
+//! - `POST /v1/explain`: the same input → `image/png`, the Grad-CAM heatmap of the answer's
+//!   class (two classes: the malignant logit) over the photo; the prediction is in the
+//!   `x-lesion-*` headers (with more classes `x-lesion-explained-class` names the class);
 //! - `GET /v1/model`: the run's configuration, threshold and evaluation summary
 //!   (`<run>/eval-test/metrics.json`, when present), and the service's limits;
 //! - `GET /healthz`: liveness and batching counters;

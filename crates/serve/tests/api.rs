@@ -178,11 +178,8 @@ fn predict_and_explain_accept_raw_and_multipart_uploads() {
     let p = Predictor::load(&run, &cpu(), None).unwrap();
     let direct = p.predict_bytes(&[(Path::new("x"), &jpeg)], false);
     let direct = direct[0].as_ref().unwrap();
-    assert!(
-        (direct.probability - prob).abs() < 1e-6,
-        "{} vs {prob}",
-        direct.probability
-    );
+    let direct_prob = direct.probability.unwrap();
+    assert!((direct_prob - prob).abs() < 1e-6, "{direct_prob} vs {prob}");
 
     let (ct, body) = multipart("image", Some("lesion.jpg"), &jpeg);
     let mp = post(&url("/v1/predict"), Some(&ct), &body);
@@ -452,6 +449,7 @@ fn concurrent_requests_are_batched_and_answered_correctly() {
                 .as_ref()
                 .unwrap()
                 .probability
+                .unwrap()
         })
         .collect();
 
@@ -730,4 +728,160 @@ fn invalid_options_exit_2_naming_the_option() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+/// Keys of a JSON object, in the order of the document's text.
+fn keys_in_order(body: &[u8], object: &serde_json::Value) -> Vec<String> {
+    let text = String::from_utf8_lossy(body);
+    let mut keys: Vec<(usize, String)> = object
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| (text.find(&format!("\"{k}\":")).unwrap(), k.clone()))
+        .collect();
+    keys.sort();
+    keys.into_iter().map(|(_, k)| k).collect()
+}
+
+#[test]
+fn two_class_answers_add_only_the_class_probabilities() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_dir(dir.path(), 32);
+    let server = start(&options(&run));
+    let r = post(
+        &format!("{}/v1/predict", server.url()),
+        Some("image/jpeg"),
+        &photo(1, 3),
+    );
+    let j = r.json();
+    let mut keys: Vec<&str> = j.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "disclaimer",
+            "label",
+            "logit",
+            "malignant",
+            "model_id",
+            "probabilities",
+            "probability",
+            "threshold",
+            "timing_ms",
+            "tta"
+        ]
+    );
+    let p = j["probability"].as_f64().unwrap();
+    assert_eq!(j["probabilities"]["Malignant"].as_f64().unwrap(), p);
+    assert_eq!(j["probabilities"]["Benign"].as_f64().unwrap(), 1.0 - p);
+    assert_eq!(
+        keys_in_order(&r.body, &j["probabilities"]),
+        ["Benign", "Malignant"]
+    );
+    let m = get(&format!("{}/v1/model", server.url())).json();
+    assert!(m.get("malignant_classes").is_none(), "{m}");
+}
+
+#[test]
+fn n_class_answers_carry_every_class_the_top_one_and_no_threshold_without_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = testkit::classes::ISIC2017;
+    let run =
+        testkit::classes::untrained_class_run(&dir.path().join("r"), 32, 5, &names, &[], None);
+    let server = start(&options(&run));
+    let url = |p: &str| format!("{}{p}", server.url());
+    let m = get(&url("/v1/model")).json();
+    assert_eq!(m["class_names"], serde_json::json!(names));
+    assert!(m["threshold"]["value"].is_null(), "{m}");
+    assert_eq!(m["malignant_classes"], serde_json::json!([]));
+    assert!(m["threshold"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("most probable class"));
+
+    let p = Predictor::load(&run, &cpu(), None).unwrap();
+    for (class, index) in [(0, 1), (1, 2), (0, 7)] {
+        let jpeg = photo(class, index);
+        let r = post(&url("/v1/predict"), Some("image/jpeg"), &jpeg);
+        assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+        let j = r.json();
+        let direct = p.predict_bytes(&[(Path::new("x"), &jpeg)], false);
+        let d = direct[0].as_ref().unwrap();
+        assert_eq!(keys_in_order(&r.body, &j["probabilities"]), names);
+        for (k, name) in names.iter().enumerate() {
+            let got = j["probabilities"][name].as_f64().unwrap();
+            assert!((got - d.probabilities[k]).abs() < 1e-6, "{j}");
+        }
+        let sum: f64 = names
+            .iter()
+            .map(|n| j["probabilities"][n].as_f64().unwrap())
+            .sum();
+        assert!((sum - 1.0).abs() < 1e-12, "{sum}");
+        assert_eq!(j["top_class"], names[d.top]);
+        assert_eq!(j["label"], names[d.top]);
+        assert_eq!(
+            j["top_probability"].as_f64().unwrap(),
+            j["probabilities"][names[d.top]].as_f64().unwrap()
+        );
+        assert_eq!(j["logits"].as_array().unwrap().len(), 3);
+        for absent in ["probability", "malignant", "threshold", "logit"] {
+            assert!(j.get(absent).is_none(), "{absent} in {j}");
+        }
+
+        let ex = post(&url("/v1/explain"), Some("image/jpeg"), &jpeg);
+        assert_eq!(ex.status, 200, "{:?}", String::from_utf8_lossy(&ex.body));
+        assert_eq!(ex.content_type, "image/png");
+        assert_eq!(ex.header("x-lesion-label").unwrap(), names[d.top]);
+        assert_eq!(ex.header("x-lesion-explained-class").unwrap(), names[d.top]);
+        assert!(ex.header("x-lesion-probability").is_none());
+        assert!(ex.header("x-lesion-threshold").is_none());
+    }
+}
+
+#[test]
+fn n_class_answers_with_a_malignant_group_decide_at_the_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = testkit::classes::ISIC2017;
+    let run = testkit::classes::untrained_class_run(
+        &dir.path().join("r"),
+        32,
+        5,
+        &names,
+        &["melanoma"],
+        Some(0.3),
+    );
+    let server = start(&options(&run));
+    let url = |p: &str| format!("{}{p}", server.url());
+    let m = get(&url("/v1/model")).json();
+    assert_eq!(m["threshold"]["value"], 0.3);
+    assert_eq!(m["malignant_classes"], serde_json::json!(["melanoma"]));
+    let jpeg = photo(1, 4);
+    let j = post(&url("/v1/predict"), Some("image/jpeg"), &jpeg).json();
+    let q: Vec<f64> = names
+        .iter()
+        .map(|n| j["probabilities"][n].as_f64().unwrap())
+        .collect();
+    assert_eq!(j["probability"].as_f64().unwrap(), q[0]);
+    assert_eq!(j["threshold"], 0.3);
+    let malignant = q[0] >= 0.3;
+    assert_eq!(j["malignant"], malignant);
+    let expect = if malignant {
+        "melanoma"
+    } else if q[2] > q[1] {
+        "seborrheic_keratosis"
+    } else {
+        "nevus"
+    };
+    assert_eq!(j["label"], expect, "{j}");
+    let ex = post(&url("/v1/explain"), Some("image/jpeg"), &jpeg);
+    assert_eq!(
+        ex.header("x-lesion-malignant").unwrap(),
+        malignant.to_string()
+    );
+    assert_eq!(ex.header("x-lesion-threshold").unwrap(), "0.3");
+
+    // The page has the class bar chart and its accessible name.
+    let html = String::from_utf8(get(&url("/")).body).unwrap();
+    assert!(html.contains("id=\"class-bars\""));
+    assert!(html.contains("Probability of each class, most probable first"));
 }

@@ -1,6 +1,7 @@
 //! The page of lesion-serve in a real browser: headless Chromium driven through
 //! chromedriver's WebDriver HTTP API uploads a photo through the file input and waits for
-//! the probability, the label and the heatmap. Saves /tmp/lesion-serve-screenshot.png.
+//! the probability, the label and the heatmap (and, for a run with three classes, the bar per
+//! class). Saves /tmp/lesion-serve-screenshot.png and /tmp/lesion-serve-classes-screenshot.png.
 //!
 //! Uses a run with random weights and a generated photo unless `LESION_SERVE_RUN` names a
 //! trained run and `LESION_SERVE_PHOTO` a photo (e.g. after `just demo`).
@@ -133,4 +134,135 @@ fn page_uploads_a_photo_and_shows_probability_label_and_heatmap() {
         img.width(),
         img.height()
     );
+}
+
+#[test]
+#[ignore = "needs chromium and chromium-driver (apt-get install chromium chromium-driver)"]
+fn page_shows_every_class_as_bars_sorted_by_probability_with_the_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = testkit::classes::ISIC2017;
+    let run = testkit::classes::untrained_class_run(
+        &dir.path().join("r"),
+        112,
+        5,
+        &names,
+        &["melanoma"],
+        Some(0.3),
+    );
+    let server = start(&options(&run));
+    let photo_path = dir.path().join("lesion.jpg");
+    std::fs::write(&photo_path, photo(1, 2)).unwrap();
+
+    let browser = Browser::start(1280, 1000);
+    browser.open(&server.url());
+    let input = browser.send(
+        "POST",
+        "/element",
+        Some(json!({"using": "css selector", "value": "#file"})),
+    );
+    let input = input[ELEMENT].as_str().unwrap().to_string();
+    browser.send(
+        "POST",
+        &format!("/element/{input}/value"),
+        Some(json!({"text": photo_path.to_string_lossy()})),
+    );
+    let script = r##"
+        const $ = (id) => document.getElementById(id);
+        const h = $("heatmap");
+        const rows = [...document.querySelectorAll("#class-bars li")].map((li) => ({
+          name: li.querySelector(".name").firstChild.textContent,
+          value: li.querySelector(".value").textContent,
+          width: li.querySelector(".fill").style.width,
+          text: li.innerText,
+        }));
+        return {
+          title: $("title").textContent,
+          caption: $("verdict-caption").textContent,
+          probability: $("probability").textContent,
+          label: $("label").textContent,
+          decision: $("decision").textContent,
+          barHidden: $("bar").hidden,
+          listHidden: $("class-bars").hidden,
+          listName: $("class-bars").getAttribute("aria-label"),
+          rows,
+          error: $("error").textContent,
+          heatmap: {complete: h.complete, w: h.naturalWidth},
+          heatmapCaption: $("heatmap-caption").textContent,
+        };"##;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let page = loop {
+        let page = browser.execute(script);
+        assert_eq!(page["error"], "", "the page shows an error: {page}");
+        let done = page["rows"].as_array().is_some_and(|r| r.len() == 3)
+            && page["heatmap"]["complete"] == true
+            && page["heatmap"]["w"].as_u64().unwrap_or(0) > 0
+            && page["heatmapCaption"]
+                .as_str()
+                .is_some_and(|c| c.contains("evidence for"));
+        if done {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "no result within 90 s: {page}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("page state: {page}");
+    let api = post(
+        &format!("{}/v1/predict", server.url()),
+        Some("image/jpeg"),
+        &std::fs::read(&photo_path).unwrap(),
+    )
+    .json();
+    assert_eq!(page["title"], "lesion — skin-lesion classifier (3 classes)");
+    assert_eq!(page["listHidden"], false);
+    assert_eq!(page["barHidden"], false, "a malignant group shows its bar");
+    assert_eq!(page["label"], api["label"]);
+    let top = api["top_class"].as_str().unwrap();
+    assert_eq!(
+        page["caption"].as_str().unwrap(),
+        format!("Most probable class: {top}")
+    );
+    // Bars: most probable first, each with its value as text, as the API gives them.
+    let mut expect: Vec<(&str, f64)> = names
+        .iter()
+        .map(|n| (*n, api["probabilities"][n].as_f64().unwrap()))
+        .collect();
+    expect.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let rows = page["rows"].as_array().unwrap();
+    // The page's percentage rule (lesion::display's bounds).
+    let percent = |q: f64| match q {
+        q if q < 1e-4 => "< 0.01%".to_string(),
+        q if q > 1.0 - 1e-4 => "> 99.99%".to_string(),
+        q => format!("{:.2}%", 100.0 * q),
+    };
+    for (row, (name, q)) in rows.iter().zip(&expect) {
+        assert_eq!(row["name"], *name, "{page}");
+        assert_eq!(row["value"], percent(*q), "{page}");
+        assert_eq!(row["width"], format!("{:.1}%", 100.0 * q), "{page}");
+        assert!(row["text"].as_str().unwrap().contains(&percent(*q)));
+    }
+    assert_eq!(rows[0]["name"], top, "{page}");
+    assert!(rows
+        .iter()
+        .any(|r| r["text"].as_str().unwrap().contains("melanoma (malignant)")));
+    let decision = page["decision"].as_str().unwrap();
+    let malignant = api["malignant"].as_bool().unwrap();
+    assert!(decision.contains("threshold 0.3000"), "{decision}");
+    assert!(
+        decision.contains(if malignant {
+            "→ malignant"
+        } else {
+            "→ benign"
+        }),
+        "{decision}"
+    );
+    assert_eq!(
+        page["heatmapCaption"].as_str().unwrap(),
+        format!(
+            "Grad-CAM heatmap: where the evidence for {} came from (red = most)",
+            api["label"].as_str().unwrap()
+        )
+    );
+    let png = browser.screenshot();
+    std::fs::write("/tmp/lesion-serve-classes-screenshot.png", &png).unwrap();
+    println!("screenshot: /tmp/lesion-serve-classes-screenshot.png");
 }

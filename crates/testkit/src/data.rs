@@ -67,6 +67,32 @@ pub fn write_photos(root: &Path, per_class: usize) -> PathBuf {
     root.to_path_buf()
 }
 
+/// Writes `n` photos into each `root/<folder>/` of `folders` (`<folder>_00.jpg`,
+/// `<folder>_01.png`, ...: even indices JPEG, odd PNG; 64-128 px per side). Folder `k` draws
+/// `lesion::synth` class `k` (1 looks malignant, every other benign), so no two files are
+/// alike; any number of folders, for multi-class inputs.
+pub fn write_class_photos(root: &Path, folders: &[(&str, usize)]) -> PathBuf {
+    for (class, &(dir, n)) in folders.iter().enumerate() {
+        let folder = root.join(dir);
+        fs::create_dir_all(&folder).unwrap();
+        for i in 0..n {
+            let (w, h) = (64 + (i as u32 * 23) % 65, 64 + (i as u32 * 41) % 65);
+            let img = photo(class, i, w, h);
+            let (format, ext) = if i % 2 == 0 {
+                (ImageFormat::Jpeg, "jpg")
+            } else {
+                (ImageFormat::Png, "png")
+            };
+            fs::write(
+                folder.join(format!("{dir}_{i:02}.{ext}")),
+                encode(&img, format),
+            )
+            .unwrap();
+        }
+    }
+    root.to_path_buf()
+}
+
 /// The prep options of the test datasets: [`IMAGE_SIZE`] px, shards of 4 rows, quiet.
 pub fn prep_options(images: &Path, out: &Path) -> PrepOptions {
     let mut o = PrepOptions::new(images, out);

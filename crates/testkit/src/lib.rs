@@ -1,5 +1,6 @@
 //! Test helpers of the lesion workspace (dev-only, never published).
 //!
+//! - [`classes`]: untrained runs with more than two classes (N logits).
 //! - [`data`]: tiny but real inputs: a folder of JPEG/PNG lesion photos (64-128 px, drawn by
 //!   `lesion::synth`), a prepared dataset, a one-epoch run, an untrained run, a weights file;
 //!   each built once per test process and copied where a test needs it.
@@ -11,6 +12,7 @@
 //!   declares, and the runner that checks every case's exit code, messages and untouched
 //!   trees.
 
+pub mod classes;
 pub mod data;
 pub mod hostile;
 pub mod process;

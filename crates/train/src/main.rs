@@ -94,6 +94,11 @@ pub struct Cli {
     /// 224 px; gradients about 10x further from PyTorch's, so results change; off by default).
     #[arg(long)]
     winograd_4x4: bool,
+    /// Frozen layers' BatchNorm in eval mode (ImageNet statistics); their output is then
+    /// cached per image in RUN_DIR/cache/ and later epochs run only the trainable layers.
+    /// Does nothing with --trainable all.
+    #[arg(long)]
+    freeze_bn: bool,
     /// No progress bars.
     #[arg(long, short)]
     quiet: bool,
@@ -130,6 +135,7 @@ impl Cli {
             warmup_epochs: self.warmup_epochs.or(d
                 .warmup_epochs
                 .filter(|_| self.schedule.unwrap_or(d.schedule) == d.schedule)),
+            freeze_bn: self.freeze_bn,
         }
     }
 
@@ -152,6 +158,7 @@ impl Cli {
             ("--label-smoothing", self.label_smoothing.is_some()),
             ("--schedule", self.schedule.is_some()),
             ("--warmup-epochs", self.warmup_epochs.is_some()),
+            ("--freeze-bn", self.freeze_bn),
         ]
         .into_iter()
         .filter_map(|(name, given)| given.then_some(name))
@@ -206,6 +213,10 @@ mod tests {
         );
         assert_eq!(cfg.trainable, Trainable::Layer3);
         assert_eq!(cfg.weights, "imagenet");
+        assert!(!cfg.freeze_bn);
+        let cli = Cli::try_parse_from(["lesion-train", "--data", "d", "--out", "r", "--freeze-bn"])
+            .unwrap();
+        assert!(cli.config().freeze_bn);
     }
 
     #[test]
@@ -293,6 +304,7 @@ mod tests {
             (&["--label-smoothing", "0.1"], "--label-smoothing"),
             (&["--schedule", "cosine"], "--schedule"),
             (&["--warmup-epochs", "1"], "--warmup-epochs"),
+            (&["--freeze-bn"], "--freeze-bn"),
         ] {
             let cli = Cli::try_parse_from(
                 ["lesion-train", "--resume", "r", "--lr-head", "0.5"]

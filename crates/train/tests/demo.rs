@@ -154,11 +154,15 @@ fn train_and_evaluate(data: &Path, run: &Path, simd: Option<&str>, args: &[Strin
     })
     .unwrap();
     let m = summary.metrics;
-    let d = &m.at_default_threshold;
+    let b = m
+        .binary
+        .as_ref()
+        .expect("a two-class run has binary figures");
+    let d = &b.at_default_threshold;
     Figures {
         checkpoint_sha256: m.checkpoint_sha256.clone(),
         epoch: m.checkpoint_epoch,
-        threshold: m.threshold.threshold,
+        threshold: b.threshold.threshold,
         brier: d.brier,
         roc_auc: d.roc_auc,
         accuracy: d.accuracy,

@@ -60,7 +60,10 @@ pub(super) fn load(
     let checkpoint_sha256 = sha256_file(checkpoint)?;
     let manifest_sha256 = crate::manifest::manifest_sha256(data.dir())?;
     let (tensors, state) = checkpoint::load(checkpoint, &Device::Cpu)?;
-    let classes = cfg.classes()?;
+    let classes = match &opts.malignant {
+        Some(group) => Classes::new(cfg.classes()?.names().to_vec(), group)?,
+        None => cfg.classes()?,
+    };
     let stored_val = if opts.tta || opts.recompute_val || manifest_sha256 != cfg.manifest_sha256 {
         None
     } else {

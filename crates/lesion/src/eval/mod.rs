@@ -24,6 +24,40 @@
 //! `threshold-<stem>.json` instead, so it never replaces the best checkpoint's threshold.
 //! `force` replaces only an evaluation folder ([`OUTPUT_KIND`]), and never one that holds
 //! the prepared data or the checkpoint.
+//!
+//! ## N classes
+//!
+//! A run of N > 2 classes ([`crate::classes::Classes`]; labels are class indices, each
+//! image's class probabilities `softmax(logits)`) is measured with
+//! [`crate::metrics::multiclass`] (scikit-learn's conventions, documented there), the
+//! prediction being the most probable class. Its `metrics.json` has, besides the header
+//! fields:
+//! - `multiclass` ([`MulticlassSection`]): `class_names`; `n`, `n_classes`, `accuracy`,
+//!   `balanced_accuracy`, `macro_precision`, `macro_recall`, `macro_f1`, `weighted_f1`,
+//!   `macro_roc_auc`, `weighted_roc_auc` (`null` when undefined), `top_k_accuracy`
+//!   (`[{k, accuracy}]`, k = 1..N-1), `log_loss`, `confusion_matrix` (`[true][predicted]`
+//!   counts), `confusion_normalized` (rows divided by their sums), `top_class_calibration`
+//!   (`{ece, bins}`); **`per_class[k]`** for class `k` in label order: `support`,
+//!   `predicted`, `recall`, `specificity`, `precision`, `f1`, `roc_auc` (`null` when the
+//!   class or its complement is absent); and `bootstrap` (`null` with `bootstrap` 0):
+//!   `n_resamples`, `seed`, `confidence`, `accuracy`, `balanced_accuracy`, `macro_f1`,
+//!   `macro_roc_auc`, and `per_class[k]` with the intervals `{estimate, lower, upper,
+//!   n_used}` of `recall`, `specificity`, `precision`, `f1` and `roc_auc`;
+//! - `malignant`: the classes of the malignant group (the run's, or
+//!   [`EvalOptions::malignant`]); absent without one;
+//! - where a group exists, the two-class fields exactly as for a binary run (`threshold`,
+//!   `val_from_checkpoint`, `at_default_threshold`, `at_chosen_threshold`, `bootstrap`,
+//!   `calibration`), computed from the group's summed probability against
+//!   `label is malignant`, with the threshold chosen on validation and written to the run as
+//!   for two classes. Without a group these fields are absent and no threshold is written.
+//!
+//! Its `predictions.csv` has `path,label,class`, a column `p_<class>` per class (full
+//! precision), `predicted,predicted_class,predicted_probability`, with a group
+//! `malignant_probability,malignant_prediction`, and `source_index`; its
+//! figures are `roc.png` (one one-vs-rest curve per class), `confusion.png` (N×N),
+//! `calibration.png` (top class), plus, with a group, the binary figures as
+//! [`MALIGNANT_ROC_FILE`], [`MALIGNANT_PR_FILE`], [`MALIGNANT_CONFUSION_FILE`],
+//! [`MALIGNANT_CALIBRATION_FILE`] and `errors.png`. Two-class runs are unchanged.
 
 mod choose;
 mod errors;
@@ -36,15 +70,17 @@ pub mod report;
 mod summary;
 
 pub use errors::{confident_errors, ErrorCase};
-pub use metrics::{BootstrapPair, EvalMetrics};
+pub use metrics::{BinaryView, BootstrapPair, EvalMetrics, MulticlassSection};
 pub use options::EvalOptions;
 pub use summary::EvalSummary;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::classes::Classes;
 use crate::device::describe;
 use crate::fsutil::{self, write_atomic, write_json_atomic, OutputKind, StagingDir};
+use crate::infer::SplitPredictions;
 use crate::loader::PreparedDataset;
 use crate::run::{history, EpochRecord, Run, CURVES_FILE, HISTORY_FILE};
 pub use crate::run::{
@@ -62,6 +98,22 @@ pub const PR_FILE: &str = "pr.png";
 pub const CONFUSION_FILE: &str = "confusion.png";
 pub const CALIBRATION_FILE: &str = "calibration.png";
 pub const ERRORS_FILE: &str = "errors.png";
+/// N classes with a malignant group: the malignant-vs-benign figures.
+pub const MALIGNANT_ROC_FILE: &str = "malignant-roc.png";
+pub const MALIGNANT_PR_FILE: &str = "malignant-pr.png";
+pub const MALIGNANT_CONFUSION_FILE: &str = "malignant-confusion.png";
+pub const MALIGNANT_CALIBRATION_FILE: &str = "malignant-calibration.png";
+/// The binary figures' files: ROC, PR, confusion, calibration.
+pub(crate) const BINARY_FIGURES: [&str; 4] = [ROC_FILE, PR_FILE, CONFUSION_FILE, CALIBRATION_FILE];
+pub(crate) const MALIGNANT_FIGURES: [&str; 4] = [
+    MALIGNANT_ROC_FILE,
+    MALIGNANT_PR_FILE,
+    MALIGNANT_CONFUSION_FILE,
+    MALIGNANT_CALIBRATION_FILE,
+];
+/// How the N-class figures name the two sides of the malignant group.
+const GROUP_REST: &str = "not malignant";
+const GROUP_MALIGNANT: &str = "malignant";
 pub const REPORT_FILE: &str = "report.html";
 /// Every file an evaluation folder holds.
 pub const OUTPUT_FILES: [&str; 8] = [
@@ -103,25 +155,63 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     // Score both splits, choose the threshold on validation, measure the evaluated split.
     let (loaded, stored_val) = inference::load(opts, &target.checkpoint, cfg, &data)?;
     let scored = inference::predict(opts, &loaded, &data, stored_val)?;
-    let threshold =
-        choose::on_validation(opts, &scored.val, data.dir(), &target.checkpoint, &loaded)?;
-    let thr = threshold.threshold;
-    let measured = metrics::measure(opts, &scored.preds, thr, data.dir())?;
+    let classes = &loaded.classes;
+    let names = data.class_names();
+    // The malignant-vs-benign view: the predictions themselves for two classes, labels
+    // mapped to `is malignant` for N classes with a malignant group.
+    let binary_preds = if classes.is_binary() {
+        Some((scored.val.clone(), scored.preds.clone()))
+    } else if classes.positive_group().is_some() {
+        Some((
+            malignant_view(&scored.val, classes),
+            malignant_view(&scored.preds, classes),
+        ))
+    } else {
+        None
+    };
+    let mut binary = None;
+    if let Some((val, preds)) = &binary_preds {
+        let threshold = choose::on_validation(opts, val, data.dir(), &target.checkpoint, &loaded)?;
+        let measured = metrics::measure(opts, preds, threshold.threshold, data.dir())?;
+        binary = Some((threshold, measured));
+    }
+    let multiclass = if classes.is_binary() {
+        None
+    } else {
+        Some(metrics::measure_multiclass(
+            opts,
+            &scored.preds,
+            names,
+            data.dir(),
+        )?)
+    };
     let warnings = metrics::warnings(
         opts,
-        &threshold,
-        &measured,
+        binary.as_ref().map(|(t, m)| (t, m)),
+        multiclass.as_ref(),
         &loaded.manifest_sha256,
         &cfg.manifest_sha256,
     );
-    let Measured {
-        at_default,
-        at_chosen,
-        bootstrap,
-        calibration,
-        roc,
-        pr,
-    } = measured;
+    let mut curves = None;
+    let binary_view = binary.map(|(threshold, measured)| {
+        let Measured {
+            at_default,
+            at_chosen,
+            bootstrap,
+            calibration,
+            roc,
+            pr,
+        } = measured;
+        curves = Some((roc, pr));
+        BinaryView {
+            threshold,
+            val_from_checkpoint: scored.val_from_checkpoint,
+            at_default_threshold: at_default,
+            at_chosen_threshold: at_chosen,
+            bootstrap,
+            calibration,
+        }
+    });
     let mut metrics_doc = EvalMetrics {
         format: METRICS_FORMAT.into(),
         format_version: METRICS_FORMAT_VERSION,
@@ -136,30 +226,55 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
         data_dir: absolute(data.dir()),
         manifest_sha256: loaded.manifest_sha256.clone(),
         trained_on_manifest_sha256: cfg.manifest_sha256.clone(),
-        class_names: data.class_names().to_vec(),
+        class_names: names.to_vec(),
         image_size: data.image_size(),
-        threshold: threshold.clone(),
-        val_from_checkpoint: scored.val_from_checkpoint,
-        at_default_threshold: at_default,
-        at_chosen_threshold: at_chosen,
-        bootstrap,
-        calibration,
+        binary: binary_view,
         warnings,
         seconds: 0.0,
+        malignant: if classes.is_binary() {
+            Vec::new()
+        } else {
+            classes.positive_names()
+        },
+        multiclass,
     };
 
     // The outputs, into the staging folder.
     let dir = stage.path();
     let paths = predictions::image_paths(data.manifest(), &scored.preds);
-    plots::draw_metrics(dir, &metrics_doc, &roc, &pr, data.class_names())?;
-    let (fns, fps) = errors::draw_errors(dir, &scored.preds, &paths, &data, opts.split, thr)?;
-    predictions::write(
-        &dir.join(PREDICTIONS_FILE),
-        &scored.preds,
-        &paths,
-        data.class_names(),
-        thr,
-    )?;
+    let threshold = metrics_doc.binary.as_ref().map(|b| b.threshold.clone());
+    let (mut fns, mut fps) = (Vec::new(), Vec::new());
+    if let (Some(view), Some((roc, pr)), Some((_, bin_preds))) =
+        (&metrics_doc.binary, &curves, &binary_preds)
+    {
+        let thr = view.threshold.threshold;
+        if classes.is_binary() {
+            plots::draw_metrics(dir, view, roc, pr, names, &BINARY_FIGURES)?;
+        } else {
+            let group = [GROUP_REST.to_string(), GROUP_MALIGNANT.to_string()];
+            plots::draw_metrics(dir, view, roc, pr, &group, &MALIGNANT_FIGURES)?;
+        }
+        (fns, fps) = errors::draw_errors(dir, bin_preds, &paths, &data, opts.split, thr)?;
+    }
+    match &metrics_doc.multiclass {
+        None => predictions::write(
+            &dir.join(PREDICTIONS_FILE),
+            &scored.preds,
+            &paths,
+            names,
+            threshold.as_ref().map_or(0.5, |t| t.threshold),
+        )?,
+        Some(mc) => {
+            plots::draw_multiclass(dir, mc, &scored.preds.labels, &scored.preds.class_probs)?;
+            predictions::write_multiclass(
+                &dir.join(PREDICTIONS_FILE),
+                &scored.preds,
+                &paths,
+                names,
+                threshold.as_ref().map(|t| t.threshold),
+            )?
+        }
+    }
     let history: Vec<EpochRecord> =
         history::read(&target.run_dir.join(HISTORY_FILE)).unwrap_or_default();
     let curves_png = std::fs::read(target.run_dir.join(CURVES_FILE)).ok();
@@ -182,14 +297,33 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
 
     let out_dir = stage.commit()?;
     // Only a complete evaluation may change the threshold prediction uses.
-    let threshold_file = target.threshold_path();
-    write_json_atomic(&threshold_file, &threshold)?;
+    let threshold_file = match &threshold {
+        Some(t) => {
+            let file = target.threshold_path();
+            write_json_atomic(&file, t)?;
+            Some(file)
+        }
+        None => None,
+    };
     Ok(EvalSummary {
         report: out_dir.join(REPORT_FILE),
         out_dir,
         threshold_file,
         metrics: metrics_doc,
     })
+}
+
+/// `preds` with each label replaced by `1` for a class of the malignant group and `0`
+/// otherwise (`probs` already holds the group's summed probability).
+fn malignant_view(preds: &SplitPredictions, classes: &Classes) -> SplitPredictions {
+    SplitPredictions {
+        labels: preds
+            .labels
+            .iter()
+            .map(|&y| usize::from(classes.is_positive(y)))
+            .collect(),
+        ..preds.clone()
+    }
 }
 
 fn absolute(p: &Path) -> PathBuf {

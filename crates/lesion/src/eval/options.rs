@@ -36,6 +36,10 @@ pub struct EvalOptions {
     pub recompute_val: bool,
     /// Progress bars and stage messages on stderr.
     pub progress: bool,
+    /// N classes: the classes of the malignant group, replacing the run's own (`None`
+    /// keeps the run's). Checked against the run's class names; for two classes it may
+    /// only name the positive class.
+    pub malignant: Option<Vec<String>>,
 }
 
 impl Default for EvalOptions {
@@ -54,6 +58,7 @@ impl Default for EvalOptions {
             force: false,
             recompute_val: false,
             progress: true,
+            malignant: None,
         }
     }
 }

@@ -13,9 +13,9 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::{ErrorCase, EvalMetrics, CALIBRATION_FILE, CONFUSION_FILE, PR_FILE, ROC_FILE};
+use super::{BinaryView, ErrorCase, MulticlassSection, CALIBRATION_FILE, CONFUSION_FILE, ROC_FILE};
 use crate::display;
-use crate::metrics::{BinaryMetrics, Calibration, ConfusionMatrix, PrCurve, RocCurve};
+use crate::metrics::{self, BinaryMetrics, Calibration, ConfusionMatrix, PrCurve, RocCurve};
 use crate::plot::{font_family, render_png, Canvas};
 use crate::Result;
 
@@ -136,15 +136,16 @@ fn chosen_label(threshold: f64) -> String {
     )
 }
 
-/// Draws `roc.png`, `pr.png`, `confusion.png` and `calibration.png` of `m` into `dir`, the
-/// curves from `roc_curve` and `pr_curve`, with the operating points at 0.5 and at the
-/// chosen threshold.
+/// Draws the ROC, PR, confusion and calibration figures of `m` into `dir`, named by
+/// `files` in that order, the curves from `roc_curve` and `pr_curve`, with the operating
+/// points at 0.5 and at the chosen threshold.
 pub(super) fn draw_metrics(
     dir: &Path,
-    m: &EvalMetrics,
+    m: &BinaryView,
     roc_curve: &RocCurve,
     pr_curve: &PrCurve,
     class_names: &[String],
+    files: &[&str; 4],
 ) -> Result<()> {
     let thr = m.threshold.threshold;
     let marks = [
@@ -155,7 +156,7 @@ pub(super) fn draw_metrics(
         roc_curve,
         m.at_default_threshold.roc_auc,
         &marks,
-        &dir.join(ROC_FILE),
+        &dir.join(files[0]),
     )?;
     let prevalence = m.at_default_threshold.n_positive as f64 / m.at_default_threshold.n as f64;
     pr(
@@ -163,7 +164,7 @@ pub(super) fn draw_metrics(
         m.at_default_threshold.average_precision,
         prevalence,
         &marks,
-        &dir.join(PR_FILE),
+        &dir.join(files[1]),
     )?;
     confusion(
         &[
@@ -174,9 +175,9 @@ pub(super) fn draw_metrics(
             (chosen_label(thr), m.at_chosen_threshold.confusion_matrix),
         ],
         class_names,
-        &dir.join(CONFUSION_FILE),
+        &dir.join(files[2]),
     )?;
-    calibration(&m.calibration, &dir.join(CALIBRATION_FILE))
+    calibration(&m.calibration, &dir.join(files[3]))
 }
 
 /// An 800x700 curve chart on `[0, 1] x [0, y_max]`, as ROC and PR draw it: `title`, the
@@ -393,6 +394,24 @@ pub fn confusion(
 /// probability per bin, with the diagonal of perfect calibration, each bin's count, and a
 /// histogram of the counts underneath.
 pub fn calibration(cal: &Calibration, path: &Path) -> Result<()> {
+    calibration_with(
+        cal,
+        (
+            "observed fraction malignant",
+            "predicted probability of malignancy",
+        ),
+        "Reliability diagram",
+        path,
+    )
+}
+
+/// The reliability diagram with the given `(y, x)` axis names and title.
+fn calibration_with(
+    cal: &Calibration,
+    (y_desc, x_desc): (&str, &str),
+    title: &str,
+    path: &Path,
+) -> Result<()> {
     let (w, h) = (800, 800);
     render_png(
         white(w, h),
@@ -403,11 +422,7 @@ pub fn calibration(cal: &Calibration, path: &Path) -> Result<()> {
             let (top, bottom) = root.split_vertically(590);
             let mut chart = ChartBuilder::on(&top)
                 .caption(
-                    format!(
-                        "Reliability diagram (ECE {:.3}, {} bins)",
-                        cal.ece,
-                        cal.bins.len()
-                    ),
+                    format!("{title} (ECE {:.3}, {} bins)", cal.ece, cal.bins.len()),
                     (font, 24),
                 )
                 .margin(16)
@@ -416,7 +431,7 @@ pub fn calibration(cal: &Calibration, path: &Path) -> Result<()> {
                 .build_cartesian_2d(0f64..1f64, 0f64..1.1f64)?;
             chart
                 .configure_mesh()
-                .y_desc("observed fraction malignant")
+                .y_desc(y_desc)
                 .label_style((font, 14))
                 .axis_desc_style((font, 16))
                 .light_line_style(LIGHT_GRID)
@@ -465,7 +480,7 @@ pub fn calibration(cal: &Calibration, path: &Path) -> Result<()> {
                 .y_label_area_size(60)
                 .build_cartesian_2d(0f64..1f64, 0f64..max * 1.15)?;
             hist.configure_mesh()
-                .x_desc("predicted probability of malignancy")
+                .x_desc(x_desc)
                 .y_desc("images")
                 .y_labels(4)
                 .y_label_formatter(&|v| format!("{v:.0}"))
@@ -484,8 +499,206 @@ pub fn calibration(cal: &Calibration, path: &Path) -> Result<()> {
     )
 }
 
+/// Colours of the per-class curves (matplotlib's tab10), cycled.
+const CLASS_COLORS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// Draws the N-class figures into `dir`: `roc.png` (one one-vs-rest curve per class),
+/// `confusion.png` (the N×N matrix) and `calibration.png` (the top class).
+pub(super) fn draw_multiclass(
+    dir: &Path,
+    mc: &MulticlassSection,
+    labels: &[usize],
+    probs: &[Vec<f64>],
+) -> Result<()> {
+    let mut curves = Vec::new();
+    for (k, name) in mc.class_names.iter().enumerate() {
+        let fig = &mc.metrics.per_class[k];
+        if let Some(auc) = fig.roc_auc {
+            let is_k: Vec<usize> = labels.iter().map(|&y| usize::from(y == k)).collect();
+            let p_k: Vec<f64> = probs.iter().map(|r| r[k]).collect();
+            let curve = metrics::roc_curve(&is_k, &p_k, true)?;
+            curves.push((format!("{} (AUC {auc:.3})", ellipsize(name, 24)), curve));
+        }
+    }
+    let title = match mc.metrics.macro_roc_auc {
+        Some(a) => format!("One-vs-rest ROC curves (macro AUC {a:.3})"),
+        None => "One-vs-rest ROC curves".to_string(),
+    };
+    roc_per_class(&curves, &title, &dir.join(ROC_FILE))?;
+    confusion_n(
+        &mc.metrics.confusion_matrix,
+        &mc.metrics.confusion_normalized,
+        &mc.class_names,
+        &dir.join(CONFUSION_FILE),
+    )?;
+    calibration_with(
+        &mc.metrics.top_class_calibration,
+        (
+            "observed accuracy",
+            "confidence (probability of the predicted class)",
+        ),
+        "Top-class reliability",
+        &dir.join(CALIBRATION_FILE),
+    )
+}
+
+/// One ROC curve per class (800x700), each labelled with its AUC in the legend.
+pub fn roc_per_class(curves: &[(String, RocCurve)], title: &str, path: &Path) -> Result<()> {
+    let axes = (
+        "false positive rate (1 - specificity)",
+        "true positive rate (recall)",
+    );
+    curve_png(
+        path,
+        title,
+        axes,
+        1.0,
+        SeriesLabelPosition::LowerRight,
+        |chart| {
+            line(chart, vec![(0.0, 0.0), (1.0, 1.0)], CHANCE, 1, "chance")?;
+            for (k, (label, curve)) in curves.iter().enumerate() {
+                let pts: Vec<(f64, f64)> = curve
+                    .fpr
+                    .iter()
+                    .copied()
+                    .zip(curve.tpr.iter().copied())
+                    .collect();
+                line(
+                    chart,
+                    pts,
+                    CLASS_COLORS[k % CLASS_COLORS.len()],
+                    2,
+                    label.clone(),
+                )?;
+            }
+            Ok(())
+        },
+    )
+}
+
+/// The side of the square N×N confusion matrix's grid, in px.
+const GRID_PX: i32 = 640;
+/// Class names of the N×N confusion matrix are shortened to this many characters.
+const NAME_CHARS: usize = 20;
+/// Size of the class names of the N×N confusion matrix.
+const NAME_PX: u32 = 15;
+
+/// Where the N×N grid starts and its cell size: room on the left for the row names and
+/// above for the column names (written upwards), from the longest name (DejaVu Sans
+/// averages about 0.62 em per character).
+fn confusion_layout(names: &[String]) -> (i32, i32, i32) {
+    let longest = names.iter().map(|n| n.chars().count()).max().unwrap_or(1);
+    let text = (longest as f64 * f64::from(NAME_PX) * 0.62).ceil() as i32;
+    let cell = GRID_PX / names.len().max(1) as i32;
+    ((text + 30).max(80), (text + 70).max(110), cell)
+}
+
+/// The N×N confusion matrix: rows the true class, columns the prediction; each cell is
+/// shaded by its share of the row (`normalized`) and shows its count, with the share
+/// underneath while the cell is large enough. Class names are shortened to fit; column
+/// names are written diagonally.
+pub fn confusion_n(
+    counts: &[Vec<u64>],
+    normalized: &[Vec<f64>],
+    class_names: &[String],
+    path: &Path,
+) -> Result<()> {
+    let n = counts.len().max(1) as i32;
+    let short = |k: usize| {
+        ellipsize(
+            &class_names.get(k).cloned().unwrap_or_else(|| k.to_string()),
+            NAME_CHARS,
+        )
+    };
+    let (x0, y0, cell) = confusion_layout(&(0..n as usize).map(short).collect::<Vec<_>>());
+    let (w, h) = ((x0 + cell * n + 40) as u32, (y0 + cell * n + 50) as u32);
+    // Font sizes scale with the cell: 34 px counts in a 213 px cell (3 classes), 20 px in
+    // an 80 px cell (8 classes).
+    let count_px = (cell as f64 * 0.25).clamp(12.0, 34.0) as u32;
+    let share_px = (cell as f64 * 0.15).clamp(10.0, 15.0) as u32;
+    render_png(
+        white(w, h),
+        (w, h),
+        path,
+        |root: &Canvas<'_>| -> DrawResult {
+            root.draw_text(
+                "Confusion matrix (shading: share of the true class)",
+                &text_style(22, BLACK, HPos::Center, VPos::Top),
+                (w as i32 / 2, 14),
+            )?;
+            root.draw_text(
+                "predicted",
+                &text_style(17, BLACK, HPos::Center, VPos::Top),
+                (x0 + cell * n / 2, y0 + cell * n + 14),
+            )?;
+            root.draw_text(
+                "true",
+                &text_style(17, BLACK, HPos::Right, VPos::Bottom),
+                (x0 - 14, y0 - 6),
+            )?;
+            for t in 0..n as usize {
+                root.draw_text(
+                    &short(t),
+                    &text_style(NAME_PX, BLACK, HPos::Right, VPos::Center),
+                    (x0 - 10, y0 + t as i32 * cell + cell / 2),
+                )?;
+                // Column names run upwards above the grid, so that long names of many
+                // classes do not overlap.
+                root.draw(&Text::new(
+                    short(t),
+                    (x0 + t as i32 * cell + cell / 2, y0 - 8),
+                    TextStyle::from((font_family(), NAME_PX).into_font())
+                        .transform(FontTransform::Rotate270)
+                        .pos(Pos::new(HPos::Left, VPos::Center)),
+                ))?;
+            }
+            for t in 0..n as usize {
+                for p in 0..n as usize {
+                    let share = normalized[t][p];
+                    let (cx, cy) = (x0 + p as i32 * cell, y0 + t as i32 * cell);
+                    root.draw(&Rectangle::new(
+                        [(cx, cy), (cx + cell, cy + cell)],
+                        heat(share).filled(),
+                    ))?;
+                    root.draw(&Rectangle::new(
+                        [(cx, cy), (cx + cell, cy + cell)],
+                        BLACK.stroke_width(1),
+                    ))?;
+                    let ink = if share > 0.55 { WHITE } else { BLACK };
+                    let big = cell >= 60;
+                    let dy = if big { count_px as i32 / 3 } else { 0 };
+                    root.draw_text(
+                        &counts[t][p].to_string(),
+                        &text_style(count_px, ink, HPos::Center, VPos::Center),
+                        (cx + cell / 2, cy + cell / 2 - dy),
+                    )?;
+                    if big {
+                        root.draw_text(
+                            &format!("{:.0}%", share * 100.0),
+                            &text_style(share_px, ink, HPos::Center, VPos::Center),
+                            (cx + cell / 2, cy + cell / 2 + count_px as i32 / 2 + 2),
+                        )?;
+                    }
+                }
+            }
+            Ok(())
+        },
+    )
+}
+
 /// Shortens `s` to at most `max` characters, keeping both ends.
-fn ellipsize(s: &str, max: usize) -> String {
+pub(super) fn ellipsize(s: &str, max: usize) -> String {
     let chars: Vec<char> = s.chars().collect();
     if chars.len() <= max || max < 5 {
         return s.to_string();
@@ -631,5 +844,75 @@ mod tests {
     fn heat_runs_from_white_to_blue() {
         assert_eq!(heat(0.0), RGBColor(247, 251, 255));
         assert_eq!(heat(1.0), RGBColor(8, 69, 148));
+    }
+
+    /// At 8 classes with long names every cell still holds its count, the names are
+    /// shortened, and the figure stays within a screen's width. Set `LESION_PLOT_DIR` to
+    /// keep the PNG for a look.
+    #[test]
+    fn confusion_matrix_reads_at_eight_classes() {
+        let names: Vec<String> = [
+            "actinic keratosis",
+            "basal cell carcinoma",
+            "benign keratosis-like lesions",
+            "dermatofibroma",
+            "melanoma",
+            "melanocytic nevus",
+            "squamous cell carcinoma",
+            "vascular lesion",
+        ]
+        .map(String::from)
+        .to_vec();
+        let counts: Vec<Vec<u64>> = (0..8u64)
+            .map(|t| {
+                (0..8u64)
+                    .map(|p| {
+                        if t == p {
+                            120 + t
+                        } else {
+                            (t * 7 + p * 3) % 11
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let normalized: Vec<Vec<f64>> = counts
+            .iter()
+            .map(|r| {
+                let s: u64 = r.iter().sum();
+                r.iter().map(|&v| v as f64 / s as f64).collect()
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("confusion.png");
+        confusion_n(&counts, &normalized, &names, &path).unwrap();
+        if let Some(keep) = std::env::var_os("LESION_PLOT_DIR") {
+            std::fs::copy(&path, std::path::Path::new(&keep).join("confusion-8.png")).unwrap();
+        }
+        let img = image::open(&path).unwrap().to_rgb8();
+        // "squamous c…carcinoma": 20 characters, 186 px of text.
+        let short: Vec<String> = names.iter().map(|n| ellipsize(n, NAME_CHARS)).collect();
+        let (x0, y0, cell) = confusion_layout(&short);
+        assert_eq!((x0, y0, cell), (216, 256, 80));
+        assert_eq!((img.width(), img.height()), (896, 946));
+        // A diagonal cell is shaded by its share, with its count written in white.
+        let (cx, cy) = (x0 + 3 * cell, y0 + 3 * cell);
+        let px = |x: i32, y: i32| img.get_pixel(x as u32, y as u32).0;
+        assert_eq!(
+            px(cx + 3, cy + 3),
+            [
+                heat(normalized[3][3]).0,
+                heat(normalized[3][3]).1,
+                heat(normalized[3][3]).2
+            ]
+        );
+        let white = (cx..cx + cell)
+            .flat_map(|x| (cy..cy + cell).map(move |y| (x, y)))
+            .filter(|&(x, y)| px(x, y) == [255, 255, 255])
+            .count();
+        assert!(
+            white > 30,
+            "no count written in the cell ({white} white pixels)"
+        );
     }
 }

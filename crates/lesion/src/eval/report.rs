@@ -11,7 +11,11 @@
 //!
 //! Landmarks other tools rely on (the browser test does): `table#metrics` has one
 //! `tr[data-metric]` per figure, named as in `metrics.json`; `#disclaimer` is the
-//! research-use notice.
+//! research-use notice. An N-class page (`templates/report_multiclass.html`, which extends
+//! the two-class page block by block) has `table#per-class` with one `tr[data-class]` per
+//! class whose cells `td[data-metric]` are `recall`, `specificity`, `precision`, `f1` and
+//! `roc_auc`, then `table#confusion` and `table#overall`; where a malignant group exists,
+//! `#malignant-heading` and the two-class page's sections follow.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,8 +23,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use minijinja::{context, AutoEscape, Environment, Output, State, UndefinedBehavior, Value};
 
 use super::{
-    ErrorCase, EvalMetrics, CALIBRATION_FILE, CONFUSION_FILE, ERRORS_FILE, PREDICTIONS_FILE,
-    PR_FILE, REPORT_FILE, ROC_FILE,
+    BinaryView, ErrorCase, EvalMetrics, MulticlassSection, BINARY_FIGURES, CALIBRATION_FILE,
+    CONFUSION_FILE, ERRORS_FILE, MALIGNANT_FIGURES, PREDICTIONS_FILE, REPORT_FILE, ROC_FILE,
 };
 use crate::display;
 use crate::error::IoContext;
@@ -32,10 +36,16 @@ use crate::{Error, Result};
 
 /// The page's template, which imports [`MACROS`] and includes the stylesheet.
 const PAGE: &str = "report.html";
+/// The N-class page: [`PAGE`] with the per-class blocks first.
+const MULTICLASS_PAGE: &str = "report_multiclass.html";
 const MACROS: &str = "macros.html";
 /// Every template, by name (the name's extension sets the escaping: HTML for `.html`).
-const TEMPLATES: [(&str, &str); 3] = [
+const TEMPLATES: [(&str, &str); 4] = [
     (PAGE, include_str!("templates/report.html")),
+    (
+        MULTICLASS_PAGE,
+        include_str!("templates/report_multiclass.html"),
+    ),
     (MACROS, include_str!("templates/macros.html")),
     ("report.css", include_str!("templates/report.css")),
 ];
@@ -200,8 +210,13 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
 /// Renders the page, dated `now` (Unix seconds).
 fn render_at(input: &ReportInput<'_>, now: u64) -> Result<String> {
     let page = page(input, now)?;
+    let name = if input.metrics.multiclass.is_some() {
+        MULTICLASS_PAGE
+    } else {
+        PAGE
+    };
     let env = environment();
-    env.and_then(|env| env.get_template(PAGE)?.render(page))
+    env.and_then(|env| env.get_template(name)?.render(page))
         .map_err(|e| Error::Encode {
             what: REPORT_FILE.into(),
             reason: format!("{e:#}"),
@@ -319,20 +334,40 @@ fn figure_png(dir: &Path, file: &str) -> Result<String> {
 /// The template's context: everything the page shows, formatted.
 fn page(input: &ReportInput<'_>, now: u64) -> Result<Value> {
     let m = input.metrics;
-    let (d, c, t) = (
-        &m.at_default_threshold,
-        &m.at_chosen_threshold,
-        &m.threshold,
-    );
-    let (bd, bc) = match &m.bootstrap {
-        Some(b) => (Some(&b.at_default_threshold), Some(&b.at_chosen_threshold)),
-        None => (None, None),
-    };
+    let common = common_part(input, now);
+    match (&m.multiclass, &m.binary) {
+        (None, Some(b)) => {
+            let benign = m.class_names.first().map_or("benign", String::as_str);
+            let malignant = m.class_names.get(1).map_or("malignant", String::as_str);
+            let binary = binary_part(input, b, &BINARY_FIGURES, (benign, malignant))?;
+            Ok(context! { ..common, ..binary })
+        }
+        (None, None) => Err(Error::Encode {
+            what: REPORT_FILE.into(),
+            reason: "a two-class evaluation without its figures".into(),
+        }),
+        (Some(mc), b) => {
+            let group = m.malignant.join(", ");
+            let mc = multiclass_part(input, mc, &group)?;
+            match b {
+                Some(b) => {
+                    let names = ("not malignant", "malignant");
+                    let binary = binary_part(input, b, &MALIGNANT_FIGURES, names)?;
+                    Ok(context! { ..context! { binary => true }, ..common, ..mc, ..binary })
+                }
+                None => Ok(context! { ..context! { binary => false }, ..common, ..mc }),
+            }
+        }
+    }
+}
+
+/// What every page shows: the run, the split, the training history and configuration.
+fn common_part(input: &ReportInput<'_>, now: u64) -> Value {
+    let m = input.metrics;
     let run_name = m.run_dir.file_name().map_or_else(
         || m.run_dir.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
-    let dir = input.figures_dir;
     let history: Vec<Value> = input
         .history
         .iter()
@@ -349,6 +384,47 @@ fn page(input: &ReportInput<'_>, now: u64) -> Result<Value> {
             }
         })
         .collect();
+    context! {
+        run_name,
+        split => m.split.name(),
+        checkpoint => m
+            .checkpoint
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        epoch => m.checkpoint_epoch,
+        tta => m.tta,
+        image_size => m.image_size,
+        generated => utc(now),
+        version => &m.crate_version,
+        warnings => &m.warnings,
+        curves => input.curves_png.map(base64),
+        history,
+        config => config_rows(input),
+        config_json => serde_json::to_string_pretty(input.run_config).unwrap_or_default(),
+        out_dir => input.out_dir.display().to_string(),
+        predictions_csv => input.out_dir.join(PREDICTIONS_FILE).display().to_string(),
+        input_dir => &input.manifest.options.input,
+    }
+}
+
+/// The malignant-vs-benign figures of `b` (`files`: its ROC, PR, confusion and
+/// calibration PNGs; `(benign, malignant)`: what the two sides are called).
+fn binary_part(
+    input: &ReportInput<'_>,
+    b: &BinaryView,
+    files: &[&str; 4],
+    (benign, malignant): (&str, &str),
+) -> Result<Value> {
+    let (d, c, t) = (
+        &b.at_default_threshold,
+        &b.at_chosen_threshold,
+        &b.threshold,
+    );
+    let (bd, bc) = match &b.bootstrap {
+        Some(b) => (Some(&b.at_default_threshold), Some(&b.at_chosen_threshold)),
+        None => (None, None),
+    };
+    let dir = input.figures_dir;
     let spec_at_sens: Vec<Value> = d
         .specificity_at_sensitivity
         .iter()
@@ -363,23 +439,11 @@ fn page(input: &ReportInput<'_>, now: u64) -> Result<Value> {
         })
         .collect();
     Ok(context! {
-        run_name,
-        split => m.split.name(),
         n => d.n,
         n_negative => d.n_negative,
         n_positive => d.n_positive,
-        benign => m.class_names.first().map_or("benign", String::as_str),
-        malignant => m.class_names.get(1).map_or("malignant", String::as_str),
-        checkpoint => m
-            .checkpoint
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-        epoch => m.checkpoint_epoch,
-        tta => m.tta,
-        image_size => m.image_size,
-        generated => utc(now),
-        version => &m.crate_version,
-        warnings => &m.warnings,
+        benign,
+        malignant,
         d => at_threshold(d),
         c => at_threshold(c),
         ci_d => intervals(bd),
@@ -402,28 +466,107 @@ fn page(input: &ReportInput<'_>, now: u64) -> Result<Value> {
             specificity => format!("{:.3}", y.specificity),
         }),
         figures => context! {
-            confusion => figure_png(dir, CONFUSION_FILE)?,
-            roc => figure_png(dir, ROC_FILE)?,
-            pr => figure_png(dir, PR_FILE)?,
-            calibration => figure_png(dir, CALIBRATION_FILE)?,
+            confusion => figure_png(dir, files[2])?,
+            roc => figure_png(dir, files[0])?,
+            pr => figure_png(dir, files[1])?,
+            calibration => figure_png(dir, files[3])?,
             errors => figure_png(dir, ERRORS_FILE)?,
         },
-        predictions_csv => input.out_dir.join(PREDICTIONS_FILE).display().to_string(),
-        input_dir => &input.manifest.options.input,
         false_negatives => error_rows(input.false_negatives),
         false_positives => error_rows(input.false_positives),
-        curves => input.curves_png.map(base64),
-        history,
-        config => config_rows(input),
-        config_json => serde_json::to_string_pretty(input.run_config).unwrap_or_default(),
-        out_dir => input.out_dir.display().to_string(),
+    })
+}
+
+/// The N-class figures, under `mc` (`group`: the malignant classes, comma-separated).
+fn multiclass_part(input: &ReportInput<'_>, s: &MulticlassSection, group: &str) -> Result<Value> {
+    let x = &s.metrics;
+    let b = s.bootstrap.as_ref();
+    let opt = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), f4);
+    let classes: Vec<Value> = x
+        .per_class
+        .iter()
+        .zip(&s.class_names)
+        .enumerate()
+        .map(|(k, (c, name))| {
+            let ci = b.map(|b| &b.per_class[k]);
+            context! {
+                name,
+                support => c.support,
+                predicted => c.predicted,
+                recall => f4(c.recall),
+                recall_ci => ci_text(ci.and_then(|i| i.recall.as_ref())),
+                specificity => f4(c.specificity),
+                specificity_ci => ci_text(ci.and_then(|i| i.specificity.as_ref())),
+                precision => f4(c.precision),
+                precision_ci => ci_text(ci.map(|i| &i.precision)),
+                f1 => f4(c.f1),
+                f1_ci => ci_text(ci.map(|i| &i.f1)),
+                roc_auc => opt(c.roc_auc),
+                roc_auc_ci => ci_text(ci.and_then(|i| i.roc_auc.as_ref())),
+            }
+        })
+        .collect();
+    let rows: Vec<Value> = x
+        .confusion_matrix
+        .iter()
+        .zip(&x.confusion_normalized)
+        .zip(&s.class_names)
+        .map(|((counts, shares), name)| {
+            let cells: Vec<Value> = counts
+                .iter()
+                .zip(shares)
+                .map(|(n, f)| context! { count => n, share => pct(*f), diagonal => false })
+                .collect();
+            context! { name, cells }
+        })
+        .collect();
+    let top_k: Vec<Value> = x
+        .top_k_accuracy
+        .iter()
+        .map(|t| context! { k => t.k, accuracy => f4(t.accuracy) })
+        .collect();
+    let dir = input.figures_dir;
+    Ok(context! {
+        mc => context! {
+            n => x.n,
+            n_classes => x.n_classes,
+            accuracy => f4(x.accuracy),
+            balanced_accuracy => f4(x.balanced_accuracy),
+            macro_precision => f4(x.macro_precision),
+            macro_recall => f4(x.macro_recall),
+            macro_f1 => f4(x.macro_f1),
+            weighted_f1 => f4(x.weighted_f1),
+            macro_roc_auc => opt(x.macro_roc_auc),
+            weighted_roc_auc => opt(x.weighted_roc_auc),
+            log_loss => f4(x.log_loss),
+            ece => f4(x.top_class_calibration.ece),
+            ci => b.map(|b| context! {
+                accuracy => ci_text(Some(&b.accuracy)),
+                balanced_accuracy => ci_text(Some(&b.balanced_accuracy)),
+                macro_f1 => ci_text(Some(&b.macro_f1)),
+                macro_roc_auc => ci_text(b.macro_roc_auc.as_ref()),
+                resamples => b.n_resamples,
+                seed => b.seed,
+            }),
+            classes,
+            class_names => &s.class_names,
+            confusion => rows,
+            top_k,
+            group => (!group.is_empty()).then_some(group),
+            calibration_bins => CALIBRATION_BINS,
+            figures => context! {
+                roc => figure_png(dir, ROC_FILE)?,
+                confusion => figure_png(dir, CONFUSION_FILE)?,
+                calibration => figure_png(dir, CALIBRATION_FILE)?,
+            },
+        },
     })
 }
 
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::eval::{BootstrapPair, Threshold, ThresholdMethod};
+    use crate::eval::{BootstrapPair, Threshold, ThresholdMethod, PR_FILE};
     use crate::image_io::ResizePolicy;
     use crate::manifest::{Normalization, PrepRecord, SplitCounts};
     use crate::metrics::{self, OperatingPoint};
@@ -530,34 +673,38 @@ pub(super) mod tests {
             trained_on_manifest_sha256: "ef".repeat(32),
             class_names: classes.clone(),
             image_size: 112,
-            threshold: Threshold {
-                threshold: chosen,
-                method: if full {
-                    ThresholdMethod::Sensitivity
-                } else {
-                    ThresholdMethod::Youden
+            binary: Some(BinaryView {
+                threshold: Threshold {
+                    threshold: chosen,
+                    method: if full {
+                        ThresholdMethod::Sensitivity
+                    } else {
+                        ThresholdMethod::Youden
+                    },
+                    target_sensitivity: full.then_some(0.95),
+                    split: Split::Val,
+                    val_sensitivity: 0.951_234,
+                    val_specificity: 0.612_345,
+                    tta: full,
+                    checkpoint: format!("best {NASTY}.safetensors"),
+                    checkpoint_sha256: "ab".repeat(32),
+                    manifest_sha256: "cd".repeat(32),
+                    note: full.then(|| format!("the note {NASTY}")),
                 },
-                target_sensitivity: full.then_some(0.95),
-                split: Split::Val,
-                val_sensitivity: 0.951_234,
-                val_specificity: 0.612_345,
-                tta: full,
-                checkpoint: format!("best {NASTY}.safetensors"),
-                checkpoint_sha256: "ab".repeat(32),
-                manifest_sha256: "cd".repeat(32),
-                note: full.then(|| format!("the note {NASTY}")),
-            },
-            val_from_checkpoint: !full,
-            at_default_threshold: at_default,
-            at_chosen_threshold: at_chosen,
-            bootstrap,
-            calibration: metrics::calibration(&labels, &probs, CALIBRATION_BINS).unwrap(),
+                val_from_checkpoint: !full,
+                at_default_threshold: at_default,
+                at_chosen_threshold: at_chosen,
+                bootstrap,
+                calibration: metrics::calibration(&labels, &probs, CALIBRATION_BINS).unwrap(),
+            }),
             warnings: if full {
                 vec![format!("first warning {NASTY}"), "second warning".into()]
             } else {
                 Vec::new()
             },
             seconds: 12.345,
+            malignant: Vec::new(),
+            multiclass: None,
         };
         let config = RunConfig {
             train: TrainConfig {
@@ -588,6 +735,7 @@ pub(super) mod tests {
             crate_version: "0.9.7".into(),
             classes,
             malignant: Vec::new(),
+            folders: Vec::new(),
             image_size: 112,
             resize: ResizePolicy::Crop,
             views: 1,
@@ -702,7 +850,12 @@ pub(super) mod tests {
     #[test]
     fn tiny_threshold_and_extreme_probabilities_read_meaningfully() {
         let mut f = fixture_at(true, 3.3e-7);
-        f.metrics.at_default_threshold.youden = Some(OperatingPoint {
+        f.metrics
+            .binary
+            .as_mut()
+            .unwrap()
+            .at_default_threshold
+            .youden = Some(OperatingPoint {
             threshold: 1.0 - 4e-6,
             sensitivity: 0.2,
             specificity: 1.0,

@@ -1,11 +1,12 @@
-//! [`EvalSummary`]: what an evaluation returns, and its compact terminal table (the
-//! figures at 0.5 and at the chosen threshold, with intervals, then the warnings and where
-//! the outputs went).
+//! [`EvalSummary`]: what an evaluation returns, and its compact terminal table: for N
+//! classes accuracy, balanced accuracy, macro AUC and one line per class; then, for two
+//! classes or a malignant group, the figures at 0.5 and at the chosen threshold, with
+//! intervals; then the warnings and where the outputs went.
 
 use std::fmt;
 use std::path::PathBuf;
 
-use super::EvalMetrics;
+use super::{BinaryView, EvalMetrics, MulticlassSection};
 use crate::display;
 use crate::metrics::{self, ConfusionMatrix, CALIBRATION_BINS};
 
@@ -14,7 +15,8 @@ use crate::metrics::{self, ConfusionMatrix, CALIBRATION_BINS};
 pub struct EvalSummary {
     pub out_dir: PathBuf,
     pub report: PathBuf,
-    pub threshold_file: PathBuf,
+    /// Where the chosen threshold was saved; `None` for N classes without a malignant group.
+    pub threshold_file: Option<PathBuf>,
     pub metrics: EvalMetrics,
 }
 
@@ -26,30 +28,42 @@ fn with_ci(v: f64, ci: Option<&metrics::ConfidenceInterval>) -> String {
     }
 }
 
-impl fmt::Display for EvalSummary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = &self.metrics;
-        let (d, c) = (&m.at_default_threshold, &m.at_chosen_threshold);
-        let (bd, bc) = match &m.bootstrap {
+/// The malignant-vs-benign table of `b`; `group` names the malignant group (N classes).
+fn binary_table(
+    f: &mut fmt::Formatter<'_>,
+    m: &EvalMetrics,
+    b: &BinaryView,
+    group: Option<&str>,
+) -> fmt::Result {
+    {
+        let (d, c) = (&b.at_default_threshold, &b.at_chosen_threshold);
+        let (bd, bc) = match &b.bootstrap {
             Some(b) => (Some(&b.at_default_threshold), Some(&b.at_chosen_threshold)),
             None => (None, None),
         };
-        writeln!(
-            f,
-            "{} split: {} images ({} benign, {} malignant), TTA {}, checkpoint epoch {}",
-            m.split.name(),
-            d.n,
-            d.n_negative,
-            d.n_positive,
-            if m.tta { "on" } else { "off" },
-            m.checkpoint_epoch
-        )?;
+        match group {
+            None => writeln!(
+                f,
+                "{} split: {} images ({} benign, {} malignant), TTA {}, checkpoint epoch {}",
+                m.split.name(),
+                d.n,
+                d.n_negative,
+                d.n_positive,
+                if m.tta { "on" } else { "off" },
+                m.checkpoint_epoch
+            )?,
+            Some(g) => writeln!(
+                f,
+                "malignant ({g}) vs the rest: {} malignant, {} other",
+                d.n_positive, d.n_negative
+            )?,
+        }
         writeln!(
             f,
             "threshold {} — val sensitivity {:.3}, specificity {:.3}",
-            m.threshold.describe(),
-            m.threshold.val_sensitivity,
-            m.threshold.val_specificity
+            b.threshold.describe(),
+            b.threshold.val_sensitivity,
+            b.threshold.val_specificity
         )?;
         let ci_note = match bd {
             Some(b) => format!("95% CI, {} bootstrap resamples", b.n_resamples),
@@ -130,12 +144,104 @@ impl fmt::Display for EvalSummary {
                 )
             })
             .collect();
-        writeln!(f, "specificity at sensitivity {}", at.join(", "))?;
+        writeln!(f, "specificity at sensitivity {}", at.join(", "))
+    }
+}
+
+/// The N-class lines: overall figures, then one line per class.
+fn multiclass_table(
+    f: &mut fmt::Formatter<'_>,
+    m: &EvalMetrics,
+    mc: &MulticlassSection,
+) -> fmt::Result {
+    let x = &mc.metrics;
+    let b = mc.bootstrap.as_ref();
+    writeln!(
+        f,
+        "{} split: {} images, {} classes, TTA {}, checkpoint epoch {}",
+        m.split.name(),
+        x.n,
+        x.n_classes,
+        if m.tta { "on" } else { "off" },
+        m.checkpoint_epoch
+    )?;
+    match b {
+        Some(b) => writeln!(f, "95% CI, {} bootstrap resamples", b.n_resamples)?,
+        None => writeln!(f, "no intervals (--bootstrap 0)")?,
+    }
+    writeln!(
+        f,
+        "{:<20} {}",
+        "accuracy",
+        with_ci(x.accuracy, b.map(|b| &b.accuracy))
+    )?;
+    writeln!(
+        f,
+        "{:<20} {}",
+        "balanced accuracy",
+        with_ci(x.balanced_accuracy, b.map(|b| &b.balanced_accuracy))
+    )?;
+    let macro_auc = match x.macro_roc_auc {
+        Some(a) => with_ci(a, b.and_then(|b| b.macro_roc_auc.as_ref())),
+        None => "n/a".into(),
+    };
+    writeln!(f, "{:<20} {macro_auc}", "macro ROC AUC")?;
+    writeln!(
+        f,
+        "{:<20} {}",
+        "macro F1",
+        with_ci(x.macro_f1, b.map(|b| &b.macro_f1))
+    )?;
+    writeln!(
+        f,
+        "weighted F1 {:.4}, log loss {:.4}, top-class ECE ({CALIBRATION_BINS} bins) {:.4}",
+        x.weighted_f1, x.log_loss, x.top_class_calibration.ece
+    )?;
+    let width = mc
+        .class_names
+        .iter()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(5)
+        .clamp(5, 24);
+    for (k, (c, name)) in x.per_class.iter().zip(&mc.class_names).enumerate() {
+        let ci = b.map(|b| &b.per_class[k]);
+        let auc = match c.roc_auc {
+            Some(a) => with_ci(a, ci.and_then(|i| i.roc_auc.as_ref())),
+            None => "n/a".into(),
+        };
+        writeln!(
+            f,
+            "{:<width$} n {:<5} recall {:<24} specificity {:.4}, precision {:.4}, F1 {:.4}, \
+             AUC {auc}",
+            super::plots::ellipsize(name, width),
+            c.support,
+            with_ci(c.recall, ci.and_then(|i| i.recall.as_ref())),
+            c.specificity,
+            c.precision,
+            c.f1,
+        )?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for EvalSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.metrics;
+        if let Some(mc) = &m.multiclass {
+            multiclass_table(f, m, mc)?;
+        }
+        if let Some(b) = &m.binary {
+            let group = m.malignant.join(", ");
+            binary_table(f, m, b, m.multiclass.is_some().then_some(group.as_str()))?;
+        }
         for w in &m.warnings {
             writeln!(f, "warning: {w}")?;
         }
         writeln!(f, "outputs:   {}", self.out_dir.display())?;
-        writeln!(f, "threshold: {}", self.threshold_file.display())?;
+        if let Some(t) = &self.threshold_file {
+            writeln!(f, "threshold: {}", t.display())?;
+        }
         write!(f, "report:    {}", self.report.display())
     }
 }
@@ -149,7 +255,7 @@ mod tests {
         EvalSummary {
             out_dir: "run/eval-test".into(),
             report: "run/eval-test/report.html".into(),
-            threshold_file: "run/threshold.json".into(),
+            threshold_file: Some("run/threshold.json".into()),
             metrics: metrics_at(threshold),
         }
         .to_string()

@@ -47,7 +47,7 @@ struct ResampleStats {
 
 /// The RNG of resample `i`: one ChaCha key from `seed`, one stream per resample, so that a
 /// resample's draws depend only on `(seed, i)` and not on how rayon schedules the work.
-fn resample_rng(seed: u64, i: usize) -> ChaCha8Rng {
+pub(super) fn resample_rng(seed: u64, i: usize) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(i as u64);
     rng
@@ -67,7 +67,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
 }
 
-fn interval(
+pub(super) fn interval(
     estimate: f64,
     mut values: Vec<f64>,
     confidence: f64,

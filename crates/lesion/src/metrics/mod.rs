@@ -1,5 +1,6 @@
 //! Binary-classification metrics for benign (label `0`) vs malignant (label `1`, the
-//! positive class), computed from per-image probabilities of malignancy.
+//! positive class), computed from per-image probabilities of malignancy; the N-class
+//! figures are in [`multiclass`].
 //!
 //! Inputs everywhere are `labels: &[usize]` (each `0` or `1`) and `probs: &[f64]` (each in
 //! `[0, 1]`, not NaN), of equal, non-zero length; anything else is
@@ -33,6 +34,7 @@
 mod bootstrap;
 mod calibration;
 mod confusion;
+pub mod multiclass;
 mod numpy;
 mod roc;
 mod threshold;
@@ -49,6 +51,10 @@ pub use calibration::{
     brier_score, calibration, expected_calibration_error, log_loss, Calibration, CalibrationBin,
 };
 pub use confusion::ConfusionMatrix;
+pub use multiclass::{
+    evaluate_multiclass, multiclass_bootstrap, predicted_classes, top_class_calibration,
+    ClassFigures, ClassIntervals, MulticlassBootstrap, MulticlassMetrics, TopK,
+};
 pub use roc::{average_precision, precision_recall_curve, roc_auc, roc_curve, PrCurve, RocCurve};
 pub use threshold::{
     specificity_at_sensitivities, threshold_for_sensitivity, youden, OperatingPoint,

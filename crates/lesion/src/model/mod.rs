@@ -23,6 +23,15 @@
 //! with detached weights and its output is detached, so backward neither reaches nor is
 //! recorded for it.
 //!
+//! Frozen BatchNorm ([`ResNet18::set_freeze_bn`]): the stages before the first trainable one
+//! run in eval mode even when training (running statistics, never updated; Keras's advice
+//! for fine-tuning), image by image, so the frozen prefix is a fixed function of each image.
+//! [`ResNet18::forward_prefix`] computes that prefix alone and [`ResNet18::forward_from`]
+//! continues from its output, which lets training cache the prefix's output per image
+//! (`train::feature_cache`). Stage numbers: 0 stem (input `[b, 3, h, w]`), 1..=4 `layerN`
+//! (input: the previous stage's `[b, c, h', w']`), 5 the head (input: the pooled
+//! `[b, 512]`). With [`Trainable::All`] nothing is frozen and the flag changes nothing.
+//!
 //! Every layer is a small struct with a `forward_mode` method so that an implementation
 //! can be swapped in one place. On CPU with f32 the layers run [`crate::kernels`]:
 //! im2col + gemm convolutions, a fused BatchNorm(+ReLU) with a closed-form backward in train
@@ -87,7 +96,7 @@ impl Trainable {
     }
 
     /// Index of the first trainable stage (0 stem, 1..=4 layers, 5 head).
-    fn first_stage(self) -> usize {
+    pub fn first_stage(self) -> usize {
         match self {
             Trainable::All => 0,
             Trainable::Layer3 => 3,
@@ -160,6 +169,7 @@ pub struct ResNet18 {
     layers: [ResLayer; 4],
     head: Head,
     trainable: Trainable,
+    freeze_bn: bool,
 }
 
 impl ResNet18 {
@@ -178,6 +188,7 @@ impl ResNet18 {
             ],
             head: Head::new(head_dropout, outputs, vb.pp("fc"))?,
             trainable: Trainable::All,
+            freeze_bn: false,
         })
     }
 
@@ -225,18 +236,46 @@ impl ResNet18 {
         self.trainable = trainable;
     }
 
+    /// Whether the frozen stages' BatchNorm runs in eval mode when training.
+    pub fn freeze_bn(&self) -> bool {
+        self.freeze_bn
+    }
+
+    /// With `true`, the stages before the first trainable one (of the `grad` part given to
+    /// [`ResNet18::forward_with`], else [`ResNet18::trainable`]) run in eval mode in train
+    /// mode too: their BatchNorm normalises with the running statistics and never updates
+    /// them. Dropout (in the head, which is never frozen this way) is unaffected.
+    pub fn set_freeze_bn(&mut self, freeze_bn: bool) {
+        self.freeze_bn = freeze_bn;
+    }
+
     /// The full forward pass. `train` selects BatchNorm statistics and dropout; `grad` is the
     /// part whose weights enter the backward graph (`None`: no graph at all, the inference
     /// setting). The frozen prefix's output is detached.
     pub fn forward_with(&self, x: &Tensor, train: bool, grad: Option<Trainable>) -> Result<Tensor> {
-        let (_, c, _, _) = x.dims4()?;
-        if c != 3 {
-            return Err(Error::InvalidOption(format!(
-                "model input must be [batch, 3, height, width], got {:?}",
-                x.dims()
-            )));
-        }
+        self.forward_from(0, x, train, grad)
+    }
+
+    /// The forward pass from stage `stage` on (see the module docs for the stage numbers and
+    /// their inputs), as [`ResNet18::forward_with`] runs it. With frozen BatchNorm the frozen
+    /// stages run as [`ResNet18::forward_prefix`] does, so `forward_from(s,
+    /// &forward_prefix(x, s)?, ..)` gives `forward_with(x, ..)` bit for bit when `s` is the
+    /// first trainable stage.
+    pub fn forward_from(
+        &self,
+        stage: usize,
+        x: &Tensor,
+        train: bool,
+        grad: Option<Trainable>,
+    ) -> Result<Tensor> {
+        check_stage_input(stage, x)?;
         let first = grad.map_or(usize::MAX, Trainable::first_stage);
+        // The frozen stages (never the head) when BatchNorm is frozen.
+        let frozen_until = if self.freeze_bn {
+            grad.unwrap_or(self.trainable).first_stage().min(5)
+        } else {
+            0
+        };
         let mode = |stage: usize| Mode {
             train,
             grad: stage >= first,
@@ -248,12 +287,62 @@ impl ResNet18 {
                 x
             }
         };
-        let mut x = self.stem.forward_mode(x, mode(0))?;
-        for (i, layer) in self.layers.iter().enumerate() {
+        let (mut x, stage) = if stage < frozen_until {
+            (self.frozen_stages(x, stage, frozen_until)?, frozen_until)
+        } else {
+            (x.clone(), stage)
+        };
+        if stage == 0 {
+            x = self.stem.forward_mode(&x, mode(0))?;
+        }
+        for (i, layer) in self.layers.iter().enumerate().skip(stage.max(1) - 1) {
             x = layer.forward_mode(&enter(i + 1, x), mode(i + 1))?;
         }
-        let pooled = x.mean((2, 3))?;
+        let pooled = if stage < 5 { x.mean((2, 3))? } else { x };
         self.head.forward_mode(&enter(5, pooled), mode(5))
+    }
+
+    /// The output of the stages before `stage` (1..=5) in eval mode, without a graph: the
+    /// input [`ResNet18::forward_from`] takes at `stage`. `x` is `[b, 3, h, w]`; the output is
+    /// `[b, 64, h/4, w/4]` (1), `[b, 64, h/4, w/4]` (2), `[b, 128, h/8, w/8]` (3),
+    /// `[b, 256, h/16, w/16]` (4) or `[b, 512]` pooled (5), sizes rounded up per stride.
+    ///
+    /// Each image runs on its own, so that its output does not depend on the rest of the
+    /// batch: on small feature maps the CPU convolution puts several images into one gemm,
+    /// whose blocking (and so its rounding) follows the gemm's size. This is what makes the
+    /// prefix cacheable per image with results identical to computing it in every epoch.
+    pub fn forward_prefix(&self, x: &Tensor, stage: usize) -> Result<Tensor> {
+        if !(1..=5).contains(&stage) {
+            return Err(Error::InvalidOption(format!(
+                "the frozen prefix ends before stage 1..=5, got {stage}"
+            )));
+        }
+        check_stage_input(0, x)?;
+        self.frozen_stages(x, 0, stage)
+    }
+
+    /// Stages `from..to` (`to` <= 5) in eval mode without a graph, image by image (see
+    /// [`ResNet18::forward_prefix`]); `to == 5` ends with the pooling.
+    fn frozen_stages(&self, x: &Tensor, from: usize, to: usize) -> Result<Tensor> {
+        let mode = Mode {
+            train: false,
+            grad: false,
+        };
+        let mut outs = Vec::with_capacity(x.dim(0)?);
+        for i in 0..x.dim(0)? {
+            let mut y = x.narrow(0, i, 1)?.detach();
+            if from == 0 {
+                y = self.stem.forward_mode(&y, mode)?;
+            }
+            for layer in &self.layers[from.max(1) - 1..to.min(5) - 1] {
+                y = layer.forward_mode(&y, mode)?;
+            }
+            if to == 5 && from < 5 {
+                y = y.mean((2, 3))?;
+            }
+            outs.push(y);
+        }
+        Ok(Tensor::cat(&outs, 0)?)
     }
 
     pub fn head(&self) -> &Head {
@@ -289,6 +378,41 @@ impl ModuleT for ResNet18 {
         let grad = train.then_some(self.trainable);
         to_candle(self.forward_with(x, train, grad))
     }
+}
+
+/// The channels a stage's input has (stage 5: the pooled features' width).
+const STAGE_CHANNELS: [usize; 6] = [3, 64, 64, 128, 256, 512];
+
+/// Checks that `x` is what stage `stage` takes: `[b, c, h, w]` with the stage's channels, or
+/// `[b, 512]` for the head.
+fn check_stage_input(stage: usize, x: &Tensor) -> Result<()> {
+    let Some(&c) = STAGE_CHANNELS.get(stage) else {
+        return Err(Error::InvalidOption(format!(
+            "model stages are 0..=5, got {stage}"
+        )));
+    };
+    let ok = match (stage, x.dims()) {
+        (5, [_, w]) => *w == c,
+        (0..=4, [_, ch, _, _]) => *ch == c,
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    let want = if stage == 5 {
+        format!("[batch, {c}]")
+    } else {
+        format!("[batch, {c}, height, width]")
+    };
+    let what = if stage == 0 {
+        "model input".to_string()
+    } else {
+        format!("input of model stage {stage}")
+    };
+    Err(Error::InvalidOption(format!(
+        "{what} must be {want}, got {:?}",
+        x.dims()
+    )))
 }
 
 fn to_candle<T>(r: Result<T>) -> candle_core::Result<T> {

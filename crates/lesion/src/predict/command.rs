@@ -2,6 +2,13 @@
 //! in batches (with a progress bar), writing Grad-CAM heatmaps, and the report with its
 //! table, CSV and JSON renderings.
 //!
+//! A two-class run reports the malignant probability and the label at the threshold (table
+//! `path probability label`, CSV `path,probability,label,threshold,error`). A run with more
+//! classes reports every class's probability, in class order: the table shows the most
+//! probable class and its probability (or the `--top-k` most probable), the CSV has one
+//! `p_<class>` column per class, the JSON an object class → probability; with a malignant
+//! group they add its probability and the decision at the threshold.
+//!
 //! Paths are written as [`fsutil::path_to_string`] does (names that are not UTF-8 escaped,
 //! so that every row can be traced to its file). Heatmaps are never written onto an input
 //! file or inside an input folder, and `force` replaces only PNG files.
@@ -54,6 +61,10 @@ pub struct PredictOptions {
     pub force: bool,
     /// Show a progress bar.
     pub progress: bool,
+    /// The table lists the K most probable classes of each image.
+    pub top_k: Option<usize>,
+    /// The class the heatmaps explain (a class name; default: each image's answer).
+    pub explain_class: Option<String>,
 }
 
 impl PredictOptions {
@@ -68,6 +79,8 @@ impl PredictOptions {
             batch_size: DEFAULT_BATCH_SIZE,
             force: false,
             progress: false,
+            top_k: None,
+            explain_class: None,
         }
     }
 }
@@ -223,6 +236,14 @@ pub struct FileResult {
     pub label: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub malignant: Option<bool>,
+    /// Every class's probability, in class order. Written to JSON for runs with more than
+    /// two classes (a two-class run's malignant probability says it all, and its JSON keeps
+    /// its form).
+    #[serde(skip_serializing_if = "ClassProbabilities::is_binary_or_none")]
+    pub probabilities: Option<ClassProbabilities>,
+    /// The class the heatmap explains (when not the two-class default, the malignant logit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explained: Option<String>,
     /// The Grad-CAM PNG written for it.
     #[serde(
         skip_serializing_if = "Option::is_none",
@@ -232,6 +253,38 @@ pub struct FileResult {
     /// Why it could not be predicted (or its heatmap written).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// Class names and their probabilities, in class order; serialised as a JSON object in
+/// that order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassProbabilities(pub Vec<(String, f64)>);
+
+impl ClassProbabilities {
+    fn is_binary_or_none(p: &Option<Self>) -> bool {
+        p.as_ref().is_none_or(|p| p.0.len() <= 2)
+    }
+
+    /// The `k` most probable classes, most probable first (equal ones in class order).
+    pub fn top_k(&self, k: usize) -> Vec<(&str, f64)> {
+        let mut v: Vec<(usize, &(String, f64))> = self.0.iter().enumerate().collect();
+        v.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1).then(a.0.cmp(&b.0)));
+        v.into_iter()
+            .take(k)
+            .map(|(_, (n, p))| (n.as_str(), *p))
+            .collect()
+    }
+}
+
+impl Serialize for ClassProbabilities {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (name, p) in &self.0 {
+            m.serialize_entry(name, p)?;
+        }
+        m.end()
+    }
 }
 
 fn path_text<S: serde::Serializer>(path: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -255,6 +308,8 @@ impl FileResult {
             probability: None,
             label: None,
             malignant: None,
+            probabilities: None,
+            explained: None,
             heatmap: None,
             error: Some(error),
         }
@@ -269,7 +324,13 @@ impl FileResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct PredictReport {
     pub model_id: String,
-    pub threshold: f64,
+    /// The class names, in label order (written to JSON for more than two classes).
+    #[serde(skip_serializing_if = "two_or_fewer")]
+    pub classes: Vec<String>,
+    /// The decision threshold on the malignant probability; `None` without a malignant
+    /// group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
     pub threshold_source: String,
     pub tta: bool,
     pub resize: ResizePolicy,
@@ -279,9 +340,20 @@ pub struct PredictReport {
     /// Non-image files found in folders.
     pub skipped: Vec<Skipped>,
     pub warnings: Vec<String>,
+    /// The table lists this many most probable classes per image.
+    #[serde(skip)]
+    pub top_k: Option<usize>,
+}
+
+fn two_or_fewer(v: &[String]) -> bool {
+    v.len() <= 2
 }
 
 impl PredictReport {
+    fn is_binary(&self) -> bool {
+        self.classes.len() <= 2
+    }
+
     /// Files that could not be predicted.
     pub fn failures(&self) -> usize {
         self.results.iter().filter(|r| !r.is_ok()).count()
@@ -301,6 +373,105 @@ impl PredictReport {
     }
 
     fn table(&self) -> String {
+        if self.is_binary() && self.top_k.is_none() {
+            return self.binary_table();
+        }
+        self.class_table()
+    }
+
+    /// Table of a run with more classes, or with `--top-k`: the most probable class and its
+    /// probability (or the K most probable as `name probability, ...`), then, with a
+    /// malignant group, its probability and the decision with the answer's class.
+    fn class_table(&self) -> String {
+        let paths: Vec<String> = self
+            .results
+            .iter()
+            .map(|r| fsutil::path_to_string(&r.path))
+            .collect();
+        let width = paths
+            .iter()
+            .map(|p| p.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(4);
+        let p = crate::display::probability;
+        let decision = |r: &FileResult| -> Option<(String, String)> {
+            let prob = r.probability?;
+            let label = r.label.as_deref().unwrap_or("");
+            let text = if self.is_binary() {
+                label.to_string()
+            } else if r.malignant? {
+                format!("malignant ({label})")
+            } else {
+                format!("benign ({label})")
+            };
+            Some((p(prob), text))
+        };
+        // Per file: the classes cell and, with a malignant group, (p(malignant), decision);
+        // `None` for a failed file.
+        type Row = (String, Option<(String, String)>);
+        let cells: Vec<Option<Row>> = self
+            .results
+            .iter()
+            .map(|r| {
+                if r.error.is_some() {
+                    return None;
+                }
+                let probs = r.probabilities.as_ref()?;
+                let classes = match self.top_k {
+                    Some(k) => probs
+                        .top_k(k)
+                        .iter()
+                        .map(|(n, q)| format!("{n} {}", p(*q)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    None => {
+                        let (n, q) = probs.top_k(1)[0];
+                        format!("{:>11}  {n}", p(q))
+                    }
+                };
+                Some((classes, decision(r)))
+            })
+            .collect();
+        let head = match self.top_k {
+            Some(k) => format!("top {k}"),
+            None => format!("{:>11}  class", "probability"),
+        };
+        let class_width = cells
+            .iter()
+            .flatten()
+            .map(|(c, _)| c.chars().count())
+            .chain([head.chars().count()])
+            .max()
+            .unwrap_or(0);
+        let grouped = self.threshold.is_some();
+        let mut s = format!("{:<width$}  ", "path");
+        if grouped {
+            let _ = writeln!(s, "{head:<class_width$}  p(malignant)  decision");
+        } else {
+            let _ = writeln!(s, "{head}");
+        }
+        for ((r, path), cell) in self.results.iter().zip(&paths).zip(&cells) {
+            match cell {
+                Some((classes, Some((prob, text)))) if grouped => {
+                    let _ = writeln!(
+                        s,
+                        "{path:<width$}  {classes:<class_width$}  {prob:>12}  {text}"
+                    );
+                }
+                Some((classes, _)) => {
+                    let _ = writeln!(s, "{path:<width$}  {classes}");
+                }
+                None => {
+                    let e = r.error.as_deref().unwrap_or("no result");
+                    let _ = writeln!(s, "{path:<width$}  error: {e}");
+                }
+            }
+        }
+        s
+    }
+
+    fn binary_table(&self) -> String {
         let paths: Vec<String> = self
             .results
             .iter()
@@ -328,19 +499,24 @@ impl PredictReport {
         s
     }
 
-    /// `path,probability,label,threshold,error`, one row per file: RFC 4180 quoting only
-    /// where a field holds a comma, a quote or a line break (quotes doubled), rows ended by
-    /// `\n`.
+    /// `path,probability,label,threshold,error` for two classes; for more
+    /// `path,label,p_<class>...,error`, with a malignant group
+    /// `path,label,p_<class>...,malignant_probability,threshold,error`; one row per file:
+    /// RFC 4180 quoting only where a field holds a comma, a quote or a line break (quotes
+    /// doubled), rows ended by `\n`.
     fn csv(&self) -> String {
         let mut w = csv::WriterBuilder::new()
             .terminator(csv::Terminator::Any(b'\n'))
             .quote_style(csv::QuoteStyle::Necessary)
             .double_quote(true)
             .from_writer(Vec::new());
+        if !self.is_binary() {
+            return self.class_csv(w);
+        }
         let in_memory = "a CSV row of five fields is written to memory";
         w.write_record(["path", "probability", "label", "threshold", "error"])
             .expect(in_memory);
-        let threshold = self.threshold.to_string();
+        let threshold = self.threshold.map(|t| t.to_string()).unwrap_or_default();
         for r in &self.results {
             let probability = r.probability.map(|p| format!("{p:.6}")).unwrap_or_default();
             w.write_record([
@@ -351,6 +527,36 @@ impl PredictReport {
                 r.error.as_deref().unwrap_or(""),
             ])
             .expect(in_memory);
+        }
+        let bytes = w.into_inner().expect(in_memory);
+        String::from_utf8(bytes).expect("every field is a Rust string")
+    }
+
+    fn class_csv(&self, mut w: csv::Writer<Vec<u8>>) -> String {
+        let in_memory = "a CSV row is written to memory";
+        let mut head = vec!["path".to_string(), "label".to_string()];
+        head.extend(self.classes.iter().map(|c| format!("p_{c}")));
+        if self.threshold.is_some() {
+            head.extend(["malignant_probability".into(), "threshold".into()]);
+        }
+        head.push("error".into());
+        w.write_record(&head).expect(in_memory);
+        let threshold = self.threshold.map(|t| t.to_string());
+        for r in &self.results {
+            let mut row = vec![
+                fsutil::path_to_string(&r.path),
+                r.label.clone().unwrap_or_default(),
+            ];
+            match &r.probabilities {
+                Some(p) => row.extend(p.0.iter().map(|(_, q)| format!("{q:.6}"))),
+                None => row.extend(self.classes.iter().map(|_| String::new())),
+            }
+            if let Some(t) = &threshold {
+                row.push(r.probability.map(|p| format!("{p:.6}")).unwrap_or_default());
+                row.push(t.clone());
+            }
+            row.push(r.error.clone().unwrap_or_default());
+            w.write_record(&row).expect(in_memory);
         }
         let bytes = w.into_inner().expect(in_memory);
         String::from_utf8(bytes).expect("every field is a Rust string")
@@ -371,9 +577,18 @@ pub fn run(opts: &PredictOptions) -> Result<PredictReport> {
             "no input: name image files or folders".into(),
         ));
     }
+    if opts.top_k == Some(0) {
+        return Err(Error::InvalidOption("--top-k must be at least 1".into()));
+    }
     let device = parse_device(&opts.device)?;
     let mut predictor = Predictor::load(&opts.run, &device, opts.threshold)?;
     predictor.set_batch_size(opts.batch_size);
+    let explain_class = opts
+        .explain_class
+        .as_deref()
+        .map(|name| predictor.class_index("--explain-class", name))
+        .transpose()?;
+    let class_names = predictor.class_names().to_vec();
     let tta = opts.tta.unwrap_or_else(|| predictor.default_tta());
     let mut warnings = predictor.warnings().to_vec();
     if let Some(t) = predictor.run_threshold() {
@@ -439,7 +654,7 @@ pub fn run(opts: &PredictOptions) -> Result<PredictReport> {
         }
         let preds = predictor.predict_preprocessed(&inputs_f32, tta)?;
         let cams = match &opts.explain {
-            Some(_) => Some(predictor.cams_preprocessed(&inputs_f32)?),
+            Some(_) => Some(predictor.cams_preprocessed(&inputs_f32, explain_class)?),
             None => None,
         };
         let written: Vec<Option<Result<PathBuf>>> = ok
@@ -455,18 +670,34 @@ pub fn run(opts: &PredictOptions) -> Result<PredictReport> {
                 ))
             })
             .collect();
-        for ((&i, pred), heat) in ok.iter().zip(preds).zip(written) {
+        for (((&i, pred), heat), k) in ok.iter().zip(preds).zip(written).zip(0..) {
             let path = files[i].path.clone();
+            let explained = cams.as_ref().and_then(|c| {
+                let class = c[k].target.class;
+                (class_names.len() > 2 || explain_class.is_some())
+                    .then(|| class_names[class].clone())
+            });
             let mut r = FileResult {
                 path,
-                probability: Some(pred.probability),
+                probability: pred.probability,
                 label: Some(pred.label),
-                malignant: Some(pred.malignant),
+                malignant: pred.malignant,
+                probabilities: Some(ClassProbabilities(
+                    class_names
+                        .iter()
+                        .cloned()
+                        .zip(pred.probabilities)
+                        .collect(),
+                )),
+                explained: None,
                 heatmap: None,
                 error: None,
             };
             match heat {
-                Some(Ok(p)) => r.heatmap = Some(p),
+                Some(Ok(p)) => {
+                    r.heatmap = Some(p);
+                    r.explained = explained;
+                }
                 Some(Err(e)) => r.error = Some(format!("heatmap not written: {e}")),
                 None => {}
             }
@@ -480,6 +711,7 @@ pub fn run(opts: &PredictOptions) -> Result<PredictReport> {
         .collect();
     Ok(PredictReport {
         model_id: predictor.model_id().to_string(),
+        classes: class_names,
         threshold: predictor.threshold(),
         threshold_source: predictor.describe_threshold(),
         tta,
@@ -488,6 +720,7 @@ pub fn run(opts: &PredictOptions) -> Result<PredictReport> {
         results: ordered,
         skipped: inputs.skipped,
         warnings,
+        top_k: opts.top_k,
     })
 }
 
@@ -607,6 +840,11 @@ mod tests {
             probability: Some(probability),
             label: Some(label.into()),
             malignant: Some(label == "Malignant"),
+            probabilities: Some(ClassProbabilities(vec![
+                ("Benign".into(), 1.0 - probability),
+                ("Malignant".into(), probability),
+            ])),
+            explained: None,
             heatmap: None,
             error: None,
         }
@@ -670,7 +908,9 @@ mod tests {
         let name = |b: &[u8]| PathBuf::from(std::ffi::OsStr::from_bytes(b));
         let report = PredictReport {
             model_id: "r@0123456789ab".into(),
-            threshold: 0.5,
+            classes: vec!["Benign".into(), "Malignant".into()],
+            top_k: None,
+            threshold: Some(0.5),
             threshold_source: "0.5000".into(),
             tta: false,
             resize: ResizePolicy::Stretch,
@@ -710,7 +950,9 @@ mod tests {
     fn csv_quotes_commas_quotes_and_line_breaks_only() {
         let report = PredictReport {
             model_id: "r@0123456789ab".into(),
-            threshold: 0.375,
+            classes: vec!["Benign".into(), "Malignant".into()],
+            top_k: None,
+            threshold: Some(0.375),
             threshold_source: "0.3750 (given with --threshold)".into(),
             tta: false,
             resize: ResizePolicy::Stretch,
@@ -742,7 +984,9 @@ mod tests {
     fn table_shows_extreme_probabilities_as_bounds() {
         let report = PredictReport {
             model_id: "r@0123456789ab".into(),
-            threshold: 3.3e-7,
+            classes: vec!["Benign".into(), "Malignant".into()],
+            top_k: None,
+            threshold: Some(3.3e-7),
             threshold_source: "3.3e-7 (given with --threshold)".into(),
             tta: false,
             resize: ResizePolicy::Stretch,
@@ -761,6 +1005,137 @@ mod tests {
              a.jpg     < 0.0001  Benign\n\
              b.jpg       0.4123  Malignant\n\
              c.jpg     > 0.9999  Malignant\n"
+        );
+    }
+
+    fn three(path: &str, p: [f64; 3], label: &str, malignant: Option<bool>) -> FileResult {
+        let names = ["mel", "nev", "sk"];
+        FileResult {
+            path: PathBuf::from(path),
+            probability: malignant.map(|_| p[0]),
+            label: Some(label.into()),
+            malignant,
+            probabilities: Some(ClassProbabilities(
+                names.iter().map(|n| n.to_string()).zip(p).collect(),
+            )),
+            explained: None,
+            heatmap: None,
+            error: None,
+        }
+    }
+
+    fn three_class_report(threshold: Option<f64>, results: Vec<FileResult>) -> PredictReport {
+        PredictReport {
+            model_id: "r@0123456789ab".into(),
+            classes: vec!["mel".into(), "nev".into(), "sk".into()],
+            threshold,
+            threshold_source: "x".into(),
+            tta: false,
+            resize: ResizePolicy::Stretch,
+            device: "cpu".into(),
+            results,
+            skipped: Vec::new(),
+            warnings: Vec::new(),
+            top_k: None,
+        }
+    }
+
+    #[test]
+    fn a_malignant_group_adds_its_probability_and_the_decision() {
+        let mut report = three_class_report(
+            Some(0.25),
+            vec![
+                three("a.jpg", [0.3, 0.6, 0.1], "mel", Some(true)),
+                three("bb.jpg", [0.2, 0.3, 0.5], "sk", Some(false)),
+                FileResult::failed(PathBuf::from("c.jpg"), "cannot read: gone".into()),
+            ],
+        );
+        assert_eq!(
+            report.render(OutputFormat::Table),
+            "path    probability  class  p(malignant)  decision\n\
+             a.jpg        0.6000  nev          0.3000  malignant (mel)\n\
+             bb.jpg       0.5000  sk           0.2000  benign (sk)\n\
+             c.jpg   error: cannot read: gone\n"
+        );
+        assert_eq!(
+            report.render(OutputFormat::Csv),
+            "path,label,p_mel,p_nev,p_sk,malignant_probability,threshold,error\n\
+             a.jpg,mel,0.300000,0.600000,0.100000,0.300000,0.25,\n\
+             bb.jpg,sk,0.200000,0.300000,0.500000,0.200000,0.25,\n\
+             c.jpg,,,,,,0.25,cannot read: gone\n"
+        );
+        let json = report.render(OutputFormat::Json);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["threshold"], 0.25);
+        assert_eq!(v["classes"], serde_json::json!(["mel", "nev", "sk"]));
+        assert_eq!(v["results"][0]["probability"], 0.3);
+        assert_eq!(v["results"][0]["malignant"], true);
+        assert_eq!(v["results"][1]["probabilities"]["sk"], 0.5);
+        // The object keeps class order, not alphabetical order of some other kind.
+        let a = json.find("\"mel\": 0.3").unwrap();
+        let b = json.find("\"nev\": 0.6").unwrap();
+        let c = json.find("\"sk\": 0.1").unwrap();
+        assert!(a < b && b < c, "{json}");
+
+        report.top_k = Some(2);
+        assert_eq!(
+            report.render(OutputFormat::Table),
+            "path    top 2                   p(malignant)  decision\n\
+             a.jpg   nev 0.6000, mel 0.3000        0.3000  malignant (mel)\n\
+             bb.jpg  sk 0.5000, nev 0.3000         0.2000  benign (sk)\n\
+             c.jpg   error: cannot read: gone\n"
+        );
+    }
+
+    #[test]
+    fn without_a_group_only_the_classes_show() {
+        let mut report =
+            three_class_report(None, vec![three("a.jpg", [0.2, 0.2, 0.6], "sk", None)]);
+        assert_eq!(
+            report.render(OutputFormat::Table),
+            "path   probability  class\na.jpg       0.6000  sk\n"
+        );
+        assert_eq!(
+            report.render(OutputFormat::Csv),
+            "path,label,p_mel,p_nev,p_sk,error\na.jpg,sk,0.200000,0.200000,0.600000,\n"
+        );
+        // Equal probabilities rank in class order.
+        report.top_k = Some(3);
+        assert_eq!(
+            report.render(OutputFormat::Table),
+            "path   top 3\na.jpg  sk 0.6000, mel 0.2000, nev 0.2000\n"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&report.render(OutputFormat::Json)).unwrap();
+        assert!(v.get("threshold").is_none());
+        assert!(v["results"][0].get("probability").is_none());
+    }
+
+    /// A two-class run with --top-k lists both classes and keeps its label.
+    #[test]
+    fn two_classes_with_top_k() {
+        let mut report = PredictReport {
+            model_id: "r@0123456789ab".into(),
+            classes: vec!["Benign".into(), "Malignant".into()],
+            threshold: Some(0.5),
+            threshold_source: "0.5000".into(),
+            tta: false,
+            resize: ResizePolicy::Stretch,
+            device: "cpu".into(),
+            results: vec![ok("a.jpg", 0.75, "Malignant")],
+            skipped: Vec::new(),
+            warnings: Vec::new(),
+            top_k: Some(2),
+        };
+        assert_eq!(
+            report.render(OutputFormat::Table),
+            "path   top 2                            p(malignant)  decision\n\
+             a.jpg  Malignant 0.7500, Benign 0.2500        0.7500  Malignant\n"
+        );
+        report.top_k = None;
+        assert_eq!(
+            report.render(OutputFormat::Table),
+            "path   probability  label\na.jpg       0.7500  Malignant\n"
         );
     }
 }

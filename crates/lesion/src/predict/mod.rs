@@ -11,13 +11,19 @@
 //!   `manifest.json`) → CHW → `(x / 255 - mean) / std` with the run's mean/std, giving
 //!   `[3, S, S]` f32 per image and `[b, 3, S, S]` batches;
 //! - the decision threshold that `lesion-eval` chose on the validation split
-//!   (`threshold.json`, checked against the checkpoint's SHA-256) or one given explicitly.
+//!   (`threshold.json`, checked against the checkpoint's SHA-256) or one given explicitly;
+//!   none for a run with more than two classes and no malignant group.
 //!
-//! A [`Prediction`] is the malignant probability `sigmoid(logit)` (f64; with test-time
-//! augmentation the logit is the mean over the image and its horizontal and vertical flips,
-//! as [`crate::infer::eval_logits`]) and the label at the threshold (`probability >=
-//! threshold` is malignant, as in [`crate::eval`]). [`Predictor::explain`] adds a Grad-CAM
-//! heatmap of the malignant logit (see [`crate::gradcam`]).
+//! A [`Prediction`] holds the head's logits (with test-time augmentation the mean over the
+//! image and its horizontal and vertical flips, as [`crate::infer::eval_logits`]), every
+//! class's probability ([`crate::classes::Classes::probabilities`]: two classes `[1 -
+//! sigmoid(logit), sigmoid(logit)]`, more `softmax`, f64) and the most probable class. Where
+//! the run has a malignant group (always for two classes) it adds the group's probability
+//! (two classes: exactly `sigmoid(logit)`) and the decision at the threshold (`probability
+//! >= threshold` is malignant, as in [`crate::eval`]); the label is then the most probable
+//! class of the decided side (two classes: `Malignant` or `Benign`), else the most probable
+//! class. [`Predictor::explain`] adds a Grad-CAM heatmap of the answer's class (two
+//! classes: the malignant logit) or of a class asked for (see [`crate::gradcam`]).
 //!
 //! [`run`] is the whole `lesion-predict` command: files and folders in, one
 //! [`FileResult`] per file out, per-file errors kept beside the successes.
@@ -29,7 +35,7 @@ mod command;
 mod predictor;
 
 pub use command::{
-    collect_inputs, run, FileResult, InputFile, Inputs, OutputFormat, PredictOptions,
-    PredictReport, Skipped,
+    collect_inputs, run, ClassProbabilities, FileResult, InputFile, Inputs, OutputFormat,
+    PredictOptions, PredictReport, Skipped,
 };
 pub use predictor::{Explanation, Prediction, Predictor, DEFAULT_BATCH_SIZE, MALIGNANT};

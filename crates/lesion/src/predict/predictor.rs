@@ -8,10 +8,11 @@ use image::RgbImage;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::classes::Classes;
 use crate::fsutil::sha256_file;
-use crate::gradcam::{self, Cam};
+use crate::gradcam::{self, Cam, CamTarget};
 use crate::image_io::{decode_rgb, resize_square, ResizePolicy, DEFAULT_MAX_PIXELS};
-use crate::infer::{eval_logits, sigmoid};
+use crate::infer::eval_logits;
 use crate::model::ResNet18;
 use crate::run::{checkpoint, Run, RunConfig, Threshold, BEST_FILE};
 use crate::transforms::{normalize_chw, to_chw};
@@ -19,20 +20,59 @@ use crate::{Error, Result};
 
 /// Images per forward pass unless set otherwise.
 pub const DEFAULT_BATCH_SIZE: usize = 32;
-/// Index of the malignant class (the positive label) in a run's class names.
+/// Index of the malignant class (the positive label) in a two-class run's class names.
 pub const MALIGNANT: usize = 1;
 
 /// The model's answer for one image.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Prediction {
-    /// Probability of malignancy, `sigmoid(logit)`.
-    pub probability: f64,
-    /// The malignant logit (mean over the flips with TTA).
-    pub logit: f32,
-    /// `probability >= threshold`.
-    pub malignant: bool,
-    /// The class name the run gives that decision (e.g. `Malignant`).
+    /// The head's outputs (mean over the flips with TTA): one logit for two classes (the
+    /// malignant logit), N for more.
+    pub logits: Vec<f32>,
+    /// Every class's probability, in class order ([`Classes::probabilities`]: two classes
+    /// `[1 - sigmoid(logit), sigmoid(logit)]`, more `softmax(logits)`).
+    pub probabilities: Vec<f64>,
+    /// The most probable class (its label; the first of equal ones).
+    pub top: usize,
+    /// Probability of the malignant group ([`Classes::positive_probability`]: two classes
+    /// exactly `sigmoid(logit)`); `None` for a run without a malignant group.
+    pub probability: Option<f64>,
+    /// `probability >= threshold`; `None` without a malignant group.
+    pub malignant: Option<bool>,
+    /// The class given as the answer: without a malignant group the most probable class;
+    /// with one, the most probable class of the side the threshold decided (for two
+    /// classes: `Malignant` when malignant, else `Benign`), so that it never contradicts
+    /// the decision.
+    pub class: usize,
+    /// The name of [`Self::class`].
     pub label: String,
+}
+
+impl Prediction {
+    /// Probability of the most probable class.
+    pub fn top_probability(&self) -> f64 {
+        self.probabilities[self.top]
+    }
+
+    /// The `k` most probable classes (at most all of them) as `(label, probability)`,
+    /// most probable first, equal ones in class order.
+    pub fn top_k(&self, k: usize) -> Vec<(usize, f64)> {
+        let mut order: Vec<(usize, f64)> = self.probabilities.iter().copied().enumerate().collect();
+        order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        order.truncate(k);
+        order
+    }
+}
+
+/// Label of the largest value (the first of equal ones).
+fn argmax(values: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    best
 }
 
 /// A Grad-CAM explanation of one image.
@@ -44,6 +84,8 @@ pub struct Explanation {
     pub cam: Cam,
     /// The prediction behind it (no TTA: the CAM explains the plain forward pass).
     pub prediction: Prediction,
+    /// The class whose evidence the map shows.
+    pub class: usize,
 }
 
 /// A loaded run, ready to score images. `Send + Sync`; forward passes take `&self`.
@@ -52,9 +94,11 @@ pub struct Predictor {
     model: ResNet18,
     device: Device,
     run: Run,
+    classes: Classes,
     checkpoint_sha256: String,
     resize: ResizePolicy,
-    threshold: f64,
+    /// `None` for a run without a malignant group (no decision to make).
+    threshold: Option<f64>,
     threshold_overridden: bool,
     run_threshold: Option<Threshold>,
     model_id: String,
@@ -75,8 +119,39 @@ impl Predictor {
     pub fn load(run_dir: &Path, device: &Device, threshold_override: Option<f64>) -> Result<Self> {
         let run = Run::open(run_dir)?;
         let best = &run.checkpoint;
+        let classes = run.config.classes()?;
         let checkpoint_sha256 = sha256_file(best)?;
         let mut warnings = Vec::new();
+
+        if classes.positive_group().is_none() {
+            // Nothing to decide: the answer is the most probable class. The run's
+            // threshold.json, if any, only says how its figures were scored (TTA).
+            if threshold_override.is_some() {
+                return Err(Error::InvalidOption(format!(
+                    "--threshold applies to the probability of the malignant classes, and \
+                     the classes of {} ({}) have none; the answer is the most probable class",
+                    run_dir.display(),
+                    classes.names().join(", ")
+                )));
+            }
+            let run_threshold = match run.threshold() {
+                Ok(t) => t.filter(|t| t.checkpoint_sha256 == checkpoint_sha256),
+                Err(e) => {
+                    warnings.push(format!("ignoring the run's threshold file: {e}"));
+                    None
+                }
+            };
+            return Self::finish(
+                run,
+                classes,
+                device,
+                checkpoint_sha256,
+                None,
+                None,
+                run_threshold,
+                warnings,
+            );
+        }
 
         let run_threshold = match run.threshold() {
             Ok(t) => t,
@@ -122,24 +197,49 @@ impl Predictor {
                 t.threshold
             }
         };
+        Self::finish(
+            run,
+            classes,
+            device,
+            checkpoint_sha256,
+            Some(threshold),
+            threshold_override,
+            run_threshold,
+            warnings,
+        )
+    }
 
+    /// Loads the model of an opened run, once the threshold is settled.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        run: Run,
+        classes: Classes,
+        device: &Device,
+        checkpoint_sha256: String,
+        threshold: Option<f64>,
+        threshold_override: Option<f64>,
+        run_threshold: Option<Threshold>,
+        mut warnings: Vec<String>,
+    ) -> Result<Self> {
+        let best = &run.checkpoint;
+        let run_dir = &run.run_dir;
         let (resize, warning) = run.resize_policy();
         warnings.extend(warning);
         let tensors = checkpoint::load_model(best, device)?;
-        let classes = run.config.classes()?;
-        if !classes.is_binary() {
-            return Err(Error::InvalidOption(format!(
-                "{}: prediction with {} classes is not available in this build",
-                run_dir.display(),
-                classes.len()
-            )));
-        }
-        let model =
-            ResNet18::from_tensors(tensors, device, run.config.train.head_dropout as f32, 1)
-                .map_err(|e| Error::BadArtifact {
-                    path: best.clone(),
-                    reason: format!("not a checkpoint of this model: {e}"),
-                })?;
+        let model = ResNet18::from_tensors(
+            tensors,
+            device,
+            run.config.train.head_dropout as f32,
+            classes.outputs(),
+        )
+        .map_err(|e| Error::BadArtifact {
+            path: best.clone(),
+            reason: format!(
+                "not a checkpoint of this model with {} output(s) for the classes {}: {e}",
+                classes.outputs(),
+                classes.names().join(", ")
+            ),
+        })?;
         let name = run_dir
             .canonicalize()
             .ok()
@@ -149,6 +249,7 @@ impl Predictor {
             model,
             device: device.clone(),
             run,
+            classes,
             model_id: format!("{name}@{}", &checkpoint_sha256[..12]),
             checkpoint_sha256,
             resize,
@@ -195,9 +296,15 @@ impl Predictor {
         self.resize
     }
 
-    /// The decision threshold in use.
-    pub fn threshold(&self) -> f64 {
+    /// The decision threshold on the malignant probability in use; `None` for a run
+    /// without a malignant group.
+    pub fn threshold(&self) -> Option<f64> {
         self.threshold
+    }
+
+    /// The run's classes (names in label order, malignant group).
+    pub fn classes(&self) -> &Classes {
+        &self.classes
     }
 
     /// Whether the threshold was given explicitly rather than read from the run.
@@ -211,12 +318,17 @@ impl Predictor {
     }
 
     /// How the threshold in use was chosen, e.g. `0.4123 (Youden's J on val)`.
+    /// For a run without a malignant group: `none (no malignant classes: the answer is the
+    /// most probable class)`.
     pub fn describe_threshold(&self) -> String {
+        let Some(threshold) = self.threshold else {
+            return "none (no malignant classes: the answer is the most probable class)".into();
+        };
         match &self.run_threshold {
             Some(t) if !self.threshold_overridden() => t.describe(),
             _ => format!(
                 "{} (given with --threshold)",
-                crate::display::threshold(self.threshold)
+                crate::display::threshold(threshold)
             ),
         }
     }
@@ -233,7 +345,7 @@ impl Predictor {
     }
 
     pub fn class_names(&self) -> &[String] {
-        &self.run.config.class_names
+        self.classes.names()
     }
 
     /// Largest accepted pixel count of an input image (default [`DEFAULT_MAX_PIXELS`]).
@@ -267,15 +379,43 @@ impl Predictor {
         out
     }
 
-    /// The label of a probability at the threshold in use.
-    pub fn prediction_from_logit(&self, logit: f32) -> Prediction {
-        let probability = sigmoid(f64::from(logit));
-        let malignant = probability >= self.threshold;
+    /// The prediction of one image's head outputs ([`Classes::outputs`] logits) at the
+    /// threshold in use.
+    pub fn prediction_from_logits(&self, logits: &[f32]) -> Prediction {
+        let probabilities = self.classes.probabilities(logits);
+        let top = argmax(&probabilities);
+        let probability = self.classes.positive_probability(&probabilities);
+        let malignant = probability.zip(self.threshold).map(|(p, t)| p >= t);
+        let class = match malignant {
+            None => top,
+            // The most probable class on the decided side (the first of equal ones).
+            Some(m) => (0..probabilities.len())
+                .filter(|&k| self.classes.is_positive(k) == m)
+                .fold(None, |best: Option<usize>, k| match best {
+                    Some(b) if probabilities[b] >= probabilities[k] => Some(b),
+                    _ => Some(k),
+                })
+                .expect("each side of the decision has a class"),
+        };
         Prediction {
+            logits: logits.to_vec(),
+            top,
             probability,
-            logit,
             malignant,
-            label: self.run.config.class_names[usize::from(malignant)].clone(),
+            class,
+            label: self.classes.name(class).to_string(),
+            probabilities,
+        }
+    }
+
+    /// The Grad-CAM target of `class` (see [`CamTarget::of_class`]), or of the class a
+    /// prediction of `logits` answers when `None`; for two classes that default is the
+    /// malignant logit whatever the answer.
+    fn cam_target(&self, class: Option<usize>, logits: &[f32]) -> CamTarget {
+        match class {
+            Some(k) => CamTarget::of_class(&self.classes, k),
+            None if self.classes.is_binary() => CamTarget::of_class(&self.classes, MALIGNANT),
+            None => CamTarget::of_class(&self.classes, self.prediction_from_logits(logits).class),
         }
     }
 
@@ -303,13 +443,18 @@ impl Predictor {
     /// Scores preprocessed images (see [`Predictor::preprocess`]), `batch_size` at a time.
     pub fn predict_preprocessed(&self, inputs: &[Vec<f32>], tta: bool) -> Result<Vec<Prediction>> {
         let mut out = Vec::with_capacity(inputs.len());
+        let outputs = self.classes.outputs();
         for chunk in inputs.chunks(self.batch_size) {
             let x = self.batch_tensor(chunk)?;
             let logits: Vec<f32> = eval_logits(&self.model, &x, tta)?
                 .flatten_all()?
                 .to_dtype(DType::F32)?
                 .to_vec1()?;
-            out.extend(logits.into_iter().map(|l| self.prediction_from_logit(l)));
+            out.extend(
+                logits
+                    .chunks_exact(outputs)
+                    .map(|l| self.prediction_from_logits(l)),
+            );
         }
         Ok(out)
     }
@@ -352,25 +497,53 @@ impl Predictor {
             .collect()
     }
 
-    /// Grad-CAM maps of preprocessed images, `batch_size` at a time.
-    pub fn cams_preprocessed(&self, inputs: &[Vec<f32>]) -> Result<Vec<Cam>> {
+    /// Grad-CAM maps of preprocessed images, `batch_size` at a time, explaining `class`
+    /// or, when `None`, each image's answer (for two classes: the malignant logit, see
+    /// [`crate::gradcam`]).
+    pub fn cams_preprocessed(&self, inputs: &[Vec<f32>], class: Option<usize>) -> Result<Vec<Cam>> {
+        if let Some(k) = class.filter(|&k| k >= self.classes.len()) {
+            return Err(Error::InvalidOption(format!(
+                "class {k} is not a label of the classes {}",
+                self.classes.names().join(", ")
+            )));
+        }
         let mut out = Vec::with_capacity(inputs.len());
         for chunk in inputs.chunks(self.batch_size) {
-            out.extend(gradcam::grad_cam(&self.model, &self.batch_tensor(chunk)?)?);
+            out.extend(gradcam::grad_cam(
+                &self.model,
+                &self.batch_tensor(chunk)?,
+                &|logits: &[f32]| self.cam_target(class, logits),
+            )?);
         }
         Ok(out)
     }
 
-    /// Grad-CAM heatmap of the malignant logit, drawn over `image`.
+    /// The label of a class named on the command line (exact name, else ignoring case),
+    /// or an [`Error::InvalidOption`] naming `option` and the run's classes.
+    pub fn class_index(&self, option: &str, name: &str) -> Result<usize> {
+        self.classes.index(name).ok_or_else(|| {
+            Error::InvalidOption(format!(
+                "{option} `{name}` is not one of the run's classes: {}",
+                self.classes.names().join(", ")
+            ))
+        })
+    }
+
+    /// Grad-CAM heatmap of the image's answer (for two classes, the malignant logit),
+    /// drawn over `image`.
     pub fn explain(&self, image: &RgbImage) -> Result<Explanation> {
-        let mut all = self.explain_images(std::slice::from_ref(image))?;
+        let mut all = self.explain_images(std::slice::from_ref(image), None)?;
         Ok(all.remove(0))
     }
 
-    /// [`Predictor::explain`] for several images, batched.
-    pub fn explain_images(&self, images: &[RgbImage]) -> Result<Vec<Explanation>> {
+    /// [`Predictor::explain`] for several images, batched, explaining `class` when given.
+    pub fn explain_images(
+        &self,
+        images: &[RgbImage],
+        class: Option<usize>,
+    ) -> Result<Vec<Explanation>> {
         let inputs: Vec<Vec<f32>> = images.par_iter().map(|i| self.preprocess(i)).collect();
-        let cams = self.cams_preprocessed(&inputs)?;
+        let cams = self.cams_preprocessed(&inputs, class)?;
         Ok(images
             .par_iter()
             .zip(cams)
@@ -382,7 +555,8 @@ impl Predictor {
     pub fn explanation(&self, image: &RgbImage, cam: Cam) -> Explanation {
         Explanation {
             overlay: gradcam::overlay(image, &cam, self.resize),
-            prediction: self.prediction_from_logit(cam.logit),
+            prediction: self.prediction_from_logits(&cam.logits),
+            class: cam.target.class,
             cam,
         }
     }

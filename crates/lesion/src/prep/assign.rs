@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::discover::Discovery;
-use super::{bad_dataset, PrepOptions, CLASS_NAMES};
+use super::{bad_dataset, PrepOptions};
 use crate::manifest::{DuplicateGroup, ImageEntry, SplitCounts};
 use crate::split::{self, Split};
 use crate::transforms::Augmentation;
@@ -22,7 +22,8 @@ pub(super) fn assign_splits(
     discovery: &Discovery,
     images: &mut [ImageEntry],
 ) -> Result<(Vec<SplitCounts>, Vec<DuplicateGroup>)> {
-    let n_classes = CLASS_NAMES.len();
+    let names = &discovery.classes;
+    let n_classes = names.len();
     let mut per_class = vec![0usize; n_classes];
     for im in images.iter() {
         per_class[im.class as usize] += 1;
@@ -32,12 +33,12 @@ pub(super) fn assign_splits(
             &discovery.class_dirs[k],
             format!(
                 "no usable images in class {} (all files rejected)",
-                CLASS_NAMES[k]
+                names[k]
             ),
         ));
     }
     split::split_counts(&per_class, opts.val, opts.test, opts.seed)
-        .map_err(|e| too_few(opts, e))?;
+        .map_err(|e| too_few(opts, names, e))?;
 
     let labels: Vec<usize> = images.iter().map(|i| i.class as usize).collect();
     let mut first_of: HashMap<&str, usize> = HashMap::new();
@@ -48,7 +49,7 @@ pub(super) fn assign_splits(
         .collect();
     drop(first_of);
     let assignment = split::stratified_split(&labels, &groups, opts.val, opts.test, opts.seed)
-        .map_err(|e| with_dataset_path(e, &opts.input))?;
+        .map_err(|e| with_dataset_path(e, names, &opts.input))?;
     if assignment.len() != images.len() {
         return Err(Error::InvalidOption(format!(
             "split returned {} assignments for {} images",
@@ -77,30 +78,50 @@ pub(super) fn assign_splits(
 }
 
 /// Rewords the split's "class too small" error with the class name and the dataset path.
-fn too_few(opts: &PrepOptions, e: Error) -> Error {
+fn too_few(opts: &PrepOptions, names: &[String], e: Error) -> Error {
     match e {
         Error::BadDataset { reason, .. } => {
-            let mut reason = reason;
-            for (k, name) in CLASS_NAMES.iter().enumerate() {
-                reason = reason.replace(&format!("class {k} "), &format!("class {name} "));
-            }
+            let hint = if names.len() > 2 {
+                "; skip a class's folders with --group FOLDER=- or merge them into another \
+                 class with --group FOLDER=CLASS"
+            } else {
+                ""
+            };
             bad_dataset(
                 &opts.input,
-                format!("too few images for the split fractions: {reason}"),
+                format!(
+                    "too few images for the split fractions: {}{hint}",
+                    name_class(&reason, names)
+                ),
             )
         }
         other => other,
     }
 }
 
-/// The split reports dataset problems without a path; they concern the input folder.
-fn with_dataset_path(e: Error, input: &Path) -> Error {
+/// The split reports dataset problems without a path (they concern the input folder) and
+/// names classes by label.
+fn with_dataset_path(e: Error, names: &[String], input: &Path) -> Error {
     match e {
         Error::BadDataset { path, reason } if path.as_os_str().is_empty() => {
-            bad_dataset(input, reason)
+            bad_dataset(input, name_class(&reason, names))
         }
         other => other,
     }
+}
+
+/// The split's messages start with `class {label}` when they concern one class; this puts
+/// the class's name in its place.
+fn name_class(reason: &str, names: &[String]) -> String {
+    for (k, name) in names.iter().enumerate() {
+        let label = format!("class {k}");
+        if let Some(rest) = reason.strip_prefix(&label) {
+            if rest.starts_with([' ', ':']) {
+                return format!("class {name}{rest}");
+            }
+        }
+    }
+    reason.to_string()
 }
 
 fn duplicate_groups(images: &[ImageEntry], groups: &[usize]) -> Result<Vec<DuplicateGroup>> {

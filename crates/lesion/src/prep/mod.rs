@@ -2,6 +2,18 @@
 //! safetensors shards (see [`crate::shard`]) described by a manifest (see
 //! [`crate::manifest`]).
 //!
+//! Classes: every folder directly inside the input is a class, named as the folder is
+//! written (a folder holding files but no image, such as `meta/`, is ignored with a
+//! warning; an empty one is an error); the names are sorted by their bytes and a class's
+//! position is its label (`u8` in shards, so at most 256). A class mapping (`--classes FILE`, `--group FOLDER=CLASS`,
+//! format in [`mapping`]) files folders under other classes, merging them, or skips them;
+//! folders it does not mention keep their own name. With two classes the positive class
+//! is label 1: `--positive NAME`, else the class named `Malignant` (any case), else the
+//! second name. With more, `--malignant` names the classes of the malignant group. The
+//! manifest records the classes, the malignant group, and with a mapping every folder's
+//! class and counts; with two folders `Benign/` and `Malignant/` and no mapping it is
+//! exactly what it was before classes were configurable.
+//!
 //! Output folder layout:
 //! - `train/shard-v{view}-{k:05}.safetensors`: `views` augmented copies of the train split,
 //!   the same rows in the same order in every view;
@@ -21,7 +33,8 @@
 //! `(seed, source index, view)`.
 //!
 //! The passes, one file each:
-//! - `discover.rs` (pass 0): the class folders and the sorted list of input files;
+//! - `mapping.rs`: the class mapping's format and parser;
+//! - `discover.rs` (pass 0): the folders, the classes and the sorted list of input files;
 //! - `stage.rs` (pass 1): decoding, hashing and resizing into the staging file; rejected
 //!   files and conflicting copies;
 //! - `assign.rs` (pass 2a): splits, counts, duplicate groups, augmentation draws;
@@ -36,6 +49,7 @@
 
 mod assign;
 mod discover;
+pub mod mapping;
 mod shards;
 mod stage;
 
@@ -50,23 +64,21 @@ use crate::error::IoContext;
 use crate::fsutil::{self, OutputKind, StagingDir};
 use crate::image_io::{self, ResizePolicy};
 use crate::manifest::{
-    DuplicateGroup, Manifest, Normalization, PrepRecord, RejectedFile, SplitCounts, MANIFEST_FILE,
-    MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION,
+    DuplicateGroup, FolderClass, ImageEntry, Manifest, Normalization, PrepRecord, RejectedFile,
+    SplitCounts, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION,
 };
 use crate::split::Split;
 use crate::transforms::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::{Error, Result};
 use assign::{assign_splits, draw_augmentations};
-use discover::discover;
+use discover::{discover, ClassChoice};
 use shards::{write_samples, write_shards};
 use stage::{reject_conflicting_copies, stage_images, StagedRows, STAGED_IMAGES};
 
 pub use crate::verify::{verify, VerifyReport};
 pub use assign::augmentation_rng;
+pub use mapping::ClassMap;
 pub use shards::chw_to_image;
-
-/// Class names in label order; class folders are matched to them case-insensitively.
-pub const CLASS_NAMES: [&str; 2] = ["Benign", "Malignant"];
 
 /// File name of the sample grid inside a prepared-dataset folder.
 pub const SAMPLES_FILE: &str = "samples.png";
@@ -110,6 +122,15 @@ pub struct PrepOptions {
     pub threads: Option<usize>,
     /// Draw progress bars on stderr (only when it is a terminal).
     pub progress: bool,
+    /// Class mapping file (`--classes`, format in [`mapping`]); read when prep runs.
+    pub classes_file: Option<PathBuf>,
+    /// `--group FOLDER=CLASS` mappings, after the file's.
+    pub groups: Vec<String>,
+    /// The positive class (label 1) of two; `None`: `Malignant` if present, else the
+    /// second name.
+    pub positive: Option<String>,
+    /// The malignant classes of more than two (names, matched ignoring case).
+    pub malignant: Vec<String>,
 }
 
 impl PrepOptions {
@@ -130,7 +151,24 @@ impl PrepOptions {
             max_pixels: image_io::DEFAULT_MAX_PIXELS,
             threads: None,
             progress: true,
+            classes_file: None,
+            groups: Vec::new(),
+            positive: None,
+            malignant: Vec::new(),
         }
+    }
+
+    /// The class mapping of `--classes` and `--group` (empty without either). Reads the
+    /// file.
+    pub fn class_map(&self) -> Result<ClassMap> {
+        let mut map = match &self.classes_file {
+            Some(path) => ClassMap::parse_file(path)?,
+            None => ClassMap::default(),
+        };
+        for g in &self.groups {
+            map.push_group(g)?;
+        }
+        Ok(map)
     }
 
     /// Checks the options' values and combinations.
@@ -166,6 +204,16 @@ impl PrepOptions {
         if self.max_pixels == 0 {
             return bad("--max-pixels must be at least 1".into());
         }
+        if self.positive.is_some() && !self.malignant.is_empty() {
+            return bad(
+                "--positive (two classes) and --malignant (more than two) exclude each other"
+                    .into(),
+            );
+        }
+        let mut groups = ClassMap::default();
+        for g in &self.groups {
+            groups.push_group(g)?;
+        }
         Ok(())
     }
 
@@ -191,7 +239,12 @@ impl PrepOptions {
 pub struct PrepSummary {
     /// The committed output folder.
     pub out: PathBuf,
+    /// Class names in label order.
     pub classes: Vec<String>,
+    /// The malignant group of more than two classes (empty for two: label 1 is positive).
+    pub malignant: Vec<String>,
+    /// With a class mapping, every input folder's class (`None`: skipped) and counts.
+    pub folders: Vec<FolderClass>,
     pub counts: Vec<SplitCounts>,
     /// Input files examined (accepted + rejected).
     pub files: usize,
@@ -213,6 +266,58 @@ impl PrepSummary {
     }
 }
 
+impl PrepSummary {
+    /// The label of every class, its positive or malignant role, and the grouping.
+    fn fmt_classes(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let binary = self.classes.len() == 2;
+        let labels: Vec<String> = self
+            .classes
+            .iter()
+            .enumerate()
+            .map(|(k, c)| {
+                let role = if binary && k == 1 {
+                    " (positive)"
+                } else if self.malignant.contains(c) {
+                    " (malignant)"
+                } else {
+                    ""
+                };
+                format!("{k} {c}{role}")
+            })
+            .collect();
+        writeln!(f, "classes: {}", labels.join(", "))?;
+        if self.folders.is_empty() {
+            return Ok(());
+        }
+        writeln!(f, "class mapping (folder: images):")?;
+        let width = self
+            .classes
+            .iter()
+            .map(|c| c.chars().count())
+            .max()
+            .unwrap_or(0);
+        for c in &self.classes {
+            let members: Vec<String> = self
+                .folders
+                .iter()
+                .filter(|d| d.class.as_ref() == Some(c))
+                .map(|d| format!("{}/: {}", d.folder, d.images))
+                .collect();
+            writeln!(f, "  {c:<width$} <- {}", members.join(", "))?;
+        }
+        let skipped: Vec<String> = self
+            .folders
+            .iter()
+            .filter(|d| d.class.is_none())
+            .map(|d| format!("{}/", d.folder))
+            .collect();
+        if !skipped.is_empty() {
+            writeln!(f, "  skipped: {} (not read)", skipped.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for PrepSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -223,15 +328,20 @@ impl fmt::Display for PrepSummary {
             self.elapsed.as_secs_f64(),
             self.images_per_second()
         )?;
+        let widths: Vec<usize> = self
+            .classes
+            .iter()
+            .map(|c| c.chars().count().max(10))
+            .collect();
         write!(f, "  {:<6}", "split")?;
-        for c in &self.classes {
-            write!(f, " {c:>10}")?;
+        for (c, &w) in self.classes.iter().zip(&widths) {
+            write!(f, " {c:>w$}")?;
         }
         writeln!(f, " {:>8}", "total")?;
         for c in &self.counts {
             write!(f, "  {:<6}", c.split.name())?;
-            for n in &c.per_class {
-                write!(f, " {n:>10}")?;
+            for (n, &w) in c.per_class.iter().zip(&widths) {
+                write!(f, " {n:>w$}")?;
             }
             write!(f, " {:>8}", c.total)?;
             if c.split == Split::Train && self.views > 1 {
@@ -239,6 +349,7 @@ impl fmt::Display for PrepSummary {
             }
             writeln!(f)?;
         }
+        self.fmt_classes(f)?;
         if self.rejected.is_empty() {
             writeln!(f, "rejected files: none")?;
         } else {
@@ -287,11 +398,22 @@ pub fn run(opts: &PrepOptions) -> Result<PrepSummary> {
 
 fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
     let start = Instant::now();
-    let discovery = discover(&opts.input)?;
+    let map = opts.class_map()?;
+    let choice = ClassChoice {
+        map: &map,
+        positive: opts.positive.as_deref(),
+        malignant: &opts.malignant,
+    };
+    let mut discovery = discover(&opts.input, &choice)?;
     let stage = StagingDir::new(&opts.out, opts.force, OUTPUT_KIND, &[&opts.input])?;
     let staged_path = stage.path().join(STAGED_IMAGES);
     let (images, mut rejected) = stage_images(opts, &discovery.files, &staged_path)?;
     let (mut images, staged_row) = reject_conflicting_copies(opts, images, &mut rejected)?;
+    let folders = if map.is_empty() {
+        Vec::new()
+    } else {
+        count_images(std::mem::take(&mut discovery.folders), &images)
+    };
     let (counts, duplicates) = assign_splits(opts, &discovery, &mut images)?;
     let views = draw_augmentations(opts, &mut images);
 
@@ -299,16 +421,24 @@ fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
         path: &staged_path,
         rows: &staged_row,
     };
-    let (shards, samples) = write_shards(opts, stage.path(), &images, staged_rows, views)?;
+    let n_classes = discovery.classes.len();
+    let (shards, samples) =
+        write_shards(opts, stage.path(), &images, staged_rows, views, n_classes)?;
     fs::remove_file(&staged_path).with_path(&staged_path)?;
-    write_samples(samples, opts.size, &stage.path().join(SAMPLES_FILE))?;
+    write_samples(
+        samples,
+        &discovery.classes,
+        opts.size,
+        &stage.path().join(SAMPLES_FILE),
+    )?;
 
     let manifest = Manifest {
         format: MANIFEST_FORMAT.to_string(),
         format_version: MANIFEST_FORMAT_VERSION,
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
-        classes: CLASS_NAMES.iter().map(|c| c.to_string()).collect(),
-        malignant: Vec::new(),
+        classes: discovery.classes.clone(),
+        malignant: discovery.malignant.clone(),
+        folders: folders.clone(),
         image_size: opts.size,
         resize: opts.resize,
         views,
@@ -332,7 +462,9 @@ fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
     let out = stage.commit()?;
     Ok(PrepSummary {
         out,
-        classes: CLASS_NAMES.iter().map(|c| c.to_string()).collect(),
+        classes: discovery.classes,
+        malignant: discovery.malignant,
+        folders,
         counts,
         files: discovery.files.len(),
         images: n_images,
@@ -343,6 +475,17 @@ fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
         warnings: discovery.warnings,
         elapsed: start.elapsed(),
     })
+}
+
+/// Fills in the accepted images of every folder (an image's path starts with its folder).
+fn count_images(mut folders: Vec<FolderClass>, images: &[ImageEntry]) -> Vec<FolderClass> {
+    for im in images {
+        let top = im.path.split_once('/').map_or(im.path.as_str(), |(t, _)| t);
+        if let Some(f) = folders.iter_mut().find(|f| f.folder == top) {
+            f.images += 1;
+        }
+    }
+    folders
 }
 
 fn bad_dataset(path: &Path, reason: impl Into<String>) -> Error {

@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::stage::{read_row, StagedRows};
-use super::{chunk_len, progress_bar, PrepOptions, CLASS_NAMES};
+use super::{chunk_len, progress_bar, PrepOptions};
 use crate::error::IoContext;
 use crate::manifest::{ImageEntry, ShardEntry};
 use crate::shard::{ShardMeta, ShardWriter};
@@ -32,6 +32,7 @@ pub(super) fn write_shards(
     images: &[ImageEntry],
     staged_rows: StagedRows<'_>,
     views: u32,
+    n_classes: usize,
 ) -> Result<(Vec<ShardEntry>, Samples)> {
     let staged = File::open(staged_rows.path).with_path(staged_rows.path)?;
     let total_rows: usize = images
@@ -52,6 +53,7 @@ pub(super) fn write_shards(
         staged: &staged,
         staged_rows,
         views,
+        n_classes,
         bar: &bar,
     };
     // Hashing and writing a shard is sequential; a dedicated thread does it while the pool
@@ -84,6 +86,7 @@ struct WriteContext<'a> {
     staged: &'a File,
     staged_rows: StagedRows<'a>,
     views: u32,
+    n_classes: usize,
     bar: &'a ProgressBar,
 }
 
@@ -140,7 +143,7 @@ pub(super) type Samples = Vec<Vec<(u32, Vec<u8>)>>;
 fn produce_shards(ctx: &WriteContext<'_>, tx: &SyncSender<WriteJob>) -> Result<Option<Samples>> {
     let opts = ctx.opts;
     let row = 3 * opts.size as usize * opts.size as usize;
-    let mut samples: Samples = vec![Vec::new(); CLASS_NAMES.len()];
+    let mut samples: Samples = vec![Vec::new(); ctx.n_classes];
     for sp in Split::ALL {
         let mut order: Vec<u32> = (0..ctx.images.len() as u32)
             .filter(|&i| ctx.images[i as usize].split == sp)
@@ -229,8 +232,14 @@ fn order_rng(seed: u64, split: Split) -> ChaCha8Rng {
     ChaCha8Rng::from_seed(key)
 }
 
-/// Writes the preview grid of the training samples, labelled with class and source index.
-pub(super) fn write_samples(samples: Samples, size: u32, path: &Path) -> Result<()> {
+/// Writes the preview grid of the training samples (a row per class), labelled with class
+/// and source index.
+pub(super) fn write_samples(
+    samples: Samples,
+    classes: &[String],
+    size: u32,
+    path: &Path,
+) -> Result<()> {
     let grid: Vec<(RgbImage, String)> = samples
         .into_iter()
         .enumerate()
@@ -238,7 +247,7 @@ pub(super) fn write_samples(samples: Samples, size: u32, path: &Path) -> Result<
             v.into_iter().map(move |(i, chw)| {
                 (
                     chw_to_image(&chw, size),
-                    format!("{} (label {k}, #{i})", CLASS_NAMES[k]),
+                    format!("{} (label {k}, #{i})", classes[k]),
                 )
             })
         })

@@ -265,6 +265,16 @@ pub struct TrainConfig {
     /// epochs`); `None`: none for `cosine`, `pct_start` 0.3 for `onecycle`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_epochs: Option<usize>,
+
+    // Frozen BatchNorm and the feature cache (see `model::ResNet18::set_freeze_bn` and
+    // `train::feature_cache`).
+    /// Run the frozen stages' BatchNorm in eval mode while training (their running
+    /// statistics stay those of the initial weights), which makes the frozen prefix a fixed
+    /// function of each stored image, so its output is cached in `<run>/cache/` and later
+    /// epochs run only the trainable stages. Does nothing with `trainable = all` (nothing is
+    /// frozen). Off by default, and then absent from `config.json`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub freeze_bn: bool,
 }
 
 impl Default for TrainConfig {
@@ -302,6 +312,7 @@ impl TrainConfig {
             label_smoothing: r.label_smoothing,
             schedule: r.schedule,
             warmup_epochs: r.warmup_epochs,
+            freeze_bn: false,
         }
     }
 
@@ -579,6 +590,20 @@ mod tests {
         ] {
             assert!(bad.to_string().contains(err), "{bad}");
         }
+    }
+
+    #[test]
+    fn freeze_bn_is_recorded_only_when_set() {
+        let json = serde_json::to_value(config(None)).unwrap();
+        assert!(json["train"].get("freeze_bn").is_none(), "{json}");
+        let back: RunConfig = serde_json::from_value(json).unwrap();
+        assert!(!back.train.freeze_bn);
+        let mut cfg = config(None);
+        cfg.train.freeze_bn = true;
+        let json = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(json["train"]["freeze_bn"], true);
+        let back: RunConfig = serde_json::from_value(json).unwrap();
+        assert!(back.train.freeze_bn);
     }
 
     #[test]

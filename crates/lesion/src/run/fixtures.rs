@@ -9,9 +9,12 @@ use candle_nn::VarMap;
 use super::checkpoint::{self, TrainState};
 use super::threshold::{Threshold, ThresholdMethod};
 use super::{read_config, write_config, RunConfig, TrainConfig, BEST_FILE, THRESHOLD_FILE};
+use crate::classes::Classes;
 use crate::fsutil::{sha256_file, write_json_atomic};
 use crate::image_io::ResizePolicy;
+use crate::manifest::{Manifest, SplitCounts};
 use crate::model::{self, ResNet18};
+use crate::shard::{write_shard, Shard, ShardMeta};
 use crate::split::Split;
 use crate::{Error, Result};
 
@@ -27,12 +30,27 @@ pub fn write_untrained_run(
     seed: u64,
     threshold: Option<f64>,
 ) -> Result<PathBuf> {
+    let names = ["Benign".to_string(), "Malignant".to_string()];
+    write_untrained_run_with(dir, image_size, seed, threshold, &names, &[])
+}
+
+/// [`write_untrained_run`] for the classes `names` (label order) with the malignant group
+/// `malignant` (N > 2 only): the head has one output for two classes, N for more.
+pub fn write_untrained_run_with(
+    dir: &Path,
+    image_size: usize,
+    seed: u64,
+    threshold: Option<f64>,
+    names: &[String],
+    malignant: &[String],
+) -> Result<PathBuf> {
+    let classes = Classes::new(names.to_vec(), malignant)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let varmap = VarMap::new();
     ResNet18::new(
         candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
         0.25,
-        1,
+        classes.outputs(),
     )?;
     model::init_seeded(&varmap, seed)?;
     let tensors = model::snapshot(&varmap)?;
@@ -47,8 +65,8 @@ pub fn write_untrained_run(
     let config = RunConfig {
         train,
         manifest_sha256: "0".repeat(64),
-        class_names: vec!["Benign".into(), "Malignant".into()],
-        malignant: Vec::new(),
+        class_names: names.to_vec(),
+        malignant: classes.malignant_record(),
         image_size,
         resize: Some(ResizePolicy::Stretch),
         mean: crate::transforms::IMAGENET_MEAN,
@@ -86,4 +104,53 @@ pub fn forget_resize_policy(dir: &Path) -> Result<()> {
     let mut config = read_config(dir)?;
     config.resize = None;
     write_config(dir, &config)
+}
+
+/// Turns the prepared dataset `dir` into one of the classes `names` (label order) with the
+/// malignant group `malignant`: image `i` of the manifest gets class `i % names.len()`, in
+/// the manifest and in every shard (rewritten, with their hashes). The pixels keep the
+/// classes prep gave them, so the labels mean nothing; for tests of N-class evaluation
+/// before prep writes such datasets itself.
+pub fn relabel_prepared(dir: &Path, names: &[String], malignant: &[String]) -> Result<()> {
+    Classes::new(names.to_vec(), malignant)?;
+    let mut manifest = Manifest::load(dir)?;
+    let n = names.len();
+    let label = |i: u32| (i as usize % n) as u8;
+    for (i, image) in manifest.images.iter_mut().enumerate() {
+        image.class = label(i as u32);
+    }
+    for entry in &mut manifest.shards {
+        let path = dir.join(&entry.file);
+        let (meta, images, source): (ShardMeta, Vec<u8>, Vec<u32>) = {
+            let shard = Shard::open(&path)?;
+            (
+                *shard.meta(),
+                shard.images().to_vec(),
+                shard.source_index().to_vec(),
+            )
+        };
+        let labels: Vec<u8> = source.iter().map(|&i| label(i)).collect();
+        let info = write_shard(&path, meta, &images, &labels, &source)?;
+        entry.sha256 = info.sha256;
+        entry.bytes = info.bytes;
+    }
+    let counts: Vec<SplitCounts> = manifest
+        .counts
+        .iter()
+        .map(|c| {
+            let mut per_class = vec![0; n];
+            for image in manifest.images.iter().filter(|e| e.split == c.split) {
+                per_class[image.class as usize] += 1;
+            }
+            SplitCounts {
+                split: c.split,
+                total: per_class.iter().sum(),
+                per_class,
+            }
+        })
+        .collect();
+    manifest.counts = counts;
+    manifest.classes = names.to_vec();
+    manifest.malignant = malignant.to_vec();
+    manifest.save(dir)
 }

@@ -14,6 +14,7 @@
 //! learning-rate schedule of every group ([`crate::optim::LrSchedule`]), the
 //! `val_balanced_acc` monitor ([`monitor`]); and named sets of defaults ([`Recipe`]).
 
+pub mod feature_cache;
 pub mod monitor;
 mod session;
 

@@ -26,6 +26,7 @@ use crate::run::{
     MIN_IMAGE_SIZE,
 };
 use crate::split::Split;
+use crate::train::feature_cache::{FeatureCache, TrainBatches};
 use crate::weights::{self, WeightsSource};
 use crate::{metrics, run, Error, Result};
 
@@ -459,6 +460,7 @@ struct Session {
     state: TrainState,
     history: Vec<EpochRecord>,
     progress: bool,
+    cache: Option<FeatureCache>,
 }
 
 impl Session {
@@ -477,6 +479,8 @@ impl Session {
             classes.outputs(),
         )?;
         model.set_trainable(cfg.trainable);
+        model.set_freeze_bn(cfg.freeze_bn);
+        let cache = FeatureCache::for_run(&cfg);
         let opt = build_optimizer(&varmap, &cfg)?;
         let weights = class_weights(&cfg, &data)?;
         if let Some(w) = &weights {
@@ -510,6 +514,7 @@ impl Session {
             state,
             history: Vec::new(),
             progress,
+            cache,
         })
     }
 
@@ -579,6 +584,9 @@ impl Session {
                 );
             }
         }
+        if let Some(cache) = &self.cache {
+            cache.remove();
+        }
         Ok(TrainSummary {
             run_dir: out,
             monitor: self.cfg.monitor,
@@ -606,11 +614,15 @@ impl Session {
             .with_sampler(self.cfg.sampler);
         let steps_per_epoch = n_train.div_ceil(self.cfg.batch_size);
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
-        for (step, batch) in self
-            .data
-            .loader(Split::Train, opts, &self.device)?
-            .enumerate()
-        {
+        let batches = TrainBatches::new(
+            self.cache.as_mut(),
+            &self.data,
+            &self.model,
+            &self.varmap,
+            opts,
+            &self.device,
+        )?;
+        for (step, batch) in batches.enumerate() {
             let batch = batch?;
             if let Some(schedule) = self.schedule {
                 self.schedule_lrs(&schedule, epoch * steps_per_epoch + step)?;
@@ -621,9 +633,12 @@ impl Session {
             if batch.len() < 2 && step > 0 {
                 continue;
             }
-            let logits = self
-                .model
-                .forward_with(&batch.images, true, Some(self.cfg.trainable))?;
+            let logits = self.model.forward_from(
+                batch.stage,
+                &batch.input,
+                true,
+                Some(self.cfg.trainable),
+            )?;
             let loss = self.loss.forward(&logits, &batch.label_u8)?;
             let loss_value = loss.to_scalar::<f32>()?;
             if !loss_value.is_finite() {
@@ -716,13 +731,26 @@ impl Session {
     }
 
     /// Eval-mode predictions on the validation split from a detached view of the weights.
-    fn validate(&self) -> Result<SplitPredictions> {
-        let eval_model = ResNet18::from_tensors(
+    fn validate(&mut self) -> Result<SplitPredictions> {
+        let mut eval_model = ResNet18::from_tensors(
             self.model_tensors(),
             &self.device,
             self.cfg.head_dropout as f32,
             self.classes.outputs(),
         )?;
+        // Frozen BatchNorm runs the frozen stages image by image, as the feature cache does.
+        eval_model.set_trainable(self.cfg.trainable);
+        eval_model.set_freeze_bn(self.cfg.freeze_bn);
+        if let Some(cache) = self.cache.as_mut() {
+            return cache.predict_val(
+                &self.data,
+                &self.model,
+                &eval_model,
+                &self.varmap,
+                &self.classes,
+                &self.device,
+            );
+        }
         let pb = self.bar(self.data.len(Split::Val) as u64, "validation".into());
         let preds = predict_split(
             &eval_model,
