@@ -62,7 +62,8 @@ pub struct Cli {
     recompute_val: bool,
     /// N classes: the classes whose summed probability is the probability of malignancy,
     /// replacing the run's own group (comma-separated class names, e.g. `mel,bcc`). Adds the
-    /// malignant-vs-rest view with a threshold chosen on validation.
+    /// malignant-vs-rest view with a threshold chosen on validation; `--malignant ''`
+    /// evaluates without a group.
     #[arg(long, value_name = "CLASS,CLASS", value_delimiter = ',')]
     malignant: Option<Vec<String>>,
     /// No progress bars or stage messages (the result table is still printed).
@@ -112,7 +113,11 @@ impl Cli {
             force: self.force,
             recompute_val: self.recompute_val,
             progress: !self.quiet,
-            malignant: self.malignant.clone(),
+            // `--malignant ''` is the empty group.
+            malignant: self
+                .malignant
+                .as_ref()
+                .map(|names| names.iter().filter(|n| !n.is_empty()).cloned().collect()),
         })
     }
 }
@@ -160,6 +165,8 @@ mod tests {
             o.malignant,
             Some(vec!["mel".to_string(), "bcc".to_string()])
         );
+        let none = parse(&["--malignant", ""]).options().unwrap();
+        assert_eq!(none.malignant, Some(Vec::new()));
     }
 
     #[test]

@@ -228,9 +228,36 @@ impl<T> IoContext<T> for std::io::Result<T> {
     }
 }
 
+/// `a`, `a or b`, `a, b or c`: the names an option accepts, for its error message.
+pub(crate) fn one_of(names: &[&str]) -> String {
+    match names.split_last() {
+        Some((last, [])) => (*last).to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn option_names_are_listed_as_a_sentence() {
+        assert_eq!(one_of(&["a"]), "a");
+        assert_eq!(one_of(&["a", "b"]), "a or b");
+        assert_eq!(one_of(&["a", "b", "c"]), "a, b or c");
+        let err = "nope".parse::<crate::run::Monitor>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid option: unknown monitor `nope`; expected val_acc, val_loss, val_auc or \
+             val_balanced_acc"
+        );
+        assert_eq!(err.exit_code(), 2);
+        assert_eq!(
+            crate::run::Monitor::ValBalancedAcc.to_string(),
+            "val_balanced_acc"
+        );
+    }
     use std::io::ErrorKind;
 
     fn io(kind: ErrorKind) -> Error {

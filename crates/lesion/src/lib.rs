@@ -11,7 +11,7 @@
 //! | data | [`classes`], [`image_io`], [`transforms`], [`split`], [`synth`] | class names, head width and class probabilities; decoding and resizing; the notebook's augmentations and normalisation; the stratified split; the synthetic dataset |
 //! | prepared folder | [`manifest`], [`shard`], [`verify`] | `manifest.json`, the shard files of a prepared dataset, and checking them against each other |
 //! | model | [`device`], [`ops`], [`loss`], [`model`], [`optim`], [`weights`] | device choice; tensor ops PyTorch has and candle lacks; the training loss; ResNet-18 and its head; Adam; pretrained weights (Hub or file) |
-//! | figures | [`metrics`], [`plot`] | binary metrics checked against scikit-learn; PNG grids and curves |
+//! | figures | [`metrics`], [`plot`] | binary and N-class metrics checked against scikit-learn; PNG grids and curves |
 //! | data in batches | [`loader`], [`infer`], [`gradcam`] | batches from shards; batched inference over a split; Grad-CAM |
 //! | run folder | [`run`] | `config.json`, checkpoints, `history.csv`, `threshold.json`: the run's layout, written by `train`, read by `eval` and `predict` |
 //! | stages | [`prep`], [`train`], [`eval`], [`predict`] | one module per binary (`lesion-serve` builds on [`predict`]) |
@@ -23,6 +23,35 @@
 //! - labels are class indices into the dataset's class list (two classes: `1` is the
 //!   positive class, `Malignant` for the notebook's folders; see [`classes`]);
 //! - every artifact is written atomically (see [`fsutil`]).
+
+/// `FromStr` and `Display` of an option's enum from one table of its variants' names: an
+/// unknown name is an [`Error::InvalidOption`] listing the known ones
+/// (`unknown sampler `x`; expected shuffle or balanced`).
+macro_rules! option_names {
+    ($ty:ty, $what:literal, { $($variant:path => $name:literal),+ $(,)? }) => {
+        impl std::str::FromStr for $ty {
+            type Err = $crate::Error;
+            fn from_str(s: &str) -> $crate::Result<Self> {
+                match s {
+                    $($name => Ok($variant),)+
+                    _ => Err($crate::Error::InvalidOption(format!(
+                        "unknown {} `{s}`; expected {}",
+                        $what,
+                        $crate::error::one_of(&[$($name),+])
+                    ))),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(match self {
+                    $($variant => $name,)+
+                })
+            }
+        }
+    };
+}
 
 pub mod alloc;
 pub mod display;

@@ -255,27 +255,10 @@ pub enum Sampler {
     Balanced,
 }
 
-impl std::str::FromStr for Sampler {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "shuffle" => Ok(Sampler::Shuffle),
-            "balanced" => Ok(Sampler::Balanced),
-            _ => Err(Error::InvalidOption(format!(
-                "unknown sampler `{s}`; expected shuffle or balanced"
-            ))),
-        }
-    }
-}
-
-impl std::fmt::Display for Sampler {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Sampler::Shuffle => "shuffle",
-            Sampler::Balanced => "balanced",
-        })
-    }
-}
+option_names!(Sampler, "sampler", {
+    Sampler::Shuffle => "shuffle",
+    Sampler::Balanced => "balanced",
+});
 
 /// How one pass over a split is ordered and cut into batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

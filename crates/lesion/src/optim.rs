@@ -319,29 +319,11 @@ pub enum Schedule {
     OneCycle,
 }
 
-impl std::str::FromStr for Schedule {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "constant" => Ok(Schedule::Constant),
-            "cosine" => Ok(Schedule::Cosine),
-            "onecycle" => Ok(Schedule::OneCycle),
-            _ => Err(Error::InvalidOption(format!(
-                "unknown schedule `{s}`; expected constant, cosine or onecycle"
-            ))),
-        }
-    }
-}
-
-impl std::fmt::Display for Schedule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Schedule::Constant => "constant",
-            Schedule::Cosine => "cosine",
-            Schedule::OneCycle => "onecycle",
-        })
-    }
-}
+option_names!(Schedule, "schedule", {
+    Schedule::Constant => "constant",
+    Schedule::Cosine => "cosine",
+    Schedule::OneCycle => "onecycle",
+});
 
 /// The learning rate of every optimizer step of a run, per step (not per epoch): step `k`
 /// (0-based, counted over the whole run, `epoch * steps_per_epoch + batch`) uses

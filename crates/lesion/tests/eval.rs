@@ -1003,6 +1003,19 @@ fn the_malignant_group_can_be_replaced_or_dropped_at_evaluation() {
     let b = bin(&s.metrics);
     let n_nv = s.metrics.multiclass.as_ref().unwrap().metrics.per_class[2].support;
     assert_eq!(b.at_default_threshold.n_positive, n_nv);
+    // Prediction sums the run's group (bcc, mel): a threshold chosen for nv is not its.
+    assert!(s.threshold_file.is_none());
+    assert!(!run.join("threshold.json").exists());
+
+    // The run's own group: its threshold is saved for prediction.
+    let s = eval::run(&EvalOptions {
+        bootstrap: 0,
+        force: true,
+        malignant: Some(vec!["mel".into(), "bcc".into()]),
+        ..options(&run, &data)
+    })
+    .unwrap();
+    assert_eq!(s.threshold_file, Some(run.join("threshold.json")));
     assert!(run.join("threshold.json").is_file());
 
     // A name that is not a class: refused before anything is written (exit code 2).

@@ -1,7 +1,6 @@
 //! Three diagnoses of ISIC 2017 (../shared/data/isic2017-256, folders built from its
 //! labels.csv by scripts/isic_classes.py) through every stage: prep -> train -> eval ->
-//! predict -> serve, at 112 px, two epochs from random initialisation with balanced class
-//! weights (so that the predictions are not all the majority class). The evaluation's
+//! predict -> serve, at 112 px, two epochs from random initialisation. The evaluation's
 //! per-class figures are checked against scikit-learn computed from its own predictions.csv
 //! (scripts/check_multiclass_metrics.py; needs python3 with numpy and scikit-learn,
 //! `LESION_TEST_PYTHON` names another interpreter).
@@ -17,7 +16,6 @@ use lesion::predict::Predictor;
 use lesion::prep::{self, PrepOptions};
 use lesion::run::{Monitor, TrainConfig};
 use lesion::train;
-use lesion::train::ClassWeights;
 
 const CLASSES: [&str; 3] = ["melanoma", "nevus", "seborrheic_keratosis"];
 
@@ -70,7 +68,6 @@ fn three_diagnoses_go_through_every_stage_and_match_scikit_learn() {
         epochs: 2,
         batch_size: 32,
         monitor: Monitor::ValAuc,
-        class_weights: ClassWeights::Balanced,
         weights: "none".into(),
         device: "cpu".into(),
         ..TrainConfig::default()

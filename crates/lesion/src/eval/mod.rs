@@ -243,6 +243,11 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     let dir = stage.path();
     let paths = predictions::image_paths(data.manifest(), &scored.preds);
     let threshold = metrics_doc.binary.as_ref().map(|b| b.threshold.clone());
+    // Prediction applies threshold.json to the run's own malignant group: a threshold chosen
+    // for another group (`--malignant`) stays in this evaluation's metrics.json only.
+    let threshold_path = target.threshold_path();
+    let saved_threshold =
+        (threshold.is_some() && *classes == cfg.classes()?).then_some(threshold_path.as_path());
     let (mut fns, mut fps) = (Vec::new(), Vec::new());
     if let (Some(view), Some((roc, pr)), Some((_, bin_preds))) =
         (&metrics_doc.binary, &curves, &binary_preds)
@@ -289,7 +294,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
         false_negatives: &fns,
         false_positives: &fps,
         out_dir: &out_dir,
-        threshold_file: &target.threshold_path(),
+        threshold_file: saved_threshold,
     };
     let html = report::render(&report_ctx)?;
     write_atomic(dir.join(REPORT_FILE), html.as_bytes())?;
@@ -297,13 +302,12 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
 
     let out_dir = stage.commit()?;
     // Only a complete evaluation may change the threshold prediction uses.
-    let threshold_file = match &threshold {
-        Some(t) => {
-            let file = target.threshold_path();
-            write_json_atomic(&file, t)?;
-            Some(file)
+    let threshold_file = match (&threshold, saved_threshold) {
+        (Some(t), Some(file)) => {
+            write_json_atomic(file, t)?;
+            Some(file.to_path_buf())
         }
-        None => None,
+        _ => None,
     };
     Ok(EvalSummary {
         report: out_dir.join(REPORT_FILE),

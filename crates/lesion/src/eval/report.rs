@@ -86,7 +86,9 @@ pub struct ReportInput<'a> {
     pub false_positives: &'a [ErrorCase],
     /// The final output folder (for the paths the page names).
     pub out_dir: &'a Path,
-    pub threshold_file: &'a Path,
+    /// Where the threshold is saved for prediction; `None` when it is not (a `--malignant`
+    /// group other than the run's).
+    pub threshold_file: Option<&'a Path>,
 }
 
 const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -456,7 +458,7 @@ fn binary_part(
             val_sensitivity => format!("{:.3}", t.val_sensitivity),
             val_specificity => format!("{:.3}", t.val_specificity),
             tta => t.tta,
-            file => input.threshold_file.display().to_string(),
+            file => input.threshold_file.map(|f| f.display().to_string()),
             note => &t.note,
         },
         spec_at_sens,
@@ -619,7 +621,7 @@ pub(super) mod tests {
                 false_negatives: if full { &self.false_negatives } else { &[] },
                 false_positives: if full { &self.false_positives } else { &[] },
                 out_dir: &self.out_dir,
-                threshold_file: &self.threshold_file,
+                threshold_file: Some(&self.threshold_file),
             }
         }
     }

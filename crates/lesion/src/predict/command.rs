@@ -383,17 +383,7 @@ impl PredictReport {
     /// probability (or the K most probable as `name probability, ...`), then, with a
     /// malignant group, its probability and the decision with the answer's class.
     fn class_table(&self) -> String {
-        let paths: Vec<String> = self
-            .results
-            .iter()
-            .map(|r| fsutil::path_to_string(&r.path))
-            .collect();
-        let width = paths
-            .iter()
-            .map(|p| p.chars().count())
-            .max()
-            .unwrap_or(0)
-            .max(4);
+        let (paths, width) = self.path_column();
         let p = crate::display::probability;
         let decision = |r: &FileResult| -> Option<(String, String)> {
             let prob = r.probability?;
@@ -471,7 +461,8 @@ impl PredictReport {
         s
     }
 
-    fn binary_table(&self) -> String {
+    /// Each result's path as printed, and the width of the column that holds them.
+    fn path_column(&self) -> (Vec<String>, usize) {
         let paths: Vec<String> = self
             .results
             .iter()
@@ -483,6 +474,11 @@ impl PredictReport {
             .max()
             .unwrap_or(0)
             .max(4);
+        (paths, width)
+    }
+
+    fn binary_table(&self) -> String {
+        let (paths, width) = self.path_column();
         let mut s = format!("{:<width$}  {:>11}  label\n", "path", "probability");
         for (r, p) in self.results.iter().zip(&paths) {
             match (&r.error, r.probability, &r.label) {

@@ -3,9 +3,7 @@
 //! expects, so that a run can be resumed, audited and used for prediction without its
 //! prepared data.
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -51,31 +49,12 @@ impl Monitor {
     }
 }
 
-impl FromStr for Monitor {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "val_acc" => Ok(Monitor::ValAcc),
-            "val_loss" => Ok(Monitor::ValLoss),
-            "val_auc" => Ok(Monitor::ValAuc),
-            "val_balanced_acc" => Ok(Monitor::ValBalancedAcc),
-            _ => Err(Error::InvalidOption(format!(
-                "unknown monitor `{s}`; expected val_acc, val_loss, val_auc or val_balanced_acc"
-            ))),
-        }
-    }
-}
-
-impl fmt::Display for Monitor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Monitor::ValAcc => "val_acc",
-            Monitor::ValLoss => "val_loss",
-            Monitor::ValAuc => "val_auc",
-            Monitor::ValBalancedAcc => "val_balanced_acc",
-        })
-    }
-}
+option_names!(Monitor, "monitor", {
+    Monitor::ValAcc => "val_acc",
+    Monitor::ValLoss => "val_loss",
+    Monitor::ValAuc => "val_auc",
+    Monitor::ValBalancedAcc => "val_balanced_acc",
+});
 
 /// Per-class weights of the training loss (`--class-weights`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -89,27 +68,10 @@ pub enum ClassWeights {
     Balanced,
 }
 
-impl FromStr for ClassWeights {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "none" => Ok(ClassWeights::None),
-            "balanced" => Ok(ClassWeights::Balanced),
-            _ => Err(Error::InvalidOption(format!(
-                "unknown class weights `{s}`; expected none or balanced"
-            ))),
-        }
-    }
-}
-
-impl fmt::Display for ClassWeights {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ClassWeights::None => "none",
-            ClassWeights::Balanced => "balanced",
-        })
-    }
-}
+option_names!(ClassWeights, "class weights", {
+    ClassWeights::None => "none",
+    ClassWeights::Balanced => "balanced",
+});
 
 /// A named set of training defaults (`--recipe`); options given explicitly override it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -178,27 +140,10 @@ impl Recipe {
     }
 }
 
-impl FromStr for Recipe {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "notebook" => Ok(Recipe::Notebook),
-            "recommended" => Ok(Recipe::Recommended),
-            _ => Err(Error::InvalidOption(format!(
-                "unknown recipe `{s}`; expected notebook or recommended"
-            ))),
-        }
-    }
-}
-
-impl fmt::Display for Recipe {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Recipe::Notebook => "notebook",
-            Recipe::Recommended => "recommended",
-        })
-    }
-}
+option_names!(Recipe, "recipe", {
+    Recipe::Notebook => "notebook",
+    Recipe::Recommended => "recommended",
+});
 
 /// Whether `v` is its type's default: the imbalance options are left out of `config.json`
 /// then, so that a run with the notebook's options writes a `config.json` (which
