@@ -12,6 +12,23 @@
 
 use candle_core::Tensor;
 
+/// `targets` in `logits`' shape and dtype: the binary losses take `[b]` or `[b, 1]` targets
+/// for `[b, 1]` logits.
+fn targets_like(logits: &Tensor, targets: &Tensor, op: &str) -> candle_core::Result<Tensor> {
+    let targets = if targets.dims() == logits.dims() {
+        targets.clone()
+    } else if targets.elem_count() == logits.elem_count() {
+        targets.reshape(logits.shape())?
+    } else {
+        candle_core::bail!(
+            "{op}: targets {:?} do not match logits {:?}",
+            targets.shape(),
+            logits.shape()
+        )
+    };
+    targets.to_dtype(logits.dtype())
+}
+
 /// Mean binary cross-entropy with logits, as PyTorch's `BCEWithLogitsLoss()`.
 ///
 /// `logits` is `[b, 1]` (any shape works); `targets` holds the same number of elements
@@ -20,18 +37,7 @@ use candle_core::Tensor;
 /// `exp(-|x|) <= 1`. The gradient is `(sigmoid(x) - t) / n`, also at `x = 0` (candle's
 /// `relu` and `abs` both take the `x >= 0` branch there, which adds up correctly).
 pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
-    let targets = if targets.dims() == logits.dims() {
-        targets.clone()
-    } else if targets.elem_count() == logits.elem_count() {
-        targets.reshape(logits.shape())?
-    } else {
-        candle_core::bail!(
-            "bce_with_logits: targets {:?} do not match logits {:?}",
-            targets.shape(),
-            logits.shape()
-        )
-    };
-    let targets = targets.to_dtype(logits.dtype())?;
+    let targets = targets_like(logits, targets, "bce_with_logits")?;
     let softplus_tail = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?;
     let per_item = ((logits.relu()? - (logits * &targets)?)? + softplus_tail)?;
     per_item.mean_all()
@@ -55,18 +61,7 @@ pub fn bce_with_logits_pos_weight(
             "bce_with_logits_pos_weight: pos_weight must be positive, got {pos_weight}"
         )
     }
-    let targets = if targets.dims() == logits.dims() {
-        targets.clone()
-    } else if targets.elem_count() == logits.elem_count() {
-        targets.reshape(logits.shape())?
-    } else {
-        candle_core::bail!(
-            "bce_with_logits_pos_weight: targets {:?} do not match logits {:?}",
-            targets.shape(),
-            logits.shape()
-        )
-    };
-    let targets = targets.to_dtype(logits.dtype())?;
+    let targets = targets_like(logits, targets, "bce_with_logits_pos_weight")?;
     // relu(x) - x rather than relu(-x): at x = 0 candle's relu and abs both take the
     // x >= 0 branch, and only this pairing gives softplus(-x)' = -1/2 there.
     let softplus_tail = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?;
