@@ -294,6 +294,20 @@ fn heat(f: f64) -> RGBColor {
 
 /// Confusion matrices side by side (560x520 each): rows are the true class, columns the
 /// prediction; each cell shows its count and its share of the row, shaded by that share.
+/// One cell of a confusion heat map at `(x, y)`, `cell` pixels square: filled with
+/// [`heat`]`(share)` and outlined; returns the ink its text needs to stand out.
+fn heat_cell<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    (x, y): (i32, i32),
+    cell: i32,
+    share: f64,
+) -> std::result::Result<RGBColor, DrawingAreaErrorKind<DB::ErrorType>> {
+    let square = [(x, y), (x + cell, y + cell)];
+    area.draw(&Rectangle::new(square, heat(share).filled()))?;
+    area.draw(&Rectangle::new(square, BLACK.stroke_width(1)))?;
+    Ok(if share > 0.55 { WHITE } else { BLACK })
+}
+
 pub fn confusion(
     mats: &[(String, ConfusionMatrix)],
     class_names: &[String],
@@ -351,15 +365,7 @@ pub fn confusion(
                             0.0
                         };
                         let (cx, cy) = (x0 + p as i32 * cell, y0 + t as i32 * cell);
-                        area.draw(&Rectangle::new(
-                            [(cx, cy), (cx + cell, cy + cell)],
-                            heat(share).filled(),
-                        ))?;
-                        area.draw(&Rectangle::new(
-                            [(cx, cy), (cx + cell, cy + cell)],
-                            BLACK.stroke_width(1),
-                        ))?;
-                        let ink = if share > 0.55 { WHITE } else { BLACK };
+                        let ink = heat_cell(area, (cx, cy), cell, share)?;
                         area.draw_text(
                             tags[t][p],
                             &text_style(14, ink, HPos::Left, VPos::Top),
@@ -667,15 +673,7 @@ pub fn confusion_n(
                 for p in 0..n as usize {
                     let share = normalized[t][p];
                     let (cx, cy) = (x0 + p as i32 * cell, y0 + t as i32 * cell);
-                    root.draw(&Rectangle::new(
-                        [(cx, cy), (cx + cell, cy + cell)],
-                        heat(share).filled(),
-                    ))?;
-                    root.draw(&Rectangle::new(
-                        [(cx, cy), (cx + cell, cy + cell)],
-                        BLACK.stroke_width(1),
-                    ))?;
-                    let ink = if share > 0.55 { WHITE } else { BLACK };
+                    let ink = heat_cell(root, (cx, cy), cell, share)?;
                     let big = cell >= 60;
                     let dy = if big { count_px as i32 / 3 } else { 0 };
                     root.draw_text(
