@@ -50,19 +50,7 @@ pub fn png(class: usize, index: usize) -> Vec<u8> {
 /// (`benign_00.jpg`, `benign_01.png`, ...: even indices JPEG, odd PNG; 64-128 px per side).
 pub fn write_photos(root: &Path, per_class: usize) -> PathBuf {
     for (class, dir) in lesion::synth::CLASS_DIRS.iter().enumerate() {
-        let folder = root.join(dir);
-        fs::create_dir_all(&folder).unwrap();
-        for i in 0..per_class {
-            let (w, h) = (64 + (i as u32 * 23) % 65, 64 + (i as u32 * 41) % 65);
-            let img = photo(class, i, w, h);
-            let (format, ext) = if i % 2 == 0 {
-                (ImageFormat::Jpeg, "jpg")
-            } else {
-                (ImageFormat::Png, "png")
-            };
-            let name = format!("{}_{i:02}.{ext}", dir.to_ascii_lowercase());
-            fs::write(folder.join(name), encode(&img, format)).unwrap();
-        }
+        write_folder(root, dir, class, per_class, &dir.to_ascii_lowercase());
     }
     root.to_path_buf()
 }
@@ -73,24 +61,29 @@ pub fn write_photos(root: &Path, per_class: usize) -> PathBuf {
 /// alike; any number of folders, for multi-class inputs.
 pub fn write_class_photos(root: &Path, folders: &[(&str, usize)]) -> PathBuf {
     for (class, &(dir, n)) in folders.iter().enumerate() {
-        let folder = root.join(dir);
-        fs::create_dir_all(&folder).unwrap();
-        for i in 0..n {
-            let (w, h) = (64 + (i as u32 * 23) % 65, 64 + (i as u32 * 41) % 65);
-            let img = photo(class, i, w, h);
-            let (format, ext) = if i % 2 == 0 {
-                (ImageFormat::Jpeg, "jpg")
-            } else {
-                (ImageFormat::Png, "png")
-            };
-            fs::write(
-                folder.join(format!("{dir}_{i:02}.{ext}")),
-                encode(&img, format),
-            )
-            .unwrap();
-        }
+        write_folder(root, dir, class, n, dir);
     }
     root.to_path_buf()
+}
+
+/// `n` photos of `lesion::synth` class `class` in `root/<dir>/`, named `<stem>_NN.jpg|png`.
+fn write_folder(root: &Path, dir: &str, class: usize, n: usize, stem: &str) {
+    let folder = root.join(dir);
+    fs::create_dir_all(&folder).unwrap();
+    for i in 0..n {
+        let (w, h) = (64 + (i as u32 * 23) % 65, 64 + (i as u32 * 41) % 65);
+        let img = photo(class, i, w, h);
+        let (format, ext) = if i % 2 == 0 {
+            (ImageFormat::Jpeg, "jpg")
+        } else {
+            (ImageFormat::Png, "png")
+        };
+        fs::write(
+            folder.join(format!("{stem}_{i:02}.{ext}")),
+            encode(&img, format),
+        )
+        .unwrap();
+    }
 }
 
 /// The prep options of the test datasets: [`IMAGE_SIZE`] px, shards of 4 rows, quiet.
