@@ -13,7 +13,9 @@
 #   TRAIN_ARGS []  extra lesion-train options for every run (e.g. "--weights none --epochs 10")
 #   LESION_BIN [target/release]  folder of the binaries
 # Every run is evaluated on the test split; the threshold of binary runs is chosen on
-# validation by lesion-eval. Re-running skips runs whose evaluation exists.
+# validation by lesion-eval. Re-running skips runs whose evaluation exists. Recipes alternate
+# within each seed so that other load on the machine falls on both alike; train-seconds.txt
+# records each run's wall and CPU seconds (user + system, from /usr/bin/time).
 set -euo pipefail
 
 if [[ $# -ne 2 ]]; then
@@ -50,16 +52,16 @@ prepared() {
 evals=()
 for task in "${tasks[@]}"; do
   data=$(prepared "$task")
-  for recipe in "${recipes[@]}"; do
-    for seed in "${seeds[@]}"; do
+  for seed in "${seeds[@]}"; do
+    for recipe in "${recipes[@]}"; do
       run=$out/runs/$task-$recipe-seed$seed
       if [[ ! -f $run/eval-test/metrics.json ]]; then
         echo "==> $task $recipe seed $seed" >&2
-        start=$(date +%s.%N)
-        "$bin/lesion-train" --data "$data" --out "$run" --recipe "$recipe" --seed "$seed" \
+        /usr/bin/time -f '%e %U %S' -o "$out/time.tmp" \
+          "$bin/lesion-train" --data "$data" --out "$run" --recipe "$recipe" --seed "$seed" \
           --force -q "${train_args[@]}"
-        end=$(date +%s.%N)
-        echo "$(cd "$run" && pwd) $(echo "$end - $start" | bc)" >>"$times"
+        read -r wall user sys <"$out/time.tmp"
+        echo "$(cd "$run" && pwd) $wall $(echo "$user + $sys" | bc)" >>"$times"
         "$bin/lesion-eval" --run "$run" --data "$data" --force -q >/dev/null
       fi
       evals+=("$run/eval-test")

@@ -12,13 +12,14 @@ images, seeded), computed from predictions.csv:
 - N classes: balanced accuracy of the most probable class, macro one-vs-rest AUC of the
   `p_<class>` columns (scikit-learn's roc_auc_score(multi_class="ovr", average="macro")).
 Then, per task and recipe, the mean and range over seeds. `--times FILE` reads lines
-`<run dir> <seconds>` (training wall time) and adds a column.
+`<run dir> <wall seconds> [<CPU seconds>]` (training time) and adds columns.
 
 Standard library only.
 """
 
 import csv
 import json
+import math
 import random
 import statistics
 import sys
@@ -100,6 +101,22 @@ def interval(rows, classes, resamples, seed):
     return pct(bal), pct(aucs)
 
 
+def read_times_line(line):
+    """`<run> <wall> <cpu>` from scripts/recipe_compare.sh; older files have no CPU column."""
+    parts = line.split()
+    try:
+        wall, cpu = float(parts[-2]), float(parts[-1])
+        run = parts[:-2]
+    except (ValueError, IndexError):
+        wall, cpu = float(parts[-1]), math.nan
+        run = parts[:-1]
+    return {str(Path(" ".join(run)).resolve()): (wall, cpu)}
+
+
+def fmt(secs):
+    return "" if math.isnan(secs) else f"{secs:.0f}"
+
+
 def main(argv):
     resamples, seed, times = 2000, 0, {}
     dirs = []
@@ -111,16 +128,15 @@ def main(argv):
             seed = int(next(it))
         elif a == "--times":
             for line in Path(next(it)).read_text().splitlines():
-                run, secs = line.rsplit(maxsplit=1)
-                times[str(Path(run).resolve())] = float(secs)
+                times.update(read_times_line(line))
         else:
             dirs.append(Path(a))
     if not dirs:
         print(__doc__, file=sys.stderr)
         return 2
     results = []
-    print("| task | recipe | seed | epoch kept | balanced acc [95% CI] | AUC [95% CI] | train s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| task | recipe | seed | epoch kept | balanced acc [95% CI] | AUC [95% CI] | train wall s | train CPU s |")
+    print("|---|---|---|---|---|---|---|---|")
     for d in dirs:
         run = d.parent
         cfg = json.loads((run / "config.json").read_text())
@@ -131,29 +147,30 @@ def main(argv):
         rows = read_rows(d / "predictions.csv", classes)
         b, a = figures(rows, classes)
         (bl, bh), (al, ah) = interval(rows, classes, resamples, seed)
-        secs = times.get(str(run.resolve()))
+        secs = times.get(str(run.resolve()), (float("nan"), float("nan")))
         results.append((task, recipe, b, a, secs))
         print(
             f"| {task} | {recipe} | {cfg['train']['seed']} | {metrics.get('checkpoint_epoch', '?')} "
             f"| {b:.3f} [{bl:.3f}, {bh:.3f}] | {a:.3f} [{al:.3f}, {ah:.3f}] "
-            f"| {'' if secs is None else f'{secs:.0f}'} |"
+            f"| {fmt(secs[0])} | {fmt(secs[1])} |"
         )
     print()
-    print("| task | recipe | runs | balanced acc mean (min-max) | AUC mean (min-max) | train s mean |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| task | recipe | runs | balanced acc mean (min-max) | AUC mean (min-max) "
+        "| train wall s mean | train CPU s mean |"
+    )
+    print("|---|---|---|---|---|---|---|")
     groups = {}
     for task, recipe, b, a, secs in results:
         groups.setdefault((task, recipe), []).append((b, a, secs))
     for (task, recipe), xs in sorted(groups.items()):
         bs = [x[0] for x in xs]
         As = [x[1] for x in xs]
-        ss = [x[2] for x in xs if x[2] is not None]
+        wall = statistics.mean(x[2][0] for x in xs)
+        cpu = statistics.mean(x[2][1] for x in xs)
         print(
             f"| {task} | {recipe} | {len(xs)} | {statistics.mean(bs):.3f} ({min(bs):.3f}-{max(bs):.3f}) "
-            f"| {statistics.mean(As):.3f} ({min(As):.3f}-{max(As):.3f}) "
-            f"| {statistics.mean(ss):.0f} |" if ss else
-            f"| {task} | {recipe} | {len(xs)} | {statistics.mean(bs):.3f} ({min(bs):.3f}-{max(bs):.3f}) "
-            f"| {statistics.mean(As):.3f} ({min(As):.3f}-{max(As):.3f}) | |"
+            f"| {statistics.mean(As):.3f} ({min(As):.3f}-{max(As):.3f}) | {fmt(wall)} | {fmt(cpu)} |"
         )
     return 0
 

@@ -129,6 +129,14 @@ fn run_folder_resume_and_overwrite_protection() {
     assert_eq!(cfg["resize"], "stretch");
     let csv = std::fs::read_to_string(full.join("history.csv")).unwrap();
     assert_eq!(csv.lines().count(), 4, "{csv}");
+    // The notebook's options on two classes keep the notebook's columns.
+    assert_eq!(
+        csv.lines().next(),
+        Some(
+            "epoch,train_loss,train_acc,val_loss,val_acc,val_auc,lr_head,lr_layer4,lr_layer3,\
+             lr_backbone,seconds,images_per_s"
+        )
+    );
 
     // Interrupted after 2 epochs, then resumed for the third.
     let split = dir.path().join("split");
@@ -661,6 +669,11 @@ fn the_recommended_recipe_trains_and_is_recorded() {
     // Cosine with a one-epoch warm-up: the full rate at the end of epoch 1.
     assert_eq!(summary.history[0].lr_head, 1e-2);
     assert!(summary.history[1].lr_head < 1e-2);
+    let csv = std::fs::read_to_string(out.join("history.csv")).unwrap();
+    assert!(
+        csv.starts_with("epoch,train_loss,train_acc,val_loss,val_acc,val_auc,val_balanced_acc,"),
+        "{csv}"
+    );
 }
 
 /// A field of this process's `/proc/self/status` in KiB: `RssFile` is the resident part of

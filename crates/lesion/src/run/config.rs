@@ -261,6 +261,21 @@ impl TrainConfig {
         }
     }
 
+    /// Whether `history.csv` has the `val_balanced_acc` column: for more than two classes
+    /// and whenever an option differs from the notebook recipe's imbalance options or
+    /// monitors balanced accuracy, so that a binary run with the notebook's options writes
+    /// the notebook's columns.
+    pub fn records_balanced_accuracy(&self, classes: &Classes) -> bool {
+        let notebook = TrainConfig::default();
+        !classes.is_binary()
+            || self.monitor == Monitor::ValBalancedAcc
+            || self.recipe != notebook.recipe
+            || self.class_weights != notebook.class_weights
+            || self.sampler != notebook.sampler
+            || self.label_smoothing != notebook.label_smoothing
+            || self.schedule != notebook.schedule
+    }
+
     /// Rejects option values that cannot work, before anything is loaded.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidOption(m));

@@ -2,8 +2,10 @@
 //! `curves.png`.
 //!
 //! Columns: `epoch,train_loss,train_acc,val_loss,val_acc,val_auc,val_balanced_acc,lr_head,
-//! lr_layer4,lr_layer3,lr_backbone,seconds,images_per_s`. Files without the
-//! `val_balanced_acc` column are read with it NaN.
+//! lr_layer4,lr_layer3,lr_backbone,seconds,images_per_s`. `val_balanced_acc` is left out
+//! for runs with the notebook's options on two classes
+//! ([`crate::run::TrainConfig::records_balanced_accuracy`]), whose history keeps the
+//! notebook's columns; files without it are read with it NaN.
 
 use std::path::Path;
 
@@ -48,28 +50,41 @@ lr_head,lr_layer4,lr_layer3,lr_backbone,seconds,images_per_s";
 /// Fields of a row.
 const FIELDS: usize = 13;
 
-/// Renders the records as CSV with a header line.
-pub fn to_csv(records: &[EpochRecord]) -> String {
-    let mut s = String::from(HEADER);
+/// Renders the records as CSV with a header line, with or without the `val_balanced_acc`
+/// column.
+pub fn to_csv(records: &[EpochRecord], balanced_acc: bool) -> String {
+    let mut s = String::from(if balanced_acc {
+        HEADER
+    } else {
+        HEADER_WITHOUT_BALANCED_ACC
+    });
     s.push('\n');
     for r in records {
-        s.push_str(&to_row(r));
+        s.push_str(&row(r, balanced_acc));
         s.push('\n');
     }
     s
 }
 
-/// One record as a CSV line of `history.csv` (without the line break).
+/// One record as a CSV line of `history.csv` with every column (without the line break).
 pub fn to_row(r: &EpochRecord) -> String {
+    row(r, true)
+}
+
+fn row(r: &EpochRecord, balanced_acc: bool) -> String {
+    let balanced = if balanced_acc {
+        format!(",{:.6}", r.val_balanced_acc)
+    } else {
+        String::new()
+    };
     format!(
-        "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:e},{:e},{:e},{:e},{:.3},{:.2}",
+        "{},{:.6},{:.6},{:.6},{:.6},{:.6}{balanced},{:e},{:e},{:e},{:e},{:.3},{:.2}",
         r.epoch,
         r.train_loss,
         r.train_acc,
         r.val_loss,
         r.val_acc,
         r.val_auc,
-        r.val_balanced_acc,
         r.lr_head,
         r.lr_layer4,
         r.lr_layer3,
@@ -110,9 +125,9 @@ pub fn parse_row(line: &str) -> std::result::Result<EpochRecord, String> {
     })
 }
 
-/// Writes `history.csv` atomically.
-pub fn write(path: &Path, records: &[EpochRecord]) -> Result<()> {
-    write_atomic(path, to_csv(records).as_bytes())
+/// Writes `history.csv` atomically ([`to_csv`]).
+pub fn write(path: &Path, records: &[EpochRecord], balanced_acc: bool) -> Result<()> {
+    write_atomic(path, to_csv(records, balanced_acc).as_bytes())
 }
 
 /// Reads a `history.csv` written by [`write()`] (used when resuming a run).
@@ -161,7 +176,7 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.csv");
-        write(&path, std::slice::from_ref(&rec)).unwrap();
+        write(&path, std::slice::from_ref(&rec), true).unwrap();
         let back = read(&path).unwrap();
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].epoch, 3);
@@ -183,21 +198,20 @@ mod tests {
     fn a_file_without_balanced_accuracy_still_reads() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.csv");
-        std::fs::write(
-            &path,
-            "epoch,train_loss,train_acc,val_loss,val_acc,val_auc,lr_head,lr_layer4,lr_layer3,\
-             lr_backbone,seconds,images_per_s\n\
-             1,0.693000,0.500000,0.690000,0.550000,0.600000,1e-2,1e-3,1e-3,0e0,12.500,40.25\n",
-        )
-        .unwrap();
+        let notebook_columns = "epoch,train_loss,train_acc,val_loss,val_acc,val_auc,lr_head,\
+                                lr_layer4,lr_layer3,lr_backbone,seconds,images_per_s\n\
+                                1,0.693000,0.500000,0.690000,0.550000,0.600000,1e-2,1e-3,1e-3,\
+                                0e0,12.500,40.25\n";
+        std::fs::write(&path, notebook_columns).unwrap();
         let back = read(&path).unwrap();
         assert_eq!(back.len(), 1);
         assert_eq!((back[0].val_acc, back[0].val_auc), (0.55, 0.6));
         assert!(back[0].val_balanced_acc.is_nan());
         assert_eq!((back[0].lr_head, back[0].lr_backbone), (1e-2, 0.0));
         assert_eq!(back[0].images_per_s, 40.25);
-        // Rewritten, it gains the column.
-        write(&path, &back).unwrap();
+        // Rewritten without the column, it is the same file; with it, the column is NaN.
+        assert_eq!(to_csv(&back, false), notebook_columns);
+        write(&path, &back, true).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
             text.lines()

@@ -802,7 +802,8 @@ impl Session {
     /// Writes `history.csv` and `curves.png` for the epochs in `self.history`.
     fn write_history(&self) -> Result<()> {
         let out = &self.cfg.out;
-        history::write(&out.join(HISTORY_FILE), &self.history)?;
+        let balanced_acc = self.cfg.records_balanced_accuracy(&self.classes);
+        history::write(&out.join(HISTORY_FILE), &self.history, balanced_acc)?;
         let col = |f: fn(&EpochRecord) -> f64| self.history.iter().map(f).collect::<Vec<_>>();
         crate::plot::training_curves(
             &col(|r| r.train_loss),
