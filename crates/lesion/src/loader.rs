@@ -530,6 +530,7 @@ mod tests {
                     width: S,
                     height: S,
                     augmentations: None,
+                    group: None,
                 });
             }
             std::fs::create_dir(dir.path().join(split.name())).unwrap();
@@ -579,6 +580,7 @@ mod tests {
             augment: true,
             strict: false,
             max_pixels: 1000,
+            groups: None,
         };
         let manifest = Manifest {
             format: MANIFEST_FORMAT.into(),
