@@ -2,11 +2,15 @@
 //! reads one): re-hashes every shard against its manifest and checks each shard's header
 //! and rows against it, and the row totals against the per-split counts.
 //!
+//! A grouped split (`lesion-prep --groups`) is checked for leakage: every image of a group
+//! ([`crate::manifest::ImageEntry::group`]) must be in one split.
+//!
 //! Only regular files inside the dataset folder are read: the manifest's shard paths are
 //! confined when it is loaded ([`Manifest::load`]), and a shard that is a symbolic link
 //! to somewhere outside the folder, or not a regular file (a FIFO or device could block or
 //! never end), is reported without being opened.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -95,6 +99,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         bytes += b;
         problems.extend(p);
     }
+    problems.extend(check_groups(&manifest));
     for c in &manifest.counts {
         let views = if c.split == Split::Train {
             manifest.views.max(1)
@@ -216,4 +221,134 @@ fn check_shard(dir: &Path, manifest: &Manifest, entry: &ShardEntry) -> (u64, Vec
         }
     }
     (bytes, problems)
+}
+
+/// Groups that cross splits, one line per group (the first [`SHOWN_GROUPS`], then a count).
+fn check_groups(manifest: &Manifest) -> Vec<String> {
+    // Per group, in order of first appearance: one image of each split it is in.
+    let mut seen: BTreeMap<&str, (usize, Vec<(Split, &str)>)> = BTreeMap::new();
+    for (i, im) in manifest.images.iter().enumerate() {
+        let Some(group) = im.group.as_deref() else {
+            continue;
+        };
+        let (_, splits) = seen.entry(group).or_insert((i, Vec::new()));
+        if !splits.iter().any(|&(s, _)| s == im.split) {
+            splits.push((im.split, im.path.as_str()));
+        }
+    }
+    let mut crossing: Vec<(usize, &str, Vec<(Split, &str)>)> = seen
+        .into_iter()
+        .filter(|(_, (_, splits))| splits.len() > 1)
+        .map(|(g, (first, splits))| (first, g, splits))
+        .collect();
+    crossing.sort_by_key(|&(first, _, _)| first);
+    let mut problems: Vec<String> = crossing
+        .iter()
+        .take(SHOWN_GROUPS)
+        .map(|(_, group, splits)| {
+            let names: Vec<&str> = splits.iter().map(|(s, _)| s.name()).collect();
+            let examples: Vec<String> = splits
+                .iter()
+                .map(|(s, path)| format!("{path} in {}", s.name()))
+                .collect();
+            format!(
+                "group `{group}` crosses splits {} ({})",
+                names.join(" and "),
+                examples.join(", ")
+            )
+        })
+        .collect();
+    if crossing.len() > SHOWN_GROUPS {
+        problems.push(format!(
+            "... and {} more groups across splits",
+            crossing.len() - SHOWN_GROUPS
+        ));
+    }
+    problems
+}
+
+/// How many groups across splits [`check_groups`] spells out.
+const SHOWN_GROUPS: usize = 10;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::ImageEntry;
+
+    fn image(path: &str, split: Split, group: Option<&str>) -> ImageEntry {
+        ImageEntry {
+            path: path.into(),
+            class: 0,
+            split,
+            sha256: String::new(),
+            width: 1,
+            height: 1,
+            augmentations: None,
+            group: group.map(str::to_string),
+        }
+    }
+
+    fn problems(images: Vec<ImageEntry>) -> Vec<String> {
+        let json = serde_json::json!({
+            "format": "lesion-prepared-dataset", "format_version": 1, "crate_version": "t",
+            "classes": ["a", "b"], "image_size": 8, "resize": "stretch", "views": 1,
+            "augment": false, "seed": 1,
+            "options": {"input": "in", "image_size": 8, "resize": "stretch", "val": 0.2,
+                        "test": 0.2, "seed": 1, "shard_size": 4, "views": 1,
+                        "augment": false, "strict": false, "max_pixels": 100},
+            "normalization": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+            "counts": [], "shards": [], "images": images, "rejected": [], "duplicates": []
+        });
+        let manifest: Manifest = serde_json::from_value(json).unwrap();
+        check_groups(&manifest)
+    }
+
+    #[test]
+    fn groups_within_one_split_pass_and_crossing_ones_are_named() {
+        use Split::{Test, Train, Val};
+        let ok = vec![
+            image("a/1.jpg", Train, Some("L1")),
+            image("a/2.jpg", Train, Some("L1")),
+            image("a/3.jpg", Test, Some("L2")),
+            image("a/4.jpg", Val, None),
+            image("a/5.jpg", Test, None),
+        ];
+        assert!(problems(ok).is_empty());
+        let bad = vec![
+            image("a/1.jpg", Train, Some("L1")),
+            image("a/2.jpg", Test, Some("L2")),
+            image("a/3.jpg", Val, Some("L2")),
+            image("a/4.jpg", Train, Some("L1")),
+            image("a/5.jpg", Train, Some("L2")),
+        ];
+        assert_eq!(
+            problems(bad),
+            [
+                "group `L2` crosses splits test and val and train (a/2.jpg in test, a/3.jpg in \
+              val, a/5.jpg in train)"
+            ]
+        );
+    }
+
+    #[test]
+    fn many_crossing_groups_are_counted() {
+        let images: Vec<ImageEntry> = (0..24)
+            .map(|i| {
+                let split = if i % 2 == 0 { Split::Train } else { Split::Val };
+                image(
+                    &format!("a/{i}.jpg"),
+                    split,
+                    Some(&format!("g{:02}", i / 2)),
+                )
+            })
+            .collect();
+        let p = problems(images);
+        assert_eq!(p.len(), SHOWN_GROUPS + 1);
+        assert!(
+            p[0].starts_with("group `g00` crosses splits train and val"),
+            "{}",
+            p[0]
+        );
+        assert_eq!(p[SHOWN_GROUPS], "... and 2 more groups across splits");
+    }
 }
