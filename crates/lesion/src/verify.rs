@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::fsutil;
-use crate::manifest::{Manifest, ShardEntry};
+use crate::manifest::{ImageEntry, Manifest, ShardEntry};
 use crate::shard::Shard;
 use crate::split::Split;
 use crate::{Error, Result};
@@ -225,34 +225,58 @@ fn check_shard(dir: &Path, manifest: &Manifest, entry: &ShardEntry) -> (u64, Vec
 
 /// Groups that cross splits, one line per group (the first [`SHOWN_GROUPS`], then a count).
 fn check_groups(manifest: &Manifest) -> Vec<String> {
-    // Per group, in order of first appearance: one image of each split it is in.
-    let mut seen: BTreeMap<&str, (usize, Vec<(Split, &str)>)> = BTreeMap::new();
+    groups_across(
+        manifest,
+        "splits",
+        |im| Some(im.split),
+        |s| s.name().to_string(),
+    )
+}
+
+/// One group's images seen so far: its first image, and one image of each part it is in.
+struct Seen<'a, K> {
+    first: usize,
+    parts: Vec<(K, &'a str)>,
+}
+
+/// Groups whose images fall in more than one part (split, fold, ...) by `part_of` (images
+/// with no part are left out), one line per group, `name` naming a part.
+fn groups_across<K: Copy + PartialEq>(
+    manifest: &Manifest,
+    what: &str,
+    part_of: impl Fn(&ImageEntry) -> Option<K>,
+    name: impl Fn(K) -> String,
+) -> Vec<String> {
+    let mut seen: BTreeMap<&str, Seen<K>> = BTreeMap::new();
     for (i, im) in manifest.images.iter().enumerate() {
-        let Some(group) = im.group.as_deref() else {
+        let (Some(group), Some(part)) = (im.group.as_deref(), part_of(im)) else {
             continue;
         };
-        let (_, splits) = seen.entry(group).or_insert((i, Vec::new()));
-        if !splits.iter().any(|&(s, _)| s == im.split) {
-            splits.push((im.split, im.path.as_str()));
+        let entry = seen.entry(group).or_insert(Seen {
+            first: i,
+            parts: Vec::new(),
+        });
+        if !entry.parts.iter().any(|&(p, _)| p == part) {
+            entry.parts.push((part, im.path.as_str()));
         }
     }
-    let mut crossing: Vec<(usize, &str, Vec<(Split, &str)>)> = seen
+    let mut crossing: Vec<(&str, Seen<K>)> = seen
         .into_iter()
-        .filter(|(_, (_, splits))| splits.len() > 1)
-        .map(|(g, (first, splits))| (first, g, splits))
+        .filter(|(_, s)| s.parts.len() > 1)
         .collect();
-    crossing.sort_by_key(|&(first, _, _)| first);
+    crossing.sort_by_key(|(_, s)| s.first);
     let mut problems: Vec<String> = crossing
         .iter()
         .take(SHOWN_GROUPS)
-        .map(|(_, group, splits)| {
-            let names: Vec<&str> = splits.iter().map(|(s, _)| s.name()).collect();
-            let examples: Vec<String> = splits
+        .map(|(group, s)| {
+            let names: Vec<String> = s.parts.iter().map(|&(p, _)| name(p)).collect();
+            let examples: Vec<String> = s
+                .parts
                 .iter()
-                .map(|(s, path)| format!("{path} in {}", s.name()))
+                .map(|&(p, path)| format!("{path} in {}", name(p)))
                 .collect();
             format!(
-                "group `{group}` crosses splits {} ({})",
+                "group `{group}` crosses {what} {} ({})",
                 names.join(" and "),
                 examples.join(", ")
             )
@@ -260,7 +284,7 @@ fn check_groups(manifest: &Manifest) -> Vec<String> {
         .collect();
     if crossing.len() > SHOWN_GROUPS {
         problems.push(format!(
-            "... and {} more groups across splits",
+            "... and {} more groups across {what}",
             crossing.len() - SHOWN_GROUPS
         ));
     }
@@ -273,7 +297,6 @@ const SHOWN_GROUPS: usize = 10;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::ImageEntry;
 
     fn image(path: &str, split: Split, group: Option<&str>) -> ImageEntry {
         ImageEntry {

@@ -178,7 +178,8 @@ enum Command {
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq)]
 enum Action {
-    Prep(PrepOptions),
+    /// Boxed: the options are many times the size of the other variants.
+    Prep(Box<PrepOptions>),
     Verify(PathBuf),
     Synth {
         out: PathBuf,
@@ -242,7 +243,7 @@ impl Cli {
                     g.ungrouped_ok = a.ungrouped == Some(Ungrouped::Ok);
                     g
                 });
-                Action::Prep(o)
+                Action::Prep(Box::new(o))
             }
         }
     }
@@ -298,7 +299,7 @@ mod tests {
 
     fn prep(args: &[&str]) -> PrepOptions {
         match parse_args(args) {
-            Ok(Action::Prep(o)) => o,
+            Ok(Action::Prep(o)) => *o,
             other => panic!("{other:?}"),
         }
     }
