@@ -12,25 +12,28 @@ use lesion::Error;
 use testkit::data::{prep_options, write_class_photos};
 
 fn train(data: &Path, out: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lesion-train"))
-        .arg("--data")
-        .arg(data)
-        .arg("--out")
-        .arg(out)
-        .args([
-            "--epochs",
-            "1",
-            "--batch-size",
-            "4",
-            "--weights",
-            "none",
-            "--device",
-            "cpu",
-            "--quiet",
-        ])
-        .args(extra)
-        .output()
-        .unwrap()
+    training(data, out, extra).output().unwrap()
+}
+
+/// `lesion-train` on `data` into `out`, small and on the CPU, with `extra` arguments (one
+/// epoch unless they give `--epochs`).
+fn training(data: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lesion-train"));
+    cmd.arg("--data").arg(data).arg("--out").arg(out);
+    if !extra.contains(&"--epochs") {
+        cmd.args(["--epochs", "1"]);
+    }
+    cmd.args([
+        "--batch-size",
+        "4",
+        "--weights",
+        "none",
+        "--device",
+        "cpu",
+        "--quiet",
+    ])
+    .args(extra);
+    cmd
 }
 
 fn eval_options(run: &Path, data: &Path, split: Split) -> EvalOptions {
@@ -115,4 +118,52 @@ fn a_fold_run_validates_on_its_fold_and_records_it() {
     for dir in ["none", "fold-3", "plain"] {
         assert!(!tmp.path().join("runs").join(dir).exists(), "{dir}");
     }
+}
+
+/// The rows of `history.csv` without the timing columns.
+fn history_without_timings(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("history.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.rsplitn(3, ',').nth(2).unwrap().to_string())
+        .collect()
+}
+
+/// With a fold, the feature cache of `--freeze-bn` holds the fold's rows: a cached run
+/// equals an uncached one.
+#[test]
+fn a_cached_fold_run_equals_an_uncached_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = write_class_photos(&tmp.path().join("in"), &[("Benign", 8), ("Malignant", 8)]);
+    let data = tmp.path().join("cv");
+    let mut o = prep_options(&input, &data);
+    o.folds = 2;
+    o.no_test = true;
+    lesion::prep::run(&o).unwrap();
+    let args = ["--fold", "0", "--freeze-bn", "--epochs", "2"];
+    let mut runs = Vec::new();
+    for (name, switch) in [("uncached", "off"), ("cached", "on")] {
+        let run = tmp.path().join(name);
+        let out = training(&data, &run, &args)
+            .env(lesion::train::feature_cache::ENV_SWITCH, switch)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let held = Manifest::load(&data).unwrap().fold_counts(0).unwrap().total;
+        // The cache holds the fold's rows: its training rows and its held-out ones.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for (n, split) in [(16 - held, "train"), (held, "val")] {
+            let built = format!("output of {n} images ({split} split, view 0)");
+            assert_eq!(stderr.contains(&built), switch == "on", "{built}: {stderr}");
+        }
+        let val =
+            eval::run_predictions(&eval_options(&run, &data, Split::Val), Split::Val).unwrap();
+        assert!(val.from_checkpoint);
+        assert_eq!(val.predictions.len(), held);
+        runs.push((history_without_timings(&run), val.predictions));
+    }
+    assert_eq!(runs[0].1.logits, runs[1].1.logits);
+    assert_eq!(runs[0].1.source_index, runs[1].1.source_index);
+    assert_eq!(runs[0].0, runs[1].0);
+    assert_eq!(runs[0].0.len(), 3, "header and two epochs");
 }
