@@ -138,6 +138,9 @@ pub struct DuplicateGroup {
     /// Source indices of the members.
     pub indices: Vec<u32>,
     pub split: Split,
+    /// K-fold data: the fold of the members (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fold: Option<u32>,
 }
 
 /// How one folder of the input became a class: recorded for every folder when a class

@@ -305,6 +305,13 @@ fn check_folds(manifest: &Manifest) -> Vec<String> {
                 "copies {} are in different folds {folds:?}",
                 d.paths.join(" = ")
             ));
+        } else if folds.iter().any(|&f| f != d.fold) {
+            problems.push(format!(
+                "copies {} are in fold {:?}, their duplicate group says {:?}",
+                d.paths.join(" = "),
+                folds[0],
+                d.fold
+            ));
         }
     }
     problems

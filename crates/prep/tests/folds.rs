@@ -222,6 +222,8 @@ fn no_test_folds_keep_copies_together_and_hold_no_test_rows() {
     assert!(!summary.to_string().contains("  test "), "{summary}");
     assert_eq!(m.duplicates.len(), 2);
     for d in &m.duplicates {
+        let line = format!("{} -> fold {}", d.paths.join(" = "), d.fold.unwrap());
+        assert!(summary.to_string().contains(&line), "{line}: {summary}");
         let folds: BTreeSet<Option<u32>> = d
             .indices
             .iter()

@@ -234,6 +234,7 @@ fn duplicate_groups(images: &[ImageEntry], groups: &[usize]) -> Result<Vec<Dupli
                 sha256: first.sha256.clone(),
                 paths: m.iter().map(|&i| images[i as usize].path.clone()).collect(),
                 split: first.split,
+                fold: first.fold,
                 indices: m,
             })
         })

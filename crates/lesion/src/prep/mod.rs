@@ -437,7 +437,11 @@ impl fmt::Display for PrepSummary {
                 self.duplicates.len()
             )?;
             for d in &self.duplicates {
-                writeln!(f, "  {} -> {}", d.paths.join(" = "), d.split.name())?;
+                let to = match d.fold {
+                    Some(fold) => format!("fold {fold}"),
+                    None => d.split.name().to_string(),
+                };
+                writeln!(f, "  {} -> {to}", d.paths.join(" = "))?;
             }
         }
         for w in &self.warnings {
