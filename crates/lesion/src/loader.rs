@@ -721,6 +721,7 @@ mod tests {
                     height: S,
                     augmentations: None,
                     fold: None,
+                    group: None,
                 });
             }
             std::fs::create_dir(dir.path().join(split.name())).unwrap();
@@ -770,6 +771,7 @@ mod tests {
             augment: true,
             strict: false,
             max_pixels: 1000,
+            groups: None,
         };
         let manifest = Manifest {
             format: MANIFEST_FORMAT.into(),
@@ -825,6 +827,7 @@ mod tests {
                 height: S,
                 augmentations: None,
                 fold: in_pool.then(|| fold_of(i)),
+                group: None,
             });
         }
         let mut shards = Vec::new();
@@ -899,6 +902,7 @@ mod tests {
             augment: true,
             strict: false,
             max_pixels: 1000,
+            groups: None,
         };
         let manifest = Manifest {
             format: MANIFEST_FORMAT.into(),

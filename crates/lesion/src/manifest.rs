@@ -17,6 +17,10 @@
 //! fold when the data are read: [`crate::loader::PreparedDataset::with_fold`]). Without
 //! folds these fields are absent from the file.
 //!
+//! A grouped split (`lesion-prep --groups`) records each image's group
+//! ([`ImageEntry::group`]) and the grouping options ([`PrepRecord::groups`]); both are
+//! absent otherwise.
+//!
 //! Input file names are stored as [`crate::fsutil::os_str_to_string`] writes them: valid
 //! UTF-8 as it is, other names (and names that read like its escapes) escaped, so every
 //! file keeps its own name.
@@ -60,6 +64,22 @@ pub struct PrepRecord {
     pub augment: bool,
     pub strict: bool,
     pub max_pixels: u64,
+    /// `--groups`: how images were grouped for the split; absent without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<GroupRecord>,
+}
+
+/// The grouping options of a grouped split (`lesion-prep --groups`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// The groups CSV file as given on the command line.
+    pub file: String,
+    /// Its group column.
+    pub group_column: String,
+    /// Its image column (the one chosen when not given).
+    pub image_column: String,
+    /// `--ungrouped ok`: images the file did not group were each their own group.
+    pub ungrouped_ok: bool,
 }
 
 /// Channel statistics applied when batches are loaded: `(x / 255 - mean[c]) / std[c]`.
@@ -118,6 +138,10 @@ pub struct ImageEntry {
     /// for data without folds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fold: Option<u32>,
+    /// With `--groups`: the image's group as the groups file names it (`None` when the
+    /// file gave it none, or without `--groups`). Every image of a group is in one split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// A file of the input folder that was not used.

@@ -318,6 +318,119 @@ pub fn stratified_split(
     Ok(out)
 }
 
+/// Stream of the group order in [`stratified_group_split`].
+const STREAM_GROUP_ASSIGN: u64 = 3;
+
+/// Assigns every item to a split keeping every group whole, for groups that are larger
+/// than byte-identical duplicates (several photos of one lesion, the lesions of one
+/// patient).
+///
+/// `labels[i]` is item i's class and `groups[i]` its group id; a group must hold one class
+/// only. The per-class targets are those of the ungrouped split ([`split_counts`]: the
+/// same sizes as scikit-learn's two stratified `train_test_split` calls). Since every group
+/// has one class, each class is placed on its own: its groups in seeded random order,
+/// then stably sorted largest first, each to the split with the most room left (target
+/// minus placed; ties to train, then val). Singletons, which come last, fill the rooms
+/// exactly when there are enough of them.
+///
+/// Bound: every per-class split count is within `L` of its target, `L` the size of that
+/// class's largest group (a group is placed only into the split with the most room,
+/// which is positive while items remain, so no split overshoots by `L` or more; and were a
+/// split short by more than `L` at the end, every split placed into would have had more
+/// than `L` room left before each placement and so still room after it, leaving items
+/// unplaced).
+///
+/// Errors: as [`stratified_split`], and [`Error::BadDataset`] (empty `path`) when a class's
+/// groups are too large to give every split an image, or a group holds two classes (the
+/// message names the group id and two of its items).
+pub fn stratified_group_split(
+    labels: &[usize],
+    groups: &[usize],
+    val: f64,
+    test: f64,
+    seed: u64,
+) -> Result<Vec<Split>> {
+    if labels.len() != groups.len() {
+        return Err(Error::InvalidOption(format!(
+            "{} labels but {} group ids",
+            labels.len(),
+            groups.len()
+        )));
+    }
+    check_fractions(val, test)?;
+    if labels.is_empty() {
+        return Err(bad_dataset("no images to split".into()));
+    }
+    let mut class_size: BTreeMap<usize, usize> = BTreeMap::new();
+    for &l in labels {
+        *class_size.entry(l).or_default() += 1;
+    }
+    let classes: Vec<usize> = class_size.keys().copied().collect();
+    let counts: Vec<usize> = class_size.values().copied().collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(STREAM_COUNTS);
+    let plan = plan_counts(&counts, &classes, val, test, &mut rng)?;
+
+    let mut group_items: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, &g) in groups.iter().enumerate() {
+        let items = group_items.entry(g).or_default();
+        if let Some(&first) = items.first() {
+            if labels[first] != labels[i] {
+                return Err(bad_dataset(format!(
+                    "group {g} holds items of different classes: item {first} (label {}) and \
+                     item {i} (label {})",
+                    labels[first], labels[i]
+                )));
+            }
+        }
+        items.push(i);
+    }
+    // Groups in order of first appearance, so that the result does not depend on the ids.
+    let mut by_first: Vec<Vec<usize>> = group_items.into_values().collect();
+    by_first.sort_by_key(|items| items[0]);
+
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(STREAM_GROUP_ASSIGN);
+    let mut out = vec![Split::Train; labels.len()];
+    for (ci, &class) in classes.iter().enumerate() {
+        let mut members: Vec<&Vec<usize>> = by_first
+            .iter()
+            .filter(|items| labels[items[0]] == class)
+            .collect();
+        members.shuffle(&mut rng);
+        members.sort_by_key(|items| std::cmp::Reverse(items.len()));
+        let mut room = plan[ci].map(|n| n as i64);
+        let mut placed = [0usize; 3];
+        for items in members {
+            // max_by_key keeps the last maximum; reversing the order makes ties go to the
+            // lowest split.
+            let s = (0..3).rev().max_by_key(|&s| room[s]).expect("three splits");
+            room[s] -= items.len() as i64;
+            placed[s] += items.len();
+            for &i in items {
+                out[i] = Split::ALL[s];
+            }
+        }
+        if let Some(s) = (0..3).find(|&s| placed[s] == 0) {
+            return Err(bad_dataset(format!(
+                "class {class}: its groups are too large to give the {} split an image \
+                 (planned train {}, val {}, test {}; largest group {} images)",
+                Split::ALL[s].name(),
+                plan[ci][0],
+                plan[ci][1],
+                plan[ci][2],
+                by_first
+                    .iter()
+                    .filter(|items| labels[items[0]] == class)
+                    .map(Vec::len)
+                    .max()
+                    .unwrap_or(0)
+            )));
+        }
+    }
+    Ok(out)
+}
+
 /// Stream of the group shuffle in [`stratified_group_kfold`] with a seed.
 const STREAM_GROUP_FOLDS: u64 = 2;
 
@@ -774,5 +887,137 @@ mod tests {
         let groups = [10, 10, 10, 20, 30, 40, 50, 60];
         let folds = stratified_group_kfold(&labels, &groups, 2, None).unwrap();
         assert_eq!(folds, vec![0, 0, 0, 1, 1, 1, 0, 1]);
+    }
+
+    /// Group ids for `sizes` (per class, the sizes of its groups), items class by class.
+    fn grouped(sizes: &[Vec<usize>]) -> (Vec<usize>, Vec<usize>) {
+        let (mut labels, mut groups) = (Vec::new(), Vec::new());
+        let mut next = 0;
+        for (c, class_sizes) in sizes.iter().enumerate() {
+            for &n in class_sizes {
+                labels.extend(std::iter::repeat_n(c, n));
+                groups.extend(std::iter::repeat_n(next, n));
+                next += 1;
+            }
+        }
+        (labels, groups)
+    }
+
+    fn check_grouped(sizes: &[Vec<usize>], val: f64, test: f64, seed: u64) -> Vec<Split> {
+        let (labels, groups) = grouped(sizes);
+        let splits = stratified_group_split(&labels, &groups, val, test, seed).unwrap();
+        for (i, &g) in groups.iter().enumerate() {
+            let first = groups.iter().position(|&x| x == g).unwrap();
+            assert_eq!(splits[i], splits[first], "group {g} split apart");
+        }
+        let per_class: Vec<usize> = sizes.iter().map(|s| s.iter().sum()).collect();
+        let target = split_counts(&per_class, val, test, seed).unwrap();
+        let got = tally(&labels, &splits, sizes.len());
+        for (c, class_sizes) in sizes.iter().enumerate() {
+            let largest = *class_sizes.iter().max().unwrap();
+            for s in 0..3 {
+                let diff = got[c][s].abs_diff(target[c][s]);
+                assert!(
+                    diff <= largest,
+                    "class {c} split {s}: {} vs target {} (largest group {largest})",
+                    got[c][s],
+                    target[c][s]
+                );
+                assert!(got[c][s] > 0);
+            }
+        }
+        splits
+    }
+
+    #[test]
+    fn grouped_split_singletons_meet_the_targets_exactly() {
+        let (labels, groups) = grouped(&[vec![1; 160], vec![1; 40]]);
+        let splits = stratified_group_split(&labels, &groups, 0.2, 0.2, 3).unwrap();
+        assert_eq!(tally(&labels, &splits, 2), vec![[96, 32, 32], [24, 8, 8]]);
+    }
+
+    #[test]
+    fn grouped_split_hand_computed() {
+        // Class 0: 12 images, targets [6, 3, 3]; groups of 5, 3, 2, 1, 1 (items 0-4, 5-7,
+        // 8-9, 10, 11). Rooms: 5 -> train (1, 3, 3); 3 -> val on the tie (1, 0, 3); 2 -> test
+        // (1, 0, 1); 1 -> train on the tie (0, 0, 1); 1 -> test.
+        let sizes = [vec![5, 3, 2, 1, 1], vec![1; 6]];
+        let (labels, groups) = grouped(&sizes);
+        let splits = stratified_group_split(&labels, &groups, 0.2, 0.2, 0).unwrap();
+        assert_eq!(split_counts(&[12, 6], 0.2, 0.2, 0).unwrap()[0], [6, 3, 3]);
+        use Split::{Test, Train, Val};
+        let expect = [
+            Train, Train, Train, Train, Train, Val, Val, Val, Test, Test, Train, Test,
+        ];
+        assert_eq!(splits[..12], expect);
+    }
+
+    #[test]
+    fn grouped_split_without_small_groups_stays_within_one_group() {
+        // Only groups of 4 in class 0: its targets are not multiples of 4, so no split
+        // meets them exactly, yet every split stays within 4 of its target.
+        let sizes = [vec![4; 12], vec![1; 20]];
+        check_grouped(&sizes, 0.2, 0.2, 5);
+    }
+
+    #[test]
+    fn grouped_split_is_deterministic_and_seed_dependent() {
+        let sizes = [
+            vec![3, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 3, 1, 1, 1],
+            vec![2, 1, 1, 1, 2, 1, 1],
+        ];
+        let a = check_grouped(&sizes, 0.2, 0.2, 1);
+        assert_eq!(a, check_grouped(&sizes, 0.2, 0.2, 1));
+        assert_ne!(a, check_grouped(&sizes, 0.2, 0.2, 2));
+    }
+
+    #[test]
+    fn grouped_split_errors() {
+        let (labels, mut groups) = grouped(&[vec![1; 10], vec![1; 10]]);
+        groups[15] = groups[4];
+        match stratified_group_split(&labels, &groups, 0.2, 0.2, 0) {
+            Err(Error::BadDataset { reason, .. }) => {
+                assert!(
+                    reason.contains("group 4") && reason.contains("item 15"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // One class in two groups cannot fill three splits.
+        let (labels, groups) = grouped(&[vec![1; 20], vec![5, 5]]);
+        match stratified_group_split(&labels, &groups, 0.2, 0.2, 0) {
+            Err(Error::BadDataset { reason, .. }) => {
+                assert!(reason.starts_with("class 1:"), "{reason}");
+                assert!(reason.contains("largest group 5"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            stratified_group_split(&labels, &groups[1..], 0.2, 0.2, 0),
+            Err(Error::InvalidOption(_))
+        ));
+        assert!(matches!(
+            stratified_group_split(&labels, &groups, 0.5, 0.5, 0),
+            Err(Error::InvalidOption(_))
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn grouped_split_stays_within_one_group_of_the_targets(
+            a in proptest::collection::vec(1usize..=6, 15..60),
+            b in proptest::collection::vec(1usize..=6, 15..40),
+            c in proptest::collection::vec(1usize..=3, 0..30),
+            seed in 0u64..1000,
+            val in 0.1f64..0.3,
+            test in 0.1f64..0.3,
+        ) {
+            let mut sizes = vec![a, b];
+            if c.len() >= 15 {
+                sizes.push(c);
+            }
+            check_grouped(&sizes, val, test, seed);
+        }
     }
 }

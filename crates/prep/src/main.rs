@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lesion::image_io::{ResizePolicy, DEFAULT_MAX_PIXELS};
-use lesion::prep::PrepOptions;
+use lesion::prep::{GroupOptions, PrepOptions};
 
 /// Prepare skin-lesion images for training: decode, resize, split 60/20/20, augment the
 /// training split and write verified safetensors shards.
@@ -32,10 +32,17 @@ use lesion::prep::PrepOptions;
                   Folders are matched ignoring case; a mapped folder that does not exist is an \
                   error; folders not mentioned keep their own name as class; at least two \
                   classes must remain.\n\n\
+                  Grouped split (--groups FILE.csv): a CSV with a header; the image column \
+                  names each image by its path relative to INPUT_DIR or a trailing part of it \
+                  down to the file name, with or without extension (Benign/ISIC_0012127.jpg, \
+                  ISIC_0012127.jpg or ISIC_0012127); a name fitting two images is an error. \
+                  Images with the same group-column value land in one split (byte-identical \
+                  copies too); an image without a group is an error unless --ungrouped ok.\n\n\
                   Examples:\n  lesion-prep data/isic --out data/prepared\n  \
                   lesion-prep ham10000 --out data/ham3 --group vasc=- --malignant mel,bcc,akiec\n  \
                   lesion-prep ham10000 --out data/ham2 --classes benign-malignant.txt\n  \
                   lesion-prep data/isic --out data/cv5 --folds 5\n  \
+                  lesion-prep ham10000 --out data/ham-lesions --groups HAM10000_metadata.csv\n  \
                   lesion-prep verify data/prepared\n  \
                   lesion-prep synth --out data/synthetic --per-class 200"
 )]
@@ -122,6 +129,26 @@ struct PrepArgs {
     /// evaluation and prediction).
     #[arg(long, value_name = "NAME[,NAME...]", value_delimiter = ',')]
     malignant: Vec<String>,
+    /// Keep groups of images (photos of one lesion, lesions of one patient) within one
+    /// split: a CSV file with an image column and a group column (see below).
+    #[arg(long = "groups", value_name = "FILE.csv")]
+    groups_file: Option<PathBuf>,
+    /// The group column of --groups [default: lesion_id].
+    #[arg(long, value_name = "COLUMN", requires = "groups_file")]
+    group_column: Option<String>,
+    /// The image column of --groups [default: the first of image_id, image, image_name,
+    /// isic_id, file, filename in the header].
+    #[arg(long, value_name = "COLUMN", requires = "groups_file")]
+    image_column: Option<String>,
+    /// Images --groups does not group: an error (error) or each its own group (ok).
+    #[arg(long, value_enum, value_name = "WHAT", requires = "groups_file")]
+    ungrouped: Option<Ungrouped>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Ungrouped {
+    Error,
+    Ok,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -226,6 +253,15 @@ impl Cli {
                 o.groups = a.groups.clone();
                 o.positive = a.positive.clone();
                 o.malignant = a.malignant.clone();
+                o.grouping = a.groups_file.as_ref().map(|file| {
+                    let mut g = GroupOptions::new(file);
+                    if let Some(c) = &a.group_column {
+                        g.group_column = c.clone();
+                    }
+                    g.image_column = a.image_column.clone();
+                    g.ungrouped_ok = a.ungrouped == Some(Ungrouped::Ok);
+                    g
+                });
                 Ok(Action::Prep(o))
             }
         }
@@ -404,6 +440,46 @@ mod tests {
     }
 
     #[test]
+    fn group_options_are_passed_through() {
+        assert_eq!(prep(&["p", "in", "--out", "o"]).grouping, None);
+        let o = prep(&["p", "in", "--out", "o", "--groups", "meta.csv"]);
+        assert_eq!(o.grouping, Some(GroupOptions::new("meta.csv")));
+        let o = prep(&[
+            "p",
+            "in",
+            "--out",
+            "o",
+            "--groups",
+            "meta.csv",
+            "--group-column",
+            "patient_id",
+            "--image-column",
+            "isic_id",
+            "--ungrouped",
+            "ok",
+        ]);
+        let g = o.grouping.unwrap();
+        assert_eq!(g.file, PathBuf::from("meta.csv"));
+        assert_eq!(g.group_column, "patient_id");
+        assert_eq!(g.image_column.as_deref(), Some("isic_id"));
+        assert!(g.ungrouped_ok);
+        let o = prep(&[
+            "p",
+            "in",
+            "--out",
+            "o",
+            "--groups",
+            "m.csv",
+            "--ungrouped",
+            "error",
+        ]);
+        assert!(!o.grouping.unwrap().ungrouped_ok);
+        // The class mapping's --group is another option.
+        let o = prep(&["p", "in", "--out", "o", "--group", "vasc=-"]);
+        assert_eq!((o.groups.len(), o.grouping), (1, None));
+    }
+
+    #[test]
     fn subcommands() {
         assert_eq!(
             parse_args(["lesion-prep", "verify", "d"]).unwrap(),
@@ -462,6 +538,28 @@ mod tests {
         assert_eq!(
             kind(&["lesion-prep", "verify"]),
             ErrorKind::MissingRequiredArgument
+        );
+        for flag in [
+            &["--group-column", "x"][..],
+            &["--image-column", "x"],
+            &["--ungrouped", "ok"],
+        ] {
+            let mut args = vec!["lesion-prep", "in", "--out", "o"];
+            args.extend(flag);
+            assert_eq!(kind(&args), ErrorKind::MissingRequiredArgument, "{flag:?}");
+        }
+        assert_eq!(
+            kind(&[
+                "lesion-prep",
+                "in",
+                "--out",
+                "o",
+                "--groups",
+                "g.csv",
+                "--ungrouped",
+                "yes"
+            ]),
+            ErrorKind::InvalidValue
         );
         // Exit code 2 for usage errors, as for bad input.
         assert_eq!(parse_args(["lesion-prep"]).unwrap_err().exit_code(), 2);

@@ -263,6 +263,63 @@ fn no_test_folds_keep_copies_together_and_hold_no_test_rows() {
 }
 
 #[test]
+fn folds_keep_the_groups_of_a_groups_file_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = photos(&tmp.path().join("in"));
+    // Groups of 1 to 3 photos of one class: lesion ids L0, L1, ... in file order.
+    let mut csv = String::from("image_id,lesion_id\n");
+    let mut lesion = 0;
+    for (class, n) in [("Benign", 14), ("Malignant", 11)] {
+        let mut i = 0;
+        while i < n {
+            let size = 1 + lesion % 3;
+            for j in i..(i + size).min(n) {
+                csv.push_str(&format!("{class}_{j:02},L{lesion}\n"));
+            }
+            i += size;
+            lesion += 1;
+        }
+    }
+    let groups = tmp.path().join("groups.csv");
+    fs::write(&groups, csv).unwrap();
+    let out = tmp.path().join("cv");
+    let mut o = fold_options(&input, &out, 3);
+    o.grouping = Some(prep::GroupOptions::new(&groups));
+    prep::run(&o).unwrap();
+    let m = Manifest::load(&out).unwrap();
+    let mut fold_of: BTreeMap<String, BTreeSet<Option<u32>>> = BTreeMap::new();
+    let mut split_of: BTreeMap<String, BTreeSet<Split>> = BTreeMap::new();
+    for im in &m.images {
+        let g = im.group.clone().expect("every image is grouped");
+        fold_of.entry(g.clone()).or_default().insert(im.fold);
+        split_of.entry(g).or_default().insert(im.split);
+    }
+    assert_eq!(fold_of.len(), lesion);
+    assert!(fold_of.values().any(|f| f.contains(&None)), "a test split");
+    for (g, folds) in &fold_of {
+        assert_eq!(folds.len(), 1, "group {g} in folds {folds:?}");
+        assert_eq!(
+            split_of[g].len(),
+            1,
+            "group {g} in splits {:?}",
+            split_of[g]
+        );
+    }
+    let multi = fold_of
+        .keys()
+        .filter(|g| {
+            m.images
+                .iter()
+                .filter(|im| im.group.as_ref() == Some(g))
+                .count()
+                > 1
+        })
+        .count();
+    assert!(multi >= 5, "{multi} multi-image groups");
+    prep::verify(&out).unwrap().into_result().unwrap();
+}
+
+#[test]
 fn fold_options_are_checked() {
     let tmp = tempfile::tempdir().unwrap();
     let input = photos(&tmp.path().join("in"));

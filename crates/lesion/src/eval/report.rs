@@ -774,6 +774,7 @@ pub(super) mod tests {
                 augment: false,
                 strict: false,
                 max_pixels: 1 << 26,
+                groups: None,
             },
             normalization: Normalization {
                 mean: [0.485, 0.456, 0.406],

@@ -1,7 +1,7 @@
 //! Pass 2a of `prep`: everything decided per image before its pixels are read back: the
-//! split of each image (stratified by class, byte-identical files kept together), with
-//! `--folds K` the fold of each pool image, the per-split counts, the duplicate groups, and
-//! the augmentation of each training view.
+//! split of each image (stratified by class, byte-identical files kept together, and with
+//! `--groups` every group of the groups file), with `--folds K` the fold of each pool image,
+//! the per-split counts, the duplicate groups, and the augmentation of each training view.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -44,20 +44,19 @@ pub(super) fn assign_splits(
     }
 
     let labels: Vec<usize> = images.iter().map(|i| i.class as usize).collect();
-    let mut first_of: HashMap<&str, usize> = HashMap::new();
-    let groups: Vec<usize> = images
-        .iter()
-        .enumerate()
-        .map(|(i, im)| *first_of.entry(im.sha256.as_str()).or_insert(i))
-        .collect();
-    drop(first_of);
+    let copies = copy_groups(images);
+    let groups = split_groups(images, &copies);
     if opts.no_test {
         for im in images.iter_mut() {
             im.split = Split::Train;
         }
     } else {
-        let assignment = split::stratified_split(&labels, &groups, opts.val, opts.test, opts.seed)
-            .map_err(|e| with_dataset_path(e, names, &opts.input))?;
+        let assignment = if opts.grouping.is_some() {
+            split::stratified_group_split(&labels, &groups, opts.val, opts.test, opts.seed)
+        } else {
+            split::stratified_split(&labels, &groups, opts.val, opts.test, opts.seed)
+        }
+        .map_err(|e| with_dataset_path(e, names, &opts.input))?;
         if assignment.len() != images.len() {
             return Err(Error::InvalidOption(format!(
                 "split returned {} assignments for {} images",
@@ -86,7 +85,56 @@ pub(super) fn assign_splits(
             }
         })
         .collect();
-    Ok((counts, duplicate_groups(images, &groups)?))
+    Ok((counts, duplicate_groups(images, &copies)?))
+}
+
+/// Per image, the index of the first byte-identical copy of it (itself if none came
+/// before).
+fn copy_groups(images: &[ImageEntry]) -> Vec<usize> {
+    let mut first_of: HashMap<&str, usize> = HashMap::new();
+    images
+        .iter()
+        .enumerate()
+        .map(|(i, im)| *first_of.entry(im.sha256.as_str()).or_insert(i))
+        .collect()
+}
+
+/// The groups the split keeps whole: byte-identical copies joined with the groups of
+/// [`ImageEntry::group`] (a group of the file holding a copy of an image of another group
+/// makes the two one). Per image, the smallest index of its group, so that without file
+/// groups this is `copies` itself.
+fn split_groups(images: &[ImageEntry], copies: &[usize]) -> Vec<usize> {
+    // Union-find whose root is always the smallest index of its set.
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    fn join(parent: &mut [usize], a: usize, b: usize) {
+        let (ra, rb) = (root(parent, a), root(parent, b));
+        let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
+        parent[hi] = lo;
+    }
+    let mut parent: Vec<usize> = (0..images.len()).collect();
+    for (i, &c) in copies.iter().enumerate() {
+        join(&mut parent, i, c);
+    }
+    let mut first_of: HashMap<&str, usize> = HashMap::new();
+    for (i, im) in images.iter().enumerate() {
+        if let Some(g) = im.group.as_deref() {
+            let first = *first_of.entry(g).or_insert(i);
+            join(&mut parent, i, first);
+        }
+    }
+    (0..images.len()).map(|i| root(&mut parent, i)).collect()
+}
+
+/// The number of groups the split kept whole (see [`split_groups`]).
+pub(super) fn count_groups(images: &[ImageEntry]) -> usize {
+    let groups = split_groups(images, &copy_groups(images));
+    groups.iter().enumerate().filter(|&(i, &g)| i == g).count()
 }
 
 /// `--folds K`: the train and val images form the pool (`split: train`), and each pool image

@@ -42,6 +42,12 @@
 //! The manifest's `counts` count images by split (the pool as train, val 0, test 0 with
 //! `--no-test`); `folds` is K and `fold_counts` each fold's per-class counts.
 //!
+//! Grouped split (`--groups FILE.csv`, format and matching rules in [`groups`]): every image
+//! gets the group the file gives it, groups joined by byte-identical copies are one group,
+//! and [`crate::split::stratified_group_split`] keeps every group in one split, each class's
+//! split sizes within its largest group of the ungrouped sizes. The manifest records each
+//! image's group and the options. Without `--groups` nothing changes.
+//!
 //! Memory stays bounded whatever the dataset size: pass 1 decodes and resizes each file
 //! exactly once, in parallel chunks, and appends the `S x S` RGB result (HWC u8) to a
 //! staging file on disk; pass 2 splits, then reads those rows back one chunk at a time
@@ -55,6 +61,7 @@
 //! - `discover.rs` (pass 0): the folders, the classes and the sorted list of input files;
 //! - `stage.rs` (pass 1): decoding, hashing and resizing into the staging file; rejected
 //!   files and conflicting copies;
+//! - `groups.rs`: the groups file of a grouped split and how its rows name images;
 //! - `assign.rs` (pass 2a): splits, counts, duplicate groups, augmentation draws;
 //! - `shards.rs` (pass 2b): row order, augmentation, shard writing, sample previews;
 //!
@@ -67,6 +74,7 @@
 
 mod assign;
 mod discover;
+pub mod groups;
 pub mod mapping;
 mod shards;
 mod stage;
@@ -88,13 +96,14 @@ use crate::manifest::{
 use crate::split::Split;
 use crate::transforms::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::{Error, Result};
-use assign::{assign_splits, draw_augmentations};
+use assign::{assign_splits, count_groups, draw_augmentations};
 use discover::{discover, ClassChoice};
 use shards::{write_samples, write_shards};
 use stage::{reject_conflicting_copies, stage_images, StagedRows, STAGED_IMAGES};
 
 pub use crate::verify::{verify, VerifyReport};
 pub use assign::augmentation_rng;
+pub use groups::GroupOptions;
 pub use mapping::ClassMap;
 pub use shards::chw_to_image;
 
@@ -154,6 +163,9 @@ pub struct PrepOptions {
     pub folds: u32,
     /// With folds: hold out no test split, every image is in the pool (`--no-test`).
     pub no_test: bool,
+    /// `--groups FILE.csv` and its options: a grouped split; `None`: groups are only
+    /// byte-identical copies.
+    pub grouping: Option<GroupOptions>,
 }
 
 impl PrepOptions {
@@ -180,6 +192,7 @@ impl PrepOptions {
             malignant: Vec::new(),
             folds: 0,
             no_test: false,
+            grouping: None,
         }
     }
 
@@ -249,6 +262,14 @@ impl PrepOptions {
         for g in &self.groups {
             groups.push_group(g)?;
         }
+        if let Some(g) = &self.grouping {
+            if g.group_column.trim().is_empty() {
+                return bad("--group-column must name a column".into());
+            }
+            if g.image_column.as_ref().is_some_and(|c| c.trim().is_empty()) {
+                return bad("--image-column must name a column".into());
+            }
+        }
         Ok(())
     }
 
@@ -265,6 +286,7 @@ impl PrepOptions {
             augment: self.augment,
             strict: self.strict,
             max_pixels: self.max_pixels,
+            groups: None,
         }
     }
 }
@@ -293,6 +315,9 @@ pub struct PrepSummary {
     pub shards: usize,
     pub rejected: Vec<RejectedFile>,
     pub duplicates: Vec<DuplicateGroup>,
+    /// With `--groups`: the groups of the split (those of the file joined by byte-identical
+    /// copies, and each ungrouped image); `None` without `--groups`.
+    pub groups: Option<usize>,
     /// Non-fatal remarks (ignored folders, skipped hidden files, ...).
     pub warnings: Vec<String>,
     pub elapsed: Duration,
@@ -444,6 +469,9 @@ impl fmt::Display for PrepSummary {
                 writeln!(f, "  {} -> {to}", d.paths.join(" = "))?;
             }
         }
+        if let Some(n) = self.groups {
+            writeln!(f, "groups: {n}, each within one split")?;
+        }
         for w in &self.warnings {
             writeln!(f, "warning: {w}")?;
         }
@@ -475,10 +503,19 @@ fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
         malignant: &opts.malignant,
     };
     let mut discovery = discover(&opts.input, &choice)?;
-    let stage = StagingDir::new(&opts.out, opts.force, OUTPUT_KIND, &[&opts.input])?;
+    let group_table = opts.grouping.as_ref().map(groups::read_table).transpose()?;
+    let mut inputs: Vec<&Path> = vec![&opts.input];
+    inputs.extend(opts.grouping.as_ref().map(|g| g.file.as_path()));
+    let stage = StagingDir::new(&opts.out, opts.force, OUTPUT_KIND, &inputs)?;
     let staged_path = stage.path().join(STAGED_IMAGES);
     let (images, mut rejected) = stage_images(opts, &discovery.files, &staged_path)?;
     let (mut images, staged_row) = reject_conflicting_copies(opts, images, &mut rejected)?;
+    let mut record = opts.record();
+    if let (Some(table), Some(grouping)) = (&group_table, &opts.grouping) {
+        let attached = groups::attach(table, grouping, &mut images, &discovery.classes)?;
+        discovery.warnings.extend(attached.warnings);
+        record.groups = Some(groups::record(table, grouping));
+    }
     let folders = if map.is_empty() {
         Vec::new()
     } else {
@@ -486,6 +523,7 @@ fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
     };
     let (counts, duplicates) = assign_splits(opts, &discovery, &mut images)?;
     let fold_counts = count_folds(&images, discovery.classes.len(), opts.folds);
+    let n_groups = opts.grouping.as_ref().map(|_| count_groups(&images));
     let views = draw_augmentations(opts, &mut images);
 
     let staged_rows = StagedRows {
@@ -515,7 +553,7 @@ fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
         views,
         augment: opts.augment,
         seed: opts.seed,
-        options: opts.record(),
+        options: record,
         normalization: Normalization {
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
@@ -547,6 +585,7 @@ fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
         shards: n_shards,
         rejected,
         duplicates,
+        groups: n_groups,
         warnings: discovery.warnings,
         elapsed: start.elapsed(),
     })

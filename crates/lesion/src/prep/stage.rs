@@ -93,6 +93,7 @@ pub(super) fn stage_images(
                         height: d.height,
                         augmentations: None,
                         fold: None,
+                        group: None,
                     });
                 }
                 Err(e) if opts.strict => {
