@@ -534,3 +534,49 @@ fn grouped_isic2017_is_verified() {
     println!("{stdout}");
     assert_eq!(code, Some(0), "{stdout}{stderr}");
 }
+
+#[test]
+fn grouped_folds_pass_verify_and_a_group_moved_across_folds_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = data::write_class_photos(
+        &tmp.path().join("images"),
+        &[("Benign", 30), ("Malignant", 20)],
+    );
+    let mut rng = Rng(11);
+    let mut rows = Vec::new();
+    for dir in ["Benign", "Malignant"] {
+        rows.extend(random_groups(&names_in(&images, dir), dir, &mut rng));
+    }
+    let csv = write_csv(&tmp.path().join("g.csv"), "image,lesion_id", &rows);
+    let out = tmp.path().join("folds");
+    let mut o = options(&images, &out, &csv);
+    o.folds = 3;
+    prep::run(&o).unwrap();
+    let report = prep::verify(&out).unwrap();
+    assert!(report.is_ok(), "{report}");
+
+    let manifest_path = out.join("manifest.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&fs::read(&manifest_path).unwrap()).unwrap();
+    let images_json = doc["images"].as_array_mut().unwrap();
+    let j = (1..images_json.len())
+        .find(|&j| {
+            images_json[j]["fold"].is_u64()
+                && images_json[..j]
+                    .iter()
+                    .any(|im| im["group"] == images_json[j]["group"])
+        })
+        .unwrap();
+    let group = images_json[j]["group"].as_str().unwrap().to_string();
+    let fold = images_json[j]["fold"].as_u64().unwrap();
+    images_json[j]["fold"] = ((fold + 1) % 3).into();
+    fs::write(&manifest_path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let report = prep::verify(&out).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.starts_with(&format!("group `{group}` crosses folds: "))),
+        "{report}"
+    );
+}

@@ -505,6 +505,7 @@ mod tests {
             height: 1,
             augmentations: None,
             group: None,
+            fold: None,
         }
     }
 
