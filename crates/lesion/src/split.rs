@@ -7,6 +7,9 @@
 //! group id) never straddle two splits. Which items land where differs from scikit-learn
 //! (its permutation comes from NumPy's generator); the counts do not.
 //!
+//! [`stratified_group_kfold`] assigns items to K folds with scikit-learn's
+//! `StratifiedGroupKFold` algorithm (exactly its folds when unseeded).
+//!
 //! All randomness comes from `rand_chacha::ChaCha8Rng` seeded with the caller's seed, so a
 //! split is identical on every platform and thread count.
 
@@ -315,6 +318,348 @@ pub fn stratified_split(
     Ok(out)
 }
 
+/// Stream of the group order in [`stratified_group_split`].
+const STREAM_GROUP_ASSIGN: u64 = 3;
+
+/// Assigns every item to a split keeping every group whole, for groups that are larger
+/// than byte-identical duplicates (several photos of one lesion, the lesions of one
+/// patient).
+///
+/// `labels[i]` is item i's class and `groups[i]` its group id; a group must hold one class
+/// only. The per-class targets are those of the ungrouped split ([`split_counts`]: the
+/// same sizes as scikit-learn's two stratified `train_test_split` calls). Since every group
+/// has one class, each class is placed on its own: its groups in seeded random order,
+/// then stably sorted largest first, each to the split with the most room left (target
+/// minus placed; ties to a split still without an image of the class, then to train, then
+/// val). Singletons, which come last, fill the rooms exactly when there are enough of them.
+/// A split still without an image of the class then takes one group from a split with
+/// several, when both stay within the bound below.
+///
+/// Bound: every per-class split count is within `L` of its target, `L` the size of that
+/// class's largest group (a group is placed only into the split with the most room,
+/// which is positive while items remain, so no split overshoots by `L` or more; and were a
+/// split short by more than `L` at the end, every split placed into would have had more
+/// than `L` room left before each placement and so still room after it, leaving items
+/// unplaced); the move that fills an empty split is made only within it.
+///
+/// Errors: as [`stratified_split`], and [`Error::BadDataset`] (empty `path`) when a class's
+/// groups are too large to give every split an image within that bound, or a group holds two classes (the
+/// message names the group id and two of its items).
+pub fn stratified_group_split(
+    labels: &[usize],
+    groups: &[usize],
+    val: f64,
+    test: f64,
+    seed: u64,
+) -> Result<Vec<Split>> {
+    if labels.len() != groups.len() {
+        return Err(Error::InvalidOption(format!(
+            "{} labels but {} group ids",
+            labels.len(),
+            groups.len()
+        )));
+    }
+    check_fractions(val, test)?;
+    if labels.is_empty() {
+        return Err(bad_dataset("no images to split".into()));
+    }
+    let mut class_size: BTreeMap<usize, usize> = BTreeMap::new();
+    for &l in labels {
+        *class_size.entry(l).or_default() += 1;
+    }
+    let classes: Vec<usize> = class_size.keys().copied().collect();
+    let counts: Vec<usize> = class_size.values().copied().collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(STREAM_COUNTS);
+    let plan = plan_counts(&counts, &classes, val, test, &mut rng)?;
+
+    let mut group_items: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, &g) in groups.iter().enumerate() {
+        let items = group_items.entry(g).or_default();
+        if let Some(&first) = items.first() {
+            if labels[first] != labels[i] {
+                return Err(bad_dataset(format!(
+                    "group {g} holds items of different classes: item {first} (label {}) and \
+                     item {i} (label {})",
+                    labels[first], labels[i]
+                )));
+            }
+        }
+        items.push(i);
+    }
+    // Groups in order of first appearance, so that the result does not depend on the ids.
+    let mut by_first: Vec<Vec<usize>> = group_items.into_values().collect();
+    by_first.sort_by_key(|items| items[0]);
+
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(STREAM_GROUP_ASSIGN);
+    let mut out = vec![Split::Train; labels.len()];
+    for (ci, &class) in classes.iter().enumerate() {
+        let mut members: Vec<&Vec<usize>> = by_first
+            .iter()
+            .filter(|items| labels[items[0]] == class)
+            .collect();
+        members.shuffle(&mut rng);
+        members.sort_by_key(|items| std::cmp::Reverse(items.len()));
+        let largest = members.first().map_or(0, |items| items.len()) as i64;
+        let mut room = plan[ci].map(|n| n as i64);
+        let mut placed: [Vec<&Vec<usize>>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        for items in members {
+            // The most room; on a tie a split still without an image of the class, then the
+            // lowest split (max_by_key keeps the last maximum, so iterate in reverse).
+            let s = (0..3)
+                .rev()
+                .max_by_key(|&s| (room[s], placed[s].is_empty()))
+                .expect("three splits");
+            room[s] -= items.len() as i64;
+            placed[s].push(items);
+        }
+        // A split left without an image of the class takes one group from a split that
+        // has two or more, if both then stay within `largest` of their targets (the move
+        // that keeps the larger of the two deviations smallest).
+        for e in 0..3 {
+            if !placed[e].is_empty() {
+                continue;
+            }
+            let mut best: Option<(i64, usize, usize)> = None;
+            for d in (0..3).filter(|&d| placed[d].len() > 1) {
+                for (k, items) in placed[d].iter().enumerate() {
+                    let size = items.len() as i64;
+                    let (to, from) = (room[e] - size, room[d] + size);
+                    let worst = to.abs().max(from.abs());
+                    if worst <= largest && best.is_none_or(|(w, _, _)| worst < w) {
+                        best = Some((worst, d, k));
+                    }
+                }
+            }
+            if let Some((_, d, k)) = best {
+                let items = placed[d].remove(k);
+                room[d] += items.len() as i64;
+                room[e] -= items.len() as i64;
+                placed[e].push(items);
+            }
+        }
+        if let Some(s) = (0..3).find(|&s| placed[s].is_empty()) {
+            return Err(bad_dataset(format!(
+                "class {class}: its groups are too large to give the {} split an image \
+                 (planned train {}, val {}, test {}; largest group {largest} images)",
+                Split::ALL[s].name(),
+                plan[ci][0],
+                plan[ci][1],
+                plan[ci][2],
+            )));
+        }
+        for (s, groups) in placed.iter().enumerate() {
+            for &i in groups.iter().flat_map(|items| items.iter()) {
+                out[i] = Split::ALL[s];
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Stream of the group shuffle in [`stratified_group_kfold`] with a seed.
+const STREAM_GROUP_FOLDS: u64 = 2;
+
+/// NumPy's sum of a contiguous run of `f64` (`np.add.reduce` along a row): its pairwise
+/// summation, eight accumulators over blocks of at most 128 values; below eight values a
+/// plain left-to-right loop.
+fn np_pairwise_sum(a: &[f64]) -> f64 {
+    let n = a.len();
+    if n < 8 {
+        a.iter().fold(0.0, |acc, v| acc + v)
+    } else if n <= 128 {
+        let mut r = [0.0f64; 8];
+        r.copy_from_slice(&a[..8]);
+        let whole = n - n % 8;
+        let mut i = 8;
+        while i < whole {
+            for j in 0..8 {
+                r[j] += a[i + j];
+            }
+            i += 8;
+        }
+        let mut res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for v in &a[whole..] {
+            res += v;
+        }
+        res
+    } else {
+        let mut half = n / 2;
+        half -= half % 8;
+        np_pairwise_sum(&a[..half]) + np_pairwise_sum(&a[half..])
+    }
+}
+
+/// NumPy's `np.std(.., ddof=0)` along a contiguous row (pairwise sums).
+fn np_std_row(row: &[f64]) -> f64 {
+    let n = row.len() as f64;
+    let mean = np_pairwise_sum(row) / n;
+    let squares: Vec<f64> = row.iter().map(|v| (v - mean) * (v - mean)).collect();
+    (np_pairwise_sum(&squares) / n).sqrt()
+}
+
+/// NumPy's `np.std(.., ddof=0, axis=0)` of one column of a row-major matrix: NumPy adds
+/// whole rows into the result one after another, so these sums run left to right.
+fn np_std_column(column: &[f64]) -> f64 {
+    let n = column.len() as f64;
+    let mean = column.iter().fold(0.0, |acc, v| acc + v) / n;
+    let var = column
+        .iter()
+        .map(|v| (v - mean) * (v - mean))
+        .fold(0.0, |acc, v| acc + v)
+        / n;
+    var.sqrt()
+}
+
+/// NumPy's `np.isclose(a, b)` with its default tolerances (`rtol=1e-5`, `atol=1e-8`).
+fn np_isclose(a: f64, b: f64) -> bool {
+    if a.is_infinite() || b.is_infinite() {
+        return a == b;
+    }
+    (a - b).abs() <= 1e-8 + 1e-5 * b.abs()
+}
+
+/// Assigns every item to one of `k` folds, keeping groups whole and the class
+/// proportions of the folds as even as the groups allow.
+///
+/// `labels[i]` is item i's class and `groups[i]` its group id (any values; only their
+/// order matters, as in `np.unique`). Returns the fold (`0..k`) of every item.
+///
+/// The algorithm is scikit-learn's `StratifiedGroupKFold`: per-group class counts; groups
+/// ordered by the standard deviation of their class counts, largest first (a stable sort,
+/// so equal deviations keep their order); each group to the fold that minimises the mean
+/// over classes of the standard deviation over folds of `fold count / class size`, near
+/// ties (`np.isclose`) going to the fold with fewer items, exact ties to the lower fold.
+///
+/// `seed: None` is `StratifiedGroupKFold(shuffle=False)`: groups start in ascending id
+/// order, and every item gets exactly scikit-learn's fold. `Some(seed)` first shuffles
+/// the group order with `ChaCha8Rng` (deterministic on every platform); scikit-learn's
+/// `shuffle=True` draws from NumPy's generator, so seeded folds do not match its folds,
+/// only its algorithm.
+///
+/// Errors: [`Error::InvalidOption`] for `k < 2` or mismatched lengths; [`Error::BadDataset`]
+/// (empty `path`, for the caller to fill in) for no items, fewer groups than folds, `k`
+/// larger than every class (scikit-learn's check), or a group whose items have different
+/// labels (the message names the group id and two of its items).
+pub fn stratified_group_kfold(
+    labels: &[usize],
+    groups: &[usize],
+    k: usize,
+    seed: Option<u64>,
+) -> Result<Vec<u32>> {
+    if labels.len() != groups.len() {
+        return Err(Error::InvalidOption(format!(
+            "{} labels but {} group ids",
+            labels.len(),
+            groups.len()
+        )));
+    }
+    if k < 2 {
+        return Err(Error::InvalidOption(format!(
+            "cross-validation needs at least 2 folds, got {k}"
+        )));
+    }
+    if labels.is_empty() {
+        return Err(bad_dataset("no images to split into folds".into()));
+    }
+
+    // Classes and groups as np.unique sees them: sorted values, indexed by rank.
+    let mut class_size: BTreeMap<usize, usize> = BTreeMap::new();
+    for &l in labels {
+        *class_size.entry(l).or_default() += 1;
+    }
+    let class_index: BTreeMap<usize, usize> = class_size
+        .keys()
+        .enumerate()
+        .map(|(i, &l)| (l, i))
+        .collect();
+    let y_cnt: Vec<f64> = class_size.values().map(|&n| n as f64).collect();
+    let n_classes = y_cnt.len();
+    if class_size.values().all(|&n| k > n) {
+        return Err(bad_dataset(format!(
+            "{k} folds but no class has {k} images (largest class: {})",
+            class_size.values().max().copied().unwrap_or(0)
+        )));
+    }
+
+    let mut first_of_group: BTreeMap<usize, usize> = BTreeMap::new();
+    for (i, &g) in groups.iter().enumerate() {
+        let first = *first_of_group.entry(g).or_insert(i);
+        if labels[first] != labels[i] {
+            return Err(bad_dataset(format!(
+                "group {g} holds items of different classes: item {first} (label {}) and \
+                 item {i} (label {})",
+                labels[first], labels[i]
+            )));
+        }
+    }
+    let n_groups = first_of_group.len();
+    if k > n_groups {
+        return Err(bad_dataset(format!(
+            "{k} folds need at least {k} groups, but there are only {n_groups}"
+        )));
+    }
+    let group_index: BTreeMap<usize, usize> = first_of_group
+        .keys()
+        .enumerate()
+        .map(|(i, &g)| (g, i))
+        .collect();
+    let group_of: Vec<usize> = groups.iter().map(|g| group_index[g]).collect();
+
+    let mut counts = vec![vec![0.0f64; n_classes]; n_groups];
+    for (&l, &g) in labels.iter().zip(&group_of) {
+        counts[g][class_index[&l]] += 1.0;
+    }
+
+    let mut order: Vec<usize> = (0..n_groups).collect();
+    if let Some(seed) = seed {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(STREAM_GROUP_FOLDS);
+        order.shuffle(&mut rng);
+    }
+    let spread: Vec<f64> = counts.iter().map(|c| np_std_row(c)).collect();
+    // np.argsort(-std, kind="stable"): descending, equal values keep their order.
+    order.sort_by(|&a, &b| spread[b].total_cmp(&spread[a]));
+
+    let mut per_fold = vec![vec![0.0f64; n_classes]; k];
+    let mut fold_of_group = vec![0u32; n_groups];
+    let mut column = Vec::with_capacity(k);
+    for g in order {
+        let group_counts = &counts[g];
+        let mut best = 0;
+        let mut min_eval = f64::INFINITY;
+        let mut min_samples = f64::INFINITY;
+        for f in 0..k {
+            for (c, n) in group_counts.iter().enumerate() {
+                per_fold[f][c] += n;
+            }
+            let std_per_class: Vec<f64> = (0..n_classes)
+                .map(|c| {
+                    column.clear();
+                    column.extend(per_fold.iter().map(|row| row[c] / y_cnt[c]));
+                    np_std_column(&column)
+                })
+                .collect();
+            for (c, n) in group_counts.iter().enumerate() {
+                per_fold[f][c] -= n;
+            }
+            let fold_eval = np_pairwise_sum(&std_per_class) / n_classes as f64;
+            let samples = per_fold[f].iter().fold(0.0, |acc, v| acc + v);
+            if fold_eval < min_eval || (np_isclose(fold_eval, min_eval) && samples < min_samples) {
+                min_eval = fold_eval;
+                min_samples = samples;
+                best = f;
+            }
+        }
+        for (c, n) in group_counts.iter().enumerate() {
+            per_fold[best][c] += n;
+        }
+        fold_of_group[g] = best as u32;
+    }
+    Ok(group_of.iter().map(|&g| fold_of_group[g]).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,5 +839,244 @@ mod tests {
         }
         let e = stratified_split(&labels, &groups, 0.2, 0.2, 0).unwrap_err();
         assert!(e.to_string().contains("class 1"), "{e}");
+    }
+
+    #[test]
+    fn numpy_pairwise_sum_order() {
+        // Below eight values: left to right, so 1 is lost against 1e16 then cancelled.
+        assert_eq!(np_pairwise_sum(&[1e16, 1.0, -1e16]), 0.0);
+        // Eight or more: eight accumulators, 1 + 1 survives in its own lane pair.
+        let mut v = vec![0.0; 16];
+        v[0] = 1e16;
+        v[8] = -1e16;
+        v[1] = 1.0;
+        v[9] = 1.0;
+        assert_eq!(np_pairwise_sum(&v), 2.0);
+        assert_eq!(np_pairwise_sum(&[]), 0.0);
+        assert_eq!(np_std_row(&[1.0, 3.0]), 1.0);
+        assert_eq!(np_std_column(&[2.0, 2.0, 2.0]), 0.0);
+    }
+
+    #[test]
+    fn group_kfold_errors() {
+        let labels = labels_for(&[6, 4]);
+        let groups: Vec<usize> = (0..10).collect();
+        for k in [0, 1] {
+            let e = stratified_group_kfold(&labels, &groups, k, None).unwrap_err();
+            assert!(matches!(e, Error::InvalidOption(_)), "k {k}: {e}");
+        }
+        assert!(matches!(
+            stratified_group_kfold(&labels, &groups[..9], 3, None),
+            Err(Error::InvalidOption(_))
+        ));
+        assert!(matches!(
+            stratified_group_kfold(&[], &[], 3, None),
+            Err(Error::BadDataset { .. })
+        ));
+        // Ten items in four groups cannot make five folds.
+        let few: Vec<usize> = (0..10).map(|i| i % 4).collect();
+        let labels_few = vec![0; 10];
+        match stratified_group_kfold(&labels_few, &few, 5, None) {
+            Err(Error::BadDataset { reason, .. }) => {
+                assert!(reason.contains("only 4"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Seven folds, but classes of 6 and 4.
+        match stratified_group_kfold(&labels, &groups, 7, None) {
+            Err(Error::BadDataset { reason, .. }) => {
+                assert!(reason.contains("largest class: 6"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Group 3 holds item 3 (class 0) and item 8 (class 1).
+        let mut mixed = groups.clone();
+        mixed[8] = 3;
+        match stratified_group_kfold(&labels, &mixed, 3, None) {
+            Err(Error::BadDataset { reason, .. }) => {
+                assert!(reason.contains("group 3"), "{reason}");
+                assert!(
+                    reason.contains("item 3") && reason.contains("item 8"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn group_kfold_hand_computed() {
+        // Spreads: group 10 ([3, 0]) 1.5, every other group 0.5, so 10 goes first (fold 0 on
+        // a tie of empty folds), then 20, 30, 40 even class 0 out in fold 1; 50 meets equal
+        // scores and equal fold sizes (3 and 3) and takes fold 0, 60 then evens class 1.
+        // scikit-learn's StratifiedGroupKFold(2) gives test folds [0, 1, 2, 6], [3, 4, 5, 7].
+        let labels = [0, 0, 0, 0, 0, 0, 1, 1];
+        let groups = [10, 10, 10, 20, 30, 40, 50, 60];
+        let folds = stratified_group_kfold(&labels, &groups, 2, None).unwrap();
+        assert_eq!(folds, vec![0, 0, 0, 1, 1, 1, 0, 1]);
+    }
+
+    /// Group ids for `sizes` (per class, the sizes of its groups), items class by class.
+    fn grouped(sizes: &[Vec<usize>]) -> (Vec<usize>, Vec<usize>) {
+        let (mut labels, mut groups) = (Vec::new(), Vec::new());
+        let mut next = 0;
+        for (c, class_sizes) in sizes.iter().enumerate() {
+            for &n in class_sizes {
+                labels.extend(std::iter::repeat_n(c, n));
+                groups.extend(std::iter::repeat_n(next, n));
+                next += 1;
+            }
+        }
+        (labels, groups)
+    }
+
+    fn check_grouped(sizes: &[Vec<usize>], val: f64, test: f64, seed: u64) -> Vec<Split> {
+        let (labels, groups) = grouped(sizes);
+        let splits = stratified_group_split(&labels, &groups, val, test, seed).unwrap();
+        for (i, &g) in groups.iter().enumerate() {
+            let first = groups.iter().position(|&x| x == g).unwrap();
+            assert_eq!(splits[i], splits[first], "group {g} split apart");
+        }
+        let per_class: Vec<usize> = sizes.iter().map(|s| s.iter().sum()).collect();
+        let target = split_counts(&per_class, val, test, seed).unwrap();
+        let got = tally(&labels, &splits, sizes.len());
+        for (c, class_sizes) in sizes.iter().enumerate() {
+            let largest = *class_sizes.iter().max().unwrap();
+            for s in 0..3 {
+                let diff = got[c][s].abs_diff(target[c][s]);
+                assert!(
+                    diff <= largest,
+                    "class {c} split {s}: {} vs target {} (largest group {largest})",
+                    got[c][s],
+                    target[c][s]
+                );
+                assert!(got[c][s] > 0);
+            }
+        }
+        splits
+    }
+
+    #[test]
+    fn grouped_split_singletons_meet_the_targets_exactly() {
+        let (labels, groups) = grouped(&[vec![1; 160], vec![1; 40]]);
+        let splits = stratified_group_split(&labels, &groups, 0.2, 0.2, 3).unwrap();
+        assert_eq!(tally(&labels, &splits, 2), vec![[96, 32, 32], [24, 8, 8]]);
+    }
+
+    #[test]
+    fn grouped_split_hand_computed() {
+        // Class 0: 12 images, targets [6, 3, 3]; groups of 5, 3, 2, 1, 1 (items 0-4, 5-7,
+        // 8-9, 10, 11). Rooms: 5 -> train (1, 3, 3); 3 -> val on the tie (1, 0, 3); 2 -> test
+        // (1, 0, 1); 1 -> train on the tie (0, 0, 1); 1 -> test.
+        let sizes = [vec![5, 3, 2, 1, 1], vec![1; 6]];
+        let (labels, groups) = grouped(&sizes);
+        let splits = stratified_group_split(&labels, &groups, 0.2, 0.2, 0).unwrap();
+        assert_eq!(split_counts(&[12, 6], 0.2, 0.2, 0).unwrap()[0], [6, 3, 3]);
+        use Split::{Test, Train, Val};
+        let expect = [
+            Train, Train, Train, Train, Train, Val, Val, Val, Test, Test, Train, Test,
+        ];
+        assert_eq!(splits[..12], expect);
+    }
+
+    #[test]
+    fn grouped_split_without_small_groups_stays_within_one_group() {
+        // Only groups of 4 in class 0: its targets are not multiples of 4, so no split
+        // meets them exactly, yet every split stays within 4 of its target.
+        let sizes = [vec![4; 12], vec![1; 20]];
+        check_grouped(&sizes, 0.2, 0.2, 5);
+    }
+
+    #[test]
+    fn grouped_split_is_deterministic_and_seed_dependent() {
+        let sizes = [
+            vec![3, 1, 2, 1, 1, 4, 1, 2, 1, 1, 1, 2, 3, 1, 1, 1],
+            vec![2, 1, 1, 1, 2, 1, 1],
+        ];
+        let a = check_grouped(&sizes, 0.2, 0.2, 1);
+        assert_eq!(a, check_grouped(&sizes, 0.2, 0.2, 1));
+        assert_ne!(a, check_grouped(&sizes, 0.2, 0.2, 2));
+    }
+
+    #[test]
+    fn grouped_split_errors() {
+        let (labels, mut groups) = grouped(&[vec![1; 10], vec![1; 10]]);
+        groups[15] = groups[4];
+        match stratified_group_split(&labels, &groups, 0.2, 0.2, 0) {
+            Err(Error::BadDataset { reason, .. }) => {
+                assert!(
+                    reason.contains("group 4") && reason.contains("item 15"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // One class in two groups cannot fill three splits.
+        let (labels, groups) = grouped(&[vec![1; 20], vec![5, 5]]);
+        match stratified_group_split(&labels, &groups, 0.2, 0.2, 0) {
+            Err(Error::BadDataset { reason, .. }) => {
+                assert!(reason.starts_with("class 1:"), "{reason}");
+                assert!(reason.contains("largest group 5"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            stratified_group_split(&labels, &groups[1..], 0.2, 0.2, 0),
+            Err(Error::InvalidOption(_))
+        ));
+        assert!(matches!(
+            stratified_group_split(&labels, &groups, 0.5, 0.5, 0),
+            Err(Error::InvalidOption(_))
+        ));
+    }
+
+    #[test]
+    fn grouped_split_gives_every_split_an_image_when_groups_allow() {
+        // Four pairs for targets [5, 1, 2]: most room alone would put three pairs in train.
+        let sizes = [vec![2; 4], vec![1; 12]];
+        let splits = check_grouped(&sizes, 0.2, 0.2, 0);
+        let (labels, _) = grouped(&sizes);
+        assert_eq!(tally(&labels, &splits, 2)[0], [4, 2, 2]);
+        // Three groups of four: the third goes to val on the tie, test then takes one
+        // from train.
+        check_grouped(&[vec![4; 3], vec![1; 20]], 0.2, 0.2, 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn grouped_split_of_equal_groups_stays_within_one_group(
+            size in 2usize..=5,
+            groups in 3usize..12,
+            singles in 10usize..40,
+            seed in 0u64..100,
+        ) {
+            let sizes = [vec![size; groups], vec![1; singles]];
+            let (labels, group_ids) = grouped(&sizes);
+            match stratified_group_split(&labels, &group_ids, 0.2, 0.2, seed) {
+                Ok(_) => {
+                    check_grouped(&sizes, 0.2, 0.2, seed);
+                }
+                Err(Error::BadDataset { reason, .. }) => {
+                    proptest::prop_assert!(reason.starts_with("class"), "{}", reason);
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+
+        #[test]
+        fn grouped_split_stays_within_one_group_of_the_targets(
+            a in proptest::collection::vec(1usize..=6, 15..60),
+            b in proptest::collection::vec(1usize..=6, 15..40),
+            c in proptest::collection::vec(1usize..=3, 0..30),
+            seed in 0u64..1000,
+            val in 0.1f64..0.3,
+            test in 0.1f64..0.3,
+        ) {
+            let mut sizes = vec![a, b];
+            if c.len() >= 15 {
+                sizes.push(c);
+            }
+            check_grouped(&sizes, val, test, seed);
+        }
     }
 }

@@ -2,11 +2,19 @@
 //! reads one): re-hashes every shard against its manifest and checks each shard's header
 //! and rows against it, and the row totals against the per-split counts.
 //!
+//! A grouped split (`lesion-prep --groups`) is checked for leakage: every image of a group
+//! ([`crate::manifest::ImageEntry::group`]) must be in one split, and with folds in one
+//! fold.
+//! K-fold data ([`crate::prep`]'s layout) are checked for fold consistency too: a fold
+//! `0..K` on every pool image and none elsewhere, the per-fold counts, copies of one file in
+//! one fold, and val shards that hold the pool (the clean copy of the train split).
+//!
 //! Only regular files inside the dataset folder are read: the manifest's shard paths are
 //! confined when it is loaded ([`Manifest::load`]), and a shard that is a symbolic link
 //! to somewhere outside the folder, or not a regular file (a FIFO or device could block or
 //! never end), is reported without being opened.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,7 +22,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::fsutil;
-use crate::manifest::{Manifest, ShardEntry};
+use crate::manifest::{ImageEntry, Manifest, ShardEntry};
 use crate::shard::Shard;
 use crate::split::Split;
 use crate::{Error, Result};
@@ -95,7 +103,14 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         bytes += b;
         problems.extend(p);
     }
+    problems.extend(check_groups(&manifest));
+    problems.extend(check_folds(&manifest));
     for c in &manifest.counts {
+        // With folds the val shards hold a clean copy of the pool, counted as train.
+        let total = match (manifest.folds, c.split) {
+            (1.., Split::Val) => manifest.counts(Split::Train).map_or(0, |t| t.total),
+            _ => c.total,
+        };
         let views = if c.split == Split::Train {
             manifest.views.max(1)
         } else {
@@ -120,11 +135,10 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
             let rows = manifest
                 .shards_of(c.split, view)
                 .fold(0usize, |sum, s| sum.saturating_add(s.count));
-            if rows != c.total {
+            if rows != total {
                 problems.push(format!(
-                    "{} view {view}: shards hold {rows} rows, counts say {}",
+                    "{} view {view}: shards hold {rows} rows, counts say {total}",
                     c.split.name(),
-                    c.total
                 ));
             }
         }
@@ -195,13 +209,19 @@ fn check_shard(dir: &Path, manifest: &Manifest, entry: &ShardEntry) -> (u64, Vec
             entry.file, m.image_size, manifest.image_size
         ));
     }
+    // With folds the val shards hold the pool, whose images are of the train split.
+    let image_split = if manifest.folds > 0 && entry.split == Split::Val {
+        Split::Train
+    } else {
+        entry.split
+    };
     for (&si, &label) in shard.source_index().iter().zip(shard.labels()) {
         match manifest.images.get(si as usize) {
             None => {
                 problems.push(format!("{}: source index {si} out of range", entry.file));
                 break;
             }
-            Some(im) if im.class != label || im.split != entry.split => {
+            Some(im) if im.class != label || im.split != image_split => {
                 problems.push(format!(
                     "{}: row for {} has label {label} in {}, manifest says class {} in {}",
                     entry.file,
@@ -216,4 +236,272 @@ fn check_shard(dir: &Path, manifest: &Manifest, entry: &ShardEntry) -> (u64, Vec
         }
     }
     (bytes, problems)
+}
+
+/// The fold consistency of a manifest (see the module docs), one line per problem.
+fn check_folds(manifest: &Manifest) -> Vec<String> {
+    let k = manifest.folds;
+    let mut problems = Vec::new();
+    if k == 0 {
+        if let Some(im) = manifest.images.iter().find(|im| im.fold.is_some()) {
+            problems.push(format!(
+                "{}: has a fold, but the manifest has no folds",
+                im.path
+            ));
+        }
+        if !manifest.fold_counts.is_empty() {
+            problems.push("fold counts without folds".into());
+        }
+        return problems;
+    }
+    if k == 1 {
+        problems.push("1 fold: cross-validation needs at least 2".into());
+    }
+    let n_classes = manifest.classes.len();
+    let mut counts = vec![vec![0usize; n_classes]; k as usize];
+    let mut bad = Vec::new();
+    for im in &manifest.images {
+        match (im.split, im.fold) {
+            (Split::Train, Some(f)) if f < k => {
+                if let Some(n) = counts[f as usize].get_mut(im.class as usize) {
+                    *n += 1;
+                }
+            }
+            (Split::Train, Some(f)) => bad.push(format!("{}: fold {f} of {k}", im.path)),
+            (Split::Train, None) => bad.push(format!("{}: a pool image without a fold", im.path)),
+            (Split::Val, _) => bad.push(format!(
+                "{}: in the val split of K-fold data (the folds are the validation)",
+                im.path
+            )),
+            (Split::Test, Some(f)) => bad.push(format!("{}: a test image in fold {f}", im.path)),
+            (Split::Test, None) => {}
+        }
+    }
+    if bad.len() > 10 {
+        let more = bad.len() - 10;
+        bad.truncate(10);
+        bad.push(format!("... and {more} more images with a wrong fold"));
+    }
+    problems.extend(bad);
+    let recorded: Vec<(u32, &[usize], usize)> = manifest
+        .fold_counts
+        .iter()
+        .map(|c| (c.fold, c.per_class.as_slice(), c.total))
+        .collect();
+    let actual: Vec<(u32, &[usize], usize)> = counts
+        .iter()
+        .enumerate()
+        .map(|(f, c)| (f as u32, c.as_slice(), c.iter().sum()))
+        .collect();
+    if recorded != actual {
+        problems.push(format!(
+            "fold counts: the manifest says {recorded:?}, its images give {actual:?} \
+             (fold, per class, total)"
+        ));
+    }
+    for d in &manifest.duplicates {
+        let folds: Vec<Option<u32>> = d
+            .indices
+            .iter()
+            .filter_map(|&i| manifest.images.get(i as usize).map(|im| im.fold))
+            .collect();
+        if folds.windows(2).any(|w| w[0] != w[1]) {
+            problems.push(format!(
+                "copies {} are in different folds {folds:?}",
+                d.paths.join(" = ")
+            ));
+        } else if folds.iter().any(|&f| f != d.fold) {
+            problems.push(format!(
+                "copies {} are in fold {:?}, their duplicate group says {:?}",
+                d.paths.join(" = "),
+                folds[0],
+                d.fold
+            ));
+        }
+    }
+    problems
+}
+
+/// Groups that cross splits, and with K-fold data groups that cross folds: one line per
+/// group (the first [`SHOWN_GROUPS`] of each, then a count).
+fn check_groups(manifest: &Manifest) -> Vec<String> {
+    let mut problems = groups_across(
+        manifest,
+        "splits",
+        |im| Some(im.split),
+        |s| s.name().to_string(),
+    );
+    problems.extend(groups_across(
+        manifest,
+        "folds",
+        |im| im.fold,
+        |f| format!("fold {f}"),
+    ));
+    problems
+}
+
+/// One group's images seen so far: its first image, and one image of each part it is in.
+struct Seen<'a, K> {
+    first: usize,
+    parts: Vec<(K, &'a str)>,
+}
+
+/// Groups whose images fall in more than one part (split, fold, ...) by `part_of` (images
+/// with no part are left out), one line per group, `name` naming a part.
+fn groups_across<K: Copy + PartialEq>(
+    manifest: &Manifest,
+    what: &str,
+    part_of: impl Fn(&ImageEntry) -> Option<K>,
+    name: impl Fn(K) -> String,
+) -> Vec<String> {
+    let mut seen: BTreeMap<&str, Seen<K>> = BTreeMap::new();
+    for (i, im) in manifest.images.iter().enumerate() {
+        let (Some(group), Some(part)) = (im.group.as_deref(), part_of(im)) else {
+            continue;
+        };
+        let entry = seen.entry(group).or_insert(Seen {
+            first: i,
+            parts: Vec::new(),
+        });
+        if !entry.parts.iter().any(|&(p, _)| p == part) {
+            entry.parts.push((part, im.path.as_str()));
+        }
+    }
+    let mut crossing: Vec<(&str, Seen<K>)> = seen
+        .into_iter()
+        .filter(|(_, s)| s.parts.len() > 1)
+        .collect();
+    crossing.sort_by_key(|(_, s)| s.first);
+    let mut problems: Vec<String> = crossing
+        .iter()
+        .take(SHOWN_GROUPS)
+        .map(|(group, s)| {
+            let names: Vec<String> = s.parts.iter().map(|&(p, _)| name(p)).collect();
+            let examples: Vec<String> = s
+                .parts
+                .iter()
+                .map(|&(p, path)| format!("{path} in {}", name(p)))
+                .collect();
+            format!(
+                "group `{group}` crosses {what}: {} ({})",
+                names.join(" and "),
+                examples.join(", ")
+            )
+        })
+        .collect();
+    if crossing.len() > SHOWN_GROUPS {
+        problems.push(format!(
+            "... and {} more groups across {what}",
+            crossing.len() - SHOWN_GROUPS
+        ));
+    }
+    problems
+}
+
+/// How many groups across splits [`check_groups`] spells out.
+const SHOWN_GROUPS: usize = 10;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(path: &str, split: Split, group: Option<&str>) -> ImageEntry {
+        ImageEntry {
+            path: path.into(),
+            class: 0,
+            split,
+            sha256: String::new(),
+            width: 1,
+            height: 1,
+            augmentations: None,
+            group: group.map(str::to_string),
+            fold: None,
+        }
+    }
+
+    fn problems(images: Vec<ImageEntry>) -> Vec<String> {
+        let json = serde_json::json!({
+            "format": "lesion-prepared-dataset", "format_version": 1, "crate_version": "t",
+            "classes": ["a", "b"], "image_size": 8, "resize": "stretch", "views": 1,
+            "augment": false, "seed": 1,
+            "options": {"input": "in", "image_size": 8, "resize": "stretch", "val": 0.2,
+                        "test": 0.2, "seed": 1, "shard_size": 4, "views": 1,
+                        "augment": false, "strict": false, "max_pixels": 100},
+            "normalization": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+            "counts": [], "shards": [], "images": images, "rejected": [], "duplicates": []
+        });
+        let manifest: Manifest = serde_json::from_value(json).unwrap();
+        check_groups(&manifest)
+    }
+
+    #[test]
+    fn groups_within_one_split_pass_and_crossing_ones_are_named() {
+        use Split::{Test, Train, Val};
+        let ok = vec![
+            image("a/1.jpg", Train, Some("L1")),
+            image("a/2.jpg", Train, Some("L1")),
+            image("a/3.jpg", Test, Some("L2")),
+            image("a/4.jpg", Val, None),
+            image("a/5.jpg", Test, None),
+        ];
+        assert!(problems(ok).is_empty());
+        let bad = vec![
+            image("a/1.jpg", Train, Some("L1")),
+            image("a/2.jpg", Test, Some("L2")),
+            image("a/3.jpg", Val, Some("L2")),
+            image("a/4.jpg", Train, Some("L1")),
+            image("a/5.jpg", Train, Some("L2")),
+        ];
+        assert_eq!(
+            problems(bad),
+            [
+                "group `L2` crosses splits: test and val and train (a/2.jpg in test, a/3.jpg in \
+              val, a/5.jpg in train)"
+            ]
+        );
+    }
+
+    #[test]
+    fn groups_across_folds_are_named() {
+        let mut images = vec![
+            image("a/1.jpg", Split::Train, Some("L1")),
+            image("a/2.jpg", Split::Train, Some("L1")),
+            image("a/3.jpg", Split::Train, Some("L2")),
+            image("a/4.jpg", Split::Test, Some("L3")),
+        ];
+        for (im, fold) in images.iter_mut().zip([Some(0), Some(0), Some(1), None]) {
+            im.fold = fold;
+        }
+        assert!(problems(images.clone()).is_empty());
+        images[1].fold = Some(2);
+        assert_eq!(
+            problems(images),
+            [
+                "group `L1` crosses folds: fold 0 and fold 2 (a/1.jpg in fold 0, a/2.jpg in \
+              fold 2)"
+            ]
+        );
+    }
+
+    #[test]
+    fn many_crossing_groups_are_counted() {
+        let images: Vec<ImageEntry> = (0..24)
+            .map(|i| {
+                let split = if i % 2 == 0 { Split::Train } else { Split::Val };
+                image(
+                    &format!("a/{i}.jpg"),
+                    split,
+                    Some(&format!("g{:02}", i / 2)),
+                )
+            })
+            .collect();
+        let p = problems(images);
+        assert_eq!(p.len(), SHOWN_GROUPS + 1);
+        assert!(
+            p[0].starts_with("group `g00` crosses splits: train and val"),
+            "{}",
+            p[0]
+        );
+        assert_eq!(p[SHOWN_GROUPS], "... and 2 more groups across splits");
+    }
 }

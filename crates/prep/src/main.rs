@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lesion::image_io::{ResizePolicy, DEFAULT_MAX_PIXELS};
-use lesion::prep::PrepOptions;
+use lesion::prep::{GroupOptions, PrepOptions};
 
 /// Prepare skin-lesion images for training: decode, resize, split 60/20/20, augment the
 /// training split and write verified safetensors shards.
@@ -32,9 +32,17 @@ use lesion::prep::PrepOptions;
                   Folders are matched ignoring case; a mapped folder that does not exist is an \
                   error; folders not mentioned keep their own name as class; at least two \
                   classes must remain.\n\n\
+                  Grouped split (--groups FILE.csv): a CSV with a header; the image column \
+                  names each image by its path relative to INPUT_DIR or a trailing part of it \
+                  down to the file name, with or without extension (Benign/ISIC_0012127.jpg, \
+                  ISIC_0012127.jpg or ISIC_0012127); a name fitting two images is an error. \
+                  Images with the same group-column value land in one split (byte-identical \
+                  copies too); an image without a group is an error unless --ungrouped ok.\n\n\
                   Examples:\n  lesion-prep data/isic --out data/prepared\n  \
                   lesion-prep ham10000 --out data/ham3 --group vasc=- --malignant mel,bcc,akiec\n  \
                   lesion-prep ham10000 --out data/ham2 --classes benign-malignant.txt\n  \
+                  lesion-prep data/isic --out data/cv5 --folds 5\n  \
+                  lesion-prep ham10000 --out data/ham-lesions --groups HAM10000_metadata.csv\n  \
                   lesion-prep verify data/prepared\n  \
                   lesion-prep synth --out data/synthetic --per-class 200"
 )]
@@ -61,12 +69,21 @@ struct PrepArgs {
     /// or crop (scale the short side, cut the centre square).
     #[arg(long, value_enum, default_value_t = Resize::Stretch)]
     resize: Resize,
-    /// Validation fraction of each class.
-    #[arg(long, default_value_t = 0.2)]
-    val: f64,
+    /// Validation fraction of each class [default: 0.2] (not with --folds: there each
+    /// fold is the validation set of one run).
+    #[arg(long, value_name = "VAL")]
+    val: Option<f64>,
     /// Test fraction of each class.
     #[arg(long, default_value_t = 0.2)]
     test: f64,
+    /// K-fold cross-validation: hold out the test split as usual and divide the other
+    /// images into K folds (stratified by class, copies of a file in one fold);
+    /// `lesion-train --fold I` then validates on fold I and trains on the others.
+    #[arg(long, value_name = "K")]
+    folds: Option<u32>,
+    /// With --folds: hold out no test split; every image is in a fold.
+    #[arg(long, requires = "folds")]
+    no_test: bool,
     /// Seed of the split, the row order and the augmentations.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -112,6 +129,26 @@ struct PrepArgs {
     /// evaluation and prediction).
     #[arg(long, value_name = "NAME[,NAME...]", value_delimiter = ',')]
     malignant: Vec<String>,
+    /// Keep groups of images (photos of one lesion, lesions of one patient) within one
+    /// split: a CSV file with an image column and a group column (see below).
+    #[arg(long = "groups", value_name = "FILE.csv")]
+    groups_file: Option<PathBuf>,
+    /// The group column of --groups [default: lesion_id].
+    #[arg(long, value_name = "COLUMN", requires = "groups_file")]
+    group_column: Option<String>,
+    /// The image column of --groups [default: the first of image_id, image, image_name,
+    /// isic_id, file, filename in the header].
+    #[arg(long, value_name = "COLUMN", requires = "groups_file")]
+    image_column: Option<String>,
+    /// Images --groups does not group: an error (error) or each its own group (ok).
+    #[arg(long, value_enum, value_name = "WHAT", requires = "groups_file")]
+    ungrouped: Option<Ungrouped>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Ungrouped {
+    Error,
+    Ok,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -151,7 +188,8 @@ enum Command {
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq)]
 enum Action {
-    Prep(PrepOptions),
+    /// Boxed: the options are many times the size of the other variants.
+    Prep(Box<PrepOptions>),
     Verify(PathBuf),
     Synth {
         out: PathBuf,
@@ -164,22 +202,24 @@ enum Action {
 
 impl Cli {
     /// What the command line asks for.
-    fn action(&self) -> Action {
+    // The library's one error type, so that the exit code follows it.
+    #[allow(clippy::result_large_err)]
+    fn action(&self) -> lesion::Result<Action> {
         match &self.command {
-            Some(Command::Verify { dir }) => Action::Verify(dir.clone()),
+            Some(Command::Verify { dir }) => Ok(Action::Verify(dir.clone())),
             Some(Command::Synth {
                 out,
                 per_class,
                 seed,
                 force,
                 quiet,
-            }) => Action::Synth {
+            }) => Ok(Action::Synth {
                 out: out.clone(),
                 per_class: *per_class,
                 seed: *seed,
                 force: *force,
                 progress: !quiet,
-            },
+            }),
             None => {
                 let a = &self.prep;
                 let (Some(input), Some(out)) = (&a.input, &a.out) else {
@@ -191,8 +231,16 @@ impl Cli {
                     Resize::Stretch => ResizePolicy::Stretch,
                     Resize::Crop => ResizePolicy::Crop,
                 };
-                o.val = a.val;
+                if let (Some(k), Some(v)) = (a.folds, a.val) {
+                    return Err(lesion::Error::InvalidOption(format!(
+                        "--val {v} cannot be given with --folds {k}: with folds, the validation \
+                         set of each run is its held-out fold"
+                    )));
+                }
+                o.val = a.val.unwrap_or(o.val);
                 o.test = a.test;
+                o.folds = a.folds.unwrap_or(0);
+                o.no_test = a.no_test;
                 o.seed = a.seed;
                 o.shard_size = a.shard_size;
                 o.views = a.views;
@@ -206,14 +254,23 @@ impl Cli {
                 o.groups = a.groups.clone();
                 o.positive = a.positive.clone();
                 o.malignant = a.malignant.clone();
-                Action::Prep(o)
+                o.grouping = a.groups_file.as_ref().map(|file| {
+                    let mut g = GroupOptions::new(file);
+                    if let Some(c) = &a.group_column {
+                        g.group_column = c.clone();
+                    }
+                    g.image_column = a.image_column.clone();
+                    g.ungrouped_ok = a.ungrouped == Some(Ungrouped::Ok);
+                    g
+                });
+                Ok(Action::Prep(Box::new(o)))
             }
         }
     }
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
-    match cli.action() {
+    match cli.action()? {
         Action::Prep(opts) => {
             let summary = lesion::prep::run(&opts)?;
             println!("{summary}");
@@ -257,12 +314,14 @@ mod tests {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        Ok(Cli::try_parse_from(args)?.action())
+        Ok(Cli::try_parse_from(args)?
+            .action()
+            .expect("options without a conflict"))
     }
 
     fn prep(args: &[&str]) -> PrepOptions {
         match parse_args(args) {
-            Ok(Action::Prep(o)) => o,
+            Ok(Action::Prep(o)) => *o,
             other => panic!("{other:?}"),
         }
     }
@@ -339,6 +398,89 @@ mod tests {
     }
 
     #[test]
+    fn fold_options_are_passed_through() {
+        let o = prep(&["lesion-prep", "in", "--out", "o", "--folds", "5"]);
+        assert_eq!((o.folds, o.no_test), (5, false));
+        assert_eq!(o.val, PrepOptions::new("in", "out").val);
+        let o = prep(&[
+            "lesion-prep",
+            "in",
+            "--out",
+            "o",
+            "--folds",
+            "3",
+            "--no-test",
+        ]);
+        assert_eq!((o.folds, o.no_test), (3, true));
+        let d = prep(&["lesion-prep", "in", "--out", "o"]);
+        assert_eq!((d.folds, d.no_test), (0, false));
+        // --no-test needs --folds.
+        let err =
+            Cli::try_parse_from(["lesion-prep", "in", "--out", "o", "--no-test"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        // The fold is the validation set: --val with --folds is refused, naming both.
+        let cli = Cli::try_parse_from([
+            "lesion-prep",
+            "in",
+            "--out",
+            "o",
+            "--folds",
+            "5",
+            "--val",
+            "0.1",
+        ])
+        .unwrap();
+        let err = cli.action().unwrap_err();
+        assert!(matches!(err, lesion::Error::InvalidOption(_)), "{err:?}");
+        assert_eq!(err.exit_code(), 2);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("--val 0.1") && msg.contains("--folds 5"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn group_options_are_passed_through() {
+        assert_eq!(prep(&["p", "in", "--out", "o"]).grouping, None);
+        let o = prep(&["p", "in", "--out", "o", "--groups", "meta.csv"]);
+        assert_eq!(o.grouping, Some(GroupOptions::new("meta.csv")));
+        let o = prep(&[
+            "p",
+            "in",
+            "--out",
+            "o",
+            "--groups",
+            "meta.csv",
+            "--group-column",
+            "patient_id",
+            "--image-column",
+            "isic_id",
+            "--ungrouped",
+            "ok",
+        ]);
+        let g = o.grouping.unwrap();
+        assert_eq!(g.file, PathBuf::from("meta.csv"));
+        assert_eq!(g.group_column, "patient_id");
+        assert_eq!(g.image_column.as_deref(), Some("isic_id"));
+        assert!(g.ungrouped_ok);
+        let o = prep(&[
+            "p",
+            "in",
+            "--out",
+            "o",
+            "--groups",
+            "m.csv",
+            "--ungrouped",
+            "error",
+        ]);
+        assert!(!o.grouping.unwrap().ungrouped_ok);
+        // The class mapping's --group is another option.
+        let o = prep(&["p", "in", "--out", "o", "--group", "vasc=-"]);
+        assert_eq!((o.groups.len(), o.grouping), (1, None));
+    }
+
+    #[test]
     fn subcommands() {
         assert_eq!(
             parse_args(["lesion-prep", "verify", "d"]).unwrap(),
@@ -397,6 +539,28 @@ mod tests {
         assert_eq!(
             kind(&["lesion-prep", "verify"]),
             ErrorKind::MissingRequiredArgument
+        );
+        for flag in [
+            &["--group-column", "x"][..],
+            &["--image-column", "x"],
+            &["--ungrouped", "ok"],
+        ] {
+            let mut args = vec!["lesion-prep", "in", "--out", "o"];
+            args.extend(flag);
+            assert_eq!(kind(&args), ErrorKind::MissingRequiredArgument, "{flag:?}");
+        }
+        assert_eq!(
+            kind(&[
+                "lesion-prep",
+                "in",
+                "--out",
+                "o",
+                "--groups",
+                "g.csv",
+                "--ungrouped",
+                "yes"
+            ]),
+            ErrorKind::InvalidValue
         );
         // Exit code 2 for usage errors, as for bad input.
         assert_eq!(parse_args(["lesion-prep"]).unwrap_err().exit_code(), 2);

@@ -272,17 +272,36 @@ fn error_rows(cases: &[ErrorCase]) -> Vec<Value> {
 }
 
 /// `total (n class, ...)` of a split, `0` if the manifest has no counts for it.
-fn split_counts(manifest: &Manifest, s: Split) -> String {
-    manifest
-        .counts(s)
-        .map(|c| {
-            let per: Vec<String> = c
-                .per_class
+fn split_counts(manifest: &Manifest, s: Split, fold: Option<u32>) -> String {
+    let per_class = match fold {
+        // A run on fold f of K-fold data trains on the other folds and validates on f.
+        Some(f) if manifest.folds > 0 && s != Split::Test => {
+            let mut pc = vec![0; manifest.classes.len()];
+            for c in manifest
+                .fold_counts
+                .iter()
+                .filter(|c| (c.fold == f) == (s == Split::Val))
+            {
+                for (n, &m) in pc.iter_mut().zip(&c.per_class) {
+                    *n += m;
+                }
+            }
+            Some(pc)
+        }
+        _ => manifest.counts(s).map(|c| c.per_class.clone()),
+    };
+    per_class
+        .map(|pc| {
+            let per: Vec<String> = pc
                 .iter()
                 .zip(&manifest.classes)
                 .map(|(n, name)| format!("{n} {name}"))
                 .collect();
-            format!("{} ({})", c.total, per.join(", "))
+            let of_fold = match (fold, s) {
+                (Some(f), Split::Val) => format!(", fold {f} of {}", manifest.folds),
+                _ => String::new(),
+            };
+            format!("{} ({}{of_fold})", pc.iter().sum::<usize>(), per.join(", "))
         })
         .unwrap_or_else(|| "0".into())
 }
@@ -319,9 +338,9 @@ fn config_rows(input: &ReportInput<'_>) -> Value {
         ),
         split_counts => format!(
             "{} / {} / {}",
-            split_counts(manifest, Split::Train),
-            split_counts(manifest, Split::Val),
-            split_counts(manifest, Split::Test)
+            split_counts(manifest, Split::Train, tr.fold),
+            split_counts(manifest, Split::Val, tr.fold),
+            split_counts(manifest, Split::Test, tr.fold)
         ),
         seconds => format!("{:.1} s", m.seconds),
     }
@@ -755,6 +774,7 @@ pub(super) mod tests {
                 augment: false,
                 strict: false,
                 max_pixels: 1 << 26,
+                groups: None,
             },
             normalization: Normalization {
                 mean: [0.485, 0.456, 0.406],
@@ -765,6 +785,8 @@ pub(super) mod tests {
                 counts(Split::Train, vec![30, 10]),
                 counts(Split::Test, vec![7, 5]),
             ],
+            folds: 0,
+            fold_counts: Vec::new(),
             shards: Vec::new(),
             images: Vec::new(),
             rejected: Vec::new(),
@@ -897,6 +919,28 @@ pub(super) mod tests {
             "report-bare.html.golden",
             &render_at(&f.input(false), NOW).unwrap(),
         );
+    }
+
+    #[test]
+    fn a_fold_run_counts_its_training_and_held_out_folds() {
+        let mut manifest = fixture(false).manifest;
+        manifest.classes = vec!["a".into(), "b".into()];
+        assert_eq!(
+            split_counts(&manifest, Split::Train, None),
+            "40 (30 a, 10 b)"
+        );
+        manifest.folds = 3;
+        manifest.fold_counts = (0..3)
+            .map(|fold| crate::manifest::FoldCounts {
+                fold,
+                per_class: vec![10, 3 + fold as usize],
+                total: 13 + fold as usize,
+            })
+            .collect();
+        let counts = |s| split_counts(&manifest, s, Some(1));
+        assert_eq!(counts(Split::Train), "28 (20 a, 8 b)");
+        assert_eq!(counts(Split::Val), "14 (10 a, 4 b, fold 1 of 3)");
+        assert_eq!(counts(Split::Test), "12 (7 a, 5 b)");
     }
 
     #[test]

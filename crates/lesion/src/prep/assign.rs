@@ -1,6 +1,7 @@
 //! Pass 2a of `prep`: everything decided per image before its pixels are read back: the
-//! split of each image (stratified by class, byte-identical files kept together), the
-//! per-split counts, the duplicate groups, and the augmentation of each training view.
+//! split of each image (stratified by class, byte-identical files kept together, and with
+//! `--groups` every group of the groups file), with `--folds K` the fold of each pool image,
+//! the per-split counts, the duplicate groups, and the augmentation of each training view.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -37,28 +38,38 @@ pub(super) fn assign_splits(
             ),
         ));
     }
-    split::split_counts(&per_class, opts.val, opts.test, opts.seed)
-        .map_err(|e| too_few(opts, names, e))?;
+    if !opts.no_test {
+        split::split_counts(&per_class, opts.val, opts.test, opts.seed)
+            .map_err(|e| too_few(opts, names, e))?;
+    }
 
     let labels: Vec<usize> = images.iter().map(|i| i.class as usize).collect();
-    let mut first_of: HashMap<&str, usize> = HashMap::new();
-    let groups: Vec<usize> = images
-        .iter()
-        .enumerate()
-        .map(|(i, im)| *first_of.entry(im.sha256.as_str()).or_insert(i))
-        .collect();
-    drop(first_of);
-    let assignment = split::stratified_split(&labels, &groups, opts.val, opts.test, opts.seed)
+    let copies = copy_groups(images);
+    let groups = split_groups(images, &copies);
+    if opts.no_test {
+        for im in images.iter_mut() {
+            im.split = Split::Train;
+        }
+    } else {
+        let assignment = if opts.grouping.is_some() {
+            split::stratified_group_split(&labels, &groups, opts.val, opts.test, opts.seed)
+        } else {
+            split::stratified_split(&labels, &groups, opts.val, opts.test, opts.seed)
+        }
         .map_err(|e| with_dataset_path(e, names, &opts.input))?;
-    if assignment.len() != images.len() {
-        return Err(Error::InvalidOption(format!(
-            "split returned {} assignments for {} images",
-            assignment.len(),
-            images.len()
-        )));
+        if assignment.len() != images.len() {
+            return Err(Error::InvalidOption(format!(
+                "split returned {} assignments for {} images",
+                assignment.len(),
+                images.len()
+            )));
+        }
+        for (im, &sp) in images.iter_mut().zip(&assignment) {
+            im.split = sp;
+        }
     }
-    for (im, &sp) in images.iter_mut().zip(&assignment) {
-        im.split = sp;
+    if opts.folds > 0 {
+        assign_folds(opts, names, &labels, &groups, images)?;
     }
     let counts = Split::ALL
         .into_iter()
@@ -74,7 +85,128 @@ pub(super) fn assign_splits(
             }
         })
         .collect();
-    Ok((counts, duplicate_groups(images, &groups)?))
+    Ok((counts, duplicate_groups(images, &copies)?))
+}
+
+/// Per image, the index of the first byte-identical copy of it (itself if none came
+/// before).
+fn copy_groups(images: &[ImageEntry]) -> Vec<usize> {
+    let mut first_of: HashMap<&str, usize> = HashMap::new();
+    images
+        .iter()
+        .enumerate()
+        .map(|(i, im)| *first_of.entry(im.sha256.as_str()).or_insert(i))
+        .collect()
+}
+
+/// The groups the split keeps whole: byte-identical copies joined with the groups of
+/// [`ImageEntry::group`] (a group of the file holding a copy of an image of another group
+/// makes the two one). Per image, the smallest index of its group, so that without file
+/// groups this is `copies` itself.
+fn split_groups(images: &[ImageEntry], copies: &[usize]) -> Vec<usize> {
+    // Union-find whose root is always the smallest index of its set.
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    fn join(parent: &mut [usize], a: usize, b: usize) {
+        let (ra, rb) = (root(parent, a), root(parent, b));
+        let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
+        parent[hi] = lo;
+    }
+    let mut parent: Vec<usize> = (0..images.len()).collect();
+    for (i, &c) in copies.iter().enumerate() {
+        join(&mut parent, i, c);
+    }
+    let mut first_of: HashMap<&str, usize> = HashMap::new();
+    for (i, im) in images.iter().enumerate() {
+        if let Some(g) = im.group.as_deref() {
+            let first = *first_of.entry(g).or_insert(i);
+            join(&mut parent, i, first);
+        }
+    }
+    (0..images.len()).map(|i| root(&mut parent, i)).collect()
+}
+
+/// The number of groups the split kept whole (see [`split_groups`]).
+pub(super) fn count_groups(images: &[ImageEntry]) -> usize {
+    let groups = split_groups(images, &copy_groups(images));
+    groups.iter().enumerate().filter(|&(i, &g)| i == g).count()
+}
+
+/// `--folds K`: the train and val images form the pool (`split: train`), and each pool image
+/// gets a fold from [`split::stratified_group_kfold`] (stratified by class, each group in
+/// one fold). Every class needs at least K pool images, and every fold an image of every
+/// class.
+fn assign_folds(
+    opts: &PrepOptions,
+    names: &[String],
+    labels: &[usize],
+    groups: &[usize],
+    images: &mut [ImageEntry],
+) -> Result<()> {
+    let k = opts.folds as usize;
+    let pool: Vec<usize> = (0..images.len())
+        .filter(|&i| images[i].split != Split::Test)
+        .collect();
+    let mut per_class = vec![0usize; names.len()];
+    for &i in &pool {
+        images[i].split = Split::Train;
+        per_class[labels[i]] += 1;
+    }
+    let after_test = if opts.no_test {
+        ""
+    } else {
+        " (after the test split)"
+    };
+    if let Some(c) = per_class.iter().position(|&n| n < k) {
+        return Err(bad_dataset(
+            &opts.input,
+            format!(
+                "class {} has {} image(s) in the cross-validation pool{after_test}, fewer than \
+                 --folds {k}: every fold needs an image of each class (use fewer folds{})",
+                names[c],
+                per_class[c],
+                if opts.no_test {
+                    ""
+                } else {
+                    ", a smaller --test or --no-test"
+                }
+            ),
+        ));
+    }
+    let pool_labels: Vec<usize> = pool.iter().map(|&i| labels[i]).collect();
+    let pool_groups: Vec<usize> = pool.iter().map(|&i| groups[i]).collect();
+    let folds = split::stratified_group_kfold(&pool_labels, &pool_groups, k, Some(opts.seed))
+        .map_err(|e| with_dataset_path(e, names, &opts.input))?;
+    if folds.len() != pool.len() {
+        return Err(Error::InvalidOption(format!(
+            "fold assignment returned {} folds for {} images",
+            folds.len(),
+            pool.len()
+        )));
+    }
+    let mut per_fold = vec![vec![0usize; names.len()]; k];
+    for (&i, &f) in pool.iter().zip(&folds) {
+        images[i].fold = Some(f);
+        per_fold[f as usize][labels[i]] += 1;
+    }
+    for (f, counts) in per_fold.iter().enumerate() {
+        if let Some(c) = counts.iter().position(|&n| n == 0) {
+            return Err(bad_dataset(
+                &opts.input,
+                format!(
+                    "fold {f} of {k} has no image of class {}: its groups are too large to \
+                     spread over {k} folds (use fewer folds)",
+                    names[c]
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Rewords the split's "class too small" error with the class name and the dataset path.
@@ -140,10 +272,17 @@ fn duplicate_groups(images: &[ImageEntry], groups: &[usize]) -> Result<Vec<Dupli
                     first.path
                 )));
             }
+            if m.iter().any(|&i| images[i as usize].fold != first.fold) {
+                return Err(Error::InvalidOption(format!(
+                    "fold assignment put copies of {} in different folds",
+                    first.path
+                )));
+            }
             Ok(DuplicateGroup {
                 sha256: first.sha256.clone(),
                 paths: m.iter().map(|&i| images[i as usize].path.clone()).collect(),
                 split: first.split,
+                fold: first.fold,
                 indices: m,
             })
         })

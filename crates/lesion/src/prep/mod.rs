@@ -24,6 +24,30 @@
 //! u32 `[n]`. Rows within a split are in a seeded random order, so any window of shards is a
 //! mix of classes.
 //!
+//! K-fold layout (`--folds K`): the test split is held out as without folds (the same
+//! images for the same seed and fractions: the three-way split is drawn, then its train and
+//! val parts are merged), or not at all with `--no-test`. The other images form the
+//! *pool*: each has `split: train` and a fold `0..K` (`ImageEntry::fold`) from
+//! [`crate::split::stratified_group_kfold`] (stratified by class, each group of
+//! byte-identical files in one fold). The folder then holds
+//! - `train/shard-v{view}-{k:05}.safetensors`: the augmented views of every pool image,
+//!   exactly as the train split above;
+//! - `val/shard-{k:05}.safetensors`: the clean (never augmented) image of every pool image,
+//!   in the same row order as the train shards;
+//! - `test/shard-{k:05}.safetensors` unless `--no-test` (then no `test/` folder).
+//!
+//! So fold `i`'s training rows are the train rows whose image has a fold other than `i`,
+//! and its validation rows the val rows whose image has fold `i`
+//! ([`crate::loader::PreparedDataset::with_fold`]): every fold reads one prepared folder.
+//! The manifest's `counts` count images by split (the pool as train, val 0, test 0 with
+//! `--no-test`); `folds` is K and `fold_counts` each fold's per-class counts.
+//!
+//! Grouped split (`--groups FILE.csv`, format and matching rules in [`groups`]): every image
+//! gets the group the file gives it, groups joined by byte-identical copies are one group,
+//! and [`crate::split::stratified_group_split`] keeps every group in one split, each class's
+//! split sizes within its largest group of the ungrouped sizes. The manifest records each
+//! image's group and the options. Without `--groups` nothing changes.
+//!
 //! Memory stays bounded whatever the dataset size: pass 1 decodes and resizes each file
 //! exactly once, in parallel chunks, and appends the `S x S` RGB result (HWC u8) to a
 //! staging file on disk; pass 2 splits, then reads those rows back one chunk at a time
@@ -37,6 +61,7 @@
 //! - `discover.rs` (pass 0): the folders, the classes and the sorted list of input files;
 //! - `stage.rs` (pass 1): decoding, hashing and resizing into the staging file; rejected
 //!   files and conflicting copies;
+//! - `groups.rs`: the groups file of a grouped split and how its rows name images;
 //! - `assign.rs` (pass 2a): splits, counts, duplicate groups, augmentation draws;
 //! - `shards.rs` (pass 2b): row order, augmentation, shard writing, sample previews;
 //!
@@ -49,6 +74,7 @@
 
 mod assign;
 mod discover;
+pub mod groups;
 pub mod mapping;
 mod shards;
 mod stage;
@@ -64,19 +90,20 @@ use crate::error::IoContext;
 use crate::fsutil::{self, OutputKind, StagingDir};
 use crate::image_io::{self, ResizePolicy};
 use crate::manifest::{
-    DuplicateGroup, FolderClass, ImageEntry, Manifest, Normalization, PrepRecord, RejectedFile,
-    SplitCounts, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION,
+    DuplicateGroup, FoldCounts, FolderClass, ImageEntry, Manifest, Normalization, PrepRecord,
+    RejectedFile, SplitCounts, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION,
 };
 use crate::split::Split;
 use crate::transforms::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::{Error, Result};
-use assign::{assign_splits, draw_augmentations};
+use assign::{assign_splits, count_groups, draw_augmentations};
 use discover::{discover, ClassChoice};
 use shards::{write_samples, write_shards};
 use stage::{reject_conflicting_copies, stage_images, StagedRows, STAGED_IMAGES};
 
 pub use crate::verify::{verify, VerifyReport};
 pub use assign::augmentation_rng;
+pub use groups::GroupOptions;
 pub use mapping::ClassMap;
 pub use shards::chw_to_image;
 
@@ -131,6 +158,14 @@ pub struct PrepOptions {
     pub positive: Option<String>,
     /// The malignant classes of more than two (names, matched ignoring case).
     pub malignant: Vec<String>,
+    /// Cross-validation folds of the pool (`--folds K`, at least 2); 0: none (layout in
+    /// the module docs).
+    pub folds: u32,
+    /// With folds: hold out no test split, every image is in the pool (`--no-test`).
+    pub no_test: bool,
+    /// `--groups FILE.csv` and its options: a grouped split; `None`: groups are only
+    /// byte-identical copies.
+    pub grouping: Option<GroupOptions>,
 }
 
 impl PrepOptions {
@@ -155,6 +190,9 @@ impl PrepOptions {
             groups: Vec::new(),
             positive: None,
             malignant: Vec::new(),
+            folds: 0,
+            no_test: false,
+            grouping: None,
         }
     }
 
@@ -189,6 +227,16 @@ impl PrepOptions {
                 self.val, self.test
             ));
         }
+        if self.folds == 1 {
+            return bad("--folds must be at least 2 (or absent: no folds)".into());
+        }
+        if self.no_test && self.folds == 0 {
+            return bad(
+                "--no-test needs --folds K: without folds the test split is the only held-out \
+                 evaluation"
+                    .into(),
+            );
+        }
         if self.shard_size == 0 {
             return bad("--shard-size must be at least 1".into());
         }
@@ -214,6 +262,14 @@ impl PrepOptions {
         for g in &self.groups {
             groups.push_group(g)?;
         }
+        if let Some(g) = &self.grouping {
+            if g.group_column.trim().is_empty() {
+                return bad("--group-column must name a column".into());
+            }
+            if g.image_column.as_ref().is_some_and(|c| c.trim().is_empty()) {
+                return bad("--image-column must name a column".into());
+            }
+        }
         Ok(())
     }
 
@@ -230,6 +286,7 @@ impl PrepOptions {
             augment: self.augment,
             strict: self.strict,
             max_pixels: self.max_pixels,
+            groups: None,
         }
     }
 }
@@ -246,6 +303,10 @@ pub struct PrepSummary {
     /// With a class mapping, every input folder's class (`None`: skipped) and counts.
     pub folders: Vec<FolderClass>,
     pub counts: Vec<SplitCounts>,
+    /// Cross-validation folds (0: none).
+    pub folds: u32,
+    /// With folds, each fold's counts.
+    pub fold_counts: Vec<FoldCounts>,
     /// Input files examined (accepted + rejected).
     pub files: usize,
     /// Images accepted.
@@ -254,6 +315,9 @@ pub struct PrepSummary {
     pub shards: usize,
     pub rejected: Vec<RejectedFile>,
     pub duplicates: Vec<DuplicateGroup>,
+    /// With `--groups`: the groups of the split (those of the file joined by byte-identical
+    /// copies, and each ungrouped image); `None` without `--groups`.
+    pub groups: Option<usize>,
     /// Non-fatal remarks (ignored folders, skipped hidden files, ...).
     pub warnings: Vec<String>,
     pub elapsed: Duration,
@@ -267,6 +331,26 @@ impl PrepSummary {
 }
 
 impl PrepSummary {
+    /// The per-fold count table of K-fold data (nothing without folds).
+    fn fmt_folds(&self, f: &mut fmt::Formatter<'_>, widths: &[usize]) -> fmt::Result {
+        if self.fold_counts.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            f,
+            "  {} folds of the pool (fold i: validation of `lesion-train --fold i`):",
+            self.folds
+        )?;
+        for c in &self.fold_counts {
+            write!(f, "  {:<6}", format!("fold {}", c.fold))?;
+            for (n, &w) in c.per_class.iter().zip(widths) {
+                write!(f, " {n:>w$}")?;
+            }
+            writeln!(f, " {:>8}", c.total)?;
+        }
+        Ok(())
+    }
+
     /// The label of every class, its positive or malignant role, and the grouping.
     fn fmt_classes(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let binary = self.classes.len() == 2;
@@ -339,7 +423,13 @@ impl fmt::Display for PrepSummary {
         }
         writeln!(f, " {:>8}", "total")?;
         for c in &self.counts {
-            write!(f, "  {:<6}", c.split.name())?;
+            // With folds the val split is the held-out fold and the train split the pool.
+            let name = match c.split {
+                Split::Val | Split::Test if self.folds > 0 && c.total == 0 => continue,
+                Split::Train if self.folds > 0 => "pool",
+                split => split.name(),
+            };
+            write!(f, "  {name:<6}")?;
             for (n, &w) in c.per_class.iter().zip(&widths) {
                 write!(f, " {n:>w$}")?;
             }
@@ -349,6 +439,7 @@ impl fmt::Display for PrepSummary {
             }
             writeln!(f)?;
         }
+        self.fmt_folds(f, &widths)?;
         self.fmt_classes(f)?;
         if self.rejected.is_empty() {
             writeln!(f, "rejected files: none")?;
@@ -371,8 +462,15 @@ impl fmt::Display for PrepSummary {
                 self.duplicates.len()
             )?;
             for d in &self.duplicates {
-                writeln!(f, "  {} -> {}", d.paths.join(" = "), d.split.name())?;
+                let to = match d.fold {
+                    Some(fold) => format!("fold {fold}"),
+                    None => d.split.name().to_string(),
+                };
+                writeln!(f, "  {} -> {to}", d.paths.join(" = "))?;
             }
+        }
+        if let Some(n) = self.groups {
+            writeln!(f, "groups: {n}, each within one split")?;
         }
         for w in &self.warnings {
             writeln!(f, "warning: {w}")?;
@@ -405,16 +503,27 @@ fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
         malignant: &opts.malignant,
     };
     let mut discovery = discover(&opts.input, &choice)?;
-    let stage = StagingDir::new(&opts.out, opts.force, OUTPUT_KIND, &[&opts.input])?;
+    let group_table = opts.grouping.as_ref().map(groups::read_table).transpose()?;
+    let mut inputs: Vec<&Path> = vec![&opts.input];
+    inputs.extend(opts.grouping.as_ref().map(|g| g.file.as_path()));
+    let stage = StagingDir::new(&opts.out, opts.force, OUTPUT_KIND, &inputs)?;
     let staged_path = stage.path().join(STAGED_IMAGES);
     let (images, mut rejected) = stage_images(opts, &discovery.files, &staged_path)?;
     let (mut images, staged_row) = reject_conflicting_copies(opts, images, &mut rejected)?;
+    let mut record = opts.record();
+    if let (Some(table), Some(grouping)) = (&group_table, &opts.grouping) {
+        let attached = groups::attach(table, grouping, &mut images, &discovery.classes)?;
+        discovery.warnings.extend(attached.warnings);
+        record.groups = Some(groups::record(table, grouping));
+    }
     let folders = if map.is_empty() {
         Vec::new()
     } else {
         count_images(std::mem::take(&mut discovery.folders), &images)
     };
     let (counts, duplicates) = assign_splits(opts, &discovery, &mut images)?;
+    let fold_counts = count_folds(&images, discovery.classes.len(), opts.folds);
+    let n_groups = opts.grouping.as_ref().map(|_| count_groups(&images));
     let views = draw_augmentations(opts, &mut images);
 
     let staged_rows = StagedRows {
@@ -444,12 +553,14 @@ fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
         views,
         augment: opts.augment,
         seed: opts.seed,
-        options: opts.record(),
+        options: record,
         normalization: Normalization {
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
         },
         counts: counts.clone(),
+        folds: opts.folds,
+        fold_counts: fold_counts.clone(),
         shards,
         images,
         rejected: rejected.clone(),
@@ -466,15 +577,36 @@ fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
         malignant: discovery.malignant,
         folders,
         counts,
+        folds: opts.folds,
+        fold_counts,
         files: discovery.files.len(),
         images: n_images,
         views,
         shards: n_shards,
         rejected,
         duplicates,
+        groups: n_groups,
         warnings: discovery.warnings,
         elapsed: start.elapsed(),
     })
+}
+
+/// Each fold's per-class image counts (empty without folds).
+fn count_folds(images: &[ImageEntry], n_classes: usize, folds: u32) -> Vec<FoldCounts> {
+    let mut out: Vec<FoldCounts> = (0..folds)
+        .map(|fold| FoldCounts {
+            fold,
+            per_class: vec![0; n_classes],
+            total: 0,
+        })
+        .collect();
+    for im in images {
+        if let Some(c) = im.fold.and_then(|f| out.get_mut(f as usize)) {
+            c.per_class[im.class as usize] += 1;
+            c.total += 1;
+        }
+    }
+    out
 }
 
 /// Fills in the accepted images of every folder (an image's path starts with its folder).

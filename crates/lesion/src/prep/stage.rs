@@ -92,6 +92,8 @@ pub(super) fn stage_images(
                         width: d.width,
                         height: d.height,
                         augmentations: None,
+                        fold: None,
+                        group: None,
                     });
                 }
                 Err(e) if opts.strict => {
