@@ -188,7 +188,7 @@ enum Command {
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq)]
 enum Action {
-    Prep(PrepOptions),
+    Prep(Box<PrepOptions>),
     Verify(PathBuf),
     Synth {
         out: PathBuf,
@@ -262,7 +262,7 @@ impl Cli {
                     g.ungrouped_ok = a.ungrouped == Some(Ungrouped::Ok);
                     g
                 });
-                Ok(Action::Prep(o))
+                Ok(Action::Prep(Box::new(o)))
             }
         }
     }
@@ -320,7 +320,7 @@ mod tests {
 
     fn prep(args: &[&str]) -> PrepOptions {
         match parse_args(args) {
-            Ok(Action::Prep(o)) => o,
+            Ok(Action::Prep(o)) => *o,
             other => panic!("{other:?}"),
         }
     }
