@@ -330,18 +330,20 @@ const STREAM_GROUP_ASSIGN: u64 = 3;
 /// same sizes as scikit-learn's two stratified `train_test_split` calls). Since every group
 /// has one class, each class is placed on its own: its groups in seeded random order,
 /// then stably sorted largest first, each to the split with the most room left (target
-/// minus placed; ties to train, then val). Singletons, which come last, fill the rooms
-/// exactly when there are enough of them.
+/// minus placed; ties to a split still without an image of the class, then to train, then
+/// val). Singletons, which come last, fill the rooms exactly when there are enough of them.
+/// A split still without an image of the class then takes one group from a split with
+/// several, when both stay within the bound below.
 ///
 /// Bound: every per-class split count is within `L` of its target, `L` the size of that
 /// class's largest group (a group is placed only into the split with the most room,
 /// which is positive while items remain, so no split overshoots by `L` or more; and were a
 /// split short by more than `L` at the end, every split placed into would have had more
 /// than `L` room left before each placement and so still room after it, leaving items
-/// unplaced).
+/// unplaced); the move that fills an empty split is made only within it.
 ///
 /// Errors: as [`stratified_split`], and [`Error::BadDataset`] (empty `path`) when a class's
-/// groups are too large to give every split an image, or a group holds two classes (the
+/// groups are too large to give every split an image within that bound, or a group holds two classes (the
 /// message names the group id and two of its items).
 pub fn stratified_group_split(
     labels: &[usize],
@@ -399,33 +401,58 @@ pub fn stratified_group_split(
             .collect();
         members.shuffle(&mut rng);
         members.sort_by_key(|items| std::cmp::Reverse(items.len()));
+        let largest = members.first().map_or(0, |items| items.len()) as i64;
         let mut room = plan[ci].map(|n| n as i64);
-        let mut placed = [0usize; 3];
+        let mut placed: [Vec<&Vec<usize>>; 3] = [Vec::new(), Vec::new(), Vec::new()];
         for items in members {
-            // max_by_key keeps the last maximum; reversing the order makes ties go to the
-            // lowest split.
-            let s = (0..3).rev().max_by_key(|&s| room[s]).expect("three splits");
+            // The most room; on a tie a split still without an image of the class, then the
+            // lowest split (max_by_key keeps the last maximum, so iterate in reverse).
+            let s = (0..3)
+                .rev()
+                .max_by_key(|&s| (room[s], placed[s].is_empty()))
+                .expect("three splits");
             room[s] -= items.len() as i64;
-            placed[s] += items.len();
-            for &i in items {
-                out[i] = Split::ALL[s];
+            placed[s].push(items);
+        }
+        // A split left without an image of the class takes one group from a split that
+        // has two or more, if both then stay within `largest` of their targets (the move
+        // that keeps the larger of the two deviations smallest).
+        for e in 0..3 {
+            if !placed[e].is_empty() {
+                continue;
+            }
+            let mut best: Option<(i64, usize, usize)> = None;
+            for d in (0..3).filter(|&d| placed[d].len() > 1) {
+                for (k, items) in placed[d].iter().enumerate() {
+                    let size = items.len() as i64;
+                    let (to, from) = (room[e] - size, room[d] + size);
+                    let worst = to.abs().max(from.abs());
+                    if worst <= largest && best.is_none_or(|(w, _, _)| worst < w) {
+                        best = Some((worst, d, k));
+                    }
+                }
+            }
+            if let Some((_, d, k)) = best {
+                let items = placed[d].remove(k);
+                room[d] += items.len() as i64;
+                room[e] -= items.len() as i64;
+                placed[e].push(items);
             }
         }
-        if let Some(s) = (0..3).find(|&s| placed[s] == 0) {
+        if let Some(s) = (0..3).find(|&s| placed[s].is_empty()) {
             return Err(bad_dataset(format!(
                 "class {class}: its groups are too large to give the {} split an image \
-                 (planned train {}, val {}, test {}; largest group {} images)",
+                 (planned train {}, val {}, test {}; largest group {largest} images)",
                 Split::ALL[s].name(),
                 plan[ci][0],
                 plan[ci][1],
                 plan[ci][2],
-                by_first
-                    .iter()
-                    .filter(|items| labels[items[0]] == class)
-                    .map(Vec::len)
-                    .max()
-                    .unwrap_or(0)
             )));
+        }
+        for (s, groups) in placed.iter().enumerate() {
+            for &i in groups.iter().flat_map(|items| items.iter()) {
+                out[i] = Split::ALL[s];
+            }
         }
     }
     Ok(out)
@@ -1003,7 +1030,39 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn grouped_split_gives_every_split_an_image_when_groups_allow() {
+        // Four pairs for targets [5, 1, 2]: most room alone would put three pairs in train.
+        let sizes = [vec![2; 4], vec![1; 12]];
+        let splits = check_grouped(&sizes, 0.2, 0.2, 0);
+        let (labels, _) = grouped(&sizes);
+        assert_eq!(tally(&labels, &splits, 2)[0], [4, 2, 2]);
+        // Three groups of four: the third goes to val on the tie, test then takes one
+        // from train.
+        check_grouped(&[vec![4; 3], vec![1; 20]], 0.2, 0.2, 0);
+    }
+
     proptest::proptest! {
+        #[test]
+        fn grouped_split_of_equal_groups_stays_within_one_group(
+            size in 2usize..=5,
+            groups in 3usize..12,
+            singles in 10usize..40,
+            seed in 0u64..100,
+        ) {
+            let sizes = [vec![size; groups], vec![1; singles]];
+            let (labels, group_ids) = grouped(&sizes);
+            match stratified_group_split(&labels, &group_ids, 0.2, 0.2, seed) {
+                Ok(_) => {
+                    check_grouped(&sizes, 0.2, 0.2, seed);
+                }
+                Err(Error::BadDataset { reason, .. }) => {
+                    proptest::prop_assert!(reason.starts_with("class"), "{}", reason);
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+
         #[test]
         fn grouped_split_stays_within_one_group_of_the_targets(
             a in proptest::collection::vec(1usize..=6, 15..60),

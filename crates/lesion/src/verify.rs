@@ -3,14 +3,19 @@
 //! and rows against it, and the row totals against the per-split counts.
 //!
 //! K-fold data ([`crate::prep`]'s layout) are checked for fold consistency too: a fold
-//! `0..K` on every pool image and none elsewhere, the per-fold counts, copies of one file in
-//! one fold, and val shards that hold the pool (the clean copy of the train split).
+//! `0..K` on every pool image and none elsewhere, the per-fold counts, copies of one file and
+//! the images of one group in one fold, and val shards that hold the pool (the clean copy of
+//! the train split).
+//!
+//! A grouped split (`lesion-prep --groups`) is checked for leakage: every image of a group
+//! ([`crate::manifest::ImageEntry::group`]) must be in one split.
 //!
 //! Only regular files inside the dataset folder are read: the manifest's shard paths are
 //! confined when it is loaded ([`Manifest::load`]), and a shard that is a symbolic link
 //! to somewhere outside the folder, or not a regular file (a FIFO or device could block or
 //! never end), is reported without being opened.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,7 +23,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::fsutil;
-use crate::manifest::{Manifest, ShardEntry};
+use crate::manifest::{ImageEntry, Manifest, ShardEntry};
 use crate::shard::Shard;
 use crate::split::Split;
 use crate::{Error, Result};
@@ -100,6 +105,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         problems.extend(p);
     }
     problems.extend(check_folds(&manifest));
+    problems.extend(check_groups(&manifest));
     for c in &manifest.counts {
         // With folds the val shards hold a clean copy of the pool, counted as train.
         let total = match (manifest.folds, c.split) {
@@ -314,5 +320,165 @@ fn check_folds(manifest: &Manifest) -> Vec<String> {
             ));
         }
     }
+    problems.extend(groups_across(
+        manifest,
+        "folds",
+        |im| im.fold,
+        |f| format!("fold {f}"),
+    ));
     problems
+}
+
+/// Groups that cross splits, one line per group (the first [`SHOWN_GROUPS`], then a count).
+fn check_groups(manifest: &Manifest) -> Vec<String> {
+    groups_across(
+        manifest,
+        "splits",
+        |im| Some(im.split),
+        |s| s.name().to_string(),
+    )
+}
+
+/// One group's images seen so far: its first image, and one image of each part it is in.
+struct Seen<'a, K> {
+    first: usize,
+    parts: Vec<(K, &'a str)>,
+}
+
+/// Groups whose images fall in more than one part (split, fold, ...) by `part_of` (images
+/// with no part are left out), one line per group, `name` naming a part.
+fn groups_across<K: Copy + PartialEq>(
+    manifest: &Manifest,
+    what: &str,
+    part_of: impl Fn(&ImageEntry) -> Option<K>,
+    name: impl Fn(K) -> String,
+) -> Vec<String> {
+    let mut seen: BTreeMap<&str, Seen<K>> = BTreeMap::new();
+    for (i, im) in manifest.images.iter().enumerate() {
+        let (Some(group), Some(part)) = (im.group.as_deref(), part_of(im)) else {
+            continue;
+        };
+        let entry = seen.entry(group).or_insert(Seen {
+            first: i,
+            parts: Vec::new(),
+        });
+        if !entry.parts.iter().any(|&(p, _)| p == part) {
+            entry.parts.push((part, im.path.as_str()));
+        }
+    }
+    let mut crossing: Vec<(&str, Seen<K>)> = seen
+        .into_iter()
+        .filter(|(_, s)| s.parts.len() > 1)
+        .collect();
+    crossing.sort_by_key(|(_, s)| s.first);
+    let mut problems: Vec<String> = crossing
+        .iter()
+        .take(SHOWN_GROUPS)
+        .map(|(group, s)| {
+            let names: Vec<String> = s.parts.iter().map(|&(p, _)| name(p)).collect();
+            let examples: Vec<String> = s
+                .parts
+                .iter()
+                .map(|&(p, path)| format!("{path} in {}", name(p)))
+                .collect();
+            format!(
+                "group `{group}` crosses {what} {} ({})",
+                names.join(" and "),
+                examples.join(", ")
+            )
+        })
+        .collect();
+    if crossing.len() > SHOWN_GROUPS {
+        problems.push(format!(
+            "... and {} more groups across {what}",
+            crossing.len() - SHOWN_GROUPS
+        ));
+    }
+    problems
+}
+
+/// How many groups across splits [`check_groups`] spells out.
+const SHOWN_GROUPS: usize = 10;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(path: &str, split: Split, group: Option<&str>) -> ImageEntry {
+        ImageEntry {
+            path: path.into(),
+            class: 0,
+            split,
+            sha256: String::new(),
+            width: 1,
+            height: 1,
+            augmentations: None,
+            group: group.map(str::to_string),
+            fold: None,
+        }
+    }
+
+    fn problems(images: Vec<ImageEntry>) -> Vec<String> {
+        let json = serde_json::json!({
+            "format": "lesion-prepared-dataset", "format_version": 1, "crate_version": "t",
+            "classes": ["a", "b"], "image_size": 8, "resize": "stretch", "views": 1,
+            "augment": false, "seed": 1,
+            "options": {"input": "in", "image_size": 8, "resize": "stretch", "val": 0.2,
+                        "test": 0.2, "seed": 1, "shard_size": 4, "views": 1,
+                        "augment": false, "strict": false, "max_pixels": 100},
+            "normalization": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+            "counts": [], "shards": [], "images": images, "rejected": [], "duplicates": []
+        });
+        let manifest: Manifest = serde_json::from_value(json).unwrap();
+        check_groups(&manifest)
+    }
+
+    #[test]
+    fn groups_within_one_split_pass_and_crossing_ones_are_named() {
+        use Split::{Test, Train, Val};
+        let ok = vec![
+            image("a/1.jpg", Train, Some("L1")),
+            image("a/2.jpg", Train, Some("L1")),
+            image("a/3.jpg", Test, Some("L2")),
+            image("a/4.jpg", Val, None),
+            image("a/5.jpg", Test, None),
+        ];
+        assert!(problems(ok).is_empty());
+        let bad = vec![
+            image("a/1.jpg", Train, Some("L1")),
+            image("a/2.jpg", Test, Some("L2")),
+            image("a/3.jpg", Val, Some("L2")),
+            image("a/4.jpg", Train, Some("L1")),
+            image("a/5.jpg", Train, Some("L2")),
+        ];
+        assert_eq!(
+            problems(bad),
+            [
+                "group `L2` crosses splits test and val and train (a/2.jpg in test, a/3.jpg in \
+              val, a/5.jpg in train)"
+            ]
+        );
+    }
+
+    #[test]
+    fn many_crossing_groups_are_counted() {
+        let images: Vec<ImageEntry> = (0..24)
+            .map(|i| {
+                let split = if i % 2 == 0 { Split::Train } else { Split::Val };
+                image(
+                    &format!("a/{i}.jpg"),
+                    split,
+                    Some(&format!("g{:02}", i / 2)),
+                )
+            })
+            .collect();
+        let p = problems(images);
+        assert_eq!(p.len(), SHOWN_GROUPS + 1);
+        assert!(
+            p[0].starts_with("group `g00` crosses splits train and val"),
+            "{}",
+            p[0]
+        );
+        assert_eq!(p[SHOWN_GROUPS], "... and 2 more groups across splits");
+    }
 }

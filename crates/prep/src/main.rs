@@ -188,6 +188,7 @@ enum Command {
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq)]
 enum Action {
+    /// Boxed: the options are many times the size of the other variants.
     Prep(Box<PrepOptions>),
     Verify(PathBuf),
     Synth {
