@@ -2,12 +2,13 @@
 //! reads one): re-hashes every shard against its manifest and checks each shard's header
 //! and rows against it, and the row totals against the per-split counts.
 //!
-//! A grouped split (`lesion-prep --groups`) is checked for leakage: every image of a group
-//! ([`crate::manifest::ImageEntry::group`]) must be in one split, and with folds in one
-//! fold.
 //! K-fold data ([`crate::prep`]'s layout) are checked for fold consistency too: a fold
-//! `0..K` on every pool image and none elsewhere, the per-fold counts, copies of one file in
-//! one fold, and val shards that hold the pool (the clean copy of the train split).
+//! `0..K` on every pool image and none elsewhere, the per-fold counts, copies of one file and
+//! the images of one group in one fold, and val shards that hold the pool (the clean copy of
+//! the train split).
+//!
+//! A grouped split (`lesion-prep --groups`) is checked for leakage: every image of a group
+//! ([`crate::manifest::ImageEntry::group`]) must be in one split.
 //!
 //! Only regular files inside the dataset folder are read: the manifest's shard paths are
 //! confined when it is loaded ([`Manifest::load`]), and a shard that is a symbolic link
@@ -103,8 +104,8 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         bytes += b;
         problems.extend(p);
     }
-    problems.extend(check_groups(&manifest));
     problems.extend(check_folds(&manifest));
+    problems.extend(check_groups(&manifest));
     for c in &manifest.counts {
         // With folds the val shards hold a clean copy of the pool, counted as train.
         let total = match (manifest.folds, c.split) {

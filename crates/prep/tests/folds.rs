@@ -317,6 +317,26 @@ fn folds_keep_the_groups_of_a_groups_file_whole() {
         .count();
     assert!(multi >= 5, "{multi} multi-image groups");
     prep::verify(&out).unwrap().into_result().unwrap();
+
+    // verify names a group moved across folds.
+    let (i, im) = m
+        .images
+        .iter()
+        .enumerate()
+        .find(|(_, im)| {
+            im.fold.is_some() && m.images.iter().filter(|o| o.group == im.group).count() > 1
+        })
+        .unwrap();
+    let moved = (im.fold.unwrap() + 1) % 3;
+    edit_json(&out.join("manifest.json"), |v| {
+        v["images"][i]["fold"] = moved.into();
+    });
+    let text = prep::verify(&out).unwrap().problems.join("\n");
+    let group = im.group.as_deref().unwrap();
+    assert!(
+        text.contains(&format!("group `{group}` crosses folds")),
+        "{text}"
+    );
 }
 
 #[test]
