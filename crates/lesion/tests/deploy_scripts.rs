@@ -404,6 +404,18 @@ fn slurm_array_tasks_run_the_folds_of_cv_sh_all() {
         .output()
         .unwrap();
     assert_usage_error(&out, "no task id", "SLURM_ARRAY_TASK_ID");
+    // Submitted from outside the checkout without LESION_REPO: Slurm runs a copy of the
+    // script, so it cannot find cv.sh beside itself.
+    let out = sb
+        .command("bash", "slurm-bad.log")
+        .arg(&sbatch)
+        .env("SLURM_ARRAY_TASK_ID", "0")
+        .env("SLURM_SUBMIT_DIR", sb.dir.path())
+        .env("PREPARED", sb.prepared())
+        .env("CV_DIR", sb.cv_dir())
+        .output()
+        .unwrap();
+    assert_usage_error(&out, "outside the checkout", "set LESION_REPO");
     assert!(sb.calls("slurm-bad.log").is_empty());
 }
 
