@@ -1,0 +1,706 @@
+//! Cross-validation (`lesion-eval --cv CV_DIR`): the K fold runs of one prepared dataset,
+//! aggregated into one evaluation in the ordinary report format.
+//!
+//! A CV folder holds one ordinary run folder per fold, `CV_DIR/fold-0` .. `fold-{K-1}`
+//! (no zero padding), each trained with `lesion-train --fold i`: its validation split is
+//! fold `i`, which no other fold's training saw. Each run scores its own held-out fold
+//! (its **out-of-fold** predictions); pooled, they give one prediction per image of the
+//! folds, each from a model that did not train on it. With a test split, each fold's model
+//! scores it too.
+//!
+//! Outputs, in `CV_DIR/eval/` (or `--out`; built in a staging folder and renamed into place,
+//! refused if present unless `force`, which replaces only an evaluation folder):
+//! - `metrics.json`: the pooled out-of-fold predictions measured exactly as an ordinary
+//!   evaluation measures its split ([`EvalMetrics`], `split` `val`), plus a `cv` object
+//!   ([`CvSection`]). Two classes: the figures at 0.5 in both threshold columns. The
+//!   threshold is **fixed at 0.5**, not chosen: a fold's validation split is its held-out
+//!   fold, so a threshold chosen there (Youden's J, or its `threshold.json`) would be tuned
+//!   on the very images it is measured on. N classes: the `multiclass` section, the
+//!   prediction being the most probable class; the malignant-group view is left out (it
+//!   would need a chosen threshold too).
+//! - `predictions.csv`: the pooled predictions in the ordinary layout (fold 0's rows first,
+//!   then fold 1's, ...) with a last column `fold`.
+//! - `test-predictions.csv` (with a test split): every fold model's test predictions, fold
+//!   after fold, in the same layout with the column `fold`.
+//! - the figures and `report.html` of the pooled predictions, headed "cross-validation:
+//!   K folds, pooled out-of-fold predictions", with the per-fold table.
+//!
+//! The `cv` section: `k`; `runs[i]` (fold, run folder, checkpoint, its SHA-256 and epoch);
+//! `folds[i]` ([`FoldFigures`]: `n`, `roc_auc` (macro one-vs-rest for N, `null` when
+//! undefined), `balanced_accuracy`, `accuracy`, `log_loss`, for two classes `sensitivity` and
+//! `specificity` at 0.5, for N `per_class[k]` with `recall`, `precision`, `f1`, `roc_auc`),
+//! computed exactly as the pooled figures; `mean_sd`: the mean and **sample** standard
+//! deviation (ddof = 1, `null` below two folds) of each figure over the folds where it is
+//! defined (`n` of them); with a test split, `test`: `folds[i]` (each fold model on the
+//! whole test split), `mean_sd`, and `fold_average`, the figures of the mean of the K
+//! models' probabilities per test image.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::infer::SplitPredictions;
+use crate::metrics::{self, DEFAULT_THRESHOLD};
+use crate::{Error, Result};
+
+/// Name of fold `i`'s run folder inside a CV folder is `fold-{i}`.
+pub const FOLD_PREFIX: &str = "fold-";
+/// Default output folder inside a CV folder.
+pub const CV_EVAL_DIR: &str = "eval";
+/// Every fold model's predictions on the test split.
+pub const TEST_PREDICTIONS_FILE: &str = "test-predictions.csv";
+/// The column `predictions.csv` gains in a cross-validation.
+pub const FOLD_COLUMN: &str = "fold";
+
+/// The figures of one fold's predictions (or of the fold-averaged test predictions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FoldFigures {
+    /// The fold; `None` for the fold average.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fold: Option<u32>,
+    pub n: u64,
+    /// Two classes: ROC AUC; N: macro one-vs-rest ROC AUC (`None` when a class is absent).
+    pub roc_auc: Option<f64>,
+    pub balanced_accuracy: f64,
+    pub accuracy: f64,
+    /// Log loss of the probabilities, nats.
+    pub log_loss: f64,
+    /// Two classes, at 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub specificity: Option<f64>,
+    /// N classes, in label order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_class: Vec<ClassFoldFigures>,
+}
+
+/// One class's one-vs-rest figures in one fold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassFoldFigures {
+    pub recall: f64,
+    pub precision: f64,
+    pub f1: f64,
+    pub roc_auc: Option<f64>,
+}
+
+/// Mean and sample standard deviation of one figure over the folds where it is defined.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MeanSd {
+    pub mean: f64,
+    /// `sqrt(sum (x - mean)^2 / (n - 1))`; `None` when `n < 2`.
+    pub sd: Option<f64>,
+    /// Folds with a value.
+    pub n: usize,
+}
+
+/// [`MeanSd`] of every figure of [`FoldFigures`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FiguresMeanSd {
+    pub roc_auc: Option<MeanSd>,
+    pub balanced_accuracy: MeanSd,
+    pub accuracy: MeanSd,
+    pub log_loss: MeanSd,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<MeanSd>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub specificity: Option<MeanSd>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_class: Vec<ClassMeanSd>,
+}
+
+/// [`MeanSd`] of one class's figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassMeanSd {
+    pub recall: MeanSd,
+    pub precision: MeanSd,
+    pub f1: MeanSd,
+    pub roc_auc: Option<MeanSd>,
+}
+
+/// Which run scored which fold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FoldRun {
+    pub fold: u32,
+    pub run_dir: PathBuf,
+    pub checkpoint: PathBuf,
+    pub checkpoint_sha256: String,
+    pub checkpoint_epoch: usize,
+}
+
+/// The fold models on the test split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CvTest {
+    pub folds: Vec<FoldFigures>,
+    pub mean_sd: FiguresMeanSd,
+    /// The mean of the K models' probabilities per test image, measured as one model.
+    pub fold_average: FoldFigures,
+}
+
+/// `metrics.json`'s `cv` object (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CvSection {
+    pub k: u32,
+    /// How the pooled predictions are called: `probability >= 0.5` or `argmax`.
+    pub decision: String,
+    /// How `mean_sd` is computed.
+    pub sd: String,
+    pub runs: Vec<FoldRun>,
+    pub folds: Vec<FoldFigures>,
+    pub mean_sd: FiguresMeanSd,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<CvTest>,
+}
+
+/// What [`CvSection::sd`] says.
+pub const SD_NOTE: &str = "sample standard deviation over folds (ddof = 1)";
+
+/// The decision rule of predictions with `outputs` logits per image.
+fn decision(outputs: usize) -> String {
+    if outputs == 1 {
+        format!("probability >= {DEFAULT_THRESHOLD} (fixed, not chosen)")
+    } else {
+        "argmax (the most probable class)".into()
+    }
+}
+
+/// The figures of `p` (two classes when `p.outputs == 1`): ROC AUC, balanced accuracy,
+/// accuracy, log loss, and sensitivity/specificity at 0.5 or the per-class figures, each
+/// computed by [`crate::metrics`] exactly as an evaluation computes them.
+pub fn fold_figures(p: &SplitPredictions, fold: Option<u32>) -> Result<FoldFigures> {
+    if p.outputs == 1 {
+        let m = metrics::evaluate(&p.labels, &p.probs, DEFAULT_THRESHOLD)?;
+        Ok(FoldFigures {
+            fold,
+            n: m.n,
+            roc_auc: Some(m.roc_auc),
+            balanced_accuracy: m.balanced_accuracy,
+            accuracy: m.accuracy,
+            log_loss: m.log_loss,
+            sensitivity: Some(m.sensitivity),
+            specificity: Some(m.specificity),
+            per_class: Vec::new(),
+        })
+    } else {
+        let m = metrics::evaluate_multiclass(&p.labels, &p.class_probs)?;
+        Ok(FoldFigures {
+            fold,
+            n: m.n,
+            roc_auc: m.macro_roc_auc,
+            balanced_accuracy: m.balanced_accuracy,
+            accuracy: m.accuracy,
+            log_loss: m.log_loss,
+            sensitivity: None,
+            specificity: None,
+            per_class: m
+                .per_class
+                .iter()
+                .map(|c| ClassFoldFigures {
+                    recall: c.recall,
+                    precision: c.precision,
+                    f1: c.f1,
+                    roc_auc: c.roc_auc,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Mean and sample standard deviation (ddof = 1) of the defined values; `None` when none is.
+pub fn mean_sd(values: impl IntoIterator<Item = Option<f64>>) -> Option<MeanSd> {
+    let xs: Vec<f64> = values.into_iter().flatten().collect();
+    if xs.is_empty() {
+        return None;
+    }
+    let n = xs.len();
+    let mean = xs.iter().sum::<f64>() / n as f64;
+    let sd = (n >= 2).then(|| {
+        let ss: f64 = xs.iter().map(|x| (x - mean) * (x - mean)).sum();
+        (ss / (n - 1) as f64).sqrt()
+    });
+    Some(MeanSd { mean, sd, n })
+}
+
+/// [`MeanSd`] of each figure over `folds` (all of one kind: two classes or N).
+pub fn summarise(folds: &[FoldFigures]) -> FiguresMeanSd {
+    let all = |f: fn(&FoldFigures) -> f64| {
+        mean_sd(folds.iter().map(|x| Some(f(x)))).unwrap_or(MeanSd {
+            mean: f64::NAN,
+            sd: None,
+            n: 0,
+        })
+    };
+    let n_classes = folds.first().map_or(0, |f| f.per_class.len());
+    let class = |k: usize, f: fn(&ClassFoldFigures) -> Option<f64>| {
+        mean_sd(folds.iter().map(|x| x.per_class.get(k).and_then(f)))
+    };
+    let nan = MeanSd {
+        mean: f64::NAN,
+        sd: None,
+        n: 0,
+    };
+    FiguresMeanSd {
+        roc_auc: mean_sd(folds.iter().map(|x| x.roc_auc)),
+        balanced_accuracy: all(|x| x.balanced_accuracy),
+        accuracy: all(|x| x.accuracy),
+        log_loss: all(|x| x.log_loss),
+        sensitivity: mean_sd(folds.iter().map(|x| x.sensitivity)),
+        specificity: mean_sd(folds.iter().map(|x| x.specificity)),
+        per_class: (0..n_classes)
+            .map(|k| ClassMeanSd {
+                recall: class(k, |c| Some(c.recall)).unwrap_or(nan),
+                precision: class(k, |c| Some(c.precision)).unwrap_or(nan),
+                f1: class(k, |c| Some(c.f1)).unwrap_or(nan),
+                roc_auc: class(k, |c| c.roc_auc),
+            })
+            .collect(),
+    }
+}
+
+/// The predictions of the folds one after the other, and each row's fold.
+pub fn pool(folds: &[(u32, &SplitPredictions)]) -> Result<(SplitPredictions, Vec<u32>)> {
+    let mut out = SplitPredictions::default();
+    let mut fold_of = Vec::new();
+    for (i, (fold, p)) in folds.iter().enumerate() {
+        if i == 0 {
+            out.outputs = p.outputs;
+        } else if p.outputs != out.outputs {
+            return Err(Error::BadMetricInput(format!(
+                "fold {fold} has {} outputs per image, fold {} has {}",
+                p.outputs, folds[0].0, out.outputs
+            )));
+        }
+        out.source_index.extend_from_slice(&p.source_index);
+        out.labels.extend_from_slice(&p.labels);
+        out.logits.extend_from_slice(&p.logits);
+        out.class_probs.extend(p.class_probs.iter().cloned());
+        out.probs.extend_from_slice(&p.probs);
+        fold_of.extend(std::iter::repeat_n(*fold, p.len()));
+    }
+    Ok((out, fold_of))
+}
+
+/// The mean of the folds' probabilities per image (matched by source index, in the first
+/// fold's order), as predictions without logits. Every fold must score the same images
+/// with the same labels.
+pub fn fold_average(folds: &[(u32, &SplitPredictions)]) -> Result<SplitPredictions> {
+    let Some((first_fold, first)) = folds.first() else {
+        return Err(Error::BadMetricInput("no fold predictions to average".into()));
+    };
+    let k = folds.len() as f64;
+    let mut class_probs = first.class_probs.clone();
+    let mut probs = first.probs.clone();
+    let row_of: HashMap<u32, usize> = first
+        .source_index
+        .iter()
+        .enumerate()
+        .map(|(row, &s)| (s, row))
+        .collect();
+    for (fold, p) in &folds[1..] {
+        let mismatch = |what: &str| {
+            Error::BadMetricInput(format!(
+                "fold {fold} scored {what} than fold {first_fold} on the test split"
+            ))
+        };
+        if p.len() != first.len() || p.probs.len() != first.probs.len() {
+            return Err(mismatch("a different number of images"));
+        }
+        for (i, &s) in p.source_index.iter().enumerate() {
+            let row = *row_of.get(&s).ok_or_else(|| mismatch("other images"))?;
+            if p.labels[i] != first.labels[row] {
+                return Err(mismatch("other labels"));
+            }
+            for (acc, v) in class_probs[row].iter_mut().zip(&p.class_probs[i]) {
+                *acc += v;
+            }
+            if let Some(q) = p.probs.get(i) {
+                probs[row] += q;
+            }
+        }
+    }
+    for row in &mut class_probs {
+        for v in row.iter_mut() {
+            *v /= k;
+        }
+    }
+    for q in &mut probs {
+        *q /= k;
+    }
+    Ok(SplitPredictions {
+        source_index: first.source_index.clone(),
+        labels: first.labels.clone(),
+        logits: Vec::new(),
+        outputs: first.outputs,
+        class_probs,
+        probs,
+    })
+}
+
+/// Every fold's figures, their mean and SD, and the test figures when each fold has test
+/// predictions (`oof[i]` and `test[i]` of fold `folds[i]`).
+pub fn aggregate(
+    runs: Vec<FoldRun>,
+    oof: &[&SplitPredictions],
+    test: Option<&[&SplitPredictions]>,
+) -> Result<CvSection> {
+    let fold_ids: Vec<u32> = runs.iter().map(|r| r.fold).collect();
+    let folds = fold_ids
+        .iter()
+        .zip(oof)
+        .map(|(&f, p)| fold_figures(p, Some(f)).map_err(|e| in_fold(f, "held-out fold", e)))
+        .collect::<Result<Vec<_>>>()?;
+    let test = match test {
+        Some(test) => {
+            let figures = fold_ids
+                .iter()
+                .zip(test)
+                .map(|(&f, p)| fold_figures(p, Some(f)).map_err(|e| in_fold(f, "test split", e)))
+                .collect::<Result<Vec<_>>>()?;
+            let pairs: Vec<(u32, &SplitPredictions)> =
+                fold_ids.iter().copied().zip(test.iter().copied()).collect();
+            let avg = fold_average(&pairs)?;
+            Some(CvTest {
+                mean_sd: summarise(&figures),
+                folds: figures,
+                fold_average: fold_figures(&avg, None)?,
+            })
+        }
+        None => None,
+    };
+    Ok(CvSection {
+        k: runs.len() as u32,
+        decision: decision(oof.first().map_or(1, |p| p.outputs)),
+        sd: SD_NOTE.into(),
+        mean_sd: summarise(&folds),
+        folds,
+        runs,
+        test,
+    })
+}
+
+fn in_fold(fold: u32, what: &str, e: Error) -> Error {
+    match e {
+        Error::BadMetricInput(m) => {
+            Error::BadMetricInput(format!("fold {fold}, on its {what}: {m}"))
+        }
+        other => other,
+    }
+}
+
+/// `0.8123 ± 0.0214` (`± n/a` with one fold).
+pub fn mean_sd_text(m: &MeanSd) -> String {
+    let f4 = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.4}")
+        } else {
+            "n/a".into()
+        }
+    };
+    match m.sd {
+        Some(sd) => format!("{} ± {}", f4(m.mean), f4(sd)),
+        None => format!("{} ± n/a", f4(m.mean)),
+    }
+}
+
+impl fmt::Display for FoldFigures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let auc = self.roc_auc.map_or("n/a".into(), |v| format!("{v:.4}"));
+        write!(
+            f,
+            "{:>6} {:>6} {:>8} {:>9} {:>9} {:>9}",
+            self.fold.map_or("mean".into(), |i| i.to_string()),
+            self.n,
+            auc,
+            format!("{:.4}", self.balanced_accuracy),
+            format!("{:.4}", self.accuracy),
+            format!("{:.4}", self.log_loss),
+        )
+    }
+}
+
+/// Fold `i`'s run folder in `cv_dir`.
+pub fn fold_dir(cv_dir: &Path, fold: u32) -> PathBuf {
+    cv_dir.join(format!("{FOLD_PREFIX}{fold}"))
+}
+
+/// The fold run folders of `cv_dir` (`fold-{i}`), by fold. A `fold-` name whose rest is
+/// digits with a leading zero is refused (the folders are not zero-padded); other names are
+/// ignored. No fold at all is an error.
+pub fn find_folds(cv_dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
+    use crate::error::IoContext;
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(cv_dir).with_path(cv_dir)? {
+        let entry = entry.with_path(cv_dir)?;
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(FOLD_PREFIX)) else {
+            continue;
+        };
+        if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let path = entry.path();
+        let fold = match rest.parse::<u32>() {
+            Ok(i) if i.to_string() == rest => i,
+            _ => {
+                return Err(Error::BadArtifact {
+                    path,
+                    reason: format!(
+                        "not a fold folder name: fold folders are named {FOLD_PREFIX}0, \
+                         {FOLD_PREFIX}1, ... without zero padding"
+                    ),
+                })
+            }
+        };
+        if !path.is_dir() {
+            return Err(Error::BadArtifact {
+                path,
+                reason: "not a folder: a fold's run folder was expected".into(),
+            });
+        }
+        found.push((fold, path));
+    }
+    if found.is_empty() {
+        return Err(Error::BadArtifact {
+            path: cv_dir.to_path_buf(),
+            reason: format!(
+                "no fold runs ({FOLD_PREFIX}0, {FOLD_PREFIX}1, ...): train each fold into it \
+                 first (scripts/cv.sh fold I PREPARED CV_DIR)"
+            ),
+        });
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Refuses a set of fold folders that is not exactly `fold-0` .. `fold-{k-1}`, naming
+/// every missing and every extra one.
+pub fn check_fold_set(cv_dir: &Path, found: &[u32], k: u32) -> Result<()> {
+    let missing: Vec<String> = (0..k)
+        .filter(|i| !found.contains(i))
+        .map(|i| fold_dir(cv_dir, i).display().to_string())
+        .collect();
+    let extra: Vec<String> = found
+        .iter()
+        .filter(|&&i| i >= k)
+        .map(|&i| fold_dir(cv_dir, i).display().to_string())
+        .collect();
+    if missing.is_empty() && extra.is_empty() {
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "missing fold run{} {} (train {} before evaluating)",
+            if missing.len() == 1 { "" } else { "s" },
+            missing.join(", "),
+            if missing.len() == 1 { "it" } else { "them" }
+        ));
+    }
+    if !extra.is_empty() {
+        problems.push(format!(
+            "{} beyond the data's folds",
+            extra.join(", ")
+        ));
+    }
+    Err(Error::BadArtifact {
+        path: cv_dir.to_path_buf(),
+        reason: format!("the data has {k} folds: {}", problems.join("; ")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binary(source: &[u32], labels: &[usize], probs: &[f64]) -> SplitPredictions {
+        SplitPredictions {
+            source_index: source.to_vec(),
+            labels: labels.to_vec(),
+            logits: probs
+                .iter()
+                .map(|p| (p / (1.0 - p)).ln() as f32)
+                .collect(),
+            outputs: 1,
+            class_probs: probs.iter().map(|&p| vec![1.0 - p, p]).collect(),
+            probs: probs.to_vec(),
+        }
+    }
+
+    fn run(fold: u32) -> FoldRun {
+        FoldRun {
+            fold,
+            run_dir: PathBuf::from(format!("cv/fold-{fold}")),
+            checkpoint: PathBuf::from(format!("cv/fold-{fold}/best.safetensors")),
+            checkpoint_sha256: "ab".repeat(32),
+            checkpoint_epoch: 1,
+        }
+    }
+
+    #[test]
+    fn mean_sd_is_the_sample_standard_deviation() {
+        // 0.7, 0.8, 0.9: mean 0.8, squared deviations 0.01 + 0 + 0.01 over n - 1 = 2.
+        let m = mean_sd([Some(0.7), Some(0.8), None, Some(0.9)]).unwrap();
+        assert_eq!(m.n, 3);
+        assert!((m.mean - 0.8).abs() < 1e-15, "{m:?}");
+        assert!((m.sd.unwrap() - 0.1).abs() < 1e-15, "{m:?}");
+        let one = mean_sd([Some(0.25), None]).unwrap();
+        assert_eq!((one.mean, one.sd, one.n), (0.25, None, 1));
+        assert_eq!(mean_sd([None, None]), None);
+        assert_eq!(mean_sd_text(&m), "0.8000 ± 0.1000");
+        assert_eq!(mean_sd_text(&one), "0.2500 ± n/a");
+    }
+
+    #[test]
+    fn two_folds_are_pooled_and_summarised() {
+        // Fold 0: AUC 1 (every malignant above every benign); at 0.5: TP 1, FN 1, TN 2.
+        let f0 = binary(&[0, 2, 4, 6], &[0, 0, 1, 1], &[0.1, 0.2, 0.4, 0.9]);
+        // Fold 1: pairs (mal 0.6 vs ben 0.3, 0.7): 1 of 2 ordered; TP 1, TN 1, FP 1.
+        let f1 = binary(&[1, 3, 5], &[0, 1, 0], &[0.3, 0.6, 0.7]);
+        let (pooled, fold_of) = pool(&[(0, &f0), (1, &f1)]).unwrap();
+        assert_eq!(fold_of, [0, 0, 0, 0, 1, 1, 1]);
+        assert_eq!(pooled.source_index, [0, 2, 4, 6, 1, 3, 5]);
+        assert_eq!(pooled.labels, [0, 0, 1, 1, 0, 1, 0]);
+        assert_eq!(pooled.probs[6], 0.7);
+        assert_eq!(pooled.logits.len(), 7);
+
+        let cv = aggregate(vec![run(0), run(1)], &[&f0, &f1], None).unwrap();
+        assert_eq!(cv.k, 2);
+        assert!(cv.test.is_none());
+        let (a, b) = (&cv.folds[0], &cv.folds[1]);
+        assert_eq!((a.fold, a.n, b.fold, b.n), (Some(0), 4, Some(1), 3));
+        assert_eq!(a.roc_auc, Some(1.0));
+        assert_eq!(b.roc_auc, Some(0.5));
+        assert_eq!((a.accuracy, b.accuracy), (0.75, 2.0 / 3.0));
+        assert_eq!((a.sensitivity, a.specificity), (Some(0.5), Some(1.0)));
+        assert_eq!((b.sensitivity, b.specificity), (Some(1.0), Some(0.5)));
+        assert_eq!((a.balanced_accuracy, b.balanced_accuracy), (0.75, 0.75));
+        // Log loss by hand: fold 0 -(ln .9 + ln .8 + ln .4 + ln .9) / 4.
+        let want0 = -(0.9f64.ln() + 0.8f64.ln() + 0.4f64.ln() + 0.9f64.ln()) / 4.0;
+        assert!((a.log_loss - want0).abs() < 1e-12, "{}", a.log_loss);
+        let m = &cv.mean_sd;
+        let auc = m.roc_auc.unwrap();
+        assert_eq!((auc.mean, auc.n), (0.75, 2));
+        // Two values x, y: SD = |x - y| / sqrt(2).
+        assert!((auc.sd.unwrap() - 0.5 / 2f64.sqrt()).abs() < 1e-15);
+        assert_eq!(m.balanced_accuracy.sd, Some(0.0));
+        let acc = m.accuracy;
+        assert!((acc.mean - (0.75 + 2.0 / 3.0) / 2.0).abs() < 1e-15);
+        assert!((acc.sd.unwrap() - (0.75 - 2.0 / 3.0) / 2f64.sqrt()).abs() < 1e-15);
+        assert_eq!(m.sensitivity.unwrap().mean, 0.75);
+        assert!(m.per_class.is_empty());
+        assert!(cv.decision.starts_with("probability >= 0.5"));
+        assert_eq!(cv.runs[1].fold, 1);
+    }
+
+    #[test]
+    fn test_split_figures_per_fold_and_of_the_fold_average() {
+        let oof0 = binary(&[0, 1], &[0, 1], &[0.2, 0.8]);
+        let oof1 = binary(&[2, 3], &[1, 0], &[0.6, 0.1]);
+        // The same three test images, in different orders.
+        let t0 = binary(&[10, 11, 12], &[0, 1, 1], &[0.2, 0.4, 0.9]);
+        let t1 = binary(&[12, 10, 11], &[1, 0, 1], &[0.5, 0.6, 0.8]);
+        let cv = aggregate(vec![run(0), run(1)], &[&oof0, &oof1], Some(&[&t0, &t1])).unwrap();
+        let test = cv.test.unwrap();
+        assert_eq!(test.folds[0].accuracy, 2.0 / 3.0);
+        assert_eq!(test.folds[1].accuracy, 2.0 / 3.0);
+        assert_eq!(test.folds[1].roc_auc, Some(0.5));
+        assert_eq!(test.mean_sd.accuracy.sd, Some(0.0));
+        // Averages: image 10: 0.4, 11: 0.6, 12: 0.7 -> all right at 0.5, AUC 1.
+        let avg = &test.fold_average;
+        assert_eq!(avg.fold, None);
+        assert_eq!(avg.n, 3);
+        assert_eq!(avg.accuracy, 1.0);
+        assert_eq!(avg.roc_auc, Some(1.0));
+        let want = -((1.0f64 - 0.4).ln() + 0.6f64.ln() + 0.7f64.ln()) / 3.0;
+        assert!((avg.log_loss - want).abs() < 1e-12, "{}", avg.log_loss);
+
+        let other = binary(&[10, 11, 13], &[0, 1, 1], &[0.2, 0.4, 0.9]);
+        let err = fold_average(&[(0, &t0), (1, &other)]).unwrap_err();
+        assert!(err.to_string().contains("fold 1 scored other images"), "{err}");
+        let relabelled = binary(&[10, 11, 12], &[1, 1, 1], &[0.2, 0.4, 0.9]);
+        let err = fold_average(&[(0, &t0), (1, &relabelled)]).unwrap_err();
+        assert!(err.to_string().contains("other labels"), "{err}");
+    }
+
+    #[test]
+    fn n_class_folds_have_per_class_figures() {
+        let probs = |rows: &[[f64; 3]]| rows.iter().map(|r| r.to_vec()).collect::<Vec<_>>();
+        let p = |labels: &[usize], rows: &[[f64; 3]]| SplitPredictions {
+            source_index: (0..labels.len() as u32).collect(),
+            labels: labels.to_vec(),
+            logits: vec![0.0; labels.len() * 3],
+            outputs: 3,
+            class_probs: probs(rows),
+            probs: Vec::new(),
+        };
+        // Fold 0: all three right. Fold 1: class 2 predicted as 0.
+        let f0 = p(
+            &[0, 1, 2],
+            &[[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7]],
+        );
+        let f1 = p(
+            &[0, 1, 2],
+            &[[0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.5, 0.1, 0.4]],
+        );
+        let cv = aggregate(vec![run(0), run(1)], &[&f0, &f1], None).unwrap();
+        assert_eq!(cv.decision, "argmax (the most probable class)");
+        let (a, b) = (&cv.folds[0], &cv.folds[1]);
+        assert_eq!(a.sensitivity, None);
+        assert_eq!(a.per_class.len(), 3);
+        assert_eq!((a.accuracy, b.accuracy), (1.0, 2.0 / 3.0));
+        assert_eq!(b.per_class[2].recall, 0.0);
+        assert_eq!(b.per_class[0].precision, 0.5);
+        let recall2 = cv.mean_sd.per_class[2].recall;
+        assert_eq!(recall2.mean, 0.5);
+        assert!((recall2.sd.unwrap() - 1.0 / 2f64.sqrt()).abs() < 1e-15);
+        // Class 2's one-vs-rest AUC in fold 1: 0.4 against 0.1, 0.1 -> 1.
+        assert_eq!(b.per_class[2].roc_auc, Some(1.0));
+        let want_loss = -(0.6f64.ln() + 0.8f64.ln() + 0.4f64.ln()) / 3.0;
+        assert!((b.log_loss - want_loss).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_fold_without_a_class_is_named() {
+        let f0 = binary(&[0, 1], &[0, 1], &[0.2, 0.8]);
+        let f1 = binary(&[2, 3], &[0, 0], &[0.6, 0.1]);
+        let err = aggregate(vec![run(0), run(1)], &[&f0, &f1], None).unwrap_err();
+        assert!(
+            err.to_string().contains("fold 1, on its held-out fold"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn fold_folders_are_found_and_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cv = tmp.path();
+        let err = find_folds(cv).unwrap_err();
+        assert!(err.to_string().contains("no fold runs"), "{err}");
+        assert_eq!(err.exit_code(), 2);
+        for name in ["fold-0", "fold-1", "fold-3", "fold-notes", "eval"] {
+            std::fs::create_dir(cv.join(name)).unwrap();
+        }
+        std::fs::write(cv.join("fold-.txt"), b"").unwrap();
+        let found = find_folds(cv).unwrap();
+        let ids: Vec<u32> = found.iter().map(|f| f.0).collect();
+        assert_eq!(ids, [0, 1, 3]);
+        assert_eq!(found[2].1, cv.join("fold-3"));
+
+        let err = check_fold_set(cv, &ids, 4).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("the data has 4 folds"), "{msg}");
+        assert!(
+            msg.contains(&format!("missing fold run {}", cv.join("fold-2").display())),
+            "{msg}"
+        );
+        let err = check_fold_set(cv, &ids, 2).unwrap_err();
+        assert!(err.to_string().contains("fold-3 beyond the data's folds"), "{err}");
+        assert!(check_fold_set(cv, &[0, 1, 2], 3).is_ok());
+
+        std::fs::create_dir(cv.join("fold-02")).unwrap();
+        let err = find_folds(cv).unwrap_err();
+        assert!(err.to_string().contains("without zero padding"), "{err}");
+    }
+}
