@@ -41,8 +41,20 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use std::time::Instant;
+
+use super::{
+    errors, inference, metrics, plots, predictions, report, BinaryView, EvalMetrics,
+    EvalOptions, Threshold, ThresholdMethod, BINARY_FIGURES, METRICS_FORMAT,
+    METRICS_FORMAT_VERSION, OUTPUT_KIND,
+};
+use crate::device::describe;
+use crate::fsutil::{self, write_atomic, write_json_atomic, StagingDir};
 use crate::infer::SplitPredictions;
-use crate::metrics::{self, DEFAULT_THRESHOLD};
+use crate::loader::PreparedDataset;
+use crate::metrics::DEFAULT_THRESHOLD;
+use crate::run::Run;
+use crate::split::Split;
 use crate::{Error, Result};
 
 /// Name of fold `i`'s run folder inside a CV folder is `fold-{i}`.
@@ -171,7 +183,7 @@ fn decision(outputs: usize) -> String {
 /// computed by [`crate::metrics`] exactly as an evaluation computes them.
 pub fn fold_figures(p: &SplitPredictions, fold: Option<u32>) -> Result<FoldFigures> {
     if p.outputs == 1 {
-        let m = metrics::evaluate(&p.labels, &p.probs, DEFAULT_THRESHOLD)?;
+        let m = crate::metrics::evaluate(&p.labels, &p.probs, DEFAULT_THRESHOLD)?;
         Ok(FoldFigures {
             fold,
             n: m.n,
@@ -184,7 +196,7 @@ pub fn fold_figures(p: &SplitPredictions, fold: Option<u32>) -> Result<FoldFigur
             per_class: Vec::new(),
         })
     } else {
-        let m = metrics::evaluate_multiclass(&p.labels, &p.class_probs)?;
+        let m = crate::metrics::evaluate_multiclass(&p.labels, &p.class_probs)?;
         Ok(FoldFigures {
             fold,
             n: m.n,
@@ -508,6 +520,559 @@ pub fn check_fold_set(cv_dir: &Path, found: &[u32], k: u32) -> Result<()> {
         path: cv_dir.to_path_buf(),
         reason: format!("the data has {k} folds: {}", problems.join("; ")),
     })
+}
+
+/// Every option of `lesion-eval --cv`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CvOptions {
+    /// The CV folder: `fold-0` .. `fold-{K-1}` run folders.
+    pub cv_dir: PathBuf,
+    /// The prepared K-fold dataset; `None`: the one the fold runs recorded (`train.data`).
+    pub data: Option<PathBuf>,
+    /// Output folder; `None`: `<cv_dir>/eval`.
+    pub out: Option<PathBuf>,
+    /// Scoring and output options (`bootstrap`, `seed`, `tta`, `batch_size`, `device`,
+    /// `force`, `recompute_val`, `progress`); `run`, `data`, `split`, the threshold method
+    /// and `malignant` are not used.
+    pub eval: EvalOptions,
+}
+
+/// `metrics.json` of a cross-validation: the pooled evaluation, and the `cv` object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CvMetrics {
+    #[serde(flatten)]
+    pub eval: EvalMetrics,
+    pub cv: CvSection,
+}
+
+/// What [`run`] returns; `Display` is the terminal table.
+#[derive(Debug, Clone)]
+pub struct CvSummary {
+    pub out_dir: PathBuf,
+    pub report: PathBuf,
+    pub metrics: CvMetrics,
+}
+
+/// One fold run, checked, and its predictions.
+struct Scored {
+    run: FoldRun,
+    oof: SplitPredictions,
+    test: Option<SplitPredictions>,
+    val_from_checkpoint: bool,
+    device: String,
+}
+
+/// The fold runs of `cv_dir`, checked against each other: all trained on one prepared
+/// dataset (manifest SHA-256) with the same classes.
+fn open_runs(cv_dir: &Path) -> Result<Vec<(u32, Run)>> {
+    let mut runs = Vec::new();
+    for (fold, dir) in find_folds(cv_dir)? {
+        runs.push((fold, Run::resolve(&dir)?));
+    }
+    let (first_fold, first) = &runs[0];
+    for (fold, run) in &runs[1..] {
+        let (a, b) = (&first.config, &run.config);
+        let reason = if a.manifest_sha256 != b.manifest_sha256 {
+            format!(
+                "trained on other prepared data than {} (manifest SHA-256 {} vs {}): the folds \
+                 of one cross-validation share one prepared folder",
+                fold_dir(cv_dir, *first_fold).display(),
+                short(&b.manifest_sha256),
+                short(&a.manifest_sha256)
+            )
+        } else if a.class_names != b.class_names || a.malignant != b.malignant {
+            format!(
+                "trained on other classes than {} ({:?} vs {:?})",
+                fold_dir(cv_dir, *first_fold).display(),
+                b.class_names,
+                a.class_names
+            )
+        } else {
+            continue;
+        };
+        let _ = fold;
+        return Err(Error::BadArtifact {
+            path: run.run_dir.clone(),
+            reason,
+        });
+    }
+    Ok(runs)
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+/// Checks that `run` is fold `fold`'s run of `data` (its recorded fold and manifest).
+fn check_run(run: &Run, fold: u32, data: &PreparedDataset, sha: &str) -> Result<()> {
+    if run.config.train.fold != Some(fold) {
+        return Err(Error::BadArtifact {
+            path: run.run_dir.clone(),
+            reason: match run.config.train.fold {
+                Some(f) => format!("is the run of fold {f}, not of fold {fold}"),
+                None => "is not a fold run (trained without --fold)".into(),
+            },
+        });
+    }
+    if run.config.manifest_sha256 != sha {
+        return Err(Error::RunDataMismatch {
+            run: run.run_dir.clone(),
+            data: data.dir().to_path_buf(),
+            reason: format!(
+                "the run was trained on other prepared data (manifest SHA-256 {} vs {}); its \
+                 held-out fold is only known in the data it was trained on",
+                short(&run.config.manifest_sha256),
+                short(sha)
+            ),
+        });
+    }
+    run.check_compatible(data)
+}
+
+/// Scores fold `fold`'s held-out images (its validation split) and, with `test`, the test
+/// split with its run's best checkpoint.
+fn score_fold(
+    opts: &CvOptions,
+    fold: u32,
+    run: &Run,
+    data_dir: &Path,
+    test: bool,
+) -> Result<Scored> {
+    let data = PreparedDataset::open(data_dir)?.with_fold(fold)?;
+    if data.len(Split::Val) == 0 {
+        return Err(Error::BadArtifact {
+            path: data_dir.to_path_buf(),
+            reason: format!("fold {fold} is empty"),
+        });
+    }
+    let eval = EvalOptions {
+        split: if test { Split::Test } else { Split::Val },
+        malignant: None,
+        ..opts.eval.clone()
+    };
+    let (loaded, stored_val) = inference::load(&eval, &run.checkpoint, &run.config, &data)?;
+    let scored = inference::predict(&eval, &loaded, &data, stored_val)?;
+    Ok(Scored {
+        run: FoldRun {
+            fold,
+            run_dir: absolute(&run.run_dir),
+            checkpoint: absolute(&run.checkpoint),
+            checkpoint_sha256: loaded.checkpoint_sha256.clone(),
+            checkpoint_epoch: loaded.epoch,
+        },
+        test: test.then_some(scored.preds),
+        oof: scored.val,
+        val_from_checkpoint: scored.val_from_checkpoint,
+        device: describe(&loaded.device),
+    })
+}
+
+/// `csv` (a `predictions.csv` as bytes) with the column [`FOLD_COLUMN`] appended, row `i`
+/// holding `folds[i]`; `header` keeps or drops the header line.
+fn with_fold_column(csv: &[u8], folds: &[u32], header: bool) -> Result<Vec<u8>> {
+    let encode = |reason: String| Error::Encode {
+        what: super::PREDICTIONS_FILE.into(),
+        reason,
+    };
+    let mut r = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(csv);
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut rows = folds.iter();
+    for (i, record) in r.records().enumerate() {
+        let mut record = record.map_err(|e| encode(e.to_string()))?;
+        if i == 0 {
+            if !header {
+                continue;
+            }
+            record.push_field(FOLD_COLUMN);
+        } else {
+            let fold = rows
+                .next()
+                .ok_or_else(|| encode("more rows than predictions".into()))?;
+            record.push_field(&fold.to_string());
+        }
+        w.write_record(&record).map_err(|e| encode(e.to_string()))?;
+    }
+    w.into_inner().map_err(|e| encode(e.to_string()))
+}
+
+/// The `predictions.csv` bytes of `preds` (the layout of an ordinary evaluation, at 0.5 for
+/// two classes) with the fold column.
+fn predictions_with_folds(
+    preds: &SplitPredictions,
+    folds: &[u32],
+    paths: &[String],
+    names: &[String],
+    header: bool,
+) -> Result<Vec<u8>> {
+    let csv = if preds.outputs == 1 {
+        predictions::predictions_csv(preds, paths, names, DEFAULT_THRESHOLD)?
+    } else {
+        predictions::multiclass_csv(preds, paths, names, None)?
+    };
+    with_fold_column(&csv, folds, header)
+}
+
+/// Runs the whole cross-validation evaluation (see the module docs).
+pub fn run(opts: &CvOptions) -> Result<CvSummary> {
+    let start = Instant::now();
+    opts.eval.validate()?;
+    let cv_dir = &opts.cv_dir;
+    if !cv_dir.is_dir() {
+        return Err(Error::InvalidOption(format!(
+            "--cv {}: no such folder",
+            cv_dir.display()
+        )));
+    }
+    let runs = open_runs(cv_dir)?;
+    let first = &runs[0].1;
+    let data_dir = opts
+        .data
+        .clone()
+        .unwrap_or_else(|| first.config.train.data.clone());
+    let base = PreparedDataset::open(&data_dir)?;
+    let sha = crate::manifest::manifest_sha256(&data_dir)?;
+    let k = base.folds();
+    if k == 0 {
+        return Err(Error::BadDataset {
+            path: data_dir.clone(),
+            reason: "has no folds: prepare the data with `lesion-prep --folds K` and train each \
+                     fold on it"
+                .into(),
+        });
+    }
+    let ids: Vec<u32> = runs.iter().map(|(f, _)| *f).collect();
+    check_fold_set(cv_dir, &ids, k)?;
+    for (fold, run) in &runs {
+        check_run(run, *fold, &base, &sha)?;
+    }
+    let out_dir = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| cv_dir.join(CV_EVAL_DIR));
+    fsutil::remove_stale_temps(cv_dir);
+    let mut inputs: Vec<&Path> = vec![data_dir.as_path()];
+    inputs.extend(runs.iter().map(|(_, r)| r.run_dir.as_path()));
+    let stage = StagingDir::new(&out_dir, opts.eval.force, OUTPUT_KIND, &inputs)?;
+    if opts.eval.progress {
+        eprintln!("verifying {}", data_dir.display());
+    }
+    base.verify()?;
+    let has_test = base.len(Split::Test) > 0;
+
+    let mut scored = Vec::with_capacity(runs.len());
+    for (fold, run) in &runs {
+        if opts.eval.progress {
+            eprintln!("fold {fold} of {k}: {}", run.run_dir.display());
+        }
+        scored.push(score_fold(opts, *fold, run, &data_dir, has_test)?);
+    }
+    let fold_runs: Vec<FoldRun> = scored.iter().map(|s| s.run.clone()).collect();
+    let oof: Vec<&SplitPredictions> = scored.iter().map(|s| &s.oof).collect();
+    let test: Option<Vec<&SplitPredictions>> = scored
+        .iter()
+        .map(|s| s.test.as_ref())
+        .collect::<Option<Vec<_>>>();
+    let section = aggregate(fold_runs, &oof, test.as_deref())?;
+    let pairs: Vec<(u32, &SplitPredictions)> = scored.iter().map(|s| (s.run.fold, &s.oof)).collect();
+    let (pooled, fold_of) = pool(&pairs)?;
+
+    // The pooled predictions, measured as an evaluation measures its split.
+    let names = base.class_names();
+    let binary_run = pooled.outputs == 1;
+    let measure_opts = EvalOptions {
+        split: Split::Val,
+        ..opts.eval.clone()
+    };
+    let (binary, multiclass) = if binary_run {
+        let m = metrics::measure(&measure_opts, &pooled, DEFAULT_THRESHOLD, &data_dir)?;
+        (Some(m), None)
+    } else {
+        let mc = metrics::measure_multiclass(&measure_opts, &pooled, names, &data_dir)?;
+        (None, Some(mc))
+    };
+    let threshold = binary.as_ref().map(|m| Threshold {
+        threshold: DEFAULT_THRESHOLD,
+        method: ThresholdMethod::Youden,
+        target_sensitivity: None,
+        split: Split::Val,
+        val_sensitivity: m.at_default.sensitivity,
+        val_specificity: m.at_default.specificity,
+        tta: opts.eval.tta,
+        checkpoint: String::new(),
+        checkpoint_sha256: String::new(),
+        manifest_sha256: sha.clone(),
+        note: Some(FIXED_THRESHOLD_NOTE.into()),
+    });
+    // The split caveat of an ordinary evaluation is replaced by the cross-validation one.
+    let mut warnings = vec![HELD_OUT_IS_VAL.to_string()];
+    warnings.extend(metrics::warnings(
+        &EvalOptions {
+            split: Split::Test,
+            ..opts.eval.clone()
+        },
+        None,
+        multiclass.as_ref(),
+        &sha,
+        &sha,
+    ));
+    if let Some(m) = &binary {
+        let d = &m.at_default;
+        if d.n_positive < 30 || d.n_negative < 30 {
+            warnings.push(format!(
+                "only {} malignant and {} benign images: every figure is very uncertain (see \
+                 the intervals)",
+                d.n_positive, d.n_negative
+            ));
+        }
+    }
+    if !binary_run && !first.config.malignant.is_empty() {
+        warnings.push(
+            "the malignant-group view is left out of a cross-validation: it needs a decision \
+             threshold, and a fold's only validation images are its held-out ones"
+                .into(),
+        );
+    }
+    let mut curves = None;
+    let binary_view = binary.map(|m| {
+        let super::Measured {
+            at_default,
+            at_chosen,
+            bootstrap,
+            calibration,
+            roc,
+            pr,
+        } = m;
+        curves = Some((roc, pr));
+        BinaryView {
+            threshold: threshold.clone().expect("two classes have a threshold"),
+            val_from_checkpoint: scored.iter().all(|s| s.val_from_checkpoint),
+            at_default_threshold: at_default,
+            at_chosen_threshold: at_chosen,
+            bootstrap,
+            calibration,
+        }
+    });
+    let mut doc = CvMetrics {
+        eval: EvalMetrics {
+            format: METRICS_FORMAT.into(),
+            format_version: METRICS_FORMAT_VERSION,
+            crate_version: env!("CARGO_PKG_VERSION").into(),
+            split: Split::Val,
+            tta: opts.eval.tta,
+            device: scored[0].device.clone(),
+            run_dir: absolute(cv_dir),
+            checkpoint: absolute(cv_dir).join(format!("{FOLD_PREFIX}*/{}", crate::run::BEST_FILE)),
+            checkpoint_sha256: PER_FOLD.into(),
+            checkpoint_epoch: 0,
+            data_dir: absolute(&data_dir),
+            manifest_sha256: sha.clone(),
+            trained_on_manifest_sha256: sha.clone(),
+            class_names: names.to_vec(),
+            image_size: base.image_size(),
+            binary: binary_view,
+            warnings,
+            seconds: 0.0,
+            malignant: Vec::new(),
+            multiclass,
+        },
+        cv: section,
+    };
+
+    let dir = stage.path();
+    let paths = predictions::image_paths(base.manifest(), &pooled);
+    let (mut fns, mut fps) = (Vec::new(), Vec::new());
+    if let (Some(view), Some((roc, pr))) = (&doc.eval.binary, &curves) {
+        plots::draw_metrics(dir, view, roc, pr, names, &BINARY_FIGURES)?;
+        // The val shards of K-fold data hold a clean copy of every pool image.
+        (fns, fps) =
+            errors::draw_errors(dir, &pooled, &paths, &base, Split::Val, DEFAULT_THRESHOLD)?;
+    }
+    if let Some(mc) = &doc.eval.multiclass {
+        plots::draw_multiclass(dir, mc, &pooled.labels, &pooled.class_probs)?;
+    }
+    write_atomic(
+        dir.join(super::PREDICTIONS_FILE),
+        &predictions_with_folds(&pooled, &fold_of, &paths, names, true)?,
+    )?;
+    if let Some(test) = &test {
+        let mut bytes = Vec::new();
+        for (i, (s, p)) in scored.iter().zip(test).enumerate() {
+            let paths = predictions::image_paths(base.manifest(), p);
+            let folds = vec![s.run.fold; p.len()];
+            bytes.extend(predictions_with_folds(p, &folds, &paths, names, i == 0)?);
+        }
+        write_atomic(dir.join(TEST_PREDICTIONS_FILE), &bytes)?;
+    }
+    doc.eval.seconds = start.elapsed().as_secs_f64();
+    let report_ctx = report::ReportInput {
+        metrics: &doc.eval,
+        run_config: &first.config,
+        manifest: base.manifest(),
+        history: &[],
+        curves_png: None,
+        figures_dir: dir,
+        false_negatives: &fns,
+        false_positives: &fps,
+        out_dir: &out_dir,
+        threshold_file: None,
+    };
+    let html = report::render_cv(&report_ctx, report_context(&doc.cv, has_test))?;
+    write_atomic(dir.join(super::REPORT_FILE), html.as_bytes())?;
+    write_json_atomic(dir.join(super::METRICS_FILE), &doc)?;
+    let out_dir = stage.commit()?;
+    Ok(CvSummary {
+        report: out_dir.join(super::REPORT_FILE),
+        out_dir,
+        metrics: doc,
+    })
+}
+
+/// [`EvalMetrics::checkpoint_sha256`] of a cross-validation.
+pub const PER_FOLD: &str = "one per fold: see cv.runs";
+
+/// The note of the pooled predictions' threshold.
+pub const FIXED_THRESHOLD_NOTE: &str = "cross-validation: the threshold is fixed at 0.5, not \
+    chosen (both threshold columns are at 0.5): a fold's validation split is its held-out \
+    fold, so a threshold chosen there would be tuned on the images it is measured on";
+
+/// The caveat every cross-validation carries.
+pub const HELD_OUT_IS_VAL: &str = "each fold's held-out images are also its validation \
+    split, on which its best epoch was selected: the pooled out-of-fold figures are slightly \
+    optimistic (the test split's, where there is one, are not)";
+
+fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// The report's `cv` context: every figure as text.
+fn report_context(cv: &CvSection, has_test: bool) -> minijinja::Value {
+    use minijinja::context;
+    let f4 = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.4}")
+        } else {
+            "n/a".into()
+        }
+    };
+    let opt = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), f4);
+    let ms = |m: Option<MeanSd>| m.map_or_else(|| "n/a".to_string(), |m| mean_sd_text(&m));
+    let epochs: HashMap<u32, usize> = cv.runs.iter().map(|r| (r.fold, r.checkpoint_epoch)).collect();
+    let row = |f: &FoldFigures| {
+        context! {
+            fold => f.fold.map_or_else(|| "fold average".to_string(), |i| i.to_string()),
+            epoch => f.fold.and_then(|i| epochs.get(&i)).map_or_else(String::new, |e| e.to_string()),
+            n => f.n,
+            roc_auc => opt(f.roc_auc),
+            balanced_accuracy => f4(f.balanced_accuracy),
+            accuracy => f4(f.accuracy),
+            log_loss => f4(f.log_loss),
+            sensitivity => opt(f.sensitivity),
+            specificity => opt(f.specificity),
+        }
+    };
+    let summary = |m: &FiguresMeanSd| {
+        context! {
+            roc_auc => ms(m.roc_auc),
+            balanced_accuracy => mean_sd_text(&m.balanced_accuracy),
+            accuracy => mean_sd_text(&m.accuracy),
+            log_loss => mean_sd_text(&m.log_loss),
+            sensitivity => ms(m.sensitivity),
+            specificity => ms(m.specificity),
+        }
+    };
+    let per_class: Vec<minijinja::Value> = cv
+        .mean_sd
+        .per_class
+        .iter()
+        .map(|c| {
+            context! {
+                recall => mean_sd_text(&c.recall),
+                precision => mean_sd_text(&c.precision),
+                f1 => mean_sd_text(&c.f1),
+                roc_auc => ms(c.roc_auc),
+            }
+        })
+        .collect();
+    let test = cv.test.as_ref().filter(|_| has_test).map(|t| {
+        context! {
+            folds => t.folds.iter().map(row).collect::<Vec<_>>(),
+            mean_sd => summary(&t.mean_sd),
+            fold_average => row(&t.fold_average),
+        }
+    });
+    context! {
+        k => cv.k,
+        decision => &cv.decision,
+        sd => &cv.sd,
+        binary => cv.folds.first().is_some_and(|f| f.sensitivity.is_some()),
+        folds => cv.folds.iter().map(row).collect::<Vec<_>>(),
+        mean_sd => summary(&cv.mean_sd),
+        per_class,
+        test,
+    }
+}
+
+impl fmt::Display for CvSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (m, cv) = (&self.metrics.eval, &self.metrics.cv);
+        writeln!(
+            f,
+            "cross-validation: {} folds, pooled out-of-fold predictions ({})",
+            cv.k, cv.decision
+        )?;
+        if let Some(b) = &m.binary {
+            let d = &b.at_default_threshold;
+            writeln!(
+                f,
+                "pooled: {} images ({} benign, {} malignant), ROC AUC {:.4}, balanced accuracy \
+                 {:.4}, sensitivity {:.4}, specificity {:.4} at 0.5",
+                d.n, d.n_negative, d.n_positive, d.roc_auc, d.balanced_accuracy, d.sensitivity,
+                d.specificity
+            )?;
+        }
+        if let Some(mc) = &m.multiclass {
+            let x = &mc.metrics;
+            writeln!(
+                f,
+                "pooled: {} images, accuracy {:.4}, balanced accuracy {:.4}, macro ROC AUC {}",
+                x.n,
+                x.accuracy,
+                x.balanced_accuracy,
+                x.macro_roc_auc.map_or("n/a".into(), |v| format!("{v:.4}"))
+            )?;
+        }
+        let table = |f: &mut fmt::Formatter<'_>, folds: &[FoldFigures], s: &FiguresMeanSd| {
+            writeln!(
+                f,
+                "{:>6} {:>6} {:>8} {:>9} {:>9} {:>9}",
+                "fold", "images", "ROC AUC", "bal. acc", "accuracy", "log loss"
+            )?;
+            for x in folds {
+                writeln!(f, "{x}")?;
+            }
+            writeln!(
+                f,
+                "mean ± SD (ddof = 1): ROC AUC {}, balanced accuracy {}, accuracy {}, log loss {}",
+                s.roc_auc.map_or("n/a".into(), |m| mean_sd_text(&m)),
+                mean_sd_text(&s.balanced_accuracy),
+                mean_sd_text(&s.accuracy),
+                mean_sd_text(&s.log_loss)
+            )
+        };
+        table(f, &cv.folds, &cv.mean_sd)?;
+        if let Some(t) = &cv.test {
+            writeln!(f, "test split, each fold's model:")?;
+            table(f, &t.folds, &t.mean_sd)?;
+            writeln!(f, "test split, fold-averaged probabilities:")?;
+            writeln!(f, "{}", t.fold_average)?;
+        }
+        for w in &m.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
+        write!(f, "report: {}", self.report.display())
+    }
 }
 
 #[cfg(test)]
