@@ -22,6 +22,15 @@
 //! shards' pages do not accumulate in memory. Which rows are drawn, and how often, is the
 //! sampler's; only their order is windowed.
 //!
+//! K-fold data ([`crate::prep`] documents the layout): [`PreparedDataset::with_fold`] selects
+//! fold `i`; then [`Split::Train`] is the train shards' rows whose image is in another fold
+//! and [`Split::Val`] the val shards' rows whose image is in fold `i` (clean images), and
+//! every pass, length and order above is over those rows only: the selection keeps the
+//! shards and the rows' order within them, and shuffling and balanced draws work on the
+//! selected rows as they do on whole shards. The test split is never selected. Without a
+//! fold, the train and val splits of K-fold data have no rows and
+//! [`PreparedDataset::loader`] refuses them, naming `--fold`.
+//!
 //! A background thread builds the next host batches (normalisation is the costly part) while
 //! the caller computes; one finished batch waits in the channel while the thread holds the
 //! next. A batch of 128 at 224 px is 77 MB of f32, so the queue is kept short: one waiting
@@ -62,6 +71,32 @@ pub struct PreparedDataset {
     manifest: Manifest,
     /// Shards of each (split, view), in file order.
     shards: HashMap<(Split, u32), Vec<Arc<Shard>>>,
+    /// The selected fold of K-fold data, if any.
+    fold: Option<FoldSelection>,
+}
+
+/// A fold of K-fold data: for each train or val `(split, view)`, the rows of each of its
+/// shards (in shard order) that the fold reads, ascending.
+#[derive(Debug)]
+struct FoldSelection {
+    fold: u32,
+    rows: HashMap<(Split, u32), Vec<Arc<[u32]>>>,
+}
+
+/// The shards a pass reads and, with a fold, the rows of each that it reads.
+struct PassShards {
+    shards: Vec<Arc<Shard>>,
+    /// `None`: every row of every shard.
+    rows: Option<Vec<Arc<[u32]>>>,
+}
+
+impl PassShards {
+    fn len(&self) -> usize {
+        match &self.rows {
+            Some(rows) => rows.iter().map(|r| r.len()).sum(),
+            None => self.shards.iter().map(|s| s.len()).sum(),
+        }
+    }
 }
 
 impl PreparedDataset {
@@ -94,7 +129,86 @@ impl PreparedDataset {
             dir,
             manifest,
             shards,
+            fold: None,
         })
+    }
+
+    /// [`PreparedDataset::open`], then [`PreparedDataset::with_fold`] when `fold` is given;
+    /// K-fold data without a fold is refused here (naming `--fold`) rather than at its
+    /// first pass.
+    pub fn open_fold(dir: impl AsRef<Path>, fold: Option<u32>) -> Result<Self> {
+        let data = Self::open(dir)?;
+        match fold {
+            Some(f) => data.with_fold(f),
+            None if data.folds() > 0 => Err(data.fold_needed()),
+            None => Ok(data),
+        }
+    }
+
+    /// Selects fold `fold` of K-fold data (see the module docs): from then on the train
+    /// split is the other folds' (augmented) rows and the val split this fold's clean rows,
+    /// for [`len`](Self::len), [`eval_order`](Self::eval_order),
+    /// [`epoch_rows`](Self::epoch_rows) and [`loader`](Self::loader). Errors
+    /// ([`Error::InvalidOption`]) when the data have no folds or `fold` is not below their
+    /// number.
+    pub fn with_fold(mut self, fold: u32) -> Result<Self> {
+        let k = self.manifest.folds;
+        if k == 0 {
+            return Err(Error::InvalidOption(format!(
+                "--fold {fold}: {} was prepared without folds (`lesion-prep IMAGES --out DIR \
+                 --folds K` prepares K folds)",
+                self.dir.display()
+            )));
+        }
+        if fold >= k {
+            return Err(Error::InvalidOption(format!(
+                "--fold {fold}: {} has {k} folds, numbered 0 to {}",
+                self.dir.display(),
+                k - 1
+            )));
+        }
+        let images = &self.manifest.images;
+        let fold_of = |si: u32| images.get(si as usize).and_then(|im| im.fold);
+        let mut rows = HashMap::new();
+        for (&(split, view), shards) in &self.shards {
+            let keep: fn(Option<u32>, u32) -> bool = match split {
+                Split::Train => |f: Option<u32>, i: u32| f.is_some_and(|f| f != i),
+                Split::Val => |f: Option<u32>, i: u32| f == Some(i),
+                Split::Test => continue,
+            };
+            let selected = shards
+                .iter()
+                .map(|shard| {
+                    (0..shard.len() as u32)
+                        .filter(|&r| keep(fold_of(shard.source_index()[r as usize]), fold))
+                        .collect()
+                })
+                .collect();
+            rows.insert((split, view), selected);
+        }
+        self.fold = Some(FoldSelection { fold, rows });
+        Ok(self)
+    }
+
+    /// Number of cross-validation folds of the data (0: none).
+    pub fn folds(&self) -> u32 {
+        self.manifest.folds
+    }
+
+    /// The selected fold ([`PreparedDataset::with_fold`]).
+    pub fn fold(&self) -> Option<u32> {
+        self.fold.as_ref().map(|f| f.fold)
+    }
+
+    /// The error for reading the train or val split of K-fold data without a fold.
+    fn fold_needed(&self) -> Error {
+        let k = self.manifest.folds;
+        Error::InvalidOption(format!(
+            "{} is prepared for {k}-fold cross-validation: pass --fold I (I from 0 to {}) to \
+             train on the other folds and validate on fold I",
+            self.dir.display(),
+            k.saturating_sub(1)
+        ))
     }
 
     /// Re-hashes every shard against the manifest; an error lists every mismatch.
@@ -130,9 +244,39 @@ impl PreparedDataset {
         self.manifest.views.max(1)
     }
 
-    /// Number of images in `split` (one view).
+    /// Number of images in `split` (one view); with a fold, the fold's (module docs).
     pub fn len(&self, split: Split) -> usize {
+        if self.is_selected(split) {
+            return self.pass_shards(split, 0).len();
+        }
         self.manifest.counts(split).map_or(0, |c| c.total)
+    }
+
+    /// Images of each class in `split` (one view), indexed by label; with a fold, the
+    /// fold's.
+    pub fn class_counts(&self, split: Split) -> Vec<usize> {
+        let mut counts = vec![0; self.manifest.classes.len()];
+        if self.is_selected(split) {
+            let pass = self.pass_shards(split, 0);
+            for (shard, rows) in pass.shards.iter().zip(pass.rows.iter().flatten()) {
+                for &r in rows.iter() {
+                    let y = usize::from(shard.labels()[r as usize]);
+                    if let Some(c) = counts.get_mut(y) {
+                        *c += 1;
+                    }
+                }
+            }
+        } else if let Some(c) = self.manifest.counts(split) {
+            for (n, &m) in counts.iter_mut().zip(&c.per_class) {
+                *n = m;
+            }
+        }
+        counts
+    }
+
+    /// Whether `split`'s rows are chosen by fold: the train and val splits of K-fold data.
+    fn is_selected(&self, split: Split) -> bool {
+        self.manifest.folds > 0 && split != Split::Test
     }
 
     /// Source indices and labels of `split` in the order an evaluation pass
@@ -144,8 +288,9 @@ impl PreparedDataset {
     /// Source indices and labels of the rows a [`PreparedDataset::loader`] pass with `opts`
     /// yields, in its order, from the shards' index arrays (no image is read).
     pub fn epoch_rows(&self, split: Split, opts: &LoaderOptions) -> (Vec<u32>, Vec<u8>) {
-        let shards = self.epoch_shards(split, opts.epoch);
-        let mut order = pass_order(&shards, split, opts);
+        let pass = self.epoch_shards(split, opts.epoch);
+        let shards = &pass.shards;
+        let mut order = pass_order(&pass, split, opts);
         if opts.drop_last && opts.batch_size > 0 {
             order.truncate(order.len() / opts.batch_size * opts.batch_size);
         }
@@ -158,13 +303,32 @@ impl PreparedDataset {
             .unzip()
     }
 
-    /// Shards that an epoch of `split` reads.
-    fn epoch_shards(&self, split: Split, epoch: u64) -> Vec<Arc<Shard>> {
+    /// Shards (and, with a fold, rows) that an epoch of `split` reads.
+    fn epoch_shards(&self, split: Split, epoch: u64) -> PassShards {
         let view = match split {
             Split::Train => (epoch % self.views() as u64) as u32,
             _ => 0,
         };
-        self.shards.get(&(split, view)).cloned().unwrap_or_default()
+        self.pass_shards(split, view)
+    }
+
+    /// Shards (and, with a fold, rows) of `(split, view)`; none for the train and val
+    /// splits of K-fold data without a fold.
+    fn pass_shards(&self, split: Split, view: u32) -> PassShards {
+        let shards = self.shards.get(&(split, view)).cloned().unwrap_or_default();
+        if !self.is_selected(split) {
+            return PassShards { shards, rows: None };
+        }
+        match &self.fold {
+            Some(sel) => PassShards {
+                rows: Some(sel.rows.get(&(split, view)).cloned().unwrap_or_default()),
+                shards,
+            },
+            None => PassShards {
+                shards: Vec::new(),
+                rows: None,
+            },
+        }
     }
 
     /// Starts a pass over `split`; batches are created on `device`.
@@ -177,8 +341,12 @@ impl PreparedDataset {
         if opts.batch_size == 0 {
             return Err(Error::InvalidOption("batch size must be at least 1".into()));
         }
-        let shards = self.epoch_shards(split, opts.epoch);
-        let order = pass_order(&shards, split, &opts);
+        if self.is_selected(split) && self.fold.is_none() {
+            return Err(self.fold_needed());
+        }
+        let pass = self.epoch_shards(split, opts.epoch);
+        let order = pass_order(&pass, split, &opts);
+        let shards = pass.shards;
         let num_batches = if opts.drop_last {
             order.len() / opts.batch_size
         } else {
@@ -305,18 +473,40 @@ impl LoaderOptions {
     }
 }
 
-/// The `(shard, row)` pairs a pass over `shards` visits, in order, by `opts.sampler`.
-fn pass_order(shards: &[Arc<Shard>], split: Split, opts: &LoaderOptions) -> Vec<(u32, u32)> {
-    match opts.sampler {
-        Sampler::Shuffle => {
+/// The `(shard, row)` pairs a pass over `pass` visits, in order, by `opts.sampler`. With a
+/// fold, the order is drawn over the selected rows (as if each shard held only those) and
+/// then mapped to the rows' places in their shards.
+fn pass_order(pass: &PassShards, split: Split, opts: &LoaderOptions) -> Vec<(u32, u32)> {
+    let shards = &pass.shards;
+    let mut order = match (opts.sampler, &pass.rows) {
+        (Sampler::Shuffle, None) => {
             let lens: Vec<usize> = shards.iter().map(|s| s.len()).collect();
             epoch_order(&lens, split, opts)
         }
-        Sampler::Balanced => {
+        (Sampler::Shuffle, Some(rows)) => {
+            let lens: Vec<usize> = rows.iter().map(|r| r.len()).collect();
+            epoch_order(&lens, split, opts)
+        }
+        (Sampler::Balanced, None) => {
             let labels: Vec<&[u8]> = shards.iter().map(|s| s.labels()).collect();
             balanced_order(&labels, split, opts)
         }
+        (Sampler::Balanced, Some(rows)) => {
+            let labels: Vec<Vec<u8>> = shards
+                .iter()
+                .zip(rows)
+                .map(|(s, rows)| rows.iter().map(|&r| s.labels()[r as usize]).collect())
+                .collect();
+            let refs: Vec<&[u8]> = labels.iter().map(Vec::as_slice).collect();
+            balanced_order(&refs, split, opts)
+        }
+    };
+    if let Some(rows) = &pass.rows {
+        for (s, r) in &mut order {
+            *r = rows[*s as usize][*r as usize];
+        }
     }
+    order
 }
 
 /// The order in which a pass visits `(shard, row)` pairs (see the module docs).
@@ -530,6 +720,7 @@ mod tests {
                     width: S,
                     height: S,
                     augmentations: None,
+                    fold: None,
                 });
             }
             std::fs::create_dir(dir.path().join(split.name())).unwrap();
@@ -598,6 +789,8 @@ mod tests {
                 std: IMAGENET_STD,
             },
             counts,
+            folds: 0,
+            fold_counts: Vec::new(),
             shards,
             images,
             rejected: vec![],
@@ -606,6 +799,278 @@ mod tests {
         manifest.save(dir.path()).unwrap();
         let ds = PreparedDataset::open(dir.path()).unwrap();
         (dir, ds)
+    }
+
+    /// Fold of pool image `i` in [`folded_dataset`].
+    fn fold_of(i: u32) -> u32 {
+        i % 3
+    }
+
+    /// Hand-made K-fold data: a pool of 12 images (sources 0..12, fold `i % 3`, class
+    /// `i % 2`) whose train shards (2 views) and val shards (clean) hold the pool in the same
+    /// scrambled order in shards of 5/5/2, and a test split of 3 (sources 12..15).
+    fn folded_dataset() -> (tempfile::TempDir, PreparedDataset) {
+        let dir = tempfile::tempdir().unwrap();
+        let pool: Vec<u32> = vec![7, 2, 11, 0, 5, 9, 1, 4, 10, 3, 8, 6];
+        let test: Vec<u32> = vec![13, 12, 14];
+        let mut images = Vec::new();
+        for i in 0..15u32 {
+            let in_pool = i < 12;
+            images.push(ImageEntry {
+                path: format!("x/{i}.png"),
+                class: (i % 2) as u8,
+                split: if in_pool { Split::Train } else { Split::Test },
+                sha256: String::new(),
+                width: S,
+                height: S,
+                augmentations: None,
+                fold: in_pool.then(|| fold_of(i)),
+            });
+        }
+        let mut shards = Vec::new();
+        for (split, ids, views) in [
+            (Split::Train, &pool, 2u32),
+            (Split::Val, &pool, 1),
+            (Split::Test, &test, 1),
+        ] {
+            std::fs::create_dir(dir.path().join(split.name())).unwrap();
+            for view in 0..views {
+                for (k, rows) in ids.chunks(5).enumerate() {
+                    let file = format!("{}/v{view}-{k}.safetensors", split.name());
+                    let meta = ShardMeta {
+                        split,
+                        view,
+                        image_size: S,
+                        count: rows.len(),
+                    };
+                    // Val rows are clean: the pixels of view 0, whatever the view.
+                    let px_view = if split == Split::Train { view + 1 } else { 0 };
+                    let px: Vec<u8> = rows
+                        .iter()
+                        .flat_map(|&i| vec![value(i, px_view); 3 * (S * S) as usize])
+                        .collect();
+                    let labels: Vec<u8> = rows.iter().map(|&i| (i % 2) as u8).collect();
+                    let info =
+                        write_shard(dir.path().join(&file), meta, &px, &labels, rows).unwrap();
+                    shards.push(ShardEntry {
+                        file,
+                        split,
+                        view,
+                        count: rows.len(),
+                        bytes: info.bytes,
+                        sha256: info.sha256,
+                    });
+                }
+            }
+        }
+        let counts = vec![
+            SplitCounts {
+                split: Split::Train,
+                per_class: vec![6, 6],
+                total: 12,
+            },
+            SplitCounts {
+                split: Split::Val,
+                per_class: vec![0, 0],
+                total: 0,
+            },
+            SplitCounts {
+                split: Split::Test,
+                per_class: vec![1, 2],
+                total: 3,
+            },
+        ];
+        let fold_counts = (0..3)
+            .map(|f| FoldCounts {
+                fold: f,
+                per_class: vec![2, 2],
+                total: 4,
+            })
+            .collect();
+        let record = PrepRecord {
+            input: "in".into(),
+            image_size: S,
+            resize: ResizePolicy::Stretch,
+            val: 0.2,
+            test: 0.2,
+            seed: 1,
+            shard_size: 5,
+            views: 2,
+            augment: true,
+            strict: false,
+            max_pixels: 1000,
+        };
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT.into(),
+            format_version: MANIFEST_FORMAT_VERSION,
+            crate_version: "test".into(),
+            classes: vec!["Benign".into(), "Malignant".into()],
+            malignant: Vec::new(),
+            folders: Vec::new(),
+            image_size: S,
+            resize: ResizePolicy::Stretch,
+            views: 2,
+            augment: true,
+            seed: 1,
+            options: record,
+            normalization: Normalization {
+                mean: IMAGENET_MEAN,
+                std: IMAGENET_STD,
+            },
+            counts,
+            folds: 3,
+            fold_counts,
+            shards,
+            images,
+            rejected: vec![],
+            duplicates: vec![],
+        };
+        manifest.save(dir.path()).unwrap();
+        let ds = PreparedDataset::open(dir.path()).unwrap();
+        (dir, ds)
+    }
+
+    /// The source indices of every batch of a pass, and checks each row's pixels against
+    /// `value(source, px_view)`.
+    fn pass_sources(
+        ds: &PreparedDataset,
+        split: Split,
+        opts: LoaderOptions,
+        px_view: impl Fn(u32) -> u32,
+    ) -> Vec<u32> {
+        let mut seen = Vec::new();
+        for b in ds.loader(split, opts, &Device::Cpu).unwrap() {
+            let b = b.unwrap();
+            let px = b.images.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let per = 3 * (S * S) as usize;
+            for (row, &si) in b.source_index.iter().enumerate() {
+                let v = value(si, px_view(si)) as f32 / 255.0;
+                let want = (v - IMAGENET_MEAN[0]) / IMAGENET_STD[0];
+                assert!((px[row * per] - want).abs() < 1e-6, "row of {si}");
+                assert_eq!(u32::from(b.label_u8[row]), si % 2);
+            }
+            seen.extend(b.source_index);
+        }
+        seen
+    }
+
+    #[test]
+    fn a_fold_selects_its_training_and_validation_rows() {
+        let (_dir, ds) = folded_dataset();
+        let pool_order = [7u32, 2, 11, 0, 5, 9, 1, 4, 10, 3, 8, 6];
+        for fold in 0..3 {
+            let ds = PreparedDataset::open(ds.dir())
+                .unwrap()
+                .with_fold(fold)
+                .unwrap();
+            assert_eq!((ds.fold(), ds.folds()), (Some(fold), 3));
+            let held: Vec<u32> = pool_order
+                .iter()
+                .copied()
+                .filter(|&i| fold_of(i) == fold)
+                .collect();
+            let rest: Vec<u32> = pool_order
+                .iter()
+                .copied()
+                .filter(|&i| fold_of(i) != fold)
+                .collect();
+            assert_eq!((ds.len(Split::Train), ds.len(Split::Val)), (8, 4));
+            assert_eq!(ds.len(Split::Test), 3, "the test split is not selected");
+            // Evaluation order: the pool's row order, restricted to the fold.
+            let (val, labels) = ds.eval_order(Split::Val);
+            assert_eq!(val, held);
+            assert!(val
+                .iter()
+                .zip(&labels)
+                .all(|(&i, &y)| u32::from(y) == i % 2));
+            assert_eq!(ds.eval_order(Split::Train).0, rest);
+            assert_eq!(ds.eval_order(Split::Test).0, [13, 12, 14]);
+            let mut want = vec![0; 2];
+            for &i in &held {
+                want[(i % 2) as usize] += 1;
+            }
+            assert_eq!(ds.class_counts(Split::Val), want);
+            assert_eq!(
+                ds.class_counts(Split::Train).iter().sum::<usize>(),
+                8,
+                "{:?}",
+                ds.class_counts(Split::Train)
+            );
+            // Validation batches are the clean rows of the held-out fold.
+            assert_eq!(
+                pass_sources(&ds, Split::Val, LoaderOptions::eval(3), |_| 0),
+                held
+            );
+            // Training epochs: a permutation of the other folds' rows, view epoch % 2.
+            for epoch in 0..2u64 {
+                let opts = LoaderOptions::train(3, 9, epoch);
+                let seen = pass_sources(&ds, Split::Train, opts, |_| epoch as u32 + 1);
+                assert_eq!(seen, ds.epoch_rows(Split::Train, &opts).0);
+                let mut sorted = seen.clone();
+                sorted.sort();
+                let mut want = rest.clone();
+                want.sort();
+                assert_eq!(sorted, want, "every training row of the fold once");
+                assert_ne!(seen, rest, "shuffled");
+            }
+            // Balanced draws come from the fold's training rows only.
+            let opts = LoaderOptions::train(4, 9, 0).with_sampler(Sampler::Balanced);
+            let drawn = pass_sources(&ds, Split::Train, opts, |_| 1);
+            assert_eq!(drawn.len(), 8);
+            assert!(drawn.iter().all(|i| rest.contains(i)), "{drawn:?}");
+            assert_eq!(drawn, ds.epoch_rows(Split::Train, &opts).0);
+        }
+    }
+
+    #[test]
+    fn folded_data_without_a_fold_names_the_option() {
+        let (dir, ds) = folded_dataset();
+        assert_eq!((ds.fold(), ds.folds()), (None, 3));
+        assert_eq!((ds.len(Split::Train), ds.len(Split::Val)), (0, 0));
+        assert!(ds.eval_order(Split::Val).0.is_empty());
+        for split in [Split::Train, Split::Val] {
+            let err = ds
+                .loader(split, LoaderOptions::eval(2), &Device::Cpu)
+                .unwrap_err();
+            assert!(matches!(err, Error::InvalidOption(_)), "{err:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("3-fold cross-validation")
+                    && text.contains("--fold I (I from 0 to 2)"),
+                "{text}"
+            );
+        }
+        // The test split needs no fold.
+        let test = pass_sources(&ds, Split::Test, LoaderOptions::eval(2), |_| 0);
+        assert_eq!(test, [13, 12, 14]);
+        let err = PreparedDataset::open_fold(dir.path(), None).unwrap_err();
+        assert!(err.to_string().contains("--fold I"), "{err}");
+        assert_eq!(err.exit_code(), 2);
+        let ok = PreparedDataset::open_fold(dir.path(), Some(2)).unwrap();
+        assert_eq!(ok.fold(), Some(2));
+        let err = ds.with_fold(3).unwrap_err();
+        assert!(matches!(err, Error::InvalidOption(_)));
+        assert!(
+            err.to_string().contains("--fold 3: ")
+                && err.to_string().contains("has 3 folds, numbered 0 to 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_fold_of_data_without_folds_is_refused() {
+        let (dir, ds) = tiny_dataset();
+        assert_eq!(ds.folds(), 0);
+        assert_eq!(ds.class_counts(Split::Train), [5, 5]);
+        let err = ds.with_fold(0).unwrap_err();
+        assert!(matches!(err, Error::InvalidOption(_)));
+        assert!(
+            err.to_string().contains("--fold 0: ")
+                && err.to_string().contains("prepared without folds"),
+            "{err}"
+        );
+        let plain = PreparedDataset::open_fold(dir.path(), None).unwrap();
+        assert_eq!(plain.len(Split::Train), 10);
     }
 
     #[test]

@@ -9,6 +9,14 @@
 //!
 //! Shard rows point back into [`Manifest::images`] through their `source_index`.
 //!
+//! K-fold data (`lesion-prep --folds K`, layout in [`crate::prep`]): [`Manifest::folds`] is
+//! `K`, every image of the pool (all images but the test split) has `split: train` and
+//! [`ImageEntry::fold`] `Some(f)`, and [`Manifest::fold_counts`] holds each fold's per-class
+//! counts. [`Manifest::counts`] counts images by their `split`, so the pool is the train
+//! count and the val count is 0 (the val shards hold a clean copy of the pool, selected by
+//! fold when the data are read: [`crate::loader::PreparedDataset::with_fold`]). Without
+//! folds these fields are absent from the file.
+//!
 //! Input file names are stored as [`crate::fsutil::os_str_to_string`] writes them: valid
 //! UTF-8 as it is, other names (and names that read like its escapes) escaped, so every
 //! file keeps its own name.
@@ -69,6 +77,14 @@ pub struct SplitCounts {
     pub total: usize,
 }
 
+/// Image counts of one fold of K-fold data, per class (indexed like [`Manifest::classes`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoldCounts {
+    pub fold: u32,
+    pub per_class: Vec<usize>,
+    pub total: usize,
+}
+
 /// One shard file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardEntry {
@@ -98,6 +114,10 @@ pub struct ImageEntry {
     /// Train only, with augmentation on: the augmentation drawn for view `v` at position `v`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augmentations: Option<Vec<Augmentation>>,
+    /// K-fold data only: the fold (`0..K`) of a pool image; `None` for test images and
+    /// for data without folds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fold: Option<u32>,
 }
 
 /// A file of the input folder that was not used.
@@ -160,7 +180,14 @@ pub struct Manifest {
     pub seed: u64,
     pub options: PrepRecord,
     pub normalization: Normalization,
+    /// Images per split (by [`ImageEntry::split`]; with folds the pool counts as train).
     pub counts: Vec<SplitCounts>,
+    /// Number of folds of the pool; 0: none (then absent from the file).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub folds: u32,
+    /// With folds, the images of each fold `0..folds`, in fold order; else empty (absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fold_counts: Vec<FoldCounts>,
     pub shards: Vec<ShardEntry>,
     pub images: Vec<ImageEntry>,
     pub rejected: Vec<RejectedFile>,
@@ -245,12 +272,21 @@ impl Manifest {
         self.counts.iter().find(|c| c.split == split)
     }
 
+    /// Counts of one fold (K-fold data only).
+    pub fn fold_counts(&self, fold: u32) -> Option<&FoldCounts> {
+        self.fold_counts.iter().find(|c| c.fold == fold)
+    }
+
     /// Shards of `split` (and, for train, `view`), in row order.
     pub fn shards_of(&self, split: Split, view: u32) -> impl Iterator<Item = &ShardEntry> {
         self.shards
             .iter()
             .filter(move |s| s.split == split && s.view == view)
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Why a shard path from a manifest could name something outside the dataset folder.

@@ -87,6 +87,10 @@ pub struct Cli {
     /// Warm-up epochs of --schedule cosine, or the rising part of onecycle (default there: 30% of the run)
     #[arg(long, value_name = "EPOCHS")]
     warmup_epochs: Option<usize>,
+    /// K-fold data (`lesion-prep --folds K`): validate on fold I and train on the other
+    /// folds (I from 0 to K-1); recorded in the run's config.json.
+    #[arg(long, value_name = "I", conflicts_with = "resume")]
+    fold: Option<u32>,
     /// Replace an existing run folder.
     #[arg(long)]
     force: bool,
@@ -136,6 +140,7 @@ impl Cli {
                 .warmup_epochs
                 .filter(|_| self.schedule.unwrap_or(d.schedule) == d.schedule)),
             freeze_bn: self.freeze_bn,
+            fold: self.fold,
         }
     }
 
@@ -217,6 +222,19 @@ mod tests {
         let cli = Cli::try_parse_from(["lesion-train", "--data", "d", "--out", "r", "--freeze-bn"])
             .unwrap();
         assert!(cli.config().freeze_bn);
+    }
+
+    #[test]
+    fn the_fold_is_passed_through_and_kept_on_resume() {
+        assert_eq!(parse(&[]).fold, None);
+        assert_eq!(parse(&["--fold", "2"]).fold, Some(2));
+        let err =
+            Cli::try_parse_from(["lesion-train", "--resume", "r", "--fold", "1"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let err =
+            Cli::try_parse_from(["lesion-train", "--data", "d", "--out", "r", "--fold", "-1"])
+                .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
     }
 
     #[test]

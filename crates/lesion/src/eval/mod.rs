@@ -17,6 +17,11 @@
 //! ([`EvalOptions::recompute_val`] turns this off). Either way the predictions come from the
 //! same weights on the same images, in eval mode.
 //!
+//! A run trained on one fold of K-fold data (`lesion-train --fold I`) is evaluated on its
+//! data with that fold selected ([`open_run_data`]): its validation split, which chooses
+//! the threshold, is the held-out fold. [`run_predictions`] gives a run's predictions on
+//! one split without the report, for evaluating the folds together.
+//!
 //! Outputs, in `<run>/eval-<split>/` (built in a staging folder and renamed into place,
 //! refused if present unless `force`): [`METRICS_FILE`], [`PREDICTIONS_FILE`], `roc.png`,
 //! `pr.png`, `confusion.png`, `calibration.png`, `errors.png` and `report.html`. A
@@ -62,6 +67,7 @@
 mod choose;
 pub mod cv;
 mod errors;
+mod fold;
 mod inference;
 mod metrics;
 mod options;
@@ -71,6 +77,7 @@ pub mod report;
 mod summary;
 
 pub use errors::{confident_errors, ErrorCase};
+pub use fold::{open_run_data, run_predictions, RunPredictions};
 pub use metrics::{BinaryView, BootstrapPair, EvalMetrics, MulticlassSection};
 pub use options::EvalOptions;
 pub use summary::EvalSummary;
@@ -82,7 +89,6 @@ use crate::classes::Classes;
 use crate::device::describe;
 use crate::fsutil::{self, write_atomic, write_json_atomic, OutputKind, StagingDir};
 use crate::infer::SplitPredictions;
-use crate::loader::PreparedDataset;
 use crate::run::{history, EpochRecord, Run, CURVES_FILE, HISTORY_FILE};
 pub use crate::run::{
     read_threshold, read_threshold_file, threshold_path, Threshold, ThresholdMethod, THRESHOLD_FILE,
@@ -144,7 +150,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
     opts.validate()?;
     let target = Run::resolve(&opts.run)?;
     let cfg = &target.config;
-    let data = PreparedDataset::open(&opts.data)?;
+    let data = open_run_data(&opts.data, &target, opts.split)?;
     target.check_compatible(&data)?;
     let out_dir = target.eval_dir(opts.split);
     // Refuse an existing output before any expensive work.

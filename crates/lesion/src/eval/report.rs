@@ -804,6 +804,8 @@ pub(super) mod tests {
                 counts(Split::Train, vec![30, 10]),
                 counts(Split::Test, vec![7, 5]),
             ],
+            folds: 0,
+            fold_counts: Vec::new(),
             shards: Vec::new(),
             images: Vec::new(),
             rejected: Vec::new(),

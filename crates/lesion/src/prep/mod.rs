@@ -24,6 +24,24 @@
 //! u32 `[n]`. Rows within a split are in a seeded random order, so any window of shards is a
 //! mix of classes.
 //!
+//! K-fold layout (`--folds K`): the test split is held out as without folds (the same
+//! images for the same seed and fractions: the three-way split is drawn, then its train and
+//! val parts are merged), or not at all with `--no-test`. The other images form the
+//! *pool*: each has `split: train` and a fold `0..K` (`ImageEntry::fold`) from
+//! [`crate::split::stratified_group_kfold`] (stratified by class, each group of
+//! byte-identical files in one fold). The folder then holds
+//! - `train/shard-v{view}-{k:05}.safetensors`: the augmented views of every pool image,
+//!   exactly as the train split above;
+//! - `val/shard-{k:05}.safetensors`: the clean (never augmented) image of every pool image,
+//!   in the same row order as the train shards;
+//! - `test/shard-{k:05}.safetensors` unless `--no-test` (then no `test/` folder).
+//!
+//! So fold `i`'s training rows are the train rows whose image has a fold other than `i`,
+//! and its validation rows the val rows whose image has fold `i`
+//! ([`crate::loader::PreparedDataset::with_fold`]): every fold reads one prepared folder.
+//! The manifest's `counts` count images by split (the pool as train, val 0, test 0 with
+//! `--no-test`); `folds` is K and `fold_counts` each fold's per-class counts.
+//!
 //! Memory stays bounded whatever the dataset size: pass 1 decodes and resizes each file
 //! exactly once, in parallel chunks, and appends the `S x S` RGB result (HWC u8) to a
 //! staging file on disk; pass 2 splits, then reads those rows back one chunk at a time
@@ -64,8 +82,8 @@ use crate::error::IoContext;
 use crate::fsutil::{self, OutputKind, StagingDir};
 use crate::image_io::{self, ResizePolicy};
 use crate::manifest::{
-    DuplicateGroup, FolderClass, ImageEntry, Manifest, Normalization, PrepRecord, RejectedFile,
-    SplitCounts, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION,
+    DuplicateGroup, FoldCounts, FolderClass, ImageEntry, Manifest, Normalization, PrepRecord,
+    RejectedFile, SplitCounts, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION,
 };
 use crate::split::Split;
 use crate::transforms::{IMAGENET_MEAN, IMAGENET_STD};
@@ -131,6 +149,11 @@ pub struct PrepOptions {
     pub positive: Option<String>,
     /// The malignant classes of more than two (names, matched ignoring case).
     pub malignant: Vec<String>,
+    /// Cross-validation folds of the pool (`--folds K`, at least 2); 0: none (layout in
+    /// the module docs).
+    pub folds: u32,
+    /// With folds: hold out no test split, every image is in the pool (`--no-test`).
+    pub no_test: bool,
 }
 
 impl PrepOptions {
@@ -155,6 +178,8 @@ impl PrepOptions {
             groups: Vec::new(),
             positive: None,
             malignant: Vec::new(),
+            folds: 0,
+            no_test: false,
         }
     }
 
@@ -188,6 +213,16 @@ impl PrepOptions {
                 "--val {} plus --test {} leaves no training images",
                 self.val, self.test
             ));
+        }
+        if self.folds == 1 {
+            return bad("--folds must be at least 2 (or absent: no folds)".into());
+        }
+        if self.no_test && self.folds == 0 {
+            return bad(
+                "--no-test needs --folds K: without folds the test split is the only held-out \
+                 evaluation"
+                    .into(),
+            );
         }
         if self.shard_size == 0 {
             return bad("--shard-size must be at least 1".into());
@@ -246,6 +281,10 @@ pub struct PrepSummary {
     /// With a class mapping, every input folder's class (`None`: skipped) and counts.
     pub folders: Vec<FolderClass>,
     pub counts: Vec<SplitCounts>,
+    /// Cross-validation folds (0: none).
+    pub folds: u32,
+    /// With folds, each fold's counts.
+    pub fold_counts: Vec<FoldCounts>,
     /// Input files examined (accepted + rejected).
     pub files: usize,
     /// Images accepted.
@@ -267,6 +306,26 @@ impl PrepSummary {
 }
 
 impl PrepSummary {
+    /// The per-fold count table of K-fold data (nothing without folds).
+    fn fmt_folds(&self, f: &mut fmt::Formatter<'_>, widths: &[usize]) -> fmt::Result {
+        if self.fold_counts.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            f,
+            "  {} folds of the pool (fold i: validation of `lesion-train --fold i`):",
+            self.folds
+        )?;
+        for c in &self.fold_counts {
+            write!(f, "  {:<6}", format!("fold {}", c.fold))?;
+            for (n, &w) in c.per_class.iter().zip(widths) {
+                write!(f, " {n:>w$}")?;
+            }
+            writeln!(f, " {:>8}", c.total)?;
+        }
+        Ok(())
+    }
+
     /// The label of every class, its positive or malignant role, and the grouping.
     fn fmt_classes(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let binary = self.classes.len() == 2;
@@ -339,7 +398,13 @@ impl fmt::Display for PrepSummary {
         }
         writeln!(f, " {:>8}", "total")?;
         for c in &self.counts {
-            write!(f, "  {:<6}", c.split.name())?;
+            // With folds the val split is the held-out fold and the train split the pool.
+            let name = match c.split {
+                Split::Val | Split::Test if self.folds > 0 && c.total == 0 => continue,
+                Split::Train if self.folds > 0 => "pool",
+                split => split.name(),
+            };
+            write!(f, "  {name:<6}")?;
             for (n, &w) in c.per_class.iter().zip(&widths) {
                 write!(f, " {n:>w$}")?;
             }
@@ -349,6 +414,7 @@ impl fmt::Display for PrepSummary {
             }
             writeln!(f)?;
         }
+        self.fmt_folds(f, &widths)?;
         self.fmt_classes(f)?;
         if self.rejected.is_empty() {
             writeln!(f, "rejected files: none")?;
@@ -415,6 +481,7 @@ fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
         count_images(std::mem::take(&mut discovery.folders), &images)
     };
     let (counts, duplicates) = assign_splits(opts, &discovery, &mut images)?;
+    let fold_counts = count_folds(&images, discovery.classes.len(), opts.folds);
     let views = draw_augmentations(opts, &mut images);
 
     let staged_rows = StagedRows {
@@ -450,6 +517,8 @@ fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
             std: IMAGENET_STD,
         },
         counts: counts.clone(),
+        folds: opts.folds,
+        fold_counts: fold_counts.clone(),
         shards,
         images,
         rejected: rejected.clone(),
@@ -466,6 +535,8 @@ fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
         malignant: discovery.malignant,
         folders,
         counts,
+        folds: opts.folds,
+        fold_counts,
         files: discovery.files.len(),
         images: n_images,
         views,
@@ -475,6 +546,24 @@ fn run_in_pool(opts: &PrepOptions) -> Result<PrepSummary> {
         warnings: discovery.warnings,
         elapsed: start.elapsed(),
     })
+}
+
+/// Each fold's per-class image counts (empty without folds).
+fn count_folds(images: &[ImageEntry], n_classes: usize, folds: u32) -> Vec<FoldCounts> {
+    let mut out: Vec<FoldCounts> = (0..folds)
+        .map(|fold| FoldCounts {
+            fold,
+            per_class: vec![0; n_classes],
+            total: 0,
+        })
+        .collect();
+    for im in images {
+        if let Some(c) = im.fold.and_then(|f| out.get_mut(f as usize)) {
+            c.per_class[im.class as usize] += 1;
+            c.total += 1;
+        }
+    }
+    out
 }
 
 /// Fills in the accepted images of every folder (an image's path starts with its folder).

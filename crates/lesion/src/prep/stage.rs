@@ -92,6 +92,7 @@ pub(super) fn stage_images(
                         width: d.width,
                         height: d.height,
                         augmentations: None,
+                        fold: None,
                     });
                 }
                 Err(e) if opts.strict => {

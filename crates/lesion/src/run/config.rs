@@ -220,6 +220,11 @@ pub struct TrainConfig {
     /// frozen). Off by default, and then absent from `config.json`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub freeze_bn: bool,
+    /// K-fold data: the fold `i` held out for validation (`--fold i`); the run trains on the
+    /// other folds ([`crate::loader::PreparedDataset::with_fold`]). `None` (absent from
+    /// `config.json`) for data without folds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fold: Option<u32>,
 }
 
 impl Default for TrainConfig {
@@ -258,6 +263,7 @@ impl TrainConfig {
             schedule: r.schedule,
             warmup_epochs: r.warmup_epochs,
             freeze_bn: false,
+            fold: None,
         }
     }
 
@@ -348,6 +354,11 @@ impl RunConfig {
     /// The run's classes and their positive group, checked.
     pub fn classes(&self) -> Result<Classes> {
         Classes::new(self.class_names.clone(), &self.malignant)
+    }
+
+    /// The fold the run held out for validation (K-fold data), `None` otherwise.
+    pub fn fold(&self) -> Option<u32> {
+        self.train.fold
     }
 }
 
@@ -549,6 +560,21 @@ mod tests {
         assert_eq!(json["train"]["freeze_bn"], true);
         let back: RunConfig = serde_json::from_value(json).unwrap();
         assert!(back.train.freeze_bn);
+    }
+
+    #[test]
+    fn the_fold_is_recorded_only_when_set() {
+        let json = serde_json::to_value(config(None)).unwrap();
+        assert!(json["train"].get("fold").is_none(), "{json}");
+        let back: RunConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back.fold(), None);
+        let mut cfg = config(None);
+        cfg.train.fold = Some(3);
+        let json = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(json["train"]["fold"], 3);
+        let back: RunConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back.fold(), Some(3));
+        assert_eq!(back, cfg);
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //!
 //! A file is written to a temporary sibling and renamed when complete. It is used only when
 //! its key equals the current one (format version, split, view, prepared manifest's SHA-256,
-//! the view's shard hashes, the frozen parameters' SHA-256, image size, stage, dtype), its
+//! the view's shard hashes, the frozen parameters' SHA-256, image size, stage, dtype, and for
+//! K-fold data the fold, whose rows of the split the file holds), its
 //! rows are the view's images in the current order, and its length is exactly what the
 //! header implies; anything else (an older run, a truncated file, other weights) is rebuilt.
 //!
@@ -78,6 +79,10 @@ pub struct CacheKey {
     /// The stage the rows feed ([`ResNet18::forward_from`]).
     pub stage: usize,
     pub dtype: String,
+    /// K-fold data: the selected fold, whose rows of the split the file holds (absent
+    /// without one, so that a file's key reads the same as without folds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fold: Option<u32>,
 }
 
 /// The JSON header of a cache file (see the module docs).
@@ -267,6 +272,7 @@ impl FeatureCache {
             image_size: data.image_size(),
             stage: self.stage,
             dtype: "f32".into(),
+            fold: data.fold(),
         })
     }
 

@@ -70,7 +70,7 @@ impl fmt::Display for TrainSummary {
 pub fn train(cfg: &TrainConfig, progress: bool) -> Result<TrainSummary> {
     cfg.validate()?;
     // Everything that can fail on bad input is checked before the run folder exists.
-    let data = open_data(&cfg.data)?;
+    let data = open_data(&cfg.data, cfg.fold)?;
     let device = parse_device(&cfg.device)?;
     let source: WeightsSource = cfg.weights.parse()?;
     let weights_path = weights::resolve(&source, progress)?;
@@ -209,7 +209,7 @@ pub fn resume(run_dir: &Path, opts: &ResumeOptions, progress: bool) -> Result<Tr
     let mut cfg = run_cfg.train.clone();
     cfg.out = run_dir.to_path_buf();
     cfg.validate()?;
-    let data = open_data(&cfg.data)?;
+    let data = open_data(&cfg.data, cfg.fold)?;
     if crate::manifest::manifest_sha256(data.dir())? != run_cfg.manifest_sha256 {
         return Err(Error::BadArtifact {
             path: cfg.data.clone(),
@@ -344,9 +344,10 @@ fn history_for_checkpoint(run_dir: &Path, state: &TrainState) -> Result<Vec<Epoc
     Ok(rows)
 }
 
-/// Opens and verifies a prepared dataset and checks that the model can take its images.
-fn open_data(dir: &Path) -> Result<PreparedDataset> {
-    let data = PreparedDataset::open(dir)?;
+/// Opens and verifies a prepared dataset (with `fold` selected, for K-fold data) and checks
+/// that the model can take its images.
+fn open_data(dir: &Path, fold: Option<u32>) -> Result<PreparedDataset> {
+    let data = PreparedDataset::open_fold(dir, fold)?;
     data.verify()?;
     if data.image_size() < MIN_IMAGE_SIZE {
         return Err(Error::BadArtifact {
@@ -425,12 +426,7 @@ fn class_weights(cfg: &TrainConfig, data: &PreparedDataset) -> Result<Option<Vec
     match cfg.class_weights {
         ClassWeights::None => Ok(None),
         ClassWeights::Balanced => {
-            let mut counts = data
-                .manifest()
-                .counts(Split::Train)
-                .map(|c| c.per_class.clone())
-                .unwrap_or_default();
-            counts.resize(data.class_names().len(), 0);
+            let counts = data.class_counts(Split::Train);
             if let Some(k) = counts.iter().position(|&c| c == 0) {
                 return Err(Error::BadArtifact {
                     path: data.dir().to_path_buf(),
