@@ -1093,7 +1093,7 @@ mod tests {
         }
     }
 
-    fn run(fold: u32) -> FoldRun {
+    fn fold_run(fold: u32) -> FoldRun {
         FoldRun {
             fold,
             run_dir: PathBuf::from(format!("cv/fold-{fold}")),
@@ -1130,7 +1130,7 @@ mod tests {
         assert_eq!(pooled.probs[6], 0.7);
         assert_eq!(pooled.logits.len(), 7);
 
-        let cv = aggregate(vec![run(0), run(1)], &[&f0, &f1], None).unwrap();
+        let cv = aggregate(vec![fold_run(0), fold_run(1)], &[&f0, &f1], None).unwrap();
         assert_eq!(cv.k, 2);
         assert!(cv.test.is_none());
         let (a, b) = (&cv.folds[0], &cv.folds[1]);
@@ -1166,7 +1166,7 @@ mod tests {
         // The same three test images, in different orders.
         let t0 = binary(&[10, 11, 12], &[0, 1, 1], &[0.2, 0.4, 0.9]);
         let t1 = binary(&[12, 10, 11], &[1, 0, 1], &[0.5, 0.6, 0.8]);
-        let cv = aggregate(vec![run(0), run(1)], &[&oof0, &oof1], Some(&[&t0, &t1])).unwrap();
+        let cv = aggregate(vec![fold_run(0), fold_run(1)], &[&oof0, &oof1], Some(&[&t0, &t1])).unwrap();
         let test = cv.test.unwrap();
         assert_eq!(test.folds[0].accuracy, 2.0 / 3.0);
         assert_eq!(test.folds[1].accuracy, 2.0 / 3.0);
@@ -1209,7 +1209,7 @@ mod tests {
             &[0, 1, 2],
             &[[0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.5, 0.1, 0.4]],
         );
-        let cv = aggregate(vec![run(0), run(1)], &[&f0, &f1], None).unwrap();
+        let cv = aggregate(vec![fold_run(0), fold_run(1)], &[&f0, &f1], None).unwrap();
         assert_eq!(cv.decision, "argmax (the most probable class)");
         let (a, b) = (&cv.folds[0], &cv.folds[1]);
         assert_eq!(a.sensitivity, None);
@@ -1230,7 +1230,7 @@ mod tests {
     fn a_fold_without_a_class_is_named() {
         let f0 = binary(&[0, 1], &[0, 1], &[0.2, 0.8]);
         let f1 = binary(&[2, 3], &[0, 0], &[0.6, 0.1]);
-        let err = aggregate(vec![run(0), run(1)], &[&f0, &f1], None).unwrap_err();
+        let err = aggregate(vec![fold_run(0), fold_run(1)], &[&f0, &f1], None).unwrap_err();
         assert!(
             err.to_string().contains("fold 1, on its held-out fold"),
             "{err}"
@@ -1267,5 +1267,208 @@ mod tests {
         std::fs::create_dir(cv.join("fold-02")).unwrap();
         let err = find_folds(cv).unwrap_err();
         assert!(err.to_string().contains("without zero padding"), "{err}");
+    }
+
+    /// K-fold synthetic data at 32 px (`folds` folds, a test split unless `no_test`) and an
+    /// untrained run per fold that records it.
+    pub(super) fn cv_fixture(root: &Path, folds: u32, no_test: bool) -> (PathBuf, PathBuf) {
+        use crate::prep::{self, PrepOptions};
+        let images = root.join("images");
+        crate::synth::generate(&images, 12, 1, false, false).unwrap();
+        let data = root.join("prepared");
+        let mut p = PrepOptions::new(&images, &data);
+        p.size = 32;
+        p.progress = false;
+        p.folds = folds;
+        p.no_test = no_test;
+        prep::run(&p).unwrap();
+        let sha = crate::manifest::manifest_sha256(&data).unwrap();
+        let cv = root.join("cv");
+        for i in 0..folds {
+            let dir = fold_dir(&cv, i);
+            crate::run::fixtures::write_untrained_run(&dir, 32, u64::from(i), None).unwrap();
+            let mut cfg = crate::run::read_config(&dir).unwrap();
+            cfg.train.fold = Some(i);
+            cfg.train.data = data.clone();
+            cfg.manifest_sha256 = sha.clone();
+            crate::run::write_config(&dir, &cfg).unwrap();
+        }
+        (data, cv)
+    }
+
+    fn options(cv: &Path) -> CvOptions {
+        CvOptions {
+            cv_dir: cv.to_path_buf(),
+            data: None,
+            out: None,
+            eval: EvalOptions {
+                device: "cpu".into(),
+                bootstrap: 20,
+                progress: false,
+                ..EvalOptions::default()
+            },
+        }
+    }
+
+    fn csv_rows(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+        let mut r = csv::Reader::from_path(path).unwrap();
+        let header = r.headers().unwrap().iter().map(String::from).collect();
+        let rows = r
+            .records()
+            .map(|x| x.unwrap().iter().map(String::from).collect())
+            .collect();
+        (header, rows)
+    }
+
+    #[test]
+    fn fold_runs_are_aggregated_into_one_report() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, cv) = cv_fixture(tmp.path(), 3, false);
+        let summary = super::run(&options(&cv)).unwrap();
+        let out = cv.join(CV_EVAL_DIR);
+        assert_eq!(summary.out_dir, out);
+        let manifest = crate::manifest::Manifest::load(&data).unwrap();
+        let pool: usize = manifest.fold_counts.iter().map(|c| c.total).sum();
+        let test_n = manifest.counts(Split::Test).unwrap().total;
+        assert!(pool > 0 && test_n > 0);
+
+        let doc: CvMetrics =
+            serde_json::from_slice(&std::fs::read(out.join(super::super::METRICS_FILE)).unwrap())
+                .unwrap();
+        assert_eq!(doc, summary.metrics);
+        let (m, section) = (&doc.eval, &doc.cv);
+        assert_eq!(section.k, 3);
+        assert_eq!(section.folds.len(), 3);
+        let b = m.binary.as_ref().unwrap();
+        assert_eq!(b.at_default_threshold.n as usize, pool);
+        assert_eq!(b.threshold.threshold, 0.5);
+        assert_eq!(b.at_chosen_threshold, b.at_default_threshold);
+        assert_eq!(m.warnings[0], HELD_OUT_IS_VAL);
+
+        // predictions.csv: the pooled rows, fold by fold, each fold's figures recomputed.
+        let (header, rows) = csv_rows(&out.join(super::super::PREDICTIONS_FILE));
+        assert_eq!(header.last().unwrap(), FOLD_COLUMN);
+        assert_eq!(rows.len(), pool);
+        for f in &section.folds {
+            let fold = f.fold.unwrap();
+            let mine: Vec<&Vec<String>> =
+                rows.iter().filter(|r| r[8] == fold.to_string()).collect();
+            assert_eq!(mine.len(), manifest.fold_counts(fold).unwrap().total);
+            let labels: Vec<usize> = mine.iter().map(|r| r[1].parse().unwrap()).collect();
+            let probs: Vec<f64> = mine.iter().map(|r| r[3].parse().unwrap()).collect();
+            let want = crate::metrics::evaluate(&labels, &probs, 0.5).unwrap();
+            assert_eq!(f.roc_auc, Some(want.roc_auc));
+            assert_eq!(f.log_loss, want.log_loss);
+            // Every row of the fold is an image of that fold.
+            for r in &mine {
+                let src: usize = r[7].parse().unwrap();
+                assert_eq!(manifest.images[src].fold, Some(fold));
+            }
+        }
+        let test = section.test.as_ref().unwrap();
+        assert_eq!(test.folds.len(), 3);
+        assert_eq!(test.fold_average.n as usize, test_n);
+        let (_, test_rows) = csv_rows(&out.join(TEST_PREDICTIONS_FILE));
+        assert_eq!(test_rows.len(), 3 * test_n);
+
+        let html = std::fs::read_to_string(out.join(super::super::REPORT_FILE)).unwrap();
+        assert!(
+            html.contains("cross-validation: 3 folds, pooled out-of-fold predictions"),
+            "the report is not marked"
+        );
+        for want in [
+            "<tr data-fold=\"0\">",
+            "<tr data-fold=\"2\">",
+            "<tr data-fold=\"mean\">",
+            "<table id=\"cv-test\">",
+        ] {
+            assert!(html.contains(want), "the report lacks {want}");
+        }
+
+        // Our own output is replaced with --force only; a folder of the user's never.
+        let err = super::run(&options(&cv)).unwrap_err();
+        assert!(matches!(err, Error::OutputExists { .. }), "{err:?}");
+        let mut forced = options(&cv);
+        forced.eval.force = true;
+        super::run(&forced).unwrap();
+        let mine = tmp.path().join("mine");
+        std::fs::create_dir(&mine).unwrap();
+        std::fs::write(mine.join("notes.txt"), b"mine").unwrap();
+        forced.out = Some(mine.clone());
+        let err = super::run(&forced).unwrap_err();
+        assert!(matches!(err, Error::NotOurOutput { .. }), "{err:?}");
+        assert_eq!(std::fs::read(mine.join("notes.txt")).unwrap(), b"mine");
+    }
+
+    #[test]
+    fn missing_folds_and_mixed_runs_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, cv) = cv_fixture(tmp.path(), 3, true);
+        let mut opts = options(&cv);
+        opts.data = Some(data.clone());
+
+        // A run trained on other data.
+        let fold2 = fold_dir(&cv, 2);
+        let mut cfg = crate::run::read_config(&fold2).unwrap();
+        let sha = cfg.manifest_sha256.clone();
+        cfg.manifest_sha256 = "f".repeat(64);
+        crate::run::write_config(&fold2, &cfg).unwrap();
+        let err = super::run(&opts).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with(&fold2.display().to_string()), "{msg}");
+        assert!(msg.contains("trained on other prepared data"), "{msg}");
+        assert_eq!(err.exit_code(), 2);
+
+        // A run of another fold in fold-2's place.
+        cfg.manifest_sha256 = sha;
+        cfg.train.fold = Some(1);
+        crate::run::write_config(&fold2, &cfg).unwrap();
+        let err = super::run(&opts).unwrap_err();
+        assert!(err.to_string().contains("is the run of fold 1, not of fold 2"), "{err}");
+
+        // A missing fold.
+        std::fs::remove_dir_all(fold_dir(&cv, 1)).unwrap();
+        let err = super::run(&opts).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("the data has 3 folds"), "{msg}");
+        assert!(msg.contains(&fold_dir(&cv, 1).display().to_string()), "{msg}");
+        assert!(!cv.join(CV_EVAL_DIR).exists());
+    }
+
+    #[test]
+    fn data_without_folds_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, cv) = cv_fixture(tmp.path(), 2, true);
+        let images = tmp.path().join("images");
+        let plain = tmp.path().join("plain");
+        let mut p = crate::prep::PrepOptions::new(&images, &plain);
+        p.size = 32;
+        p.progress = false;
+        crate::prep::run(&p).unwrap();
+        let mut opts = options(&cv);
+        opts.data = Some(plain);
+        let err = super::run(&opts).unwrap_err();
+        // The runs were trained on the K-fold data: refused before its folds are read.
+        assert!(matches!(err, Error::RunDataMismatch { .. }), "{err:?}");
+    }
+}
+#[cfg(test)]
+fn tests_fixture_pub(root: &Path) -> (PathBuf, PathBuf) {
+    tests::cv_fixture(root, 3, false)
+}
+#[cfg(test)]
+mod debug_tmp {
+    #[test]
+    fn debug_folds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, _) = super::tests_fixture_pub(tmp.path());
+        let m = crate::manifest::Manifest::load(&data).unwrap();
+        eprintln!("folds {} counts {:?} fold_counts {:?}", m.folds, m.counts, m.fold_counts);
+        eprintln!("shards {:?}", m.shards.iter().map(|s| (s.split, s.view, s.count)).collect::<Vec<_>>());
+        eprintln!("img folds {:?}", m.images.iter().map(|i| (i.split, i.fold)).collect::<Vec<_>>());
+        for f in 0..3 {
+            let d = crate::loader::PreparedDataset::open(&data).unwrap().with_fold(f).unwrap();
+            eprintln!("fold {f}: val {} train {}", d.len(crate::split::Split::Val), d.len(crate::split::Split::Train));
+        }
     }
 }
