@@ -2,6 +2,10 @@
 //! reads one): re-hashes every shard against its manifest and checks each shard's header
 //! and rows against it, and the row totals against the per-split counts.
 //!
+//! K-fold data ([`crate::prep`]'s layout) are checked for fold consistency too: a fold
+//! `0..K` on every pool image and none elsewhere, the per-fold counts, copies of one file in
+//! one fold, and val shards that hold the pool (the clean copy of the train split).
+//!
 //! Only regular files inside the dataset folder are read: the manifest's shard paths are
 //! confined when it is loaded ([`Manifest::load`]), and a shard that is a symbolic link
 //! to somewhere outside the folder, or not a regular file (a FIFO or device could block or
@@ -95,7 +99,13 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         bytes += b;
         problems.extend(p);
     }
+    problems.extend(check_folds(&manifest));
     for c in &manifest.counts {
+        // With folds the val shards hold a clean copy of the pool, counted as train.
+        let total = match (manifest.folds, c.split) {
+            (1.., Split::Val) => manifest.counts(Split::Train).map_or(0, |t| t.total),
+            _ => c.total,
+        };
         let views = if c.split == Split::Train {
             manifest.views.max(1)
         } else {
@@ -120,11 +130,10 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
             let rows = manifest
                 .shards_of(c.split, view)
                 .fold(0usize, |sum, s| sum.saturating_add(s.count));
-            if rows != c.total {
+            if rows != total {
                 problems.push(format!(
-                    "{} view {view}: shards hold {rows} rows, counts say {}",
+                    "{} view {view}: shards hold {rows} rows, counts say {total}",
                     c.split.name(),
-                    c.total
                 ));
             }
         }
@@ -195,13 +204,19 @@ fn check_shard(dir: &Path, manifest: &Manifest, entry: &ShardEntry) -> (u64, Vec
             entry.file, m.image_size, manifest.image_size
         ));
     }
+    // With folds the val shards hold the pool, whose images are of the train split.
+    let image_split = if manifest.folds > 0 && entry.split == Split::Val {
+        Split::Train
+    } else {
+        entry.split
+    };
     for (&si, &label) in shard.source_index().iter().zip(shard.labels()) {
         match manifest.images.get(si as usize) {
             None => {
                 problems.push(format!("{}: source index {si} out of range", entry.file));
                 break;
             }
-            Some(im) if im.class != label || im.split != entry.split => {
+            Some(im) if im.class != label || im.split != image_split => {
                 problems.push(format!(
                     "{}: row for {} has label {label} in {}, manifest says class {} in {}",
                     entry.file,
@@ -216,4 +231,81 @@ fn check_shard(dir: &Path, manifest: &Manifest, entry: &ShardEntry) -> (u64, Vec
         }
     }
     (bytes, problems)
+}
+
+/// The fold consistency of a manifest (see the module docs), one line per problem.
+fn check_folds(manifest: &Manifest) -> Vec<String> {
+    let k = manifest.folds;
+    let mut problems = Vec::new();
+    if k == 0 {
+        if let Some(im) = manifest.images.iter().find(|im| im.fold.is_some()) {
+            problems.push(format!(
+                "{}: has a fold, but the manifest has no folds",
+                im.path
+            ));
+        }
+        if !manifest.fold_counts.is_empty() {
+            problems.push("fold counts without folds".into());
+        }
+        return problems;
+    }
+    if k == 1 {
+        problems.push("1 fold: cross-validation needs at least 2".into());
+    }
+    let n_classes = manifest.classes.len();
+    let mut counts = vec![vec![0usize; n_classes]; k as usize];
+    let mut bad = Vec::new();
+    for im in &manifest.images {
+        match (im.split, im.fold) {
+            (Split::Train, Some(f)) if f < k => {
+                if let Some(n) = counts[f as usize].get_mut(im.class as usize) {
+                    *n += 1;
+                }
+            }
+            (Split::Train, Some(f)) => bad.push(format!("{}: fold {f} of {k}", im.path)),
+            (Split::Train, None) => bad.push(format!("{}: a pool image without a fold", im.path)),
+            (Split::Val, _) => bad.push(format!(
+                "{}: in the val split of K-fold data (the folds are the validation)",
+                im.path
+            )),
+            (Split::Test, Some(f)) => bad.push(format!("{}: a test image in fold {f}", im.path)),
+            (Split::Test, None) => {}
+        }
+    }
+    if bad.len() > 10 {
+        let more = bad.len() - 10;
+        bad.truncate(10);
+        bad.push(format!("... and {more} more images with a wrong fold"));
+    }
+    problems.extend(bad);
+    let recorded: Vec<(u32, &[usize], usize)> = manifest
+        .fold_counts
+        .iter()
+        .map(|c| (c.fold, c.per_class.as_slice(), c.total))
+        .collect();
+    let actual: Vec<(u32, &[usize], usize)> = counts
+        .iter()
+        .enumerate()
+        .map(|(f, c)| (f as u32, c.as_slice(), c.iter().sum()))
+        .collect();
+    if recorded != actual {
+        problems.push(format!(
+            "fold counts: the manifest says {recorded:?}, its images give {actual:?} \
+             (fold, per class, total)"
+        ));
+    }
+    for d in &manifest.duplicates {
+        let folds: Vec<Option<u32>> = d
+            .indices
+            .iter()
+            .filter_map(|&i| manifest.images.get(i as usize).map(|im| im.fold))
+            .collect();
+        if folds.windows(2).any(|w| w[0] != w[1]) {
+            problems.push(format!(
+                "copies {} are in different folds {folds:?}",
+                d.paths.join(" = ")
+            ));
+        }
+    }
+    problems
 }

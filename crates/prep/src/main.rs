@@ -35,6 +35,7 @@ use lesion::prep::PrepOptions;
                   Examples:\n  lesion-prep data/isic --out data/prepared\n  \
                   lesion-prep ham10000 --out data/ham3 --group vasc=- --malignant mel,bcc,akiec\n  \
                   lesion-prep ham10000 --out data/ham2 --classes benign-malignant.txt\n  \
+                  lesion-prep data/isic --out data/cv5 --folds 5\n  \
                   lesion-prep verify data/prepared\n  \
                   lesion-prep synth --out data/synthetic --per-class 200"
 )]
@@ -61,12 +62,21 @@ struct PrepArgs {
     /// or crop (scale the short side, cut the centre square).
     #[arg(long, value_enum, default_value_t = Resize::Stretch)]
     resize: Resize,
-    /// Validation fraction of each class.
-    #[arg(long, default_value_t = 0.2)]
-    val: f64,
+    /// Validation fraction of each class [default: 0.2] (not with --folds: there each
+    /// fold is the validation set of one run).
+    #[arg(long, value_name = "VAL")]
+    val: Option<f64>,
     /// Test fraction of each class.
     #[arg(long, default_value_t = 0.2)]
     test: f64,
+    /// K-fold cross-validation: hold out the test split as usual and divide the other
+    /// images into K folds (stratified by class, copies of a file in one fold);
+    /// `lesion-train --fold I` then validates on fold I and trains on the others.
+    #[arg(long, value_name = "K")]
+    folds: Option<u32>,
+    /// With --folds: hold out no test split; every image is in a fold.
+    #[arg(long, requires = "folds")]
+    no_test: bool,
     /// Seed of the split, the row order and the augmentations.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -164,22 +174,24 @@ enum Action {
 
 impl Cli {
     /// What the command line asks for.
-    fn action(&self) -> Action {
+    // The library's one error type, so that the exit code follows it.
+    #[allow(clippy::result_large_err)]
+    fn action(&self) -> lesion::Result<Action> {
         match &self.command {
-            Some(Command::Verify { dir }) => Action::Verify(dir.clone()),
+            Some(Command::Verify { dir }) => Ok(Action::Verify(dir.clone())),
             Some(Command::Synth {
                 out,
                 per_class,
                 seed,
                 force,
                 quiet,
-            }) => Action::Synth {
+            }) => Ok(Action::Synth {
                 out: out.clone(),
                 per_class: *per_class,
                 seed: *seed,
                 force: *force,
                 progress: !quiet,
-            },
+            }),
             None => {
                 let a = &self.prep;
                 let (Some(input), Some(out)) = (&a.input, &a.out) else {
@@ -191,8 +203,16 @@ impl Cli {
                     Resize::Stretch => ResizePolicy::Stretch,
                     Resize::Crop => ResizePolicy::Crop,
                 };
-                o.val = a.val;
+                if let (Some(k), Some(v)) = (a.folds, a.val) {
+                    return Err(lesion::Error::InvalidOption(format!(
+                        "--val {v} cannot be given with --folds {k}: with folds, the validation \
+                         set of each run is its held-out fold"
+                    )));
+                }
+                o.val = a.val.unwrap_or(o.val);
                 o.test = a.test;
+                o.folds = a.folds.unwrap_or(0);
+                o.no_test = a.no_test;
                 o.seed = a.seed;
                 o.shard_size = a.shard_size;
                 o.views = a.views;
@@ -206,14 +226,14 @@ impl Cli {
                 o.groups = a.groups.clone();
                 o.positive = a.positive.clone();
                 o.malignant = a.malignant.clone();
-                Action::Prep(o)
+                Ok(Action::Prep(o))
             }
         }
     }
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
-    match cli.action() {
+    match cli.action()? {
         Action::Prep(opts) => {
             let summary = lesion::prep::run(&opts)?;
             println!("{summary}");
@@ -257,7 +277,9 @@ mod tests {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        Ok(Cli::try_parse_from(args)?.action())
+        Ok(Cli::try_parse_from(args)?
+            .action()
+            .expect("options without a conflict"))
     }
 
     fn prep(args: &[&str]) -> PrepOptions {
@@ -336,6 +358,49 @@ mod tests {
         let o = prep(&["lesion-prep", "in", "--out", "o", "--positive", "melanoma"]);
         assert_eq!(o.positive.as_deref(), Some("melanoma"));
         assert!(o.groups.is_empty() && o.malignant.is_empty() && o.classes_file.is_none());
+    }
+
+    #[test]
+    fn fold_options_are_passed_through() {
+        let o = prep(&["lesion-prep", "in", "--out", "o", "--folds", "5"]);
+        assert_eq!((o.folds, o.no_test), (5, false));
+        assert_eq!(o.val, PrepOptions::new("in", "out").val);
+        let o = prep(&[
+            "lesion-prep",
+            "in",
+            "--out",
+            "o",
+            "--folds",
+            "3",
+            "--no-test",
+        ]);
+        assert_eq!((o.folds, o.no_test), (3, true));
+        let d = prep(&["lesion-prep", "in", "--out", "o"]);
+        assert_eq!((d.folds, d.no_test), (0, false));
+        // --no-test needs --folds.
+        let err =
+            Cli::try_parse_from(["lesion-prep", "in", "--out", "o", "--no-test"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        // The fold is the validation set: --val with --folds is refused, naming both.
+        let cli = Cli::try_parse_from([
+            "lesion-prep",
+            "in",
+            "--out",
+            "o",
+            "--folds",
+            "5",
+            "--val",
+            "0.1",
+        ])
+        .unwrap();
+        let err = cli.action().unwrap_err();
+        assert!(matches!(err, lesion::Error::InvalidOption(_)), "{err:?}");
+        assert_eq!(err.exit_code(), 2);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("--val 0.1") && msg.contains("--folds 5"),
+            "{msg}"
+        );
     }
 
     #[test]

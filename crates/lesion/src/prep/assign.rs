@@ -1,6 +1,7 @@
 //! Pass 2a of `prep`: everything decided per image before its pixels are read back: the
-//! split of each image (stratified by class, byte-identical files kept together), the
-//! per-split counts, the duplicate groups, and the augmentation of each training view.
+//! split of each image (stratified by class, byte-identical files kept together), with
+//! `--folds K` the fold of each pool image, the per-split counts, the duplicate groups, and
+//! the augmentation of each training view.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -37,8 +38,10 @@ pub(super) fn assign_splits(
             ),
         ));
     }
-    split::split_counts(&per_class, opts.val, opts.test, opts.seed)
-        .map_err(|e| too_few(opts, names, e))?;
+    if !opts.no_test {
+        split::split_counts(&per_class, opts.val, opts.test, opts.seed)
+            .map_err(|e| too_few(opts, names, e))?;
+    }
 
     let labels: Vec<usize> = images.iter().map(|i| i.class as usize).collect();
     let mut first_of: HashMap<&str, usize> = HashMap::new();
@@ -48,17 +51,26 @@ pub(super) fn assign_splits(
         .map(|(i, im)| *first_of.entry(im.sha256.as_str()).or_insert(i))
         .collect();
     drop(first_of);
-    let assignment = split::stratified_split(&labels, &groups, opts.val, opts.test, opts.seed)
-        .map_err(|e| with_dataset_path(e, names, &opts.input))?;
-    if assignment.len() != images.len() {
-        return Err(Error::InvalidOption(format!(
-            "split returned {} assignments for {} images",
-            assignment.len(),
-            images.len()
-        )));
+    if opts.no_test {
+        for im in images.iter_mut() {
+            im.split = Split::Train;
+        }
+    } else {
+        let assignment = split::stratified_split(&labels, &groups, opts.val, opts.test, opts.seed)
+            .map_err(|e| with_dataset_path(e, names, &opts.input))?;
+        if assignment.len() != images.len() {
+            return Err(Error::InvalidOption(format!(
+                "split returned {} assignments for {} images",
+                assignment.len(),
+                images.len()
+            )));
+        }
+        for (im, &sp) in images.iter_mut().zip(&assignment) {
+            im.split = sp;
+        }
     }
-    for (im, &sp) in images.iter_mut().zip(&assignment) {
-        im.split = sp;
+    if opts.folds > 0 {
+        assign_folds(opts, names, &labels, &groups, images)?;
     }
     let counts = Split::ALL
         .into_iter()
@@ -75,6 +87,78 @@ pub(super) fn assign_splits(
         })
         .collect();
     Ok((counts, duplicate_groups(images, &groups)?))
+}
+
+/// `--folds K`: the train and val images form the pool (`split: train`), and each pool image
+/// gets a fold from [`split::stratified_group_kfold`] (stratified by class, each group in
+/// one fold). Every class needs at least K pool images, and every fold an image of every
+/// class.
+fn assign_folds(
+    opts: &PrepOptions,
+    names: &[String],
+    labels: &[usize],
+    groups: &[usize],
+    images: &mut [ImageEntry],
+) -> Result<()> {
+    let k = opts.folds as usize;
+    let pool: Vec<usize> = (0..images.len())
+        .filter(|&i| images[i].split != Split::Test)
+        .collect();
+    let mut per_class = vec![0usize; names.len()];
+    for &i in &pool {
+        images[i].split = Split::Train;
+        per_class[labels[i]] += 1;
+    }
+    let after_test = if opts.no_test {
+        ""
+    } else {
+        " (after the test split)"
+    };
+    if let Some(c) = per_class.iter().position(|&n| n < k) {
+        return Err(bad_dataset(
+            &opts.input,
+            format!(
+                "class {} has {} image(s) in the cross-validation pool{after_test}, fewer than \
+                 --folds {k}: every fold needs an image of each class (use fewer folds{})",
+                names[c],
+                per_class[c],
+                if opts.no_test {
+                    ""
+                } else {
+                    ", a smaller --test or --no-test"
+                }
+            ),
+        ));
+    }
+    let pool_labels: Vec<usize> = pool.iter().map(|&i| labels[i]).collect();
+    let pool_groups: Vec<usize> = pool.iter().map(|&i| groups[i]).collect();
+    let folds = split::stratified_group_kfold(&pool_labels, &pool_groups, k, Some(opts.seed))
+        .map_err(|e| with_dataset_path(e, names, &opts.input))?;
+    if folds.len() != pool.len() {
+        return Err(Error::InvalidOption(format!(
+            "fold assignment returned {} folds for {} images",
+            folds.len(),
+            pool.len()
+        )));
+    }
+    let mut per_fold = vec![vec![0usize; names.len()]; k];
+    for (&i, &f) in pool.iter().zip(&folds) {
+        images[i].fold = Some(f);
+        per_fold[f as usize][labels[i]] += 1;
+    }
+    for (f, counts) in per_fold.iter().enumerate() {
+        if let Some(c) = counts.iter().position(|&n| n == 0) {
+            return Err(bad_dataset(
+                &opts.input,
+                format!(
+                    "fold {f} of {k} has no image of class {}: its groups are too large to \
+                     spread over {k} folds (use fewer folds)",
+                    names[c]
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Rewords the split's "class too small" error with the class name and the dataset path.
@@ -137,6 +221,12 @@ fn duplicate_groups(images: &[ImageEntry], groups: &[usize]) -> Result<Vec<Dupli
             if m.iter().any(|&i| images[i as usize].split != first.split) {
                 return Err(Error::InvalidOption(format!(
                     "split put copies of {} in different splits",
+                    first.path
+                )));
+            }
+            if m.iter().any(|&i| images[i as usize].fold != first.fold) {
+                return Err(Error::InvalidOption(format!(
+                    "fold assignment put copies of {} in different folds",
                     first.path
                 )));
             }

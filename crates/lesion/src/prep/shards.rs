@@ -2,7 +2,9 @@
 //! from the staging file, applies each view's augmentation, converts HWC to CHW and streams
 //! them into shards. The pool prepares rows in parallel chunks while one writer thread
 //! writes, hashes and commits shards in file order ([`WriteJob`]). The first three training
-//! rows of each class (view 0) are kept as sample previews.
+//! rows of each class (view 0) are kept as sample previews. With folds, the val shards are
+//! the pool's (train split's) rows in the train shards' order, never augmented; a split
+//! without images (the test split with `--no-test`) gets no folder and no shard.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -35,11 +37,13 @@ pub(super) fn write_shards(
     n_classes: usize,
 ) -> Result<(Vec<ShardEntry>, Samples)> {
     let staged = File::open(staged_rows.path).with_path(staged_rows.path)?;
+    // With folds each pool image is also written once, clean, into the val shards.
+    let clean_copy = usize::from(opts.folds > 0);
     let total_rows: usize = images
         .iter()
         .map(|im| {
             if im.split == Split::Train {
-                views as usize
+                views as usize + clean_copy
             } else {
                 1
             }
@@ -145,10 +149,19 @@ fn produce_shards(ctx: &WriteContext<'_>, tx: &SyncSender<WriteJob>) -> Result<O
     let row = 3 * opts.size as usize * opts.size as usize;
     let mut samples: Samples = vec![Vec::new(); ctx.n_classes];
     for sp in Split::ALL {
+        // The split whose images the shards hold: with folds, the val shards hold the pool.
+        let members = if opts.folds > 0 && sp == Split::Val {
+            Split::Train
+        } else {
+            sp
+        };
         let mut order: Vec<u32> = (0..ctx.images.len() as u32)
-            .filter(|&i| ctx.images[i as usize].split == sp)
+            .filter(|&i| ctx.images[i as usize].split == members)
             .collect();
-        order.shuffle(&mut order_rng(opts.seed, sp));
+        order.shuffle(&mut order_rng(opts.seed, members));
+        if order.is_empty() {
+            continue;
+        }
         let dir = ctx.stage.join(sp.name());
         fs::create_dir(&dir).with_path(&dir)?;
         let split_views = if sp == Split::Train { ctx.views } else { 1 };
@@ -194,6 +207,7 @@ fn produce_shards(ctx: &WriteContext<'_>, tx: &SyncSender<WriteJob>) -> Result<O
                             let aug = ctx.images[i as usize]
                                 .augmentations
                                 .as_ref()
+                                .filter(|_| sp == Split::Train)
                                 .map(|a| a[view as usize]);
                             Ok(match aug {
                                 Some(a) => transforms::to_chw(&a.apply(&img)),
