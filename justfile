@@ -11,6 +11,11 @@ cargo_features := if features == "" { "" } else { "--features " + features }
 images := "data/synthetic"
 prepared := "data/prepared"
 run := "runs/default"
+# k-fold cross-validation (`just cv`): the prepared folder with folds, the fold runs and their
+# aggregate, and extra lesion-prep options for preparing it (e.g. cv_prep_args="--size 64").
+prepared_cv := "data/prepared-cv"
+cv_dir := "runs/cv"
+cv_prep_args := ""
 
 # List the recipes.
 default:
@@ -52,6 +57,19 @@ predict *args: build
 # Serve runs/default over HTTP with a web page at http://127.0.0.1:8080/.
 serve *args: build
     target/release/lesion-serve --run {{run}} {{args}}
+
+# k-fold cross-validation on this machine through scripts/cv.sh: prepares images (default
+# data/synthetic, generated if absent) with K folds into data/prepared-cv unless that folder already
+# has a manifest (whose K must then match), trains fold I into runs/cv/fold-I for every I with the
+# given lesion-train options, and aggregates the folds into runs/cv/eval. Examples:
+#   just cv K=5 --epochs 3 --weights none
+#   just images=../shared/data/isic2017-256 cv_prep_args="--size 64" cv K=5 --epochs 2
+# lesion-eval options for the aggregation come from $EVAL_ARGS (e.g. EVAL_ARGS=--force).
+# K-fold cross-validation: prep with K folds (once), train every fold, aggregate (`just cv K=5 --epochs 3`).
+cv K="5" *args: build
+    if [[ ! -d "{{images}}" && "{{images}}" == data/synthetic ]]; then target/release/lesion-prep synth --out "{{images}}"; fi
+    k="{{K}}"; k=${k#K=}; if [[ ! -f "{{prepared_cv}}/manifest.json" ]]; then scripts/cv.sh prep "{{images}}" "{{prepared_cv}}" "$k" {{cv_prep_args}}; else have=$(scripts/cv.sh folds "{{prepared_cv}}"); if [[ $have != "$k" ]]; then echo "{{prepared_cv}} has $have folds, not $k: remove it or run with K=$have" >&2; exit 2; fi; fi
+    scripts/cv.sh all "{{prepared_cv}}" "{{cv_dir}}" {{args}}
 
 # Whole pipeline on the synthetic dataset, offline: synth -> prep -> train -> eval.
 demo: build
