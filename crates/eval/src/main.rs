@@ -24,7 +24,11 @@ use lesion::split::Split;
 )]
 pub struct Cli {
     /// Run folder (its best.safetensors is evaluated) or a checkpoint file inside a run folder.
-    #[arg(long, value_name = "RUN_DIR|CHECKPOINT", required_unless_present = "cv")]
+    #[arg(
+        long,
+        value_name = "RUN_DIR|CHECKPOINT",
+        required_unless_present = "cv"
+    )]
     run: Option<PathBuf>,
     /// Prepared dataset folder (output of `lesion-prep`); with --cv, the fold runs' own by
     /// default.
@@ -230,7 +234,16 @@ mod tests {
         assert_eq!((cv.data, cv.out), (None, None));
         assert_eq!(cv.eval.bootstrap, 1000);
         let cli = Cli::try_parse_from([
-            "lesion-eval", "--cv", "c", "--data", "p", "--out", "o", "--bootstrap", "0", "--force",
+            "lesion-eval",
+            "--cv",
+            "c",
+            "--data",
+            "p",
+            "--out",
+            "o",
+            "--bootstrap",
+            "0",
+            "--force",
         ])
         .unwrap();
         let cv = cli.cv_options().unwrap().unwrap();

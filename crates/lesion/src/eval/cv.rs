@@ -44,9 +44,9 @@ use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 use super::{
-    errors, inference, metrics, plots, predictions, report, BinaryView, EvalMetrics,
-    EvalOptions, Threshold, ThresholdMethod, BINARY_FIGURES, METRICS_FORMAT,
-    METRICS_FORMAT_VERSION, OUTPUT_KIND,
+    errors, inference, metrics, plots, predictions, report, BinaryView, EvalMetrics, EvalOptions,
+    Threshold, ThresholdMethod, BINARY_FIGURES, METRICS_FORMAT, METRICS_FORMAT_VERSION,
+    OUTPUT_KIND,
 };
 use crate::device::describe;
 use crate::fsutil::{self, write_atomic, write_json_atomic, StagingDir};
@@ -299,7 +299,9 @@ pub fn pool(folds: &[(u32, &SplitPredictions)]) -> Result<(SplitPredictions, Vec
 /// with the same labels.
 pub fn fold_average(folds: &[(u32, &SplitPredictions)]) -> Result<SplitPredictions> {
     let Some((first_fold, first)) = folds.first() else {
-        return Err(Error::BadMetricInput("no fold predictions to average".into()));
+        return Err(Error::BadMetricInput(
+            "no fold predictions to average".into(),
+        ));
     };
     let k = folds.len() as f64;
     let mut class_probs = first.class_probs.clone();
@@ -511,10 +513,7 @@ pub fn check_fold_set(cv_dir: &Path, found: &[u32], k: u32) -> Result<()> {
         ));
     }
     if !extra.is_empty() {
-        problems.push(format!(
-            "{} beyond the data's folds",
-            extra.join(", ")
-        ));
+        problems.push(format!("{} beyond the data's folds", extra.join(", ")));
     }
     Err(Error::BadArtifact {
         path: cv_dir.to_path_buf(),
@@ -570,7 +569,7 @@ fn open_runs(cv_dir: &Path) -> Result<Vec<(u32, Run)>> {
         runs.push((fold, Run::resolve(&dir)?));
     }
     let (first_fold, first) = &runs[0];
-    for (fold, run) in &runs[1..] {
+    for (_, run) in &runs[1..] {
         let (a, b) = (&first.config, &run.config);
         let reason = if a.manifest_sha256 != b.manifest_sha256 {
             format!(
@@ -590,7 +589,6 @@ fn open_runs(cv_dir: &Path) -> Result<Vec<(u32, Run)>> {
         } else {
             continue;
         };
-        let _ = fold;
         return Err(Error::BadArtifact {
             path: run.run_dir.clone(),
             reason,
@@ -747,10 +745,7 @@ pub fn run(opts: &CvOptions) -> Result<CvSummary> {
     for (fold, run) in &runs {
         check_run(run, *fold, &base, &sha)?;
     }
-    let out_dir = opts
-        .out
-        .clone()
-        .unwrap_or_else(|| cv_dir.join(CV_EVAL_DIR));
+    let out_dir = opts.out.clone().unwrap_or_else(|| cv_dir.join(CV_EVAL_DIR));
     fsutil::remove_stale_temps(cv_dir);
     let mut inputs: Vec<&Path> = vec![data_dir.as_path()];
     inputs.extend(runs.iter().map(|(_, r)| r.run_dir.as_path()));
@@ -775,7 +770,8 @@ pub fn run(opts: &CvOptions) -> Result<CvSummary> {
         .map(|s| s.test.as_ref())
         .collect::<Option<Vec<_>>>();
     let section = aggregate(fold_runs, &oof, test.as_deref())?;
-    let pairs: Vec<(u32, &SplitPredictions)> = scored.iter().map(|s| (s.run.fold, &s.oof)).collect();
+    let pairs: Vec<(u32, &SplitPredictions)> =
+        scored.iter().map(|s| (s.run.fold, &s.oof)).collect();
     let (pooled, fold_of) = pool(&pairs)?;
 
     // The pooled predictions, measured as an evaluation measures its split.
@@ -958,7 +954,11 @@ fn report_context(cv: &CvSection, has_test: bool) -> minijinja::Value {
     };
     let opt = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), f4);
     let ms = |m: Option<MeanSd>| m.map_or_else(|| "n/a".to_string(), |m| mean_sd_text(&m));
-    let epochs: HashMap<u32, usize> = cv.runs.iter().map(|r| (r.fold, r.checkpoint_epoch)).collect();
+    let epochs: HashMap<u32, usize> = cv
+        .runs
+        .iter()
+        .map(|r| (r.fold, r.checkpoint_epoch))
+        .collect();
     let row = |f: &FoldFigures| {
         context! {
             fold => f.fold.map_or_else(|| "fold average".to_string(), |i| i.to_string()),
@@ -1028,7 +1028,12 @@ impl fmt::Display for CvSummary {
                 f,
                 "pooled: {} images ({} benign, {} malignant), ROC AUC {:.4}, balanced accuracy \
                  {:.4}, sensitivity {:.4}, specificity {:.4} at 0.5",
-                d.n, d.n_negative, d.n_positive, d.roc_auc, d.balanced_accuracy, d.sensitivity,
+                d.n,
+                d.n_negative,
+                d.n_positive,
+                d.roc_auc,
+                d.balanced_accuracy,
+                d.sensitivity,
                 d.specificity
             )?;
         }
@@ -1083,10 +1088,7 @@ mod tests {
         SplitPredictions {
             source_index: source.to_vec(),
             labels: labels.to_vec(),
-            logits: probs
-                .iter()
-                .map(|p| (p / (1.0 - p)).ln() as f32)
-                .collect(),
+            logits: probs.iter().map(|p| (p / (1.0 - p)).ln() as f32).collect(),
             outputs: 1,
             class_probs: probs.iter().map(|&p| vec![1.0 - p, p]).collect(),
             probs: probs.to_vec(),
@@ -1166,7 +1168,12 @@ mod tests {
         // The same three test images, in different orders.
         let t0 = binary(&[10, 11, 12], &[0, 1, 1], &[0.2, 0.4, 0.9]);
         let t1 = binary(&[12, 10, 11], &[1, 0, 1], &[0.5, 0.6, 0.8]);
-        let cv = aggregate(vec![fold_run(0), fold_run(1)], &[&oof0, &oof1], Some(&[&t0, &t1])).unwrap();
+        let cv = aggregate(
+            vec![fold_run(0), fold_run(1)],
+            &[&oof0, &oof1],
+            Some(&[&t0, &t1]),
+        )
+        .unwrap();
         let test = cv.test.unwrap();
         assert_eq!(test.folds[0].accuracy, 2.0 / 3.0);
         assert_eq!(test.folds[1].accuracy, 2.0 / 3.0);
@@ -1183,7 +1190,10 @@ mod tests {
 
         let other = binary(&[10, 11, 13], &[0, 1, 1], &[0.2, 0.4, 0.9]);
         let err = fold_average(&[(0, &t0), (1, &other)]).unwrap_err();
-        assert!(err.to_string().contains("fold 1 scored other images"), "{err}");
+        assert!(
+            err.to_string().contains("fold 1 scored other images"),
+            "{err}"
+        );
         let relabelled = binary(&[10, 11, 12], &[1, 1, 1], &[0.2, 0.4, 0.9]);
         let err = fold_average(&[(0, &t0), (1, &relabelled)]).unwrap_err();
         assert!(err.to_string().contains("other labels"), "{err}");
@@ -1261,7 +1271,10 @@ mod tests {
             "{msg}"
         );
         let err = check_fold_set(cv, &ids, 2).unwrap_err();
-        assert!(err.to_string().contains("fold-3 beyond the data's folds"), "{err}");
+        assert!(
+            err.to_string().contains("fold-3 beyond the data's folds"),
+            "{err}"
+        );
         assert!(check_fold_set(cv, &[0, 1, 2], 3).is_ok());
 
         std::fs::create_dir(cv.join("fold-02")).unwrap();
@@ -1424,14 +1437,21 @@ mod tests {
         cfg.train.fold = Some(1);
         crate::run::write_config(&fold2, &cfg).unwrap();
         let err = super::run(&opts).unwrap_err();
-        assert!(err.to_string().contains("is the run of fold 1, not of fold 2"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("is the run of fold 1, not of fold 2"),
+            "{err}"
+        );
 
         // A missing fold.
         std::fs::remove_dir_all(fold_dir(&cv, 1)).unwrap();
         let err = super::run(&opts).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("the data has 3 folds"), "{msg}");
-        assert!(msg.contains(&fold_dir(&cv, 1).display().to_string()), "{msg}");
+        assert!(
+            msg.contains(&fold_dir(&cv, 1).display().to_string()),
+            "{msg}"
+        );
         assert!(!cv.join(CV_EVAL_DIR).exists());
     }
 
