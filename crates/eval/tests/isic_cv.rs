@@ -1,6 +1,6 @@
 //! 5-fold cross-validation of ISIC 2017 (../shared/data/isic2017-256, Benign/ and
 //! Malignant/) through scripts/cv.sh, as `just cv K=5` runs it: prep with folds, every fold
-//! trained (32 px, one epoch from random initialisation, balanced class weights), then `lesion-eval --cv`. The
+//! trained (32 px, one epoch from random initialisation), then `lesion-eval --cv`. The
 //! aggregated metrics.json (pooled out-of-fold figures, per-fold figures, mean and SD, test
 //! split) must equal scikit-learn's recomputed from the written predictions
 //! (scripts/check_multiclass_metrics.py; needs python3 with numpy and scikit-learn,
@@ -77,10 +77,6 @@ fn isic_five_fold_cv_matches_scikit_learn() {
         "64",
         "--device",
         "cpu",
-        // Balanced class weights keep the probabilities near 0.5 after one epoch, so that
-        // the threshold-dependent figures are not those of a constant prediction.
-        "--class-weights",
-        "balanced",
     ];
     let mut all = vec!["all", p, c];
     all.extend(train);

@@ -808,21 +808,11 @@ pub fn run(opts: &CvOptions) -> Result<CvSummary> {
             split: Split::Test,
             ..opts.eval.clone()
         },
-        None,
+        threshold.as_ref().zip(binary.as_ref()),
         multiclass.as_ref(),
         &sha,
         &sha,
     ));
-    if let Some(m) = &binary {
-        let d = &m.at_default;
-        if d.n_positive < 30 || d.n_negative < 30 {
-            warnings.push(format!(
-                "only {} malignant and {} benign images: every figure is very uncertain (see \
-                 the intervals)",
-                d.n_positive, d.n_negative
-            ));
-        }
-    }
     if !binary_run && !first.config.malignant.is_empty() {
         warnings.push(
             "the malignant-group view is left out of a cross-validation: it needs a decision \
@@ -1357,6 +1347,8 @@ mod tests {
         assert_eq!(b.threshold.threshold, 0.5);
         assert_eq!(b.at_chosen_threshold, b.at_default_threshold);
         assert_eq!(m.warnings[0], HELD_OUT_IS_VAL);
+        assert_eq!(m.warnings[1], FIXED_THRESHOLD_NOTE);
+        assert_eq!(b.threshold.note.as_deref(), Some(FIXED_THRESHOLD_NOTE));
 
         // predictions.csv: the pooled rows, fold by fold, each fold's figures recomputed.
         let (header, rows) = csv_rows(&out.join(super::super::PREDICTIONS_FILE));
