@@ -40,7 +40,7 @@ pub struct Cli {
     #[arg(long, value_name = "CV_DIR", conflicts_with_all = ["run", "split", "threshold_method", "target_sensitivity", "malignant"])]
     cv: Option<PathBuf>,
     /// With --cv: the output folder [default: CV_DIR/eval].
-    #[arg(long, value_name = "DIR", requires = "cv")]
+    #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Split to evaluate.
     #[arg(long, value_enum, default_value_t = SplitArg::Test)]
@@ -103,6 +103,11 @@ impl Cli {
     /// The library options these arguments describe.
     pub fn options(&self) -> anyhow::Result<EvalOptions> {
         let d = EvalOptions::default();
+        if self.out.is_some() && self.cv.is_none() {
+            anyhow::bail!(lesion::Error::InvalidOption(
+                "--out needs --cv: an evaluation of one run is written into its run folder".into()
+            ));
+        }
         let method = match (self.threshold_method, self.target_sensitivity) {
             (Some(MethodArg::Youden), Some(_)) => anyhow::bail!(lesion::Error::InvalidOption(
                 "--target-sensitivity needs --threshold-method sensitivity, not youden".into()
@@ -255,11 +260,12 @@ mod tests {
             &["--cv", "c", "--run", "r"][..],
             &["--cv", "c", "--split", "val"],
             &["--cv", "c", "--target-sensitivity", "0.9"],
-            &["--run", "r", "--data", "d", "--out", "o"],
         ] {
             let args = ["lesion-eval"].into_iter().chain(bad.iter().copied());
             assert!(Cli::try_parse_from(args).is_err(), "{bad:?} was accepted");
         }
+        let err = parse(&["--out", "o"]).options().unwrap_err();
+        assert!(err.to_string().contains("--out needs --cv"), "{err}");
     }
 
     #[test]
