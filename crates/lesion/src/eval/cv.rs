@@ -1275,6 +1275,16 @@ mod tests {
     /// K-fold synthetic data at 32 px (`folds` folds, a test split unless `no_test`) and an
     /// untrained run per fold that records it.
     fn cv_fixture(root: &Path, folds: u32, no_test: bool) -> (PathBuf, PathBuf) {
+        cv_fixture_with(root, folds, no_test, &[])
+    }
+
+    /// [`cv_fixture`] relabelled to the classes `names` when there are more than two.
+    fn cv_fixture_with(
+        root: &Path,
+        folds: u32,
+        no_test: bool,
+        names: &[String],
+    ) -> (PathBuf, PathBuf) {
         use crate::prep::{self, PrepOptions};
         let images = root.join("images");
         crate::synth::generate(&images, 12, 1, false, false).unwrap();
@@ -1285,11 +1295,34 @@ mod tests {
         p.folds = folds;
         p.no_test = no_test;
         prep::run(&p).unwrap();
+        let names = if names.is_empty() {
+            vec!["Benign".to_string(), "Malignant".to_string()]
+        } else {
+            crate::run::fixtures::relabel_prepared(&data, names, &[]).unwrap();
+            // The relabelling leaves the per-fold class counts to the caller.
+            let mut m = crate::manifest::Manifest::load(&data).unwrap();
+            for c in &mut m.fold_counts {
+                c.per_class = vec![0; names.len()];
+                for im in m.images.iter().filter(|im| im.fold == Some(c.fold)) {
+                    c.per_class[usize::from(im.class)] += 1;
+                }
+            }
+            m.save(&data).unwrap();
+            names.to_vec()
+        };
         let sha = crate::manifest::manifest_sha256(&data).unwrap();
         let cv = root.join("cv");
         for i in 0..folds {
             let dir = fold_dir(&cv, i);
-            crate::run::fixtures::write_untrained_run(&dir, 32, u64::from(i), None).unwrap();
+            crate::run::fixtures::write_untrained_run_with(
+                &dir,
+                32,
+                u64::from(i),
+                None,
+                &names,
+                &[],
+            )
+            .unwrap();
             let mut cfg = crate::run::read_config(&dir).unwrap();
             cfg.train.fold = Some(i);
             cfg.train.data = data.clone();
@@ -1403,6 +1436,31 @@ mod tests {
         let err = super::run(&forced).unwrap_err();
         assert!(matches!(err, Error::NotOurOutput { .. }), "{err:?}");
         assert_eq!(std::fs::read(mine.join("notes.txt")).unwrap(), b"mine");
+    }
+
+    #[test]
+    fn n_class_folds_are_aggregated_with_per_class_figures() {
+        let tmp = tempfile::tempdir().unwrap();
+        let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let (_, cv) = cv_fixture_with(tmp.path(), 2, true, &names);
+        let summary = super::run(&options(&cv)).unwrap();
+        let doc = &summary.metrics;
+        let mc = doc.eval.multiclass.as_ref().unwrap();
+        assert!(doc.eval.binary.is_none());
+        assert_eq!(doc.cv.k, 2);
+        assert!(doc.cv.test.is_none());
+        let per_fold: u64 = doc.cv.folds.iter().map(|f| f.n).sum();
+        assert_eq!(mc.metrics.n, per_fold);
+        assert_eq!(doc.cv.folds[0].per_class.len(), 3);
+        assert_eq!(doc.cv.mean_sd.per_class.len(), 3);
+        let (header, rows) = csv_rows(&summary.out_dir.join(super::super::PREDICTIONS_FILE));
+        assert_eq!(header[3..6], ["p_a", "p_b", "p_c"]);
+        assert_eq!(header.last().unwrap(), FOLD_COLUMN);
+        assert_eq!(rows.len() as u64, per_fold);
+        let html = std::fs::read_to_string(&summary.report).unwrap();
+        assert!(html.contains("cross-validation: 2 folds, pooled out-of-fold predictions"));
+        assert!(html.contains("<table id=\"cv-per-class\">"));
+        assert!(html.contains("<tr data-class=\"c\"><td>c</td>"));
     }
 
     #[test]
