@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use lesion::cli::DeviceArg;
+use lesion::eval::cv::CvOptions;
 use lesion::eval::{EvalOptions, ThresholdMethod};
 use lesion::split::Split;
 
@@ -18,15 +19,29 @@ use lesion::split::Split;
     about,
     long_about = None,
     after_help = "Examples:\n  lesion-eval --run runs/default --data data/prepared\n  \
-                  lesion-eval --run runs/default --data data/prepared --tta --target-sensitivity 0.95 --force"
+                  lesion-eval --run runs/default --data data/prepared --tta --target-sensitivity 0.95 --force\n  \
+                  lesion-eval --cv runs/cv --data data/prepared-folds"
 )]
 pub struct Cli {
     /// Run folder (its best.safetensors is evaluated) or a checkpoint file inside a run folder.
-    #[arg(long, value_name = "RUN_DIR|CHECKPOINT")]
-    run: PathBuf,
-    /// Prepared dataset folder (output of `lesion-prep`).
-    #[arg(long, value_name = "PREPARED_DIR")]
-    data: PathBuf,
+    #[arg(
+        long,
+        value_name = "RUN_DIR|CHECKPOINT",
+        required_unless_present = "cv"
+    )]
+    run: Option<PathBuf>,
+    /// Prepared dataset folder (output of `lesion-prep`); with --cv, the fold runs' own by
+    /// default.
+    #[arg(long, value_name = "PREPARED_DIR", required_unless_present = "cv")]
+    data: Option<PathBuf>,
+    /// Cross-validation: aggregate the fold runs CV_DIR/fold-0 .. fold-{K-1} (one per fold of
+    /// data prepared with --folds K) into one evaluation of their pooled out-of-fold
+    /// predictions, with per-fold figures and mean ± SD, in CV_DIR/eval/ (or --out).
+    #[arg(long, value_name = "CV_DIR", conflicts_with_all = ["run", "split", "threshold_method", "target_sensitivity", "malignant"])]
+    cv: Option<PathBuf>,
+    /// With --cv: the output folder [default: CV_DIR/eval].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
     /// Split to evaluate.
     #[arg(long, value_enum, default_value_t = SplitArg::Test)]
     split: SplitArg,
@@ -88,6 +103,11 @@ impl Cli {
     /// The library options these arguments describe.
     pub fn options(&self) -> anyhow::Result<EvalOptions> {
         let d = EvalOptions::default();
+        if self.out.is_some() && self.cv.is_none() {
+            anyhow::bail!(lesion::Error::InvalidOption(
+                "--out needs --cv: an evaluation of one run is written into its run folder".into()
+            ));
+        }
         let method = match (self.threshold_method, self.target_sensitivity) {
             (Some(MethodArg::Youden), Some(_)) => anyhow::bail!(lesion::Error::InvalidOption(
                 "--target-sensitivity needs --threshold-method sensitivity, not youden".into()
@@ -96,8 +116,8 @@ impl Cli {
             (Some(MethodArg::Sensitivity), _) | (None, Some(_)) => ThresholdMethod::Sensitivity,
         };
         Ok(EvalOptions {
-            run: self.run.clone(),
-            data: self.data.clone(),
+            run: self.run.clone().unwrap_or_default(),
+            data: self.data.clone().unwrap_or_default(),
             split: match self.split {
                 SplitArg::Test => Split::Test,
                 SplitArg::Val => Split::Val,
@@ -120,9 +140,28 @@ impl Cli {
                 .map(|names| names.iter().filter(|n| !n.is_empty()).cloned().collect()),
         })
     }
+
+    /// The cross-validation options, when --cv is given.
+    pub fn cv_options(&self) -> anyhow::Result<Option<CvOptions>> {
+        let Some(cv_dir) = &self.cv else {
+            return Ok(None);
+        };
+        Ok(Some(CvOptions {
+            cv_dir: cv_dir.clone(),
+            data: self.data.clone(),
+            out: self.out.clone(),
+            eval: self.options()?,
+        }))
+    }
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    if let Some(cv) = cli.cv_options()? {
+        let summary = lesion::eval::cv::run(&cv)
+            .with_context(|| format!("evaluating the cross-validation {}", cv.cv_dir.display()))?;
+        println!("{summary}");
+        return Ok(());
+    }
     let opts = cli.options()?;
     let summary = lesion::eval::run(&opts).with_context(|| {
         format!(
@@ -190,6 +229,43 @@ mod tests {
             err.to_string().contains("--threshold-method sensitivity"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn cv_takes_a_folder_and_an_optional_data_and_out() {
+        let cli = Cli::try_parse_from(["lesion-eval", "--cv", "runs/cv"]).unwrap();
+        let cv = cli.cv_options().unwrap().unwrap();
+        assert_eq!(cv.cv_dir, PathBuf::from("runs/cv"));
+        assert_eq!((cv.data, cv.out), (None, None));
+        assert_eq!(cv.eval.bootstrap, 1000);
+        let cli = Cli::try_parse_from([
+            "lesion-eval",
+            "--cv",
+            "c",
+            "--data",
+            "p",
+            "--out",
+            "o",
+            "--bootstrap",
+            "0",
+            "--force",
+        ])
+        .unwrap();
+        let cv = cli.cv_options().unwrap().unwrap();
+        assert_eq!(cv.data, Some(PathBuf::from("p")));
+        assert_eq!(cv.out, Some(PathBuf::from("o")));
+        assert!(cv.eval.force && cv.eval.bootstrap == 0);
+        assert!(parse(&[]).cv_options().unwrap().is_none());
+        for bad in [
+            &["--cv", "c", "--run", "r"][..],
+            &["--cv", "c", "--split", "val"],
+            &["--cv", "c", "--target-sensitivity", "0.9"],
+        ] {
+            let args = ["lesion-eval"].into_iter().chain(bad.iter().copied());
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?} was accepted");
+        }
+        let err = parse(&["--out", "o"]).options().unwrap_err();
+        assert!(err.to_string().contains("--out needs --cv"), "{err}");
     }
 
     #[test]

@@ -65,6 +65,7 @@
 //! [`MALIGNANT_CALIBRATION_FILE`] and `errors.png`. Two-class runs are unchanged.
 
 mod choose;
+pub mod cv;
 mod errors;
 mod fold;
 mod inference;

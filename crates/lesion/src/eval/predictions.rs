@@ -61,7 +61,7 @@ const HEADER: [&str; 8] = [
 /// metrics recomputed from the file equal those in `metrics.json` exactly. The csv crate's
 /// defaults are RFC 4180 with `\n` line ends: a field is quoted only when it holds a comma,
 /// a quote, `\r` or `\n`, and quotes inside are doubled.
-fn predictions_csv(
+pub(super) fn predictions_csv(
     preds: &SplitPredictions,
     paths: &[String],
     classes: &[String],
@@ -103,7 +103,7 @@ pub(super) fn write_multiclass(
     write_atomic(path, &multiclass_csv(preds, paths, classes, threshold)?)
 }
 
-fn multiclass_csv(
+pub(super) fn multiclass_csv(
     preds: &SplitPredictions,
     paths: &[String],
     classes: &[String],

@@ -225,6 +225,45 @@ fn render_at(input: &ReportInput<'_>, now: u64) -> Result<String> {
         })
 }
 
+/// The cross-validation pages (see [`super::cv`]): [`PAGE`] or [`MULTICLASS_PAGE`] marked
+/// "cross-validation", with the per-fold section (`table#cv-folds`, one `tr[data-fold]`
+/// per fold and `tr[data-fold="mean"]`; with a test split `table#cv-test`) in place of
+/// the threshold's; `cv` is that section's context.
+const CV_TEMPLATES: [(&str, &str); 3] = [
+    ("report_cv.html", include_str!("templates/report_cv.html")),
+    (
+        "report_cv_multiclass.html",
+        include_str!("templates/report_cv_multiclass.html"),
+    ),
+    ("cv.html", include_str!("templates/cv.html")),
+];
+
+/// Renders a cross-validation page, dated now (`cv`: the context of `cv.html`).
+pub fn render_cv(input: &ReportInput<'_>, cv: Value) -> Result<String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    render_cv_at(input, cv, now)
+}
+
+fn render_cv_at(input: &ReportInput<'_>, cv: Value, now: u64) -> Result<String> {
+    let page = page(input, now)?;
+    let name = CV_TEMPLATES[usize::from(input.metrics.multiclass.is_some())].0;
+    let env = environment().and_then(|mut env| {
+        for (name, source) in CV_TEMPLATES {
+            env.add_template(name, source)?;
+        }
+        Ok(env)
+    });
+    let ctx = context! { split => "pooled out-of-fold", cv, ..page };
+    env.and_then(|env| env.get_template(name)?.render(ctx))
+        .map_err(|e| Error::Encode {
+            what: REPORT_FILE.into(),
+            reason: format!("{e:#}"),
+        })
+}
+
 /// The figures of one threshold column (`f4` text, counts and the threshold as numbers).
 fn at_threshold(b: &BinaryMetrics) -> Value {
     let cm = &b.confusion_matrix;
