@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use lesion::cli::DeviceArg;
+use lesion::eval::external::ExternalOptions;
 use lesion::eval::{EvalOptions, ThresholdMethod};
 use lesion::split::Split;
 
@@ -18,15 +19,34 @@ use lesion::split::Split;
     about,
     long_about = None,
     after_help = "Examples:\n  lesion-eval --run runs/default --data data/prepared\n  \
-                  lesion-eval --run runs/default --data data/prepared --tta --target-sensitivity 0.95 --force"
+                  lesion-eval --run runs/default --data data/prepared --tta --target-sensitivity 0.95 --force\n  \
+                  lesion-eval --run runs/default --images other-hospital/   (external test set)"
 )]
 pub struct Cli {
     /// Run folder (its best.safetensors is evaluated) or a checkpoint file inside a run folder.
     #[arg(long, value_name = "RUN_DIR|CHECKPOINT")]
     run: PathBuf,
-    /// Prepared dataset folder (output of `lesion-prep`).
-    #[arg(long, value_name = "PREPARED_DIR")]
-    data: PathBuf,
+    /// Prepared dataset folder (output of `lesion-prep`). With --images, only used to choose
+    /// the threshold on its validation split when the run has none yet.
+    #[arg(long, value_name = "PREPARED_DIR", required_unless_present = "images")]
+    data: Option<PathBuf>,
+    /// External test set: a labelled image folder (one sub-folder per class, mapped to the
+    /// run's classes by name), evaluated whole with the run's threshold, preprocessed as the
+    /// run's training data; the report goes to <RUN>/eval-external-<FOLDER NAME>/.
+    #[arg(long, value_name = "FOLDER", conflicts_with_all = ["split", "malignant", "recompute_val"])]
+    images: Option<PathBuf>,
+    /// With --images: the output folder.
+    #[arg(long, value_name = "DIR", requires = "images")]
+    out: Option<PathBuf>,
+    /// With --images: a class mapping file (`folder = class` a line, `-` skips a folder).
+    #[arg(long = "classes", value_name = "FILE", requires = "images")]
+    classes_file: Option<PathBuf>,
+    /// With --images: file the folder under a class of the run (`-` skips it); repeatable.
+    #[arg(long = "group", value_name = "FOLDER=CLASS", requires = "images")]
+    groups: Vec<String>,
+    /// With --images: an unreadable image is an error (else it is reported and left out).
+    #[arg(long, requires = "images")]
+    strict: bool,
     /// Split to evaluate.
     #[arg(long, value_enum, default_value_t = SplitArg::Test)]
     split: SplitArg,
@@ -97,7 +117,7 @@ impl Cli {
         };
         Ok(EvalOptions {
             run: self.run.clone(),
-            data: self.data.clone(),
+            data: self.data.clone().unwrap_or_default(),
             split: match self.split {
                 SplitArg::Test => Split::Test,
                 SplitArg::Val => Split::Val,
@@ -122,7 +142,39 @@ impl Cli {
     }
 }
 
+impl Cli {
+    /// The external evaluation these arguments describe, with --images.
+    pub fn external_options(&self) -> anyhow::Result<Option<ExternalOptions>> {
+        let Some(images) = &self.images else {
+            return Ok(None);
+        };
+        let mut o = ExternalOptions::new(self.options()?, images);
+        o.data = self.data.clone();
+        o.out = self.out.clone();
+        o.classes_file = self.classes_file.clone();
+        o.groups = self.groups.clone();
+        o.strict = self.strict;
+        Ok(Some(o))
+    }
+}
+
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    if let Some(ext) = cli.external_options()? {
+        let done = lesion::eval::external::run(&ext).with_context(|| {
+            format!(
+                "evaluating {} on the external folder {}",
+                ext.eval.run.display(),
+                ext.images.display()
+            )
+        })?;
+        println!(
+            "external test set: {} ({} images) — not from the run's prepared data",
+            done.data.folder.display(),
+            done.data.images
+        );
+        println!("{}", done.summary);
+        return Ok(());
+    }
     let opts = cli.options()?;
     let summary = lesion::eval::run(&opts).with_context(|| {
         format!(
@@ -205,5 +257,59 @@ mod tests {
             Cli::try_parse_from(["lesion-eval", "--run", "r"]).is_err(),
             "--data is required"
         );
+    }
+
+    #[test]
+    fn images_makes_an_external_evaluation() {
+        let cli = Cli::try_parse_from([
+            "lesion-eval",
+            "--run",
+            "r",
+            "--images",
+            "ext",
+            "--group",
+            "mel=Malignant",
+            "--group",
+            "notes=-",
+            "--strict",
+            "--out",
+            "o",
+        ])
+        .unwrap();
+        let o = cli.external_options().unwrap().unwrap();
+        assert_eq!(o.images, PathBuf::from("ext"));
+        assert_eq!(o.data, None);
+        assert_eq!(o.out, Some(PathBuf::from("o")));
+        assert_eq!(o.groups, ["mel=Malignant", "notes=-"]);
+        assert!(o.strict && o.classes_file.is_none());
+        assert_eq!(o.eval.run, PathBuf::from("r"));
+        let with_data = Cli::try_parse_from([
+            "lesion-eval",
+            "--run",
+            "r",
+            "--images",
+            "ext",
+            "--data",
+            "p",
+        ])
+        .unwrap();
+        let o = with_data.external_options().unwrap().unwrap();
+        assert_eq!(o.data, Some(PathBuf::from("p")));
+        assert!(parse(&[]).external_options().unwrap().is_none());
+        // Options of the prepared splits do not apply to a folder, and the folder's options
+        // need one.
+        for bad in [
+            &["--images", "ext", "--split", "val"][..],
+            &["--images", "ext", "--malignant", "mel"],
+            &["--images", "ext", "--recompute-val"],
+            &["--data", "p", "--strict"],
+            &["--data", "p", "--group", "a=b"],
+            &["--data", "p", "--out", "o"],
+        ] {
+            let args = ["lesion-eval", "--run", "r"]
+                .into_iter()
+                .chain(bad.iter().copied());
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?} parsed");
+        }
     }
 }

@@ -61,6 +61,7 @@
 
 mod choose;
 mod errors;
+pub mod external;
 mod inference;
 mod metrics;
 mod options;

@@ -253,6 +253,11 @@ pub struct FileResult {
     /// Why it could not be predicted (or its heatmap written).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why the image differs markedly from the run's training images
+    /// ([`crate::drift::InputProfile::image_warnings`]); empty when it does not, or when the
+    /// run has no input profile.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Class names and their probabilities, in class order; serialised as a JSON object in
@@ -312,6 +317,7 @@ impl FileResult {
             explained: None,
             heatmap: None,
             error: Some(error),
+            warnings: Vec::new(),
         }
     }
 
@@ -343,6 +349,10 @@ pub struct PredictReport {
     /// The table lists this many most probable classes per image.
     #[serde(skip)]
     pub top_k: Option<usize>,
+    /// Whether the run has an input profile, so that every image was checked for input
+    /// drift: the CSV then ends with a `warnings` column.
+    #[serde(skip)]
+    pub drift_checked: bool,
 }
 
 fn two_or_fewer(v: &[String]) -> bool {
@@ -373,10 +383,34 @@ impl PredictReport {
     }
 
     fn table(&self) -> String {
-        if self.is_binary() && self.top_k.is_none() {
-            return self.binary_table();
+        let table = if self.is_binary() && self.top_k.is_none() {
+            self.binary_table()
+        } else {
+            self.class_table()
+        };
+        self.with_drift_lines(table)
+    }
+
+    /// `table` with, under each row of an image that differs markedly from the training
+    /// images, one indented `warning:` line per reason.
+    fn with_drift_lines(&self, table: String) -> String {
+        if self.results.iter().all(|r| r.warnings.is_empty()) {
+            return table;
         }
-        self.class_table()
+        let mut lines = table.lines();
+        let mut s = String::new();
+        if let Some(head) = lines.next() {
+            s.push_str(head);
+            s.push('\n');
+        }
+        for (line, r) in lines.zip(&self.results) {
+            s.push_str(line);
+            s.push('\n');
+            for w in &r.warnings {
+                let _ = writeln!(s, "  warning: {w}");
+            }
+        }
+        s
     }
 
     /// Table of a run with more classes, or with `--top-k`: the most probable class and its
@@ -509,20 +543,26 @@ impl PredictReport {
         if !self.is_binary() {
             return self.class_csv(w);
         }
-        let in_memory = "a CSV row of five fields is written to memory";
-        w.write_record(["path", "probability", "label", "threshold", "error"])
-            .expect(in_memory);
+        let in_memory = "a CSV row is written to memory";
+        let mut head = vec!["path", "probability", "label", "threshold", "error"];
+        if self.drift_checked {
+            head.push("warnings");
+        }
+        w.write_record(&head).expect(in_memory);
         let threshold = self.threshold.map(|t| t.to_string()).unwrap_or_default();
         for r in &self.results {
             let probability = r.probability.map(|p| format!("{p:.6}")).unwrap_or_default();
-            w.write_record([
-                fsutil::path_to_string(&r.path).as_str(),
-                &probability,
-                r.label.as_deref().unwrap_or(""),
-                &threshold,
-                r.error.as_deref().unwrap_or(""),
-            ])
-            .expect(in_memory);
+            let mut row = vec![
+                fsutil::path_to_string(&r.path),
+                probability,
+                r.label.clone().unwrap_or_default(),
+                threshold.clone(),
+                r.error.clone().unwrap_or_default(),
+            ];
+            if self.drift_checked {
+                row.push(r.warnings.join("; "));
+            }
+            w.write_record(&row).expect(in_memory);
         }
         let bytes = w.into_inner().expect(in_memory);
         String::from_utf8(bytes).expect("every field is a Rust string")
@@ -536,6 +576,9 @@ impl PredictReport {
             head.extend(["malignant_probability".into(), "threshold".into()]);
         }
         head.push("error".into());
+        if self.drift_checked {
+            head.push("warnings".into());
+        }
         w.write_record(&head).expect(in_memory);
         let threshold = self.threshold.map(|t| t.to_string());
         for r in &self.results {
@@ -552,6 +595,9 @@ impl PredictReport {
                 row.push(t.clone());
             }
             row.push(r.error.clone().unwrap_or_default());
+            if self.drift_checked {
+                row.push(r.warnings.join("; "));
+            }
             w.write_record(&row).expect(in_memory);
         }
         let bytes = w.into_inner().expect(in_memory);
@@ -613,7 +659,9 @@ pub fn run(opts: &PredictOptions) -> Result<PredictReport> {
         // Only the model input and, for heatmaps, a display-sized copy outlive decoding,
         // so memory stays small whatever the photos' resolution.
         let explain = opts.explain.is_some();
-        let decoded: Vec<Result<(Vec<f32>, Option<RgbImage>)>> = files
+        // The model input, its drift warnings, the display copy for a heatmap.
+        type Decoded = (Vec<f32>, Vec<String>, Option<RgbImage>);
+        let decoded: Vec<Result<Decoded>> = files
             .par_iter()
             .map(|f| {
                 if let Some(problem) = &f.problem {
@@ -624,20 +672,20 @@ pub fn run(opts: &PredictOptions) -> Result<PredictReport> {
                 }
                 let bytes = fs::read(&f.path).map_err(|e| Error::io(&f.path, e))?;
                 let img = predictor.decode(&bytes, &f.path)?;
-                Ok((
-                    predictor.preprocess(&img),
-                    explain.then(|| gradcam::display_image(&img)),
-                ))
+                let (input, _, drift) = predictor.preprocess_checked(&img);
+                Ok((input, drift, explain.then(|| gradcam::display_image(&img))))
             })
             .collect();
         let mut ok = Vec::new();
         let mut inputs_f32 = Vec::new();
         let mut shown = Vec::new();
+        let mut drift = Vec::new();
         for (i, d) in decoded.into_iter().enumerate() {
             match d {
-                Ok((x, img)) => {
+                Ok((x, w, img)) => {
                     ok.push(i);
                     inputs_f32.push(x);
+                    drift.push(w);
                     shown.push(img);
                 }
                 Err(e) => {
@@ -688,6 +736,7 @@ pub fn run(opts: &PredictOptions) -> Result<PredictReport> {
                 explained: None,
                 heatmap: None,
                 error: None,
+                warnings: std::mem::take(&mut drift[k]),
             };
             match heat {
                 Some(Ok(p)) => {
@@ -705,6 +754,15 @@ pub fn run(opts: &PredictOptions) -> Result<PredictReport> {
     let ordered: Vec<FileResult> = (0..inputs.files.len())
         .map(|i| results.remove(&i).expect("every file has a result"))
         .collect();
+    let drifted = ordered.iter().filter(|r| !r.warnings.is_empty()).count();
+    if drifted > 0 {
+        warnings.push(format!(
+            "{drifted} of {} image(s) differ markedly from the run's training images (size, \
+             aspect ratio or colour; each one's warnings say how): the model has not seen \
+             inputs like them, treat their predictions with suspicion",
+            ordered.len()
+        ));
+    }
     Ok(PredictReport {
         model_id: predictor.model_id().to_string(),
         classes: class_names,
@@ -717,6 +775,7 @@ pub fn run(opts: &PredictOptions) -> Result<PredictReport> {
         skipped: inputs.skipped,
         warnings,
         top_k: opts.top_k,
+        drift_checked: predictor.input_profile().is_some(),
     })
 }
 
@@ -843,6 +902,7 @@ mod tests {
             explained: None,
             heatmap: None,
             error: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -906,6 +966,7 @@ mod tests {
             model_id: "r@0123456789ab".into(),
             classes: vec!["Benign".into(), "Malignant".into()],
             top_k: None,
+            drift_checked: false,
             threshold: Some(0.5),
             threshold_source: "0.5000".into(),
             tta: false,
@@ -948,6 +1009,7 @@ mod tests {
             model_id: "r@0123456789ab".into(),
             classes: vec!["Benign".into(), "Malignant".into()],
             top_k: None,
+            drift_checked: false,
             threshold: Some(0.375),
             threshold_source: "0.3750 (given with --threshold)".into(),
             tta: false,
@@ -982,6 +1044,7 @@ mod tests {
             model_id: "r@0123456789ab".into(),
             classes: vec!["Benign".into(), "Malignant".into()],
             top_k: None,
+            drift_checked: false,
             threshold: Some(3.3e-7),
             threshold_source: "3.3e-7 (given with --threshold)".into(),
             tta: false,
@@ -1017,6 +1080,7 @@ mod tests {
             explained: None,
             heatmap: None,
             error: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -1033,6 +1097,7 @@ mod tests {
             skipped: Vec::new(),
             warnings: Vec::new(),
             top_k: None,
+            drift_checked: false,
         }
     }
 
@@ -1122,6 +1187,7 @@ mod tests {
             skipped: Vec::new(),
             warnings: Vec::new(),
             top_k: Some(2),
+            drift_checked: false,
         };
         assert_eq!(
             report.render(OutputFormat::Table),
