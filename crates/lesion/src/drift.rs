@@ -349,7 +349,7 @@ impl InputProfile {
         if !r.contains(s.short_side()) {
             out.push(format!(
                 "image size {}x{} px: its short side ({}) is outside the training range \
-                 ({:.0}–{:.0} px)",
+                 ({:.0} to {:.0} px)",
                 s.width,
                 s.height,
                 s.short_side(),
@@ -360,7 +360,7 @@ impl InputProfile {
         let r = self.aspect_range();
         if !r.contains(s.aspect()) {
             out.push(format!(
-                "aspect ratio {:.2} ({}x{}) is outside the training range ({:.2}–{:.2})",
+                "aspect ratio {:.2} ({}x{}) is outside the training range ({:.2} to {:.2})",
                 s.aspect(),
                 s.width,
                 s.height,
@@ -373,7 +373,7 @@ impl InputProfile {
                 let r = self.colour_range(c);
                 (!r.contains(s.mean[c])).then(|| {
                     format!(
-                        "{} {:.3} (training {:.3}–{:.3})",
+                        "{} {:.3} (training {:.3} to {:.3})",
                         CHANNELS[c], s.mean[c], r.lo, r.hi
                     )
                 })

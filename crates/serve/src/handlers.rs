@@ -280,7 +280,14 @@ async fn explain(State(s): State<AppState>, req: Request) -> Response {
             put("x-lesion-explained-class", p.class_names()[class].clone());
         }
         if !warnings.is_empty() {
-            put("x-lesion-warnings", warnings.join("; "));
+            // A header value is ASCII.
+            let text = warnings.join("; ");
+            put(
+                "x-lesion-warnings",
+                text.chars()
+                    .map(|c| if c.is_ascii() { c } else { '?' })
+                    .collect(),
+            );
         }
         put("x-lesion-model", state.0.predictor.model_id().to_string());
         put("x-lesion-time-ms", ms(start).to_string());

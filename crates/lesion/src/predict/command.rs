@@ -349,10 +349,6 @@ pub struct PredictReport {
     /// The table lists this many most probable classes per image.
     #[serde(skip)]
     pub top_k: Option<usize>,
-    /// Whether the run has an input profile, so that every image was checked for input
-    /// drift: the CSV then ends with a `warnings` column.
-    #[serde(skip)]
-    pub drift_checked: bool,
 }
 
 fn two_or_fewer(v: &[String]) -> bool {
@@ -362,6 +358,12 @@ fn two_or_fewer(v: &[String]) -> bool {
 impl PredictReport {
     fn is_binary(&self) -> bool {
         self.classes.len() <= 2
+    }
+
+    /// Whether some image differs markedly from the run's training images: the CSV then
+    /// ends with a `warnings` column (the reasons joined by `; `).
+    fn any_drift(&self) -> bool {
+        self.results.iter().any(|r| !r.warnings.is_empty())
     }
 
     /// Files that could not be predicted.
@@ -531,7 +533,8 @@ impl PredictReport {
 
     /// `path,probability,label,threshold,error` for two classes; for more
     /// `path,label,p_<class>...,error`, with a malignant group
-    /// `path,label,p_<class>...,malignant_probability,threshold,error`; one row per file:
+    /// `path,label,p_<class>...,malignant_probability,threshold,error`; then `warnings` when
+    /// some image differs markedly from the training images; one row per file:
     /// RFC 4180 quoting only where a field holds a comma, a quote or a line break (quotes
     /// doubled), rows ended by `\n`.
     fn csv(&self) -> String {
@@ -544,8 +547,9 @@ impl PredictReport {
             return self.class_csv(w);
         }
         let in_memory = "a CSV row is written to memory";
+        let drift = self.any_drift();
         let mut head = vec!["path", "probability", "label", "threshold", "error"];
-        if self.drift_checked {
+        if drift {
             head.push("warnings");
         }
         w.write_record(&head).expect(in_memory);
@@ -559,7 +563,7 @@ impl PredictReport {
                 threshold.clone(),
                 r.error.clone().unwrap_or_default(),
             ];
-            if self.drift_checked {
+            if drift {
                 row.push(r.warnings.join("; "));
             }
             w.write_record(&row).expect(in_memory);
@@ -576,7 +580,8 @@ impl PredictReport {
             head.extend(["malignant_probability".into(), "threshold".into()]);
         }
         head.push("error".into());
-        if self.drift_checked {
+        let drift = self.any_drift();
+        if drift {
             head.push("warnings".into());
         }
         w.write_record(&head).expect(in_memory);
@@ -595,7 +600,7 @@ impl PredictReport {
                 row.push(t.clone());
             }
             row.push(r.error.clone().unwrap_or_default());
-            if self.drift_checked {
+            if drift {
                 row.push(r.warnings.join("; "));
             }
             w.write_record(&row).expect(in_memory);
@@ -775,7 +780,6 @@ pub fn run(opts: &PredictOptions) -> Result<PredictReport> {
         skipped: inputs.skipped,
         warnings,
         top_k: opts.top_k,
-        drift_checked: predictor.input_profile().is_some(),
     })
 }
 
@@ -906,6 +910,51 @@ mod tests {
         }
     }
 
+    #[test]
+    fn drift_warnings_add_a_csv_column_and_table_lines_only_when_present() {
+        let mut report = PredictReport {
+            model_id: "r@0123456789ab".into(),
+            classes: vec!["Benign".into(), "Malignant".into()],
+            top_k: None,
+            threshold: Some(0.5),
+            threshold_source: "0.5000".into(),
+            tta: false,
+            resize: ResizePolicy::Stretch,
+            device: "cpu".into(),
+            results: vec![ok("a.jpg", 0.25, "Benign"), ok("b.jpg", 0.75, "Malignant")],
+            skipped: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let plain_csv = "path,probability,label,threshold,error\n\
+                         a.jpg,0.250000,Benign,0.5,\n\
+                         b.jpg,0.750000,Malignant,0.5,\n";
+        assert_eq!(report.render(OutputFormat::Csv), plain_csv);
+        let plain_table = report.render(OutputFormat::Table);
+        assert!(!plain_table.contains("warning"), "{plain_table}");
+        let json = report.render(OutputFormat::Json);
+        assert!(!json.contains("\"warnings\": [\""), "{json}");
+
+        report.results[1].warnings = vec!["aspect ratio 13.33".into(), "mean colour".into()];
+        assert_eq!(
+            report.render(OutputFormat::Csv),
+            "path,probability,label,threshold,error,warnings\n\
+             a.jpg,0.250000,Benign,0.5,,\n\
+             b.jpg,0.750000,Malignant,0.5,,aspect ratio 13.33; mean colour\n"
+        );
+        let table = report.render(OutputFormat::Table);
+        assert_eq!(
+            table,
+            format!("{plain_table}  warning: aspect ratio 13.33\n  warning: mean colour\n")
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&report.render(OutputFormat::Json)).unwrap();
+        assert_eq!(v["results"][0].get("warnings"), None);
+        assert_eq!(
+            v["results"][1]["warnings"],
+            serde_json::json!(["aspect ratio 13.33", "mean colour"])
+        );
+    }
+
     fn refusal(err: Error) -> String {
         assert_eq!(err.exit_code(), 2, "{err}");
         match err {
@@ -966,7 +1015,6 @@ mod tests {
             model_id: "r@0123456789ab".into(),
             classes: vec!["Benign".into(), "Malignant".into()],
             top_k: None,
-            drift_checked: false,
             threshold: Some(0.5),
             threshold_source: "0.5000".into(),
             tta: false,
@@ -1009,7 +1057,6 @@ mod tests {
             model_id: "r@0123456789ab".into(),
             classes: vec!["Benign".into(), "Malignant".into()],
             top_k: None,
-            drift_checked: false,
             threshold: Some(0.375),
             threshold_source: "0.3750 (given with --threshold)".into(),
             tta: false,
@@ -1044,7 +1091,6 @@ mod tests {
             model_id: "r@0123456789ab".into(),
             classes: vec!["Benign".into(), "Malignant".into()],
             top_k: None,
-            drift_checked: false,
             threshold: Some(3.3e-7),
             threshold_source: "3.3e-7 (given with --threshold)".into(),
             tta: false,
@@ -1097,7 +1143,6 @@ mod tests {
             skipped: Vec::new(),
             warnings: Vec::new(),
             top_k: None,
-            drift_checked: false,
         }
     }
 
@@ -1187,7 +1232,6 @@ mod tests {
             skipped: Vec::new(),
             warnings: Vec::new(),
             top_k: Some(2),
-            drift_checked: false,
         };
         assert_eq!(
             report.render(OutputFormat::Table),
