@@ -3,7 +3,7 @@
 //! the report of [`super::run`] marked external.
 //!
 //! - **Classes.** The folders are found and mapped as `lesion-prep` does
-//!   ([`crate::prep::discover`]: the same `--group FOLDER=CLASS` / `--classes FILE`
+//!   (`prep`'s folder discovery: the same `--group FOLDER=CLASS` / `--classes FILE`
 //!   mapping, `-` skipping a folder); each resulting class must be a class of the run
 //!   (matched by name, exactly or else ignoring ASCII case), or it is an error naming the
 //!   folder and the run's classes. A folder set may hold a subset of the run's classes.
