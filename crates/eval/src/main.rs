@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use lesion::cli::DeviceArg;
 use lesion::eval::cv::CvOptions;
+use lesion::eval::external::ExternalOptions;
 use lesion::eval::{EvalOptions, ThresholdMethod};
 use lesion::split::Split;
 
@@ -20,7 +21,8 @@ use lesion::split::Split;
     long_about = None,
     after_help = "Examples:\n  lesion-eval --run runs/default --data data/prepared\n  \
                   lesion-eval --run runs/default --data data/prepared --tta --target-sensitivity 0.95 --force\n  \
-                  lesion-eval --cv runs/cv --data data/prepared-folds"
+                  lesion-eval --cv runs/cv --data data/prepared-folds\n  \
+                  lesion-eval --run runs/default --images other-hospital/   (external test set)"
 )]
 pub struct Cli {
     /// Run folder (its best.safetensors is evaluated) or a checkpoint file inside a run folder.
@@ -31,17 +33,33 @@ pub struct Cli {
     )]
     run: Option<PathBuf>,
     /// Prepared dataset folder (output of `lesion-prep`); with --cv, the fold runs' own by
-    /// default.
-    #[arg(long, value_name = "PREPARED_DIR", required_unless_present = "cv")]
+    /// default; with --images, only used to choose the threshold on its validation split when
+    /// the run has none yet.
+    #[arg(long, value_name = "PREPARED_DIR", required_unless_present_any = ["cv", "images"])]
     data: Option<PathBuf>,
     /// Cross-validation: aggregate the fold runs CV_DIR/fold-0 .. fold-{K-1} (one per fold of
     /// data prepared with --folds K) into one evaluation of their pooled out-of-fold
     /// predictions, with per-fold figures and mean ± SD, in CV_DIR/eval/ (or --out).
-    #[arg(long, value_name = "CV_DIR", conflicts_with_all = ["run", "split", "threshold_method", "target_sensitivity", "malignant"])]
+    #[arg(long, value_name = "CV_DIR", conflicts_with_all = ["run", "split", "threshold_method", "target_sensitivity", "malignant", "images"])]
     cv: Option<PathBuf>,
-    /// With --cv: the output folder [default: CV_DIR/eval].
+    /// External test set: a labelled image folder (one sub-folder per class, mapped to the
+    /// run's classes by name), evaluated whole with the run's threshold, preprocessed as the
+    /// run's training data; the report goes to <RUN>/eval-external-<FOLDER NAME>/.
+    #[arg(long, value_name = "FOLDER", conflicts_with_all = ["split", "malignant", "recompute_val"])]
+    images: Option<PathBuf>,
+    /// With --cv or --images: the output folder [default: CV_DIR/eval, or
+    /// RUN/eval-external-<FOLDER NAME>].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// With --images: a class mapping file (`folder = class` a line, `-` skips a folder).
+    #[arg(long = "classes", value_name = "FILE", requires = "images")]
+    classes_file: Option<PathBuf>,
+    /// With --images: file the folder under a class of the run (`-` skips it); repeatable.
+    #[arg(long = "group", value_name = "FOLDER=CLASS", requires = "images")]
+    groups: Vec<String>,
+    /// With --images: an unreadable image is an error (else it is reported and left out).
+    #[arg(long, requires = "images")]
+    strict: bool,
     /// Split to evaluate.
     #[arg(long, value_enum, default_value_t = SplitArg::Test)]
     split: SplitArg,
@@ -103,9 +121,11 @@ impl Cli {
     /// The library options these arguments describe.
     pub fn options(&self) -> anyhow::Result<EvalOptions> {
         let d = EvalOptions::default();
-        if self.out.is_some() && self.cv.is_none() {
+        if self.out.is_some() && self.cv.is_none() && self.images.is_none() {
             anyhow::bail!(lesion::Error::InvalidOption(
-                "--out needs --cv: an evaluation of one run is written into its run folder".into()
+                "--out needs --cv or --images: an evaluation of one run's split is written into \
+                 its run folder"
+                    .into()
             ));
         }
         let method = match (self.threshold_method, self.target_sensitivity) {
@@ -155,11 +175,43 @@ impl Cli {
     }
 }
 
+impl Cli {
+    /// The external evaluation these arguments describe, with --images.
+    pub fn external_options(&self) -> anyhow::Result<Option<ExternalOptions>> {
+        let Some(images) = &self.images else {
+            return Ok(None);
+        };
+        let mut o = ExternalOptions::new(self.options()?, images);
+        o.data = self.data.clone();
+        o.out = self.out.clone();
+        o.classes_file = self.classes_file.clone();
+        o.groups = self.groups.clone();
+        o.strict = self.strict;
+        Ok(Some(o))
+    }
+}
+
 fn run(cli: &Cli) -> anyhow::Result<()> {
     if let Some(cv) = cli.cv_options()? {
         let summary = lesion::eval::cv::run(&cv)
             .with_context(|| format!("evaluating the cross-validation {}", cv.cv_dir.display()))?;
         println!("{summary}");
+        return Ok(());
+    }
+    if let Some(ext) = cli.external_options()? {
+        let done = lesion::eval::external::run(&ext).with_context(|| {
+            format!(
+                "evaluating {} on the external folder {}",
+                ext.eval.run.display(),
+                ext.images.display()
+            )
+        })?;
+        println!(
+            "external test set: {} ({} images) — not from the run's prepared data",
+            done.data.folder.display(),
+            done.data.images
+        );
+        println!("{}", done.summary);
         return Ok(());
     }
     let opts = cli.options()?;
@@ -265,7 +317,10 @@ mod tests {
             assert!(Cli::try_parse_from(args).is_err(), "{bad:?} was accepted");
         }
         let err = parse(&["--out", "o"]).options().unwrap_err();
-        assert!(err.to_string().contains("--out needs --cv"), "{err}");
+        assert!(
+            err.to_string().contains("--out needs --cv or --images"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -281,5 +336,59 @@ mod tests {
             Cli::try_parse_from(["lesion-eval", "--run", "r"]).is_err(),
             "--data is required"
         );
+    }
+
+    #[test]
+    fn images_makes_an_external_evaluation() {
+        let cli = Cli::try_parse_from([
+            "lesion-eval",
+            "--run",
+            "r",
+            "--images",
+            "ext",
+            "--group",
+            "mel=Malignant",
+            "--group",
+            "notes=-",
+            "--strict",
+            "--out",
+            "o",
+        ])
+        .unwrap();
+        let o = cli.external_options().unwrap().unwrap();
+        assert_eq!(o.images, PathBuf::from("ext"));
+        assert_eq!(o.data, None);
+        assert_eq!(o.out, Some(PathBuf::from("o")));
+        assert_eq!(o.groups, ["mel=Malignant", "notes=-"]);
+        assert!(o.strict && o.classes_file.is_none());
+        assert_eq!(o.eval.run, PathBuf::from("r"));
+        let with_data = Cli::try_parse_from([
+            "lesion-eval",
+            "--run",
+            "r",
+            "--images",
+            "ext",
+            "--data",
+            "p",
+        ])
+        .unwrap();
+        let o = with_data.external_options().unwrap().unwrap();
+        assert_eq!(o.data, Some(PathBuf::from("p")));
+        assert!(parse(&[]).external_options().unwrap().is_none());
+        // Options of the prepared splits do not apply to a folder, and the folder's options
+        // need one.
+        for bad in [
+            &["--images", "ext", "--split", "val"][..],
+            &["--images", "ext", "--malignant", "mel"],
+            &["--images", "ext", "--recompute-val"],
+            &["--data", "p", "--strict"],
+            &["--data", "p", "--group", "a=b"],
+            &["--data", "p", "--out", "o"],
+        ] {
+            let args = ["lesion-eval", "--run", "r"]
+                .into_iter()
+                .chain(bad.iter().copied());
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?} parsed");
+        }
     }
 }

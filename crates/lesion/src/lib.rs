@@ -88,6 +88,7 @@ pub mod loader;
 
 pub mod run;
 
+pub mod drift;
 pub mod eval;
 pub mod predict;
 pub mod prep;

@@ -162,6 +162,10 @@ struct PredictResponse {
     tta: bool,
     model_id: String,
     timing_ms: Timing,
+    /// Why the image differs markedly from the run's training images (size, aspect ratio,
+    /// colour; see `lesion::drift`); absent when it does not or the run has no profile.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
     disclaimer: &'static str,
 }
 
@@ -198,6 +202,7 @@ impl PredictResponse {
                 inference: 0.0,
                 total: 0.0,
             },
+            warnings: Vec::new(),
             disclaimer: DISCLAIMER,
         }
     }
@@ -208,7 +213,7 @@ async fn predict(State(s): State<AppState>, req: Request) -> Response {
     guarded(&s, async move {
         let start = Instant::now();
         let bytes = read_image(&state, req).await?;
-        let (input, _) = state.decode(bytes, false).await?;
+        let (input, warnings, _) = state.decode(bytes, false).await?;
         let decoded = ms(start);
         let t = Instant::now();
         let pred = match state.submit(input, Work::Predict).await? {
@@ -223,6 +228,7 @@ async fn predict(State(s): State<AppState>, req: Request) -> Response {
                 inference,
                 total: ms(start),
             },
+            warnings,
             ..PredictResponse::new(&state.0.predictor, pred)
         })
         .into_response())
@@ -235,7 +241,7 @@ async fn explain(State(s): State<AppState>, req: Request) -> Response {
     guarded(&s, async move {
         let start = Instant::now();
         let bytes = read_image(&state, req).await?;
-        let (input, image) = state.decode(bytes, true).await?;
+        let (input, warnings, image) = state.decode(bytes, true).await?;
         let cam = match state.submit(input, Work::Explain).await? {
             Output::Cam(c) => c,
             Output::Prediction(_) => unreachable!("explain jobs return CAMs"),
@@ -272,6 +278,16 @@ async fn explain(State(s): State<AppState>, req: Request) -> Response {
         }
         if !p.classes().is_binary() {
             put("x-lesion-explained-class", p.class_names()[class].clone());
+        }
+        if !warnings.is_empty() {
+            // A header value is ASCII.
+            let text = warnings.join("; ");
+            put(
+                "x-lesion-warnings",
+                text.chars()
+                    .map(|c| if c.is_ascii() { c } else { '?' })
+                    .collect(),
+            );
         }
         put("x-lesion-model", state.0.predictor.model_id().to_string());
         put("x-lesion-time-ms", ms(start).to_string());
@@ -318,12 +334,13 @@ impl Drop for ActiveGuard {
 }
 
 impl AppState {
-    /// Decodes and preprocesses on the blocking pool; keeps the decoded photo if asked.
+    /// Decodes and preprocesses on the blocking pool: the model input, the image's
+    /// input-drift warnings, and the decoded photo if asked.
     async fn decode(
         &self,
         bytes: Bytes,
         keep: bool,
-    ) -> Result<(Vec<f32>, Option<RgbImage>), ApiError> {
+    ) -> Result<(Vec<f32>, Vec<String>, Option<RgbImage>), ApiError> {
         let _slot = self
             .0
             .decoders
@@ -335,9 +352,9 @@ impl AppState {
             let img = p
                 .decode(&bytes, Path::new("upload"))
                 .map_err(|e| ApiError::from_image(&e))?;
-            let input = p.preprocess(&img);
+            let (input, _, warnings) = p.preprocess_checked(&img);
             // A heatmap needs only a display-sized copy of a possibly huge photo.
-            Ok((input, keep.then(|| gradcam::display_image(&img))))
+            Ok((input, warnings, keep.then(|| gradcam::display_image(&img))))
         })
         .await
         .map_err(|e| internal(format!("decoding failed: {e}")))?

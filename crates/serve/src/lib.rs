@@ -9,10 +9,14 @@
 //!   probability, in class order); for more classes `{label, top_class, top_probability,
 //!   logits, probabilities, tta, model_id, timing_ms}` plus, where the run has malignant
 //!   classes, their summed `probability`, the decision `malignant` and the `threshold` (the
-//!   `label` is then the most probable class of the decided side);
+//!   `label` is then the most probable class of the decided side); both with `warnings`
+//!   (a list of sentences) when the photo differs markedly from the run's training images
+//!   in size, aspect ratio or colour (`lesion::drift`; never for a run without
+//!   `input_profile.json`), which the page shows above the result;
 //! - `POST /v1/explain`: the same input → `image/png`, the Grad-CAM heatmap of the answer's
 //!   class (two classes: the malignant logit) over the photo; the prediction is in the
-//!   `x-lesion-*` headers (with more classes `x-lesion-explained-class` names the class);
+//!   `x-lesion-*` headers (with more classes `x-lesion-explained-class` names the class;
+//!   `x-lesion-warnings` joins the drift warnings with `; `);
 //! - `GET /v1/model`: the run's configuration, threshold and evaluation summary
 //!   (`<run>/eval-test/metrics.json`, when present), and the service's limits;
 //! - `GET /healthz`: liveness and batching counters;

@@ -159,7 +159,7 @@ pub(super) fn predict(
     })
 }
 
-fn progress_bar(show: bool, len: u64, prefix: &str) -> ProgressBar {
+pub(super) fn progress_bar(show: bool, len: u64, prefix: &str) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }

@@ -63,10 +63,17 @@
 //! `calibration.png` (top class), plus, with a group, the binary figures as
 //! [`MALIGNANT_ROC_FILE`], [`MALIGNANT_PR_FILE`], [`MALIGNANT_CONFUSION_FILE`],
 //! [`MALIGNANT_CALIBRATION_FILE`] and `errors.png`. Two-class runs are unchanged.
+//!
+//! ## External test sets
+//!
+//! [`external::run`] (`lesion-eval --images FOLDER`) evaluates a labelled image folder that
+//! was never prepared, whole, through the prediction path's preprocessing and with the run's
+//! threshold, into the same outputs marked external (see [`external`]).
 
 mod choose;
 pub mod cv;
 mod errors;
+pub mod external;
 mod fold;
 mod inference;
 mod metrics;

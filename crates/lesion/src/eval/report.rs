@@ -209,9 +209,68 @@ pub fn render(input: &ReportInput<'_>) -> Result<String> {
     render_at(input, now)
 }
 
+/// What the page of an evaluation on an external image folder adds to [`ReportInput`]: the
+/// notice `#external` at the top, and the folder's counts in place of the prepared data's.
+#[derive(Debug, Clone)]
+pub struct ExternalPage {
+    /// The folder, as the page names it.
+    pub folder: String,
+    /// Images evaluated.
+    pub images: usize,
+    /// `n class, ...` in class order.
+    pub per_class: String,
+    /// Where the decision threshold came from.
+    pub threshold_source: String,
+    /// Files that could not be read (named in the warnings).
+    pub unreadable: usize,
+}
+
+/// Renders the page of an evaluation on an external image folder, dated now.
+pub fn render_external(input: &ReportInput<'_>, external: &ExternalPage) -> Result<String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    render_with(input, now, Some(external_part(input, external)))
+}
+
+/// The context that [`render_external`] lays over the page's.
+fn external_part(input: &ReportInput<'_>, e: &ExternalPage) -> Value {
+    let counts = format!("{} ({})", e.images, e.per_class);
+    context! {
+        split => "external",
+        external => context! {
+            folder => &e.folder,
+            images => e.images,
+            per_class => &e.per_class,
+            threshold_source => &e.threshold_source,
+            unreadable => e.unreadable,
+        },
+        // The leftmost of merged contexts wins.
+        config => context! {
+            ..context! {
+                data_dir => &e.folder,
+                manifest_sha256 => "none (an image folder, not prepared data)",
+                split_counts => format!("external set: {counts}; none of the run's own splits"),
+            },
+            ..config_rows(input)
+        },
+    }
+}
+
 /// Renders the page, dated `now` (Unix seconds).
 fn render_at(input: &ReportInput<'_>, now: u64) -> Result<String> {
+    render_with(input, now, None)
+}
+
+/// Renders the page, dated `now`, with `extra` laid over its context (its keys win: the
+/// leftmost of merged contexts does).
+fn render_with(input: &ReportInput<'_>, now: u64, extra: Option<Value>) -> Result<String> {
     let page = page(input, now)?;
+    let page = match extra {
+        Some(extra) => context! { ..extra, ..page },
+        None => page,
+    };
     let name = if input.metrics.multiclass.is_some() {
         MULTICLASS_PAGE
     } else {

@@ -253,6 +253,11 @@ pub struct FileResult {
     /// Why it could not be predicted (or its heatmap written).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why the image differs markedly from the run's training images
+    /// ([`crate::drift::InputProfile::image_warnings`]); empty when it does not, or when the
+    /// run has no input profile.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Class names and their probabilities, in class order; serialised as a JSON object in
@@ -312,6 +317,7 @@ impl FileResult {
             explained: None,
             heatmap: None,
             error: Some(error),
+            warnings: Vec::new(),
         }
     }
 
@@ -354,6 +360,12 @@ impl PredictReport {
         self.classes.len() <= 2
     }
 
+    /// Whether some image differs markedly from the run's training images: the CSV then
+    /// ends with a `warnings` column (the reasons joined by `; `).
+    fn any_drift(&self) -> bool {
+        self.results.iter().any(|r| !r.warnings.is_empty())
+    }
+
     /// Files that could not be predicted.
     pub fn failures(&self) -> usize {
         self.results.iter().filter(|r| !r.is_ok()).count()
@@ -373,10 +385,34 @@ impl PredictReport {
     }
 
     fn table(&self) -> String {
-        if self.is_binary() && self.top_k.is_none() {
-            return self.binary_table();
+        let table = if self.is_binary() && self.top_k.is_none() {
+            self.binary_table()
+        } else {
+            self.class_table()
+        };
+        self.with_drift_lines(table)
+    }
+
+    /// `table` with, under each row of an image that differs markedly from the training
+    /// images, one indented `warning:` line per reason.
+    fn with_drift_lines(&self, table: String) -> String {
+        if self.results.iter().all(|r| r.warnings.is_empty()) {
+            return table;
         }
-        self.class_table()
+        let mut lines = table.lines();
+        let mut s = String::new();
+        if let Some(head) = lines.next() {
+            s.push_str(head);
+            s.push('\n');
+        }
+        for (line, r) in lines.zip(&self.results) {
+            s.push_str(line);
+            s.push('\n');
+            for w in &r.warnings {
+                let _ = writeln!(s, "  warning: {w}");
+            }
+        }
+        s
     }
 
     /// Table of a run with more classes, or with `--top-k`: the most probable class and its
@@ -497,7 +533,8 @@ impl PredictReport {
 
     /// `path,probability,label,threshold,error` for two classes; for more
     /// `path,label,p_<class>...,error`, with a malignant group
-    /// `path,label,p_<class>...,malignant_probability,threshold,error`; one row per file:
+    /// `path,label,p_<class>...,malignant_probability,threshold,error`; then `warnings` when
+    /// some image differs markedly from the training images; one row per file:
     /// RFC 4180 quoting only where a field holds a comma, a quote or a line break (quotes
     /// doubled), rows ended by `\n`.
     fn csv(&self) -> String {
@@ -509,20 +546,27 @@ impl PredictReport {
         if !self.is_binary() {
             return self.class_csv(w);
         }
-        let in_memory = "a CSV row of five fields is written to memory";
-        w.write_record(["path", "probability", "label", "threshold", "error"])
-            .expect(in_memory);
+        let in_memory = "a CSV row is written to memory";
+        let drift = self.any_drift();
+        let mut head = vec!["path", "probability", "label", "threshold", "error"];
+        if drift {
+            head.push("warnings");
+        }
+        w.write_record(&head).expect(in_memory);
         let threshold = self.threshold.map(|t| t.to_string()).unwrap_or_default();
         for r in &self.results {
             let probability = r.probability.map(|p| format!("{p:.6}")).unwrap_or_default();
-            w.write_record([
-                fsutil::path_to_string(&r.path).as_str(),
-                &probability,
-                r.label.as_deref().unwrap_or(""),
-                &threshold,
-                r.error.as_deref().unwrap_or(""),
-            ])
-            .expect(in_memory);
+            let mut row = vec![
+                fsutil::path_to_string(&r.path),
+                probability,
+                r.label.clone().unwrap_or_default(),
+                threshold.clone(),
+                r.error.clone().unwrap_or_default(),
+            ];
+            if drift {
+                row.push(r.warnings.join("; "));
+            }
+            w.write_record(&row).expect(in_memory);
         }
         let bytes = w.into_inner().expect(in_memory);
         String::from_utf8(bytes).expect("every field is a Rust string")
@@ -536,6 +580,10 @@ impl PredictReport {
             head.extend(["malignant_probability".into(), "threshold".into()]);
         }
         head.push("error".into());
+        let drift = self.any_drift();
+        if drift {
+            head.push("warnings".into());
+        }
         w.write_record(&head).expect(in_memory);
         let threshold = self.threshold.map(|t| t.to_string());
         for r in &self.results {
@@ -552,6 +600,9 @@ impl PredictReport {
                 row.push(t.clone());
             }
             row.push(r.error.clone().unwrap_or_default());
+            if drift {
+                row.push(r.warnings.join("; "));
+            }
             w.write_record(&row).expect(in_memory);
         }
         let bytes = w.into_inner().expect(in_memory);
@@ -613,7 +664,9 @@ pub fn run(opts: &PredictOptions) -> Result<PredictReport> {
         // Only the model input and, for heatmaps, a display-sized copy outlive decoding,
         // so memory stays small whatever the photos' resolution.
         let explain = opts.explain.is_some();
-        let decoded: Vec<Result<(Vec<f32>, Option<RgbImage>)>> = files
+        // The model input, its drift warnings, the display copy for a heatmap.
+        type Decoded = (Vec<f32>, Vec<String>, Option<RgbImage>);
+        let decoded: Vec<Result<Decoded>> = files
             .par_iter()
             .map(|f| {
                 if let Some(problem) = &f.problem {
@@ -624,20 +677,20 @@ pub fn run(opts: &PredictOptions) -> Result<PredictReport> {
                 }
                 let bytes = fs::read(&f.path).map_err(|e| Error::io(&f.path, e))?;
                 let img = predictor.decode(&bytes, &f.path)?;
-                Ok((
-                    predictor.preprocess(&img),
-                    explain.then(|| gradcam::display_image(&img)),
-                ))
+                let (input, _, drift) = predictor.preprocess_checked(&img);
+                Ok((input, drift, explain.then(|| gradcam::display_image(&img))))
             })
             .collect();
         let mut ok = Vec::new();
         let mut inputs_f32 = Vec::new();
         let mut shown = Vec::new();
+        let mut drift = Vec::new();
         for (i, d) in decoded.into_iter().enumerate() {
             match d {
-                Ok((x, img)) => {
+                Ok((x, w, img)) => {
                     ok.push(i);
                     inputs_f32.push(x);
+                    drift.push(w);
                     shown.push(img);
                 }
                 Err(e) => {
@@ -688,6 +741,7 @@ pub fn run(opts: &PredictOptions) -> Result<PredictReport> {
                 explained: None,
                 heatmap: None,
                 error: None,
+                warnings: std::mem::take(&mut drift[k]),
             };
             match heat {
                 Some(Ok(p)) => {
@@ -705,6 +759,15 @@ pub fn run(opts: &PredictOptions) -> Result<PredictReport> {
     let ordered: Vec<FileResult> = (0..inputs.files.len())
         .map(|i| results.remove(&i).expect("every file has a result"))
         .collect();
+    let drifted = ordered.iter().filter(|r| !r.warnings.is_empty()).count();
+    if drifted > 0 {
+        warnings.push(format!(
+            "{drifted} of {} image(s) differ markedly from the run's training images (size, \
+             aspect ratio or colour; each one's warnings say how): the model has not seen \
+             inputs like them, treat their predictions with suspicion",
+            ordered.len()
+        ));
+    }
     Ok(PredictReport {
         model_id: predictor.model_id().to_string(),
         classes: class_names,
@@ -843,7 +906,53 @@ mod tests {
             explained: None,
             heatmap: None,
             error: None,
+            warnings: Vec::new(),
         }
+    }
+
+    #[test]
+    fn drift_warnings_add_a_csv_column_and_table_lines_only_when_present() {
+        let mut report = PredictReport {
+            model_id: "r@0123456789ab".into(),
+            classes: vec!["Benign".into(), "Malignant".into()],
+            top_k: None,
+            threshold: Some(0.5),
+            threshold_source: "0.5000".into(),
+            tta: false,
+            resize: ResizePolicy::Stretch,
+            device: "cpu".into(),
+            results: vec![ok("a.jpg", 0.25, "Benign"), ok("b.jpg", 0.75, "Malignant")],
+            skipped: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let plain_csv = "path,probability,label,threshold,error\n\
+                         a.jpg,0.250000,Benign,0.5,\n\
+                         b.jpg,0.750000,Malignant,0.5,\n";
+        assert_eq!(report.render(OutputFormat::Csv), plain_csv);
+        let plain_table = report.render(OutputFormat::Table);
+        assert!(!plain_table.contains("warning"), "{plain_table}");
+        let json = report.render(OutputFormat::Json);
+        assert!(!json.contains("\"warnings\": [\""), "{json}");
+
+        report.results[1].warnings = vec!["aspect ratio 13.33".into(), "mean colour".into()];
+        assert_eq!(
+            report.render(OutputFormat::Csv),
+            "path,probability,label,threshold,error,warnings\n\
+             a.jpg,0.250000,Benign,0.5,,\n\
+             b.jpg,0.750000,Malignant,0.5,,aspect ratio 13.33; mean colour\n"
+        );
+        let table = report.render(OutputFormat::Table);
+        assert_eq!(
+            table,
+            format!("{plain_table}  warning: aspect ratio 13.33\n  warning: mean colour\n")
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&report.render(OutputFormat::Json)).unwrap();
+        assert_eq!(v["results"][0].get("warnings"), None);
+        assert_eq!(
+            v["results"][1]["warnings"],
+            serde_json::json!(["aspect ratio 13.33", "mean colour"])
+        );
     }
 
     fn refusal(err: Error) -> String {
@@ -1017,6 +1126,7 @@ mod tests {
             explained: None,
             heatmap: None,
             error: None,
+            warnings: Vec::new(),
         }
     }
 

@@ -28,6 +28,11 @@
 //! [`run`] is the whole `lesion-predict` command: files and folders in, one
 //! [`FileResult`] per file out, per-file errors kept beside the successes.
 //!
+//! Input drift: a run with `input_profile.json` ([`crate::drift`]) has each image checked
+//! against its training images ([`Predictor::preprocess_checked`]); an image that differs
+//! markedly (size, aspect ratio, mean colour) gets the reasons in its
+//! [`FileResult::warnings`], and the report one summary warning.
+//!
 //! Files: `predictor.rs` (the [`Predictor`] API), `command.rs` (the command: its options,
 //! input collection, the report and its table/CSV/JSON rendering, heatmaps, progress).
 

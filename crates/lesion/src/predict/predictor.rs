@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::classes::Classes;
+use crate::drift::{ImageStats, InputProfile};
 use crate::fsutil::sha256_file;
 use crate::gradcam::{self, Cam, CamTarget};
 use crate::image_io::{decode_rgb, resize_square, ResizePolicy, DEFAULT_MAX_PIXELS};
@@ -103,6 +104,8 @@ pub struct Predictor {
     run_threshold: Option<Threshold>,
     model_id: String,
     warnings: Vec<String>,
+    /// What the training images looked like; `None` for a run without `input_profile.json`.
+    profile: Option<InputProfile>,
     max_pixels: u64,
     batch_size: usize,
 }
@@ -225,6 +228,12 @@ impl Predictor {
         let run_dir = &run.run_dir;
         let (resize, warning) = run.resize_policy();
         warnings.extend(warning);
+        let profile = InputProfile::read(run_dir).unwrap_or_else(|e| {
+            warnings.push(format!(
+                "ignoring the run's input profile (no input-drift warnings): {e}"
+            ));
+            None
+        });
         let tensors = checkpoint::load_model(best, device)?;
         let model = ResNet18::from_tensors(
             tensors,
@@ -257,6 +266,7 @@ impl Predictor {
             threshold_overridden: threshold_override.is_some(),
             run_threshold,
             warnings,
+            profile,
             max_pixels: DEFAULT_MAX_PIXELS,
             batch_size: DEFAULT_BATCH_SIZE,
         })
@@ -377,6 +387,26 @@ impl Predictor {
         let mut out = vec![0f32; chw.len()];
         normalize_chw(&chw, self.run.config.mean, self.run.config.std, &mut out);
         out
+    }
+
+    /// [`Predictor::preprocess`] (the same values), with what the input-drift rules measure
+    /// of the image and why it differs markedly from the training images
+    /// ([`InputProfile::image_warnings`]; none for a run without a profile).
+    pub fn preprocess_checked(&self, image: &RgbImage) -> (Vec<f32>, ImageStats, Vec<String>) {
+        let chw = to_chw(&resize_square(image, self.image_size(), self.resize));
+        let stats = ImageStats::of_chw(image.width(), image.height(), &chw);
+        let warnings = self
+            .profile
+            .as_ref()
+            .map_or_else(Vec::new, |p| p.image_warnings(&stats));
+        let mut out = vec![0f32; chw.len()];
+        normalize_chw(&chw, self.run.config.mean, self.run.config.std, &mut out);
+        (out, stats, warnings)
+    }
+
+    /// The run's input profile (`input_profile.json`), if it has one.
+    pub fn input_profile(&self) -> Option<&InputProfile> {
+        self.profile.as_ref()
     }
 
     /// The prediction of one image's head outputs ([`Classes::outputs`] logits) at the

@@ -29,34 +29,34 @@ use crate::{Error, Result};
 
 /// One input file, in processing order.
 #[derive(Debug, Clone)]
-pub(super) struct InputFile {
-    pub(super) abs: PathBuf,
+pub(crate) struct InputFile {
+    pub(crate) abs: PathBuf,
     /// Relative to the input folder, `/`-separated, each name as
     /// [`fsutil::os_str_to_string`] writes it.
-    pub(super) rel: String,
-    pub(super) class: u8,
+    pub(crate) rel: String,
+    pub(crate) class: u8,
 }
 
 #[derive(Debug)]
-pub(super) struct Discovery {
-    pub(super) files: Vec<InputFile>,
+pub(crate) struct Discovery {
+    pub(crate) files: Vec<InputFile>,
     /// Class names in label order.
-    pub(super) classes: Vec<String>,
+    pub(crate) classes: Vec<String>,
     /// The malignant classes of more than two (empty for two).
-    pub(super) malignant: Vec<String>,
+    pub(crate) malignant: Vec<String>,
     /// Per class, the path its errors name: its folder, or the input folder when the class
     /// gathers several.
-    pub(super) class_dirs: Vec<PathBuf>,
+    pub(crate) class_dirs: Vec<PathBuf>,
     /// Every folder of the input, in name order, with its class (`images` still 0).
-    pub(super) folders: Vec<FolderClass>,
-    pub(super) warnings: Vec<String>,
+    pub(crate) folders: Vec<FolderClass>,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// What decides the classes besides the folders.
-pub(super) struct ClassChoice<'a> {
-    pub(super) map: &'a ClassMap,
-    pub(super) positive: Option<&'a str>,
-    pub(super) malignant: &'a [String],
+pub(crate) struct ClassChoice<'a> {
+    pub(crate) map: &'a ClassMap,
+    pub(crate) positive: Option<&'a str>,
+    pub(crate) malignant: &'a [String],
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<fs::DirEntry>> {
@@ -152,7 +152,7 @@ fn sniff(path: &Path) -> bool {
 }
 
 /// Pass 0: finds the folders, decides the classes and lists the files.
-pub(super) fn discover(input: &Path, choice: &ClassChoice<'_>) -> Result<Discovery> {
+pub(crate) fn discover(input: &Path, choice: &ClassChoice<'_>) -> Result<Discovery> {
     match fs::metadata(input) {
         Err(_) => return Err(bad_dataset(input, "input folder does not exist")),
         Ok(m) if !m.is_dir() => return Err(bad_dataset(input, "input is not a folder")),

@@ -73,7 +73,7 @@
 //! holding it or one inside it ([`crate::fsutil::check_output`]).
 
 mod assign;
-mod discover;
+pub(crate) mod discover;
 pub mod groups;
 pub mod mapping;
 mod shards;

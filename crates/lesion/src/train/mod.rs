@@ -5,6 +5,8 @@
 //! (the options, the data's and weights' identity, and the preprocessing copied from the
 //! prepared manifest), and every epoch saves the checkpoints ([`crate::run::checkpoint`]),
 //! then adds a row to `history.csv` ([`crate::run::history`]) and redraws `curves.png`.
+//! Before the first epoch, `input_profile.json` records what the training images look like
+//! ([`crate::drift`]), for the input-drift warnings of evaluation and prediction.
 //!
 //! Batches are NCHW f32 normalised images with their `u8` class labels; the model produces
 //! logits `[b, 1]` for two classes and `[b, N]` for N.

@@ -105,6 +105,10 @@ pub fn train(cfg: &TrainConfig, progress: bool) -> Result<TrainSummary> {
     };
     run::create(&cfg.out, cfg.force, &[&cfg.data])?;
     run::write_config(&cfg.out, &run_cfg)?;
+    // What the training images look like, for the drift warnings of eval, predict, serve.
+    if let Some(profile) = crate::drift::InputProfile::of_prepared(data)? {
+        profile.write(&cfg.out)?;
+    }
     session.run()
 }
 
