@@ -53,7 +53,6 @@ use crate::drift::{ImageStats, SetDrift};
 use crate::fsutil::{self, sha256_file, write_atomic, write_json_atomic, StagingDir};
 use crate::image_io::{resize_square, DEFAULT_MAX_PIXELS};
 use crate::infer::SplitPredictions;
-use crate::loader::PreparedDataset;
 use crate::manifest::{
     FolderClass, ImageEntry, Manifest, Normalization, PrepRecord, RejectedFile, SplitCounts,
 };
@@ -613,7 +612,8 @@ fn threshold(opts: &ExternalOptions, target: &Run, classes: &Classes) -> Result<
             ),
         });
     };
-    let data = PreparedDataset::open(data_dir)?;
+    // A fold run's validation split is its held-out fold.
+    let data = super::open_run_data(data_dir, target, Split::Val)?;
     target.check_compatible(&data)?;
     if opts.eval.progress {
         eprintln!("verifying {}", data.dir().display());
@@ -815,6 +815,7 @@ fn folder_manifest(
             augment: false,
             strict: opts.strict,
             max_pixels: opts.max_pixels,
+            groups: None,
         },
         normalization: Normalization {
             mean: cfg.mean,
@@ -839,9 +840,13 @@ fn folder_manifest(
                 width: s.width,
                 height: s.height,
                 augmentations: None,
+                fold: None,
+                group: None,
             })
             .collect(),
         rejected: scored.rejected.clone(),
         duplicates: Vec::new(),
+        folds: 0,
+        fold_counts: Vec::new(),
     }
 }
