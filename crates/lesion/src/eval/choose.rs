@@ -50,6 +50,10 @@ fn choose_threshold(
         reason: format!("the validation split cannot choose a threshold: {e}"),
     };
     match opts.threshold_method {
+        ThresholdMethod::Fixed => {
+            let cm = ConfusionMatrix::at_threshold(&val.labels, &val.probs, DEFAULT_THRESHOLD)?;
+            Ok((DEFAULT_THRESHOLD, cm.sensitivity(), cm.specificity(), None))
+        }
         ThresholdMethod::Youden => {
             let j = metrics::youden(&val.labels, &val.probs).map_err(cannot)?;
             if j.threshold.is_finite() {

@@ -790,7 +790,7 @@ pub fn run(opts: &CvOptions) -> Result<CvSummary> {
     };
     let threshold = binary.as_ref().map(|m| Threshold {
         threshold: DEFAULT_THRESHOLD,
-        method: ThresholdMethod::Youden,
+        method: ThresholdMethod::Fixed,
         target_sensitivity: None,
         split: Split::Val,
         val_sensitivity: m.at_default.sensitivity,

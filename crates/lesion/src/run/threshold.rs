@@ -23,6 +23,9 @@ pub enum ThresholdMethod {
     /// The highest threshold whose validation sensitivity reaches a target (the best
     /// specificity at that sensitivity).
     Sensitivity,
+    /// Not chosen: 0.5 (cross-validation's pooled out-of-fold figures, whose validation
+    /// splits are the images measured).
+    Fixed,
 }
 
 impl FromStr for ThresholdMethod {
@@ -43,6 +46,7 @@ impl fmt::Display for ThresholdMethod {
         f.write_str(match self {
             Self::Youden => "youden",
             Self::Sensitivity => "sensitivity",
+            Self::Fixed => "fixed",
         })
     }
 }
@@ -83,6 +87,9 @@ impl Threshold {
                 crate::display::threshold(self.threshold),
                 t * 100.0
             ),
+            (ThresholdMethod::Fixed, _) => {
+                format!("{} (fixed)", crate::display::threshold(self.threshold))
+            }
             _ => format!(
                 "{} (Youden's J on val)",
                 crate::display::threshold(self.threshold)
