@@ -1382,6 +1382,8 @@ mod tests {
         assert_eq!(m.warnings[0], HELD_OUT_IS_VAL);
         assert_eq!(m.warnings[1], FIXED_THRESHOLD_NOTE);
         assert_eq!(b.threshold.note.as_deref(), Some(FIXED_THRESHOLD_NOTE));
+        assert_eq!(b.threshold.method, ThresholdMethod::Fixed);
+        assert!(b.threshold.describe().ends_with(" (fixed)"));
 
         // predictions.csv: the pooled rows, fold by fold, each fold's figures recomputed.
         let (header, rows) = csv_rows(&out.join(super::super::PREDICTIONS_FILE));
