@@ -383,7 +383,6 @@ mod tests {
             &["--images", "ext", "--recompute-val"],
             &["--data", "p", "--strict"],
             &["--data", "p", "--group", "a=b"],
-            &["--data", "p", "--out", "o"],
         ] {
             let args = ["lesion-eval", "--run", "r"]
                 .into_iter()

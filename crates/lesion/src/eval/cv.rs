@@ -44,9 +44,8 @@ use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 use super::{
-    errors, inference, metrics, plots, predictions, report, BinaryView, EvalMetrics, EvalOptions,
-    Threshold, ThresholdMethod, BINARY_FIGURES, METRICS_FORMAT, METRICS_FORMAT_VERSION,
-    OUTPUT_KIND,
+    errors, inference, metrics, plots, predictions, report, EvalMetrics, EvalOptions, Threshold,
+    ThresholdMethod, BINARY_FIGURES, METRICS_FORMAT, METRICS_FORMAT_VERSION, OUTPUT_KIND,
 };
 use crate::device::describe;
 use crate::fsutil::{self, write_atomic, write_json_atomic, StagingDir};
@@ -820,26 +819,14 @@ pub fn run(opts: &CvOptions) -> Result<CvSummary> {
                 .into(),
         );
     }
-    let mut curves = None;
-    let binary_view = binary.map(|m| {
-        let super::Measured {
-            at_default,
-            at_chosen,
-            bootstrap,
-            calibration,
-            roc,
-            pr,
-        } = m;
-        curves = Some((roc, pr));
-        BinaryView {
-            threshold: threshold.clone().expect("two classes have a threshold"),
-            val_from_checkpoint: scored.iter().all(|s| s.val_from_checkpoint),
-            at_default_threshold: at_default,
-            at_chosen_threshold: at_chosen,
-            bootstrap,
-            calibration,
-        }
-    });
+    let (binary_view, curves) = binary
+        .map(|m| {
+            m.into_view(
+                threshold.clone().expect("two classes have a threshold"),
+                scored.iter().all(|s| s.val_from_checkpoint),
+            )
+        })
+        .unzip();
     let mut doc = CvMetrics {
         eval: EvalMetrics {
             format: METRICS_FORMAT.into(),

@@ -42,10 +42,10 @@ use serde::{Deserialize, Serialize};
 use super::inference::{self, Loaded};
 use super::metrics::{self, Measured};
 use super::{
-    absolute, choose, errors, malignant_view, plots, predictions, report, BinaryView, EvalMetrics,
-    EvalOptions, EvalSummary, Threshold, BINARY_FIGURES, ERRORS_FILE, MALIGNANT_FIGURES,
-    MAX_ERRORS_SHOWN, METRICS_FILE, METRICS_FORMAT, METRICS_FORMAT_VERSION, OUTPUT_KIND,
-    PREDICTIONS_FILE, REPORT_FILE,
+    absolute, choose, errors, malignant_view, plots, predictions, report, EvalMetrics, EvalOptions,
+    EvalSummary, Threshold, BINARY_FIGURES, ERRORS_FILE, MALIGNANT_FIGURES, MAX_ERRORS_SHOWN,
+    METRICS_FILE, METRICS_FORMAT, METRICS_FORMAT_VERSION, OUTPUT_KIND, PREDICTIONS_FILE,
+    REPORT_FILE,
 };
 use crate::classes::Classes;
 use crate::device::{describe, parse_device};
@@ -342,26 +342,10 @@ pub fn run(opts: &ExternalOptions) -> Result<ExternalSummary> {
         "",
     );
     caveats.extend(warnings);
-    let mut curves = None;
-    let binary_view = binary.map(|(threshold, measured)| {
-        let Measured {
-            at_default,
-            at_chosen,
-            bootstrap,
-            calibration,
-            roc,
-            pr,
-        } = measured;
-        curves = Some((roc, pr));
-        BinaryView {
-            threshold,
-            val_from_checkpoint: chosen.as_ref().is_some_and(|c| c.val_from_checkpoint),
-            at_default_threshold: at_default,
-            at_chosen_threshold: at_chosen,
-            bootstrap,
-            calibration,
-        }
-    });
+    let val_from_checkpoint = chosen.as_ref().is_some_and(|c| c.val_from_checkpoint);
+    let (binary_view, curves) = binary
+        .map(|(threshold, measured)| measured.into_view(threshold, val_from_checkpoint))
+        .unzip();
     let (_, state) = checkpoint::load(&target.checkpoint, &Device::Cpu)?;
     let folder_abs = absolute(&opts.images);
     let mut metrics_doc = EvalMetrics {

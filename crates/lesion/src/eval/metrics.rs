@@ -102,6 +102,25 @@ pub(super) struct Measured {
     pub pr: PrCurve,
 }
 
+impl Measured {
+    /// `metrics.json`'s binary view at `threshold`, and the curves the plots draw.
+    pub(super) fn into_view(
+        self,
+        threshold: Threshold,
+        val_from_checkpoint: bool,
+    ) -> (BinaryView, (RocCurve, PrCurve)) {
+        let view = BinaryView {
+            threshold,
+            val_from_checkpoint,
+            at_default_threshold: self.at_default,
+            at_chosen_threshold: self.at_chosen,
+            bootstrap: self.bootstrap,
+            calibration: self.calibration,
+        };
+        (view, (self.roc, self.pr))
+    }
+}
+
 /// Every figure of `preds` at 0.5 and at `threshold`, with `opts.bootstrap` resamples.
 pub(super) fn measure(
     opts: &EvalOptions,

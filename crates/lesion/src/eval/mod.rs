@@ -101,7 +101,6 @@ pub use crate::run::{
     read_threshold, read_threshold_file, threshold_path, Threshold, ThresholdMethod, THRESHOLD_FILE,
 };
 use crate::Result;
-use metrics::Measured;
 
 /// Every figure of an evaluation, as [`EvalMetrics`].
 pub const METRICS_FILE: &str = "metrics.json";
@@ -206,26 +205,9 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
         &loaded.manifest_sha256,
         &cfg.manifest_sha256,
     );
-    let mut curves = None;
-    let binary_view = binary.map(|(threshold, measured)| {
-        let Measured {
-            at_default,
-            at_chosen,
-            bootstrap,
-            calibration,
-            roc,
-            pr,
-        } = measured;
-        curves = Some((roc, pr));
-        BinaryView {
-            threshold,
-            val_from_checkpoint: scored.val_from_checkpoint,
-            at_default_threshold: at_default,
-            at_chosen_threshold: at_chosen,
-            bootstrap,
-            calibration,
-        }
-    });
+    let (binary_view, curves) = binary
+        .map(|(threshold, measured)| measured.into_view(threshold, scored.val_from_checkpoint))
+        .unzip();
     let mut metrics_doc = EvalMetrics {
         format: METRICS_FORMAT.into(),
         format_version: METRICS_FORMAT_VERSION,
