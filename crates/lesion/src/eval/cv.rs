@@ -1408,9 +1408,14 @@ mod tests {
             "<tr data-fold=\"2\">",
             "<tr data-fold=\"mean\">",
             "<table id=\"cv-test\">",
+            "<th>at 0.5000 (fixed)</th>",
         ] {
             assert!(html.contains(want), "the report lacks {want}");
         }
+        assert!(
+            !html.contains("(chosen)"),
+            "the fixed threshold is called chosen"
+        );
 
         // Our own output is replaced with --force only; a folder of the user's never.
         let err = super::run(&options(&cv)).unwrap_err();

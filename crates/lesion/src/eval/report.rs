@@ -23,8 +23,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use minijinja::{context, AutoEscape, Environment, Output, State, UndefinedBehavior, Value};
 
 use super::{
-    BinaryView, ErrorCase, EvalMetrics, MulticlassSection, BINARY_FIGURES, CALIBRATION_FILE,
-    CONFUSION_FILE, ERRORS_FILE, MALIGNANT_FIGURES, PREDICTIONS_FILE, REPORT_FILE, ROC_FILE,
+    BinaryView, ErrorCase, EvalMetrics, MulticlassSection, ThresholdMethod, BINARY_FIGURES,
+    CALIBRATION_FILE, CONFUSION_FILE, ERRORS_FILE, MALIGNANT_FIGURES, PREDICTIONS_FILE,
+    REPORT_FILE, ROC_FILE,
 };
 use crate::display;
 use crate::error::IoContext;
@@ -571,6 +572,7 @@ fn binary_part(
         calibration_bins => CALIBRATION_BINS,
         threshold => context! {
             value => t.threshold,
+            fixed => t.method == ThresholdMethod::Fixed,
             target => t.target_sensitivity.map(pct),
             val_sensitivity => format!("{:.3}", t.val_sensitivity),
             val_specificity => format!("{:.3}", t.val_specificity),
