@@ -698,6 +698,105 @@ mod tests {
         (source * 3 + view * 100) as u8
     }
 
+    /// Writes `ids`' rows of `split` in shards of `chunk` rows for `views` views, each row's
+    /// pixels `value(id, px_view(view))` and its label `id % 2`.
+    fn write_shards(
+        dir: &Path,
+        split: Split,
+        ids: &[u32],
+        views: u32,
+        chunk: usize,
+        px_view: impl Fn(u32) -> u32,
+    ) -> Vec<ShardEntry> {
+        std::fs::create_dir(dir.join(split.name())).unwrap();
+        let mut shards = Vec::new();
+        for view in 0..views {
+            for (k, rows) in ids.chunks(chunk).enumerate() {
+                let file = format!("{}/v{view}-{k}.safetensors", split.name());
+                let meta = ShardMeta {
+                    split,
+                    view,
+                    image_size: S,
+                    count: rows.len(),
+                };
+                let px: Vec<u8> = rows
+                    .iter()
+                    .flat_map(|&i| vec![value(i, px_view(view)); 3 * (S * S) as usize])
+                    .collect();
+                let labels: Vec<u8> = rows.iter().map(|&i| (i % 2) as u8).collect();
+                let info = write_shard(dir.join(&file), meta, &px, &labels, rows).unwrap();
+                shards.push(ShardEntry {
+                    file,
+                    split,
+                    view,
+                    count: rows.len(),
+                    bytes: info.bytes,
+                    sha256: info.sha256,
+                });
+            }
+        }
+        shards
+    }
+
+    /// What differs between the hand-made datasets' manifests.
+    struct Layout {
+        shard_size: usize,
+        counts: Vec<SplitCounts>,
+        folds: u32,
+        fold_counts: Vec<FoldCounts>,
+    }
+
+    /// Saves a two-class, two-view manifest of these parts in `dir` and opens it.
+    fn open_dataset(
+        dir: tempfile::TempDir,
+        layout: Layout,
+        shards: Vec<ShardEntry>,
+        images: Vec<ImageEntry>,
+    ) -> (tempfile::TempDir, PreparedDataset) {
+        let record = PrepRecord {
+            input: "in".into(),
+            image_size: S,
+            resize: ResizePolicy::Stretch,
+            val: 0.2,
+            test: 0.2,
+            seed: 1,
+            shard_size: layout.shard_size,
+            views: 2,
+            augment: true,
+            strict: false,
+            max_pixels: 1000,
+            groups: None,
+        };
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT.into(),
+            format_version: MANIFEST_FORMAT_VERSION,
+            crate_version: "test".into(),
+            classes: vec!["Benign".into(), "Malignant".into()],
+            malignant: Vec::new(),
+            folders: Vec::new(),
+            image_size: S,
+            resize: ResizePolicy::Stretch,
+            views: 2,
+            augment: true,
+            seed: 1,
+            options: record,
+            normalization: Normalization {
+                mean: IMAGENET_MEAN,
+                std: IMAGENET_STD,
+            },
+            counts: layout.counts,
+            folds: layout.folds,
+            fold_counts: layout.fold_counts,
+            shards,
+            images,
+            rejected: vec![],
+            duplicates: vec![],
+        };
+        manifest.save(dir.path()).unwrap();
+        let ds = PreparedDataset::open(dir.path()).unwrap();
+        (dir, ds)
+    }
+
     /// A hand-made dataset: train 10 images in shards of 4/4/2 with 2 views, val 5, test 3.
     fn tiny_dataset() -> (tempfile::TempDir, PreparedDataset) {
         let dir = tempfile::tempdir().unwrap();
@@ -724,34 +823,8 @@ mod tests {
                     group: None,
                 });
             }
-            std::fs::create_dir(dir.path().join(split.name())).unwrap();
             let ids: Vec<u32> = (first..first + n as u32).collect();
-            for view in 0..views {
-                for (k, rows) in ids.chunks(4).enumerate() {
-                    let file = format!("{}/v{view}-{k}.safetensors", split.name());
-                    let meta = ShardMeta {
-                        split,
-                        view,
-                        image_size: S,
-                        count: rows.len(),
-                    };
-                    let px: Vec<u8> = rows
-                        .iter()
-                        .flat_map(|&i| vec![value(i, view); 3 * (S * S) as usize])
-                        .collect();
-                    let labels: Vec<u8> = rows.iter().map(|&i| (i % 2) as u8).collect();
-                    let info =
-                        write_shard(dir.path().join(&file), meta, &px, &labels, rows).unwrap();
-                    shards.push(ShardEntry {
-                        file,
-                        split,
-                        view,
-                        count: rows.len(),
-                        bytes: info.bytes,
-                        sha256: info.sha256,
-                    });
-                }
-            }
+            shards.extend(write_shards(dir.path(), split, &ids, views, 4, |view| view));
             let per_class = vec![n - n / 2, n / 2];
             counts.push(SplitCounts {
                 split,
@@ -759,48 +832,13 @@ mod tests {
                 total: n,
             });
         }
-        let record = PrepRecord {
-            input: "in".into(),
-            image_size: S,
-            resize: ResizePolicy::Stretch,
-            val: 0.2,
-            test: 0.2,
-            seed: 1,
+        let layout = Layout {
             shard_size: 4,
-            views: 2,
-            augment: true,
-            strict: false,
-            max_pixels: 1000,
-            groups: None,
-        };
-        let manifest = Manifest {
-            format: MANIFEST_FORMAT.into(),
-            format_version: MANIFEST_FORMAT_VERSION,
-            crate_version: "test".into(),
-            classes: vec!["Benign".into(), "Malignant".into()],
-            malignant: Vec::new(),
-            folders: Vec::new(),
-            image_size: S,
-            resize: ResizePolicy::Stretch,
-            views: 2,
-            augment: true,
-            seed: 1,
-            options: record,
-            normalization: Normalization {
-                mean: IMAGENET_MEAN,
-                std: IMAGENET_STD,
-            },
             counts,
             folds: 0,
             fold_counts: Vec::new(),
-            shards,
-            images,
-            rejected: vec![],
-            duplicates: vec![],
         };
-        manifest.save(dir.path()).unwrap();
-        let ds = PreparedDataset::open(dir.path()).unwrap();
-        (dir, ds)
+        open_dataset(dir, layout, shards, images)
     }
 
     /// Fold of pool image `i` in [`folded_dataset`].
@@ -836,35 +874,9 @@ mod tests {
             (Split::Val, &pool, 1),
             (Split::Test, &test, 1),
         ] {
-            std::fs::create_dir(dir.path().join(split.name())).unwrap();
-            for view in 0..views {
-                for (k, rows) in ids.chunks(5).enumerate() {
-                    let file = format!("{}/v{view}-{k}.safetensors", split.name());
-                    let meta = ShardMeta {
-                        split,
-                        view,
-                        image_size: S,
-                        count: rows.len(),
-                    };
-                    // Val rows are clean: the pixels of view 0, whatever the view.
-                    let px_view = if split == Split::Train { view + 1 } else { 0 };
-                    let px: Vec<u8> = rows
-                        .iter()
-                        .flat_map(|&i| vec![value(i, px_view); 3 * (S * S) as usize])
-                        .collect();
-                    let labels: Vec<u8> = rows.iter().map(|&i| (i % 2) as u8).collect();
-                    let info =
-                        write_shard(dir.path().join(&file), meta, &px, &labels, rows).unwrap();
-                    shards.push(ShardEntry {
-                        file,
-                        split,
-                        view,
-                        count: rows.len(),
-                        bytes: info.bytes,
-                        sha256: info.sha256,
-                    });
-                }
-            }
+            // Val rows are clean: the pixels of view 0, whatever the view.
+            let px_view = |view| if split == Split::Train { view + 1 } else { 0 };
+            shards.extend(write_shards(dir.path(), split, ids, views, 5, px_view));
         }
         let counts = vec![
             SplitCounts {
@@ -890,48 +902,13 @@ mod tests {
                 total: 4,
             })
             .collect();
-        let record = PrepRecord {
-            input: "in".into(),
-            image_size: S,
-            resize: ResizePolicy::Stretch,
-            val: 0.2,
-            test: 0.2,
-            seed: 1,
+        let layout = Layout {
             shard_size: 5,
-            views: 2,
-            augment: true,
-            strict: false,
-            max_pixels: 1000,
-            groups: None,
-        };
-        let manifest = Manifest {
-            format: MANIFEST_FORMAT.into(),
-            format_version: MANIFEST_FORMAT_VERSION,
-            crate_version: "test".into(),
-            classes: vec!["Benign".into(), "Malignant".into()],
-            malignant: Vec::new(),
-            folders: Vec::new(),
-            image_size: S,
-            resize: ResizePolicy::Stretch,
-            views: 2,
-            augment: true,
-            seed: 1,
-            options: record,
-            normalization: Normalization {
-                mean: IMAGENET_MEAN,
-                std: IMAGENET_STD,
-            },
             counts,
             folds: 3,
             fold_counts,
-            shards,
-            images,
-            rejected: vec![],
-            duplicates: vec![],
         };
-        manifest.save(dir.path()).unwrap();
-        let ds = PreparedDataset::open(dir.path()).unwrap();
-        (dir, ds)
+        open_dataset(dir, layout, shards, images)
     }
 
     /// The source indices of every batch of a pass, and checks each row's pixels against

@@ -78,6 +78,28 @@ fn check_fractions(val: f64, test: f64) -> Result<()> {
     Ok(())
 }
 
+/// One group id per label.
+fn check_lengths(labels: &[usize], groups: &[usize]) -> Result<()> {
+    if labels.len() != groups.len() {
+        return Err(Error::InvalidOption(format!(
+            "{} labels but {} group ids",
+            labels.len(),
+            groups.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The checks both train/val/test splitters make before splitting.
+fn check_split_inputs(labels: &[usize], groups: &[usize], val: f64, test: f64) -> Result<()> {
+    check_lengths(labels, groups)?;
+    check_fractions(val, test)?;
+    if labels.is_empty() {
+        return Err(bad_dataset("no images to split".into()));
+    }
+    Ok(())
+}
+
 /// scikit-learn's `_approximate_mode`: the floor of each class's proportional share of
 /// `n_draws`, then the remaining draws one each to the classes with the largest
 /// remainders, exact ties broken at random.
@@ -211,17 +233,7 @@ pub fn stratified_split(
     test: f64,
     seed: u64,
 ) -> Result<Vec<Split>> {
-    if labels.len() != groups.len() {
-        return Err(Error::InvalidOption(format!(
-            "{} labels but {} group ids",
-            labels.len(),
-            groups.len()
-        )));
-    }
-    check_fractions(val, test)?;
-    if labels.is_empty() {
-        return Err(bad_dataset("no images to split".into()));
-    }
+    check_split_inputs(labels, groups, val, test)?;
 
     // Classes in label order; only labels that occur are classes (as np.unique).
     let mut class_items: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
@@ -352,17 +364,7 @@ pub fn stratified_group_split(
     test: f64,
     seed: u64,
 ) -> Result<Vec<Split>> {
-    if labels.len() != groups.len() {
-        return Err(Error::InvalidOption(format!(
-            "{} labels but {} group ids",
-            labels.len(),
-            groups.len()
-        )));
-    }
-    check_fractions(val, test)?;
-    if labels.is_empty() {
-        return Err(bad_dataset("no images to split".into()));
-    }
+    check_split_inputs(labels, groups, val, test)?;
     let mut class_size: BTreeMap<usize, usize> = BTreeMap::new();
     for &l in labels {
         *class_size.entry(l).or_default() += 1;
@@ -548,13 +550,7 @@ pub fn stratified_group_kfold(
     k: usize,
     seed: Option<u64>,
 ) -> Result<Vec<u32>> {
-    if labels.len() != groups.len() {
-        return Err(Error::InvalidOption(format!(
-            "{} labels but {} group ids",
-            labels.len(),
-            groups.len()
-        )));
-    }
+    check_lengths(labels, groups)?;
     if k < 2 {
         return Err(Error::InvalidOption(format!(
             "cross-validation needs at least 2 folds, got {k}"
