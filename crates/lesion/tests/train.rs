@@ -137,6 +137,18 @@ fn run_folder_resume_and_overwrite_protection() {
              lr_backbone,seconds,images_per_s"
         )
     );
+    // So do the checkpoints' rows, and without timings: identical runs write identical files.
+    let (_, state) = checkpoint::load(&full.join("last.safetensors"), &Device::Cpu).unwrap();
+    let row = state.record.unwrap();
+    assert!(
+        row.val_balanced_acc.is_nan() && row.seconds.is_nan(),
+        "{row:?}"
+    );
+    let last: Vec<&str> = csv.lines().last().unwrap().split(',').collect();
+    assert_eq!(
+        (row.epoch, format!("{:.6}", row.val_acc)),
+        (3, last[4].to_string())
+    );
 
     // Interrupted after 2 epochs, then resumed for the third.
     let split = dir.path().join("split");

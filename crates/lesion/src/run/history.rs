@@ -66,9 +66,10 @@ pub fn to_csv(records: &[EpochRecord], balanced_acc: bool) -> String {
     s
 }
 
-/// One record as a CSV line of `history.csv` with every column (without the line break).
+/// One record as a CSV line of `history.csv` (without the line break): every column, less
+/// `val_balanced_acc` when it is NaN (not recorded), as files without the column hold it.
 pub fn to_row(r: &EpochRecord) -> String {
-    row(r, true)
+    row(r, !r.val_balanced_acc.is_nan())
 }
 
 fn row(r: &EpochRecord, balanced_acc: bool) -> String {
@@ -211,6 +212,8 @@ mod tests {
         assert_eq!(back[0].images_per_s, 40.25);
         // Rewritten without the column, it is the same file; with it, the column is NaN.
         assert_eq!(to_csv(&back, false), notebook_columns);
+        // A checkpoint's row (`to_row`) leaves out a balanced accuracy that was not recorded.
+        assert_eq!(to_row(&back[0]), notebook_columns.lines().nth(1).unwrap());
         write(&path, &back, true).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(

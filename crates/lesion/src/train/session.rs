@@ -781,7 +781,15 @@ impl Session {
     /// was written.
     fn save(&mut self, improved: bool, val: &SplitPredictions) -> Result<()> {
         let out = &self.cfg.out;
+        // The row holds what history.csv records and nothing that differs between identical
+        // runs, so that two such runs write identical checkpoints.
+        let balanced_acc = self.cfg.records_balanced_accuracy(&self.classes);
         self.state.record = self.history.last().map(|r| EpochRecord {
+            val_balanced_acc: if balanced_acc {
+                r.val_balanced_acc
+            } else {
+                f64::NAN
+            },
             seconds: f64::NAN,
             images_per_s: f64::NAN,
             ..r.clone()
