@@ -765,6 +765,7 @@ mod tests {
             augment: true,
             strict: false,
             max_pixels: 1000,
+            no_test: false,
             groups: None,
         };
         let manifest = Manifest {

@@ -64,6 +64,9 @@ pub struct PrepRecord {
     pub augment: bool,
     pub strict: bool,
     pub max_pixels: u64,
+    /// `--folds K --no-test`: no test split was held out (`test` unused); absent otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_test: bool,
     /// `--groups`: how images were grouped for the split; absent without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<GroupRecord>,

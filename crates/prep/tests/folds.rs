@@ -48,6 +48,11 @@ fn a_folded_prep_puts_every_pool_image_in_one_stratified_fold() {
     let summary = prep::run(&fold_options(&input, &out, 3)).unwrap();
     let m = Manifest::load(&out).unwrap();
     assert_eq!(m.folds, 3);
+    let json = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    assert!(
+        !m.options.no_test && !json.contains("no_test"),
+        "held-out test: no field"
+    );
 
     // The test split is the one a prep without folds holds out (same seed and fractions).
     let plain = prep::run(&prep_options(&input, &tmp.path().join("plain"))).unwrap();
@@ -212,6 +217,7 @@ fn no_test_folds_keep_copies_together_and_hold_no_test_rows() {
     let summary = prep::run(&o).unwrap();
     let m = Manifest::load(&out).unwrap();
     assert_eq!((m.folds, m.images.len()), (4, 28));
+    assert!(m.options.no_test, "the manifest records --no-test");
     assert!(m
         .images
         .iter()

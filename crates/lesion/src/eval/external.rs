@@ -799,6 +799,7 @@ fn folder_manifest(
             augment: false,
             strict: opts.strict,
             max_pixels: opts.max_pixels,
+            no_test: false,
             groups: None,
         },
         normalization: Normalization {

@@ -874,6 +874,7 @@ pub(super) mod tests {
                 augment: false,
                 strict: false,
                 max_pixels: 1 << 26,
+                no_test: false,
                 groups: None,
             },
             normalization: Normalization {

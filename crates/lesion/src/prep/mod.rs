@@ -286,6 +286,7 @@ impl PrepOptions {
             augment: self.augment,
             strict: self.strict,
             max_pixels: self.max_pixels,
+            no_test: self.no_test,
             groups: None,
         }
     }
