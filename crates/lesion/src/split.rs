@@ -100,6 +100,29 @@ fn check_split_inputs(labels: &[usize], groups: &[usize], val: f64, test: f64) -
     Ok(())
 }
 
+/// The items of each group, groups in order of first appearance (so that a split does not
+/// depend on the group ids). A group whose items `first` and `i` have different labels is a
+/// [`Error::BadDataset`] (empty `path`) with the message `mixed(group, first, i)`.
+fn groups_by_first_item(
+    labels: &[usize],
+    groups: &[usize],
+    mixed: impl Fn(usize, usize, usize) -> String,
+) -> Result<Vec<Vec<usize>>> {
+    let mut group_items: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, &g) in groups.iter().enumerate() {
+        let items = group_items.entry(g).or_default();
+        if let Some(&first) = items.first() {
+            if labels[first] != labels[i] {
+                return Err(bad_dataset(mixed(g, first, i)));
+            }
+        }
+        items.push(i);
+    }
+    let mut by_first: Vec<Vec<usize>> = group_items.into_values().collect();
+    by_first.sort_by_key(|items| items[0]);
+    Ok(by_first)
+}
+
 /// scikit-learn's `_approximate_mode`: the floor of each class's proportional share of
 /// `n_draws`, then the remaining draws one each to the classes with the largest
 /// remainders, exact ties broken at random.
@@ -246,23 +269,13 @@ pub fn stratified_split(
     rng.set_stream(STREAM_COUNTS);
     let plan = plan_counts(&counts, &classes, val, test, &mut rng)?;
 
-    // Groups in order of first appearance, with label consistency checked.
-    let mut group_items: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (i, &g) in groups.iter().enumerate() {
-        let items = group_items.entry(g).or_default();
-        if let Some(&first) = items.first() {
-            if labels[first] != labels[i] {
-                return Err(bad_dataset(format!(
-                    "items {first} and {i} are duplicates (group {g}) but have different \
-                     labels ({} and {})",
-                    labels[first], labels[i]
-                )));
-            }
-        }
-        items.push(i);
-    }
-    let mut by_first: Vec<&Vec<usize>> = group_items.values().collect();
-    by_first.sort_by_key(|items| items[0]);
+    let by_first = groups_by_first_item(labels, groups, |g, first, i| {
+        format!(
+            "items {first} and {i} are duplicates (group {g}) but have different labels \
+             ({} and {})",
+            labels[first], labels[i]
+        )
+    })?;
 
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(STREAM_ASSIGN);
@@ -375,23 +388,13 @@ pub fn stratified_group_split(
     rng.set_stream(STREAM_COUNTS);
     let plan = plan_counts(&counts, &classes, val, test, &mut rng)?;
 
-    let mut group_items: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (i, &g) in groups.iter().enumerate() {
-        let items = group_items.entry(g).or_default();
-        if let Some(&first) = items.first() {
-            if labels[first] != labels[i] {
-                return Err(bad_dataset(format!(
-                    "group {g} holds items of different classes: item {first} (label {}) and \
-                     item {i} (label {})",
-                    labels[first], labels[i]
-                )));
-            }
-        }
-        items.push(i);
-    }
-    // Groups in order of first appearance, so that the result does not depend on the ids.
-    let mut by_first: Vec<Vec<usize>> = group_items.into_values().collect();
-    by_first.sort_by_key(|items| items[0]);
+    let by_first = groups_by_first_item(labels, groups, |g, first, i| {
+        format!(
+            "group {g} holds items of different classes: item {first} (label {}) and item {i} \
+             (label {})",
+            labels[first], labels[i]
+        )
+    })?;
 
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(STREAM_GROUP_ASSIGN);

@@ -367,11 +367,7 @@ pub fn run(opts: &ExternalOptions) -> Result<ExternalSummary> {
         binary: binary_view,
         warnings: caveats,
         seconds: 0.0,
-        malignant: if classes.is_binary() {
-            Vec::new()
-        } else {
-            classes.positive_names()
-        },
+        malignant: classes.malignant_record(),
         multiclass,
     };
 

@@ -227,11 +227,7 @@ pub fn run(opts: &EvalOptions) -> Result<EvalSummary> {
         binary: binary_view,
         warnings,
         seconds: 0.0,
-        malignant: if classes.is_binary() {
-            Vec::new()
-        } else {
-            classes.positive_names()
-        },
+        malignant: classes.malignant_record(),
         multiclass,
     };
 
