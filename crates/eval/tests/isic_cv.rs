@@ -12,18 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use testkit::shared::{isic2017, repo};
+
 const K: usize = 5;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn shared_dir() -> PathBuf {
-    match std::env::var_os("LESION_SHARED_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => repo().join("../shared"),
-    }
-}
 
 fn bin_dir() -> PathBuf {
     match std::env::var_os("LESION_BIN") {
@@ -52,8 +43,7 @@ fn cv_sh(args: &[&str], eval_args: &str) {
 #[test]
 #[ignore = "needs ../shared/data and python3 with scikit-learn (run by CI with --include-ignored)"]
 fn isic_five_fold_cv_matches_scikit_learn() {
-    let isic = shared_dir().join("data/isic2017-256");
-    assert!(isic.is_dir(), "{} not found", isic.display());
+    let isic = isic2017();
     for exe in ["lesion-prep", "lesion-train", "lesion-eval"] {
         let path = bin_dir().join(exe);
         assert!(

@@ -204,14 +204,6 @@ fn last(run: &Path) -> HashMap<String, Tensor> {
         .0
 }
 
-fn history_without_timings(run: &Path) -> Vec<String> {
-    std::fs::read_to_string(run.join("history.csv"))
-        .unwrap()
-        .lines()
-        .map(|l| l.rsplitn(3, ',').nth(2).unwrap().to_string())
-        .collect()
-}
-
 /// The only test here that trains (it sets `LESION_FEATURE_CACHE`, read when a run starts).
 #[test]
 fn cached_and_uncached_freeze_bn_runs_give_the_same_weights() {
@@ -241,8 +233,8 @@ fn cached_and_uncached_freeze_bn_runs_give_the_same_weights() {
         assert_eq!(all_values(t), all_values(&b[name]), "{name}");
     }
     assert_eq!(
-        history_without_timings(&plain),
-        history_without_timings(&cached)
+        common::history_without_timings(&plain),
+        common::history_without_timings(&cached)
     );
     // The cache is deleted when training finishes.
     assert!(!cached.join(feature_cache::CACHE_DIR).exists());

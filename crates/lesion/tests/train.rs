@@ -56,15 +56,6 @@ fn hashes(dir: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// `history.csv` without its two timing columns, which differ between runs.
-fn history_without_timings(run: &Path) -> Vec<String> {
-    std::fs::read_to_string(run.join("history.csv"))
-        .unwrap()
-        .lines()
-        .map(|l| l.rsplitn(3, ',').nth(2).unwrap().to_string())
-        .collect()
-}
-
 /// The same tensors with one value of `name` set to `value`.
 fn poisoned(tensors: &HashMap<String, Tensor>, name: &str, value: f32) -> HashMap<String, Tensor> {
     let mut out = tensors.clone();
@@ -163,14 +154,8 @@ fn run_folder_resume_and_overwrite_protection() {
         "resumed run differs from the uninterrupted one by {diff}"
     );
     assert_eq!(
-        std::fs::read_to_string(split.join("history.csv"))
-            .unwrap()
-            .lines()
-            .map(|l| l.rsplitn(3, ',').nth(2).unwrap().to_string())
-            .collect::<Vec<_>>(),
-        csv.lines()
-            .map(|l| l.rsplitn(3, ',').nth(2).unwrap().to_string())
-            .collect::<Vec<_>>(),
+        common::history_without_timings(&split),
+        common::history_without_timings(&full),
         "history (without timings) differs after resume"
     );
 
@@ -366,7 +351,7 @@ fn resume_follows_the_checkpoint_after_a_kill_while_saving() {
     // Reference: two uninterrupted epochs; and the files of the first one.
     let full = dir.path().join("full");
     train::train(&config(&data, &full, 2), false).unwrap();
-    let full_history = history_without_timings(&full);
+    let full_history = common::history_without_timings(&full);
     let first = dir.path().join("first");
     train::train(&config(&data, &first, 1), false).unwrap();
     let copy_run = |name: &str| {
@@ -386,7 +371,7 @@ fn resume_follows_the_checkpoint_after_a_kill_while_saving() {
     let summary = train::resume(&run, &epochs(2), false).unwrap();
     assert_eq!(summary.epochs_completed, 2);
     assert_eq!(summary.history.len(), 2);
-    assert_eq!(history_without_timings(&run), full_history);
+    assert_eq!(common::history_without_timings(&run), full_history);
     let restored = std::fs::read_to_string(run.join("history.csv")).unwrap();
     assert!(
         restored.lines().nth(2).unwrap().ends_with(",NaN,NaN"),
@@ -404,7 +389,7 @@ fn resume_follows_the_checkpoint_after_a_kill_while_saving() {
     std::fs::copy(full.join("history.csv"), run.join("history.csv")).unwrap();
     let summary = train::resume(&run, &epochs(2), false).unwrap();
     assert_eq!(summary.epochs_completed, 2);
-    assert_eq!(history_without_timings(&run), full_history);
+    assert_eq!(common::history_without_timings(&run), full_history);
     assert_eq!(
         max_abs_diff(
             &load(&run.join("last.safetensors")),
@@ -420,7 +405,7 @@ fn resume_follows_the_checkpoint_after_a_kill_while_saving() {
     std::fs::remove_file(run.join("history.csv")).unwrap();
     let summary = train::resume(&run, &epochs(2), false).unwrap();
     assert_eq!(summary.epochs_completed, 2);
-    assert_eq!(history_without_timings(&run), full_history);
+    assert_eq!(common::history_without_timings(&run), full_history);
     assert!(run.join("last.safetensors").is_file());
 
     // A history without any checkpoint: resume names what the folder holds, and changes
@@ -572,8 +557,8 @@ fn a_scheduled_balanced_run_resumes_bit_for_bit() {
     );
     assert_eq!(diff, 0.0, "the resumed run differs by {diff}");
     assert_eq!(
-        history_without_timings(&split),
-        history_without_timings(&full)
+        common::history_without_timings(&split),
+        common::history_without_timings(&full)
     );
 
     // The schedule is laid out over the run's epochs: a new total is refused.

@@ -62,6 +62,27 @@ fn write_csv(path: &Path, header: &str, rows: &[(String, String)]) -> PathBuf {
     path.to_path_buf()
 }
 
+/// `benign` and `malignant` photos under `root/images` in seeded random groups of 1-4, and
+/// `root/g.csv` (header `header`) naming each photo's group.
+fn grouped_photos(
+    root: &Path,
+    (benign, malignant): (usize, usize),
+    seed: u64,
+    header: &str,
+) -> (PathBuf, PathBuf) {
+    let images = data::write_class_photos(
+        &root.join("images"),
+        &[("Benign", benign), ("Malignant", malignant)],
+    );
+    let mut rng = Rng(seed);
+    let mut rows = Vec::new();
+    for dir in ["Benign", "Malignant"] {
+        rows.extend(random_groups(&names_in(&images, dir), dir, &mut rng));
+    }
+    let csv = write_csv(&root.join("g.csv"), header, &rows);
+    (images, csv)
+}
+
 fn options(images: &Path, out: &Path, csv: &Path) -> PrepOptions {
     let mut o = data::prep_options(images, out);
     o.grouping = Some(GroupOptions::new(csv));
@@ -257,16 +278,7 @@ fn groups_stay_in_one_split_near_the_stratified_targets() {
 #[test]
 fn grouped_splits_are_deterministic_and_follow_the_seed() {
     let tmp = tempfile::tempdir().unwrap();
-    let images = data::write_class_photos(
-        &tmp.path().join("images"),
-        &[("Benign", 24), ("Malignant", 16)],
-    );
-    let mut rng = Rng(7);
-    let mut rows = Vec::new();
-    for dir in ["Benign", "Malignant"] {
-        rows.extend(random_groups(&names_in(&images, dir), dir, &mut rng));
-    }
-    let csv = write_csv(&tmp.path().join("g.csv"), "image_id,lesion_id", &rows);
+    let (images, csv) = grouped_photos(tmp.path(), (24, 16), 7, "image_id,lesion_id");
     let run = |name: &str, seed: u64| {
         let out = tmp.path().join(name);
         let mut o = options(&images, &out, &csv);
@@ -469,16 +481,7 @@ fn without_groups_the_manifest_has_no_group_fields() {
 #[test]
 #[ignore = "needs ../shared/data"]
 fn grouped_isic2017_is_verified() {
-    let shared = std::env::var_os("LESION_SHARED_DIR")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    let input = shared.join("data/isic2017-256");
-    assert!(
-        input.is_dir(),
-        "{} not found; set LESION_SHARED_DIR",
-        input.display()
-    );
+    let input = testkit::shared::isic2017();
     let pairs = fs::read_to_string(input.join("meta/exact_duplicate_groups.txt")).unwrap();
     let mut rows = Vec::new();
     let mut paired = BTreeSet::new();
@@ -538,16 +541,7 @@ fn grouped_isic2017_is_verified() {
 #[test]
 fn grouped_folds_pass_verify_and_a_group_moved_across_folds_is_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let images = data::write_class_photos(
-        &tmp.path().join("images"),
-        &[("Benign", 30), ("Malignant", 20)],
-    );
-    let mut rng = Rng(11);
-    let mut rows = Vec::new();
-    for dir in ["Benign", "Malignant"] {
-        rows.extend(random_groups(&names_in(&images, dir), dir, &mut rng));
-    }
-    let csv = write_csv(&tmp.path().join("g.csv"), "image,lesion_id", &rows);
+    let (images, csv) = grouped_photos(tmp.path(), (30, 20), 11, "image,lesion_id");
     let out = tmp.path().join("folds");
     let mut o = options(&images, &out, &csv);
     o.folds = 3;

@@ -10,6 +10,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use testkit::shared::{isic2017, repo};
+
 use candle_core::Device;
 use lesion::eval::{self, EvalOptions};
 use lesion::predict::Predictor;
@@ -18,17 +20,6 @@ use lesion::run::{Monitor, TrainConfig};
 use lesion::train;
 
 const CLASSES: [&str; 3] = ["melanoma", "nevus", "seborrheic_keratosis"];
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn shared_dir() -> PathBuf {
-    match std::env::var_os("LESION_SHARED_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => repo().join("../shared"),
-    }
-}
 
 fn python(script: &str, args: &[&Path]) -> std::process::Output {
     let python = std::env::var("LESION_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
@@ -45,8 +36,7 @@ fn python(script: &str, args: &[&Path]) -> std::process::Output {
 #[test]
 #[ignore = "needs ../shared/data and python3 with scikit-learn (run by CI with --include-ignored)"]
 fn three_diagnoses_go_through_every_stage_and_match_scikit_learn() {
-    let isic = shared_dir().join("data/isic2017-256");
-    assert!(isic.is_dir(), "{} not found", isic.display());
+    let isic = isic2017();
     let dir = tempfile::tempdir().unwrap();
     let folders = dir.path().join("isic3");
     assert!(python("isic_classes.py", &[&isic, &folders])

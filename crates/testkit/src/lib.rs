@@ -8,6 +8,8 @@
 //!   SHA-256 of every file), to prove that nothing a user owns changed.
 //! - [`process`]: runs a binary with arguments and environment under a hard timeout (killed
 //!   when it runs over) and returns its exit code, stdout and stderr.
+//! - [`shared`]: the workspace root, the `shared/` folder and its ISIC 2017 data, for the
+//!   ignored tests that read it.
 //! - [`hostile`]: the table of hostile-input cases each stage binary's `tests/hostile.rs`
 //!   declares, and the runner that checks every case's exit code, messages and untouched
 //!   trees.
@@ -16,6 +18,7 @@ pub mod classes;
 pub mod data;
 pub mod hostile;
 pub mod process;
+pub mod shared;
 pub mod tree;
 
 pub use hostile::{run_table, Case, Invocation, Sandbox};

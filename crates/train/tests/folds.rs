@@ -10,6 +10,7 @@ use lesion::run::read_config;
 use lesion::split::Split;
 use lesion::Error;
 use testkit::data::{prep_options, write_class_photos};
+use testkit::shared::history_without_timings;
 
 fn train(data: &Path, out: &Path, extra: &[&str]) -> Output {
     training(data, out, extra).output().unwrap()
@@ -118,15 +119,6 @@ fn a_fold_run_validates_on_its_fold_and_records_it() {
     for dir in ["none", "fold-3", "plain"] {
         assert!(!tmp.path().join("runs").join(dir).exists(), "{dir}");
     }
-}
-
-/// The rows of `history.csv` without the timing columns.
-fn history_without_timings(run: &Path) -> Vec<String> {
-    std::fs::read_to_string(run.join("history.csv"))
-        .unwrap()
-        .lines()
-        .map(|l| l.rsplitn(3, ',').nth(2).unwrap().to_string())
-        .collect()
 }
 
 /// With a fold, the feature cache of `--freeze-bn` holds the fold's rows: a cached run

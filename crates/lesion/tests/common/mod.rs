@@ -59,3 +59,12 @@ pub fn cpu_train_config(data: &Path, out: &Path, epochs: usize, batch_size: usiz
         ..TrainConfig::default()
     }
 }
+
+/// `history.csv` without its two timing columns, which differ between runs.
+pub fn history_without_timings(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("history.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.rsplitn(3, ',').nth(2).unwrap().to_string())
+        .collect()
+}
