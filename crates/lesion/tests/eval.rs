@@ -641,12 +641,7 @@ struct IsicRun {
 fn isic_run() -> &'static IsicRun {
     static RUN: OnceLock<IsicRun> = OnceLock::new();
     RUN.get_or_init(|| {
-        let input = common::shared_dir().join("data/isic2017-256");
-        assert!(
-            input.is_dir(),
-            "{} not found; set LESION_SHARED_DIR to the shared folder",
-            input.display()
-        );
+        let input = common::isic2017();
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("eval-isic");
         let data = root.join("prepared");
         let run = root.join("run");

@@ -23,12 +23,7 @@ fn peak_rss_kib() -> u64 {
 #[test]
 #[ignore = "needs ../shared/data"]
 fn prepares_isic2017_at_224() {
-    let input = common::shared_dir().join("data/isic2017-256");
-    assert!(
-        input.is_dir(),
-        "{} not found; set LESION_SHARED_DIR",
-        input.display()
-    );
+    let input = common::isic2017();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("prepared");
     let mut opts = PrepOptions::new(&input, &out);

@@ -9,8 +9,7 @@ use lesion::train;
 #[test]
 #[ignore = "needs ../shared/data (run by CI with --include-ignored)"]
 fn trains_two_epochs_on_isic2017_at_112px() {
-    let images = common::shared_dir().join("data/isic2017-256");
-    assert!(images.is_dir(), "{} not found", images.display());
+    let images = common::isic2017();
     let dir = tempfile::tempdir().unwrap();
     let prepared = dir.path().join("prepared");
     let mut opts = PrepOptions::new(&images, &prepared);

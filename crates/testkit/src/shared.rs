@@ -1,5 +1,6 @@
 //! The workspace's own files and the project's `shared/` folder (real data, never committed),
 //! for the tests marked `#[ignore]` that read it, and helpers those tests share.
+//! `lesion`'s own integration tests compile this file too (`tests/common`), so it uses only std.
 
 use std::path::{Path, PathBuf};
 

@@ -7,6 +7,14 @@ use lesion::prep::PrepSummary;
 use lesion::split::Split;
 use lesion::train::{Monitor, TrainConfig};
 
+// testkit's helpers for the workspace and `shared/`, compiled into these tests: `lesion`
+// cannot dev-depend on testkit, which depends on it. The file uses only std, and its
+// `CARGO_MANIFEST_DIR` is `crates/<name>` in either crate.
+#[path = "../../../testkit/src/shared.rs"]
+mod shared;
+#[allow(unused_imports)]
+pub use shared::{history_without_timings, isic2017, repo, shared_dir};
+
 /// The files every finished training run holds.
 pub const RUN_FILES: [&str; 5] = [
     "config.json",
@@ -15,15 +23,6 @@ pub const RUN_FILES: [&str; 5] = [
     "history.csv",
     "curves.png",
 ];
-
-/// The project's `shared/` folder (fixtures and real data, never committed):
-/// `$LESION_SHARED_DIR` when set, else `shared/` beside the workspace root.
-pub fn shared_dir() -> PathBuf {
-    match std::env::var_os("LESION_SHARED_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
-    }
-}
 
 /// A file of `shared/fixtures/`, checked to exist (tests that need it are `#[ignore]`d, so a
 /// missing fixture is a setup problem worth a clear message).
@@ -58,13 +57,4 @@ pub fn cpu_train_config(data: &Path, out: &Path, epochs: usize, batch_size: usiz
         device: "cpu".into(),
         ..TrainConfig::default()
     }
-}
-
-/// `history.csv` without its two timing columns, which differ between runs.
-pub fn history_without_timings(run: &Path) -> Vec<String> {
-    std::fs::read_to_string(run.join("history.csv"))
-        .unwrap()
-        .lines()
-        .map(|l| l.rsplitn(3, ',').nth(2).unwrap().to_string())
-        .collect()
 }
