@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use testkit::shared::{isic2017, repo};
+use testkit::shared::{isic2017, python_script, repo};
 
 const K: usize = 5;
 
@@ -99,14 +99,7 @@ fn isic_five_fold_cv_matches_scikit_learn() {
     let report = std::fs::read_to_string(eval.join("report.html")).unwrap();
     assert!(report.contains("cross-validation: 5 folds, pooled out-of-fold predictions"));
 
-    let python = std::env::var("LESION_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(&python)
-        .arg(repo().join("scripts/check_multiclass_metrics.py"))
-        .arg(&eval)
-        .output()
-        .unwrap_or_else(|e| panic!("{python}: {e}"));
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    let out = python_script("check_multiclass_metrics.py", &[&eval]);
     assert!(
         out.status.success(),
         "metrics.json differs from scikit-learn"

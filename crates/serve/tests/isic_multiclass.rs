@@ -8,9 +8,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use testkit::shared::{isic2017, repo};
+use testkit::shared::{isic2017, python_script};
 
 use candle_core::Device;
 use lesion::eval::{self, EvalOptions};
@@ -21,25 +20,13 @@ use lesion::train;
 
 const CLASSES: [&str; 3] = ["melanoma", "nevus", "seborrheic_keratosis"];
 
-fn python(script: &str, args: &[&Path]) -> std::process::Output {
-    let python = std::env::var("LESION_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(&python)
-        .arg(repo().join("scripts").join(script))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{python}: {e}"));
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
 #[test]
 #[ignore = "needs ../shared/data and python3 with scikit-learn (run by CI with --include-ignored)"]
 fn three_diagnoses_go_through_every_stage_and_match_scikit_learn() {
     let isic = isic2017();
     let dir = tempfile::tempdir().unwrap();
     let folders = dir.path().join("isic3");
-    assert!(python("isic_classes.py", &[&isic, &folders])
+    assert!(python_script("isic_classes.py", &[&isic, &folders])
         .status
         .success());
 
@@ -89,7 +76,7 @@ fn three_diagnoses_go_through_every_stage_and_match_scikit_learn() {
         .collect();
     assert_eq!(support, [104, 369, 77]);
     assert_eq!(metrics["malignant"], serde_json::json!(["melanoma"]));
-    let checked = python("check_multiclass_metrics.py", &[&eval_dir]);
+    let checked = python_script("check_multiclass_metrics.py", &[&eval_dir]);
     assert!(
         checked.status.success(),
         "metrics.json differs from scikit-learn"

@@ -3,6 +3,7 @@
 //! `lesion`'s own integration tests compile this file too (`tests/common`), so it uses only std.
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 /// The workspace root (scripts are run from there).
 pub fn repo() -> PathBuf {
@@ -36,4 +37,19 @@ pub fn history_without_timings(run: &Path) -> Vec<String> {
         .lines()
         .map(|l| l.rsplitn(3, ',').nth(2).unwrap().to_string())
         .collect()
+}
+
+/// Runs `scripts/<script> args...` with `$LESION_TEST_PYTHON` (default `python3`; the
+/// metric checks need numpy and scikit-learn), echoing its stdout and stderr into the test's
+/// output; panics when the interpreter cannot be started.
+pub fn python_script(script: &str, args: &[&Path]) -> Output {
+    let python = std::env::var("LESION_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
+        .arg(repo().join("scripts").join(script))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e}"));
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    out
 }
